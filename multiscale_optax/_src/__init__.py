@@ -1,0 +1,1 @@
+"""Implementation modules; import from ``multiscale_optax`` instead."""

@@ -1,0 +1,193 @@
+"""Construction-time validation of hyperparameters.
+
+Every public constructor validates its numeric arguments where they are
+concrete, so that bad input fails loudly with the argument's name and the
+allowed range instead of turning into NaNs inside a jitted step. Values that
+arrive as tracers (``optax.inject_hyperparams`` under ``jax.jit``, or
+``jax.vmap`` over a batch of optimizers) cannot be inspected; their shapes are
+still checked, their values are not.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def is_traced(value: Any) -> bool:
+  """Whether ``value`` is (or contains) an abstract JAX tracer."""
+  return isinstance(value, jax.core.Tracer)
+
+
+def _entry_is_real_scalar(entry: Any) -> bool:
+  if isinstance(entry, bool | np.bool_):
+    return False
+  if isinstance(entry, numbers.Real):
+    return True
+  if isinstance(entry, np.ndarray | jax.Array):
+    return entry.ndim == 0 and (
+        np.issubdtype(entry.dtype, np.floating)
+        or np.issubdtype(entry.dtype, np.integer)
+    )
+  return False
+
+
+def vector_entries(value: Any, name: str) -> tuple[Any, ...]:
+  """Splits a 1-D real vector into its entries, checking type and shape.
+
+  Args:
+    value: a non-empty 1-D sequence, NumPy array or JAX array of reals.
+    name: the argument's name, used in error messages.
+
+  Returns:
+    A tuple of scalars: Python floats where the value is concrete, 0-d
+    tracers where it is traced.
+
+  Raises:
+    TypeError: ``value`` is not a sequence or array of real numbers.
+    ValueError: ``value`` is not 1-D, or is empty.
+  """
+  if isinstance(value, str | bytes | dict | set) or value is None:
+    raise TypeError(
+        f'`{name}` must be a 1-D sequence or array of real numbers, got '
+        f'{type(value).__name__}.'
+    )
+  if isinstance(value, np.ndarray | jax.Array):
+    dtype = value.dtype
+    if not (
+        np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)
+    ) or np.issubdtype(dtype, np.bool_):
+      raise TypeError(
+          f'`{name}` must hold real numbers, got an array of dtype {dtype}.'
+      )
+    if value.ndim != 1:
+      raise ValueError(
+          f'`{name}` must be 1-D (one entry per subweight), got shape '
+          f'{tuple(value.shape)}.'
+      )
+    if value.shape[0] == 0:
+      raise ValueError(f'`{name}` must have at least one entry, got none.')
+    if is_traced(value):
+      return tuple(value[i] for i in range(value.shape[0]))
+    return tuple(float(v) for v in np.asarray(value, dtype=np.float64))
+  if isinstance(value, numbers.Number):
+    raise ValueError(
+        f'`{name}` must be 1-D (one entry per subweight), got the scalar '
+        f'{value!r}; wrap it in a list.'
+    )
+  if not isinstance(value, Sequence):
+    raise TypeError(
+        f'`{name}` must be a 1-D sequence or array of real numbers, got '
+        f'{type(value).__name__}.'
+    )
+  if len(value) == 0:
+    raise ValueError(f'`{name}` must have at least one entry, got none.')
+  entries = []
+  for position, entry in enumerate(value):
+    if isinstance(entry, Sequence | np.ndarray | jax.Array) and not (
+        _entry_is_real_scalar(entry)
+    ):
+      raise ValueError(
+          f'`{name}` must be 1-D, but entry {position} is not a scalar: '
+          f'{entry!r}.'
+      )
+    if not _entry_is_real_scalar(entry):
+      raise TypeError(
+          f'`{name}[{position}]` must be a real number, got '
+          f'{type(entry).__name__} {entry!r}.'
+      )
+    entries.append(entry if is_traced(entry) else float(entry))
+  return tuple(entries)
+
+
+def check_finite(entries: Sequence[Any], name: str) -> None:
+  """Raises ``ValueError`` if a concrete entry is NaN or infinite."""
+  for position, entry in enumerate(entries):
+    if not is_traced(entry) and not np.isfinite(entry):
+      raise ValueError(
+          f'`{name}[{position}]` must be finite, got {entry}.'
+      )
+
+
+def check_range(
+    entries: Sequence[Any],
+    name: str,
+    *,
+    low: float,
+    high: float,
+    low_inclusive: bool,
+    high_inclusive: bool,
+) -> None:
+  """Raises ``ValueError`` if a concrete entry lies outside an interval."""
+  for position, entry in enumerate(entries):
+    if is_traced(entry):
+      continue
+    above_low = entry >= low if low_inclusive else entry > low
+    below_high = entry <= high if high_inclusive else entry < high
+    if not (above_low and below_high):
+      interval = (
+          ('[' if low_inclusive else '(')
+          + f'{low}, {high}'
+          + (']' if high_inclusive else ')')
+      )
+      raise ValueError(
+          f'`{name}[{position}]` must lie in {interval}, got {entry}.'
+      )
+
+
+def check_same_length(
+    first: Sequence[Any], first_name: str, second: Sequence[Any],
+    second_name: str,
+) -> None:
+  """Raises ``ValueError`` if two per-subweight vectors differ in length."""
+  if len(first) != len(second):
+    raise ValueError(
+        f'`{first_name}` and `{second_name}` must have the same length (one '
+        f'entry per subweight), got {len(first)} and {len(second)}.'
+    )
+
+
+def check_scalar(
+    value: Any, name: str, *, low: float, high: float,
+    low_inclusive: bool = True, high_inclusive: bool = True,
+) -> None:
+  """Checks a scalar hyperparameter's type and (when concrete) range."""
+  if not _entry_is_real_scalar(value):
+    raise TypeError(
+        f'`{name}` must be a real scalar, got {type(value).__name__} '
+        f'{value!r}.'
+    )
+  if is_traced(value):
+    return
+  value = float(value)
+  if not np.isfinite(value):
+    raise ValueError(f'`{name}` must be finite, got {value}.')
+  above_low = value >= low if low_inclusive else value > low
+  below_high = value <= high if high_inclusive else value < high
+  if not (above_low and below_high):
+    interval = (
+        ('[' if low_inclusive else '(') + f'{low}, {high}'
+        + (']' if high_inclusive else ')')
+    )
+    raise ValueError(f'`{name}` must lie in {interval}, got {value}.')
+
+
+def check_float_dtype(dtype: Any, name: str) -> None:
+  """Raises ``TypeError`` unless ``dtype`` is ``None`` or a float dtype."""
+  if dtype is None:
+    return
+  try:
+    resolved = np.dtype(dtype)
+  except TypeError as error:
+    raise TypeError(
+        f'`{name}` must be None or a floating dtype, got {dtype!r}.'
+    ) from error
+  if not np.issubdtype(resolved, np.floating):
+    raise TypeError(
+        f'`{name}` must be None or a floating dtype (e.g. jnp.float32, '
+        f'jnp.bfloat16), got {resolved}.'
+    )
