@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import jax
@@ -12,7 +13,7 @@ import optax
 def mlp_params(key: jax.Array, sizes=(3, 8, 2), dtype=jnp.float64) -> dict:
   """Parameters of a small tanh MLP as a nested dict (with a None leaf)."""
   params = {}
-  for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+  for layer, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
     key, weight_key = jax.random.split(key)
     params[f'layer{layer}'] = {
         'w': jax.random.normal(weight_key, (fan_in, fan_out), dtype)

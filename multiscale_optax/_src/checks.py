@@ -88,6 +88,11 @@ def vector_entries(value: Any, name: str) -> tuple[Any, ...]:
     raise ValueError(f'`{name}` must have at least one entry, got none.')
   entries = []
   for position, entry in enumerate(value):
+    if isinstance(entry, str | bytes):
+      raise TypeError(
+          f'`{name}[{position}]` must be a real number, got the string '
+          f'{entry!r}.'
+      )
     if isinstance(entry, Sequence | np.ndarray | jax.Array) and not (
         _entry_is_real_scalar(entry)
     ):
@@ -186,7 +191,7 @@ def check_float_dtype(dtype: Any, name: str) -> None:
     raise TypeError(
         f'`{name}` must be None or a floating dtype, got {dtype!r}.'
     ) from error
-  if not np.issubdtype(resolved, np.floating):
+  if not jax.numpy.issubdtype(resolved, jax.numpy.floating):
     raise TypeError(
         f'`{name}` must be None or a floating dtype (e.g. jnp.float32, '
         f'jnp.bfloat16), got {resolved}.'

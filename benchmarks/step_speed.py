@@ -1,0 +1,167 @@
+"""Speed and memory traffic of a multiscale step against optax baselines.
+
+Times jitted, donated training steps (``optax.apply_updates`` included) on
+float32 pytrees, round-robin in one process, and reports medians, ratios to
+``optax.sgd(momentum=0.9)`` and achieved bandwidth against a measured
+``a * x + y`` bandwidth on the same machine.
+
+Minimal traffic per parameter (float32 bytes): SGD reads u, w and writes w
+(3 arrays); momentum and multiscale with k decaying subweights read u, w and
+the state and write w and the state (5 and 2k + 3 arrays); Adam 7.
+
+Usage:
+  python benchmarks/step_speed.py            # 1e6, 1e7, 5e7 parameters
+  python benchmarks/step_speed.py --sizes 1e6 --rounds 5   # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import multiscale_optax as mso
+
+NUM_LEAVES = 4
+RESULTS = pathlib.Path(__file__).parent / 'results'
+
+
+def _pytree(size: int, value: float) -> dict:
+  leaf_size = size // NUM_LEAVES
+  return {
+      f'leaf{index}': jnp.full((leaf_size,), value, jnp.float32)
+      for index in range(NUM_LEAVES)
+  }
+
+
+def _multiscale_with(num_decaying: int) -> optax.GradientTransformation:
+  timescales = mso.log_spaced_timescales(10.0, 1e4, num_decaying)
+  decays = mso.decays_from_timescales(timescales)
+  rates = 0.01 * timescales ** -0.5
+  return mso.multiscale([0.001, *rates.tolist()], [1.0, *decays.tolist()])
+
+
+def _optimizers() -> dict[str, tuple[optax.GradientTransformation, int]]:
+  """Name -> (optimizer, minimal float32 arrays moved per parameter)."""
+  optimizers = {
+      'sgd': (optax.sgd(0.01), 3),
+      'sgd_momentum_0.9': (optax.sgd(0.01, momentum=0.9), 5),
+      'adam': (optax.adam(0.01), 7),
+  }
+  for num_decaying in (1, 2, 4, 8):
+    optimizers[f'multiscale_k{num_decaying}'] = (
+        _multiscale_with(num_decaying), 2 * num_decaying + 3)
+  return optimizers
+
+
+def _make_step(optimizer):
+  def step(params, state, grads):
+    updates, state = optimizer.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+def _axpy_seconds(size: int, rounds: int) -> float:
+  axpy = jax.jit(lambda x, y: 0.5 * x + y, donate_argnums=(1,))
+  x = jnp.ones((size,), jnp.float32)
+  y = jnp.ones((size,), jnp.float32)
+  y = axpy(x, y).block_until_ready()
+  times = []
+  for _ in range(rounds):
+    start = time.perf_counter()
+    y = axpy(x, y).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def measure(size: int, rounds: int) -> dict:
+  """Round-robin medians for every optimizer at one parameter count."""
+  optimizers = _optimizers()
+  grads = _pytree(size, 1e-3)
+  runners = {}
+  for name, (optimizer, _) in optimizers.items():
+    params = _pytree(size, 1.0)
+    state = optimizer.init(params)
+    step = _make_step(optimizer)
+    params, state = step(params, state, grads)  # compile and warm up
+    jax.block_until_ready(params)
+    runners[name] = [step, params, state]
+  times: dict[str, list[float]] = {name: [] for name in optimizers}
+  axpy_times = []
+  for round_index in range(rounds):
+    print(f'  size {size:.0e}: round {round_index + 1}/{rounds}',
+          end='\r', flush=True)
+    for name, runner in runners.items():
+      step, params, state = runner
+      start = time.perf_counter()
+      params, state = step(params, state, grads)
+      jax.block_until_ready(params)
+      times[name].append(time.perf_counter() - start)
+      runner[1], runner[2] = params, state
+    axpy_times.append(_axpy_seconds(size, 1))
+  print()
+  axpy_seconds = statistics.median(axpy_times)
+  axpy_bandwidth = 3 * 4 * size / axpy_seconds / 1e9
+  reference = statistics.median(times['sgd_momentum_0.9'])
+  rows = {}
+  for name, (_, arrays) in optimizers.items():
+    seconds = statistics.median(times[name])
+    bandwidth = arrays * 4 * size / seconds / 1e9
+    rows[name] = {
+        'median_ms': 1e3 * seconds,
+        'ratio_to_momentum': seconds / reference,
+        'minimal_arrays_moved': arrays,
+        'achieved_GBps': bandwidth,
+        'fraction_of_axpy_bandwidth': bandwidth / axpy_bandwidth,
+    }
+  return {'size': size, 'axpy_GBps': axpy_bandwidth, 'optimizers': rows}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--sizes', type=float, nargs='+',
+                      default=[1e6, 1e7, 5e7])
+  parser.add_argument('--rounds', type=int, default=15)
+  parser.add_argument('--output', type=pathlib.Path,
+                      default=RESULTS / 'step_speed.json')
+  args = parser.parse_args()
+  device = jax.devices()[0]
+  print(f'device: {device.platform} ({device.device_kind}), '
+        f'{jax.device_count()} device(s), jax {jax.__version__}')
+  results = []
+  for size in args.sizes:
+    result = measure(int(size), args.rounds)
+    results.append(result)
+    print(f'\n{int(size):.0e} float32 parameters; a*x+y bandwidth '
+          f'{result["axpy_GBps"]:.1f} GB/s')
+    print(f'{"optimizer":<20}{"median ms":>11}{"x momentum":>12}'
+          f'{"GB/s":>8}{"of axpy":>9}')
+    for name, row in result['optimizers'].items():
+      print(f'{name:<20}{row["median_ms"]:>11.2f}'
+            f'{row["ratio_to_momentum"]:>12.3f}{row["achieved_GBps"]:>8.1f}'
+            f'{row["fraction_of_axpy_bandwidth"]:>9.0%}')
+  args.output.parent.mkdir(parents=True, exist_ok=True)
+  args.output.write_text(json.dumps({
+      'device': {'platform': device.platform, 'kind': device.device_kind,
+                 'count': jax.device_count()},
+      'jax_version': jax.__version__,
+      'optax_version': optax.__version__,
+      'host': platform.node(),
+      'numpy_version': np.__version__,
+      'rounds': args.rounds,
+      'results': results,
+  }, indent=2))
+  print(f'\nwrote {args.output}')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,572 @@
+"""Tests of the core multiscale transformation (eq. 1) and fast weights (§3)."""
+
+from __future__ import annotations
+
+import functools
+
+import helpers
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import multiscale_optax as mso
+
+LEARNING_RATE = 0.05
+
+
+def _mlp_problem(steps: int = 200, dtype=jnp.float64):
+  params = helpers.mlp_params(jax.random.PRNGKey(0), dtype=dtype)
+  batches = helpers.mlp_batches(jax.random.PRNGKey(1), steps, dtype=dtype)
+  return params, batches
+
+
+def _reference_trajectory(learning_rates, decays, gradients, scales=None):
+  """Eq. (1) written out literally: every subweight stored, float64 NumPy."""
+  learning_rates = np.asarray(learning_rates, np.float64)
+  decays = np.asarray(decays, np.float64)
+  subweights = np.zeros((len(decays), *gradients.shape[1:]))
+  weights = []
+  for step, gradient in enumerate(gradients):
+    scale = 1.0 if scales is None else scales[step]
+    subweights = (
+        decays[:, None] * subweights
+        - scale * learning_rates[:, None] * gradient[None])
+    weights.append(subweights.sum(axis=0))
+  return np.stack(weights)
+
+
+def _library_trajectory(optimizer, gradients, params=None):
+  params = jnp.zeros(gradients.shape[1:], gradients.dtype) if (
+      params is None) else params
+  state = optimizer.init(params)
+  update = jax.jit(optimizer.update)
+  weights = []
+  for gradient in gradients:
+    updates, state = update(gradient, state, params)
+    params = optax.apply_updates(params, updates)
+    weights.append(params)
+  return np.stack(weights), state
+
+
+# --- Exactness: the equivalences the paper and optax promise -------------
+
+
+# The effective step lr / (1 - b) is kept moderate: with lr = 0.05 and
+# b = 0.99 the MLP's own dynamics amplify a 1e-15 perturbation to 5e-8 in
+# 200 steps (measured with optax alone), which no implementation can beat.
+@pytest.mark.parametrize(
+    ('learning_rate', 'momentum'), [(0.05, 0.5), (0.05, 0.9), (0.003, 0.99)])
+@pytest.mark.parametrize('nesterov', [False, True])
+def test_momentum_is_a_negative_fast_weight(learning_rate, momentum, nesterov):
+  # Heavy ball: h_k = lr (1 - b^{k+1}) / (1 - b); Nesterov: lr (1 - b^{k+2})
+  # / (1 - b). Matching sum_i alpha_i gamma_i^k gives the fast rates below.
+  with jax.enable_x64(True):
+    params, batches = _mlp_problem()
+    fast_rate = -learning_rate * momentum ** (2 if nesterov else 1) / (
+        1 - momentum)
+    multiscale = mso.multiscale(
+        [learning_rate / (1 - momentum), fast_rate], [1.0, momentum])
+    reference = optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov)
+    difference = helpers.max_abs_difference(
+        helpers.run_trajectory(multiscale, params, batches),
+        helpers.run_trajectory(reference, params, batches))
+    assert difference <= 1e-10
+
+
+def test_single_slow_subweight_is_sgd():
+  with jax.enable_x64(True):
+    params, batches = _mlp_problem()
+    difference = helpers.max_abs_difference(
+        helpers.run_trajectory(
+            mso.multiscale([LEARNING_RATE], [1.0]), params, batches),
+        helpers.run_trajectory(optax.sgd(LEARNING_RATE), params, batches))
+    assert difference == 0.0
+
+
+def test_chained_after_adam_is_adam():
+  with jax.enable_x64(True):
+    params, batches = _mlp_problem()
+    multiscale_adam = optax.chain(
+        optax.scale_by_adam(), mso.multiscale([LEARNING_RATE], [1.0]))
+    difference = helpers.max_abs_difference(
+        helpers.run_trajectory(multiscale_adam, params, batches),
+        helpers.run_trajectory(optax.adam(LEARNING_RATE), params, batches))
+    assert difference <= 1e-12
+
+
+def test_matches_literal_eq1_with_merged_and_implied_subweights():
+  learning_rates = [0.1, 0.3, -0.05, 0.2, 0.01, 0.07]
+  decays = [1.0, 0.9, 0.9, 0.0, 1.0, -0.6]
+  with jax.enable_x64(True):
+    gradients = np.random.default_rng(0).normal(size=(60, 5))
+    expected = _reference_trajectory(learning_rates, decays, gradients)
+    actual, state = _library_trajectory(
+        mso.multiscale(learning_rates, decays), jnp.asarray(gradients))
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-12)
+    # Distinct decays != 1 are 0.9, 0.0 and -0.6: three stored subweights.
+    assert len(state.subweights) == 3
+    assert state.layout.slow_entries == (0, 4)
+    assert state.layout.stored_groups == ((1, 2), (3,), (5,))
+
+
+@hypothesis.settings(max_examples=30, deadline=None)
+@hypothesis.given(
+    rates_and_decays=st.lists(
+        st.tuples(
+            st.floats(-2.0, 2.0),
+            st.one_of(
+                st.just(1.0), st.just(0.0),
+                st.floats(-0.99, 0.999, allow_subnormal=False))),
+        min_size=1, max_size=5),
+    seed=st.integers(0, 2**16),
+)
+def test_property_matches_literal_eq1(rates_and_decays, seed):
+  learning_rates = [rate for rate, _ in rates_and_decays]
+  decays = [decay for _, decay in rates_and_decays]
+  with jax.enable_x64(True):
+    gradients = np.random.default_rng(seed).normal(size=(25, 3))
+    expected = _reference_trajectory(learning_rates, decays, gradients)
+    actual, state = _library_trajectory(
+        mso.multiscale(learning_rates, decays), jnp.asarray(gradients))
+    scale = 1.0 + np.max(np.abs(expected))
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-10 * scale)
+    assert len(state.subweights) == len(
+        {decay for decay in decays if decay != 1.0})
+
+
+def test_learning_rate_schedule_scales_every_rate():
+  # Scales exact in float32, so the schedule's own dtype does not matter.
+  schedule = optax.piecewise_constant_schedule(1.0, {10: 0.5, 25: 0.25})
+  learning_rates, decays = [0.2, 0.5], [1.0, 0.8]
+  with jax.enable_x64(True):
+    gradients = np.random.default_rng(1).normal(size=(40, 4))
+    # The library evaluates the schedule at an int32 count, as optax does.
+    scales = np.asarray(
+        [schedule(jnp.asarray(step, jnp.int32)) for step in range(40)])
+    expected = _reference_trajectory(learning_rates, decays, gradients, scales)
+    actual, _ = _library_trajectory(
+        mso.multiscale(learning_rates, decays, learning_rate_scale=schedule),
+        jnp.asarray(gradients))
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-12)
+
+
+def test_continues_a_momentum_state_exactly_from_initial_subweights():
+  momentum = 0.9
+  with jax.enable_x64(True):
+    params, batches = _mlp_problem(120)
+    first = jax.tree.map(lambda leaf: leaf[:60], batches)
+    second = jax.tree.map(lambda leaf: leaf[60:], batches)
+    reference = optax.sgd(LEARNING_RATE, momentum=momentum)
+    grad_fn = jax.grad(helpers.mlp_loss)
+    state = reference.init(params)
+    for batch in zip(*first):
+      updates, state = reference.update(grad_fn(params, *batch), state)
+      params = optax.apply_updates(params, updates)
+    # With m the optax trace, the fast subweight is lr * b / (1 - b) * m (§5).
+    fast = jax.tree.map(
+        lambda trace: LEARNING_RATE * momentum / (1 - momentum) * trace,
+        state[0].trace)
+    continued = mso.multiscale(
+        [LEARNING_RATE / (1 - momentum),
+         -LEARNING_RATE * momentum / (1 - momentum)],
+        [1.0, momentum], initial_subweights=[None, fast])
+
+    def run_from(optimizer, opt_state):
+      def step(carry, batch):
+        params, opt_state = carry
+        updates, opt_state = optimizer.update(
+            grad_fn(params, *batch), opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return (params, opt_state), params
+      return jax.lax.scan(step, (params, opt_state), second)[1]
+    expected = run_from(reference, state)
+    actual = run_from(continued, continued.init(params))
+    assert helpers.max_abs_difference(actual, expected) <= 1e-10
+
+
+def test_initial_subweights_are_merged_and_cast():
+  params = {'w': jnp.ones(3, jnp.float32)}
+  first = {'w': jnp.full(3, 0.25, jnp.float32)}
+  second = {'w': jnp.full(3, 0.5, jnp.float32)}
+  optimizer = mso.multiscale(
+      [0.1, 0.2, 0.3], [1.0, 0.5, 0.5], initial_subweights=[None, first, second],
+      state_dtype=jnp.bfloat16)
+  state = optimizer.init(params)
+  assert len(state.subweights) == 1
+  assert state.subweights[0]['w'].dtype == jnp.bfloat16
+  np.testing.assert_array_equal(state.subweights[0]['w'], 0.75)
+
+
+def test_get_subweights_separates_slow_and_fast_knowledge():
+  optimizer = optax.chain(
+      optax.identity(), mso.fast_weights(0.1, 0.5, 0.8))
+  params = jnp.asarray([2.0])
+  state = optimizer.init(params)
+  slow_expected, fast_expected = 2.0, 0.0
+  for gradient in [1.0, -0.5, 0.25]:
+    updates, state = optimizer.update(jnp.asarray([gradient]), state, params)
+    params = optax.apply_updates(params, updates)
+    slow_expected -= 0.1 * gradient
+    fast_expected = 0.8 * fast_expected - 0.5 * gradient
+  parts = mso.get_subweights(params, state)
+  assert parts.decays == (1.0, 0.8)
+  np.testing.assert_allclose(parts.values[0], [slow_expected], rtol=1e-6)
+  np.testing.assert_allclose(parts.values[1], [fast_expected], rtol=1e-6)
+  np.testing.assert_allclose(sum(parts.values), params, rtol=1e-6)
+
+
+def test_get_subweights_needs_exactly_one_multiscale_state():
+  with pytest.raises(ValueError, match='exactly one MultiscaleState'):
+    mso.get_subweights(jnp.zeros(1), optax.sgd(0.1).init(jnp.zeros(1)))
+
+
+# --- Convergence ---------------------------------------------------------
+
+
+def _minimise(optimizer, loss_fn, params, steps):
+  @jax.jit
+  def step(params, state):
+    grads = jax.grad(loss_fn)(params)
+    updates, state = optimizer.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  state = optimizer.init(params)
+  for _ in range(steps):
+    params, state = step(params, state)
+  return params
+
+
+def test_converges_on_a_quadratic():
+  target = jnp.asarray([1.0, -2.0, 3.0])
+  params = _minimise(
+      mso.multiscale([0.05, 0.2, -0.02], [1.0, 0.9, 0.5]),
+      lambda w: jnp.sum((w - target) ** 2), jnp.zeros(3), 500)
+  np.testing.assert_allclose(params, target, atol=1e-4)
+
+
+def test_converges_on_rosenbrock():
+  def rosenbrock(w):
+    return (1 - w[0]) ** 2 + 100 * (w[1] - w[0] ** 2) ** 2
+
+  optimizer = optax.chain(
+      optax.scale_by_adam(), mso.multiscale([0.01, 0.01], [1.0, 0.9]))
+  params = _minimise(optimizer, rosenbrock, jnp.asarray([-1.0, 1.5]), 5000)
+  np.testing.assert_allclose(params, [1.0, 1.0], atol=2e-2)
+
+
+# --- optax-style integration suite ----------------------------------------
+
+
+def _tree_params(dtype=jnp.float32):
+  return {
+      'dense': {'kernel': jnp.ones((2, 3), dtype), 'bias': jnp.zeros(3, dtype)},
+      'empty': {},
+      'nothing': None,
+      'list': [jnp.full((4,), 0.5, dtype)],
+  }
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16, jnp.float64])
+def test_dtypes_are_preserved(dtype):
+  with jax.enable_x64(True):
+    params = _tree_params(dtype)
+    optimizer = mso.multiscale([0.1, 0.2, 0.3], [1.0, 0.9, 0.2])
+    state = optimizer.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, new_state = jax.jit(optimizer.update)(grads, state, params)
+    for leaf in jax.tree.leaves((updates, new_state.subweights)):
+      assert leaf.dtype == dtype
+    assert jax.tree.structure(updates) == jax.tree.structure(params)
+    assert jax.tree.structure(new_state) == jax.tree.structure(state)
+
+
+@pytest.mark.parametrize('state_dtype', [jnp.bfloat16, jnp.float32])
+@pytest.mark.parametrize('param_dtype', [jnp.float32, jnp.bfloat16])
+def test_state_dtype_is_independent_of_param_dtype(state_dtype, param_dtype):
+  params = _tree_params(param_dtype)
+  optimizer = mso.multiscale(
+      [0.1, 0.2], [1.0, 0.9], state_dtype=state_dtype)
+  state = optimizer.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, state = optimizer.update(grads, state)
+  assert all(
+      leaf.dtype == state_dtype for leaf in jax.tree.leaves(state.subweights))
+  assert all(leaf.dtype == param_dtype for leaf in jax.tree.leaves(updates))
+
+
+def test_jit_and_no_recompilation_on_second_call():
+  optimizer = mso.multiscale([0.1, -0.05], [1.0, 0.9])
+  params = _tree_params()
+  grads = jax.tree.map(jnp.ones_like, params)
+  traces = []
+
+  @jax.jit
+  def step(params, state, grads):
+    traces.append(None)
+    updates, state = optimizer.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  state = optimizer.init(params)
+  params, state = step(params, state, grads)
+  params, state = step(params, state, grads)
+  params, state = step(params, state, grads)
+  assert len(traces) == 1
+
+
+def test_donate_argnums():
+  optimizer = mso.multiscale([0.1, -0.05, 0.02], [1.0, 0.9, 0.1])
+  params = {'w': jnp.ones(16)}
+  state = optimizer.init(params)
+  grads = {'w': jnp.ones(16)}
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(params, state, grads):
+    updates, state = optimizer.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  reference_params, reference_state = params, state
+  expected = []
+  for _ in range(3):
+    updates, reference_state = optimizer.update(grads, reference_state)
+    reference_params = optax.apply_updates(reference_params, updates)
+    expected.append(reference_params['w'])
+  params = jax.tree.map(jnp.copy, params)
+  state = jax.tree.map(jnp.copy, state)
+  for step_index in range(3):
+    params, state = step(params, state, grads)
+    np.testing.assert_allclose(params['w'], expected[step_index], rtol=1e-6)
+
+
+def test_vmap_over_a_batch_of_optimizers():
+  rates = jnp.asarray([[0.1, 0.2], [0.05, -0.02], [0.3, 0.0]])
+  gradients = jax.random.normal(jax.random.PRNGKey(0), (20, 4))
+
+  def run(learning_rates):
+    optimizer = mso.multiscale(learning_rates, [1.0, 0.7])
+    params = jnp.zeros(4)
+    state = optimizer.init(params)
+
+    def step(carry, gradient):
+      params, state = carry
+      updates, state = optimizer.update(gradient, state)
+      return (optax.apply_updates(params, updates), state), None
+
+    return jax.lax.scan(step, (params, state), gradients)[0][0]
+
+  batched = jax.jit(jax.vmap(run))(rates)
+  for row, learning_rates in enumerate(rates):
+    expected, _ = _library_trajectory(
+        mso.multiscale([float(v) for v in learning_rates], [1.0, 0.7]),
+        gradients)
+    np.testing.assert_allclose(batched[row], expected[-1], rtol=1e-5,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize('jit_init', [False, True])
+def test_inject_hyperparams_gives_identical_results(jit_init):
+  learning_rates = np.asarray([0.1, 0.2, -0.05])
+  decays = np.asarray([1.0, 0.9, 0.5])
+  params = {'w': jnp.linspace(-1.0, 1.0, 5)}
+  gradients = jax.random.normal(jax.random.PRNGKey(3), (10, 5))
+  injected = optax.inject_hyperparams(mso.multiscale)(
+      learning_rates=learning_rates, decays=decays)
+  plain = mso.multiscale(learning_rates, decays)
+  init = jax.jit(injected.init) if jit_init else injected.init
+  injected_state, plain_state = init(params), plain.init(params)
+  update = jax.jit(injected.update)
+  injected_params = plain_params = params
+  for gradient in gradients:
+    updates, injected_state = update({'w': gradient}, injected_state)
+    injected_params = optax.apply_updates(injected_params, updates)
+    updates, plain_state = plain.update({'w': gradient}, plain_state)
+    plain_params = optax.apply_updates(plain_params, updates)
+  np.testing.assert_allclose(
+      injected_params['w'], plain_params['w'], rtol=1e-6, atol=1e-7)
+  # A traced init cannot see the decay of 1, so it stores every entry.
+  assert len(injected_state.inner_state.subweights) == (3 if jit_init else 2)
+
+
+def test_injected_learning_rates_and_decays_can_be_changed():
+  injected = optax.inject_hyperparams(mso.multiscale)(
+      learning_rates=jnp.asarray([0.0, 1.0]), decays=jnp.asarray([1.0, 0.5]))
+  state = jax.jit(injected.init)(jnp.zeros(1))
+  update = jax.jit(injected.update)
+  _, state = update(jnp.ones(1), state)   # fast subweight = -1
+  state.hyperparams['decays'] = jnp.asarray([1.0, 0.25])
+  state.hyperparams['learning_rates'] = jnp.asarray([0.0, 0.0])
+  updates, state = update(jnp.ones(1), state)
+  # Decay 0.25 from -1 with no learning: the increment is -0.75 * -1.
+  np.testing.assert_allclose(updates, [0.75], rtol=1e-6)
+
+
+def test_multi_steps_accumulates_then_applies():
+  inner = mso.multiscale([0.1, 0.2], [1.0, 0.5])
+  optimizer = optax.MultiSteps(inner, every_k_schedule=2)
+  params = jnp.zeros(2)
+  state = optimizer.init(params)
+  updates, state = optimizer.update(jnp.ones(2), state, params)
+  np.testing.assert_array_equal(updates, 0.0)
+  updates, state = optimizer.update(3 * jnp.ones(2), state, params)
+  # Mean gradient 2 applied once: -(0.1 + 0.2) * 2.
+  np.testing.assert_allclose(updates, [-0.6, -0.6], rtol=1e-6)
+
+
+def test_masked_leaves_untouched_leaves_alone():
+  params = {'train': jnp.ones(2), 'frozen': jnp.ones(2)}
+  optimizer = optax.masked(
+      mso.multiscale([0.1, 0.2], [1.0, 0.5]),
+      {'train': True, 'frozen': False})
+  state = optimizer.init(params)
+  grads = {'train': jnp.ones(2), 'frozen': jnp.ones(2)}
+  updates, state = optimizer.update(grads, state, params)
+  np.testing.assert_allclose(updates['train'], [-0.3, -0.3], rtol=1e-6)
+  np.testing.assert_array_equal(updates['frozen'], grads['frozen'])
+
+
+def test_apply_if_finite_leaves_state_untouched_by_nan():
+  optimizer = optax.apply_if_finite(
+      mso.multiscale([0.1, 0.2], [1.0, 0.5]), max_consecutive_errors=3)
+  params = jnp.zeros(2)
+  state = optimizer.init(params)
+  update = jax.jit(optimizer.update)
+  _, state = update(jnp.ones(2), state, params)
+  before = state.inner_state
+  updates, state = update(jnp.asarray([jnp.nan, 1.0]), state, params)
+  np.testing.assert_array_equal(updates, 0.0)
+  np.testing.assert_array_equal(
+      state.inner_state.subweights[0], before.subweights[0])
+  assert int(state.inner_state.count) == int(before.count)
+  updates, state = update(jnp.ones(2), state, params)
+  assert np.all(np.isfinite(updates)) and np.all(updates != 0)
+
+
+def test_abstract_init_on_shape_dtype_structs():
+  optimizer = optax.chain(
+      optax.scale_by_adam(), mso.multiscale([0.1, 0.2], [1.0, 0.9],
+                                            state_dtype=jnp.bfloat16))
+  abstract = {'w': jax.ShapeDtypeStruct((3, 2), jnp.float32)}
+  state_shapes = jax.eval_shape(optimizer.init, abstract)
+  assert state_shapes[1].subweights[0]['w'].shape == (3, 2)
+  assert state_shapes[1].subweights[0]['w'].dtype == jnp.bfloat16
+  direct = mso.multiscale([0.1, 0.2], [1.0, 0.9]).init(abstract)
+  assert direct.subweights[0]['w'].shape == (3, 2)
+
+
+def test_state_structure_is_stable_across_lax_cond():
+  optimizer = mso.multiscale([0.1, 0.2, 0.3], [1.0, 0.9, 0.0],
+                             state_dtype=jnp.bfloat16)
+  params = _tree_params()
+  state = optimizer.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+
+  @jax.jit
+  def maybe_update(take, state):
+    return jax.lax.cond(
+        take, lambda s: optimizer.update(grads, s)[1], lambda s: s, state)
+
+  new_state = maybe_update(True, state)
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
+  assert [leaf.dtype for leaf in jax.tree.leaves(new_state)] == [
+      leaf.dtype for leaf in jax.tree.leaves(state)]
+
+
+def test_accepts_extra_args():
+  optimizer = mso.multiscale([0.1], [1.0])
+  wrapped = optax.chain(optimizer)
+  updates, _ = wrapped.update(
+      jnp.ones(1), wrapped.init(jnp.zeros(1)), jnp.zeros(1), loss=jnp.ones([]))
+  np.testing.assert_allclose(updates, [-0.1])
+
+
+def test_state_memory_counts_distinct_decays_other_than_one():
+  params = {'w': jnp.zeros((100,))}
+  optimizer = mso.multiscale(
+      [0.1, 0.2, 0.3, 0.4, 0.5], [1.0, 0.99, 1.0, 0.99, 0.9])
+  state = optimizer.init(params)
+  stored = sum(leaf.size for leaf in jax.tree.leaves(state.subweights))
+  assert stored == 2 * 100
+  assert len(mso.multiscale([1.0], [1.0]).init(params).subweights) == 0
+
+
+def test_fast_weights_is_the_two_timescale_multiscale_learner():
+  with jax.enable_x64(True):
+    gradients = np.random.default_rng(4).normal(size=(30, 3))
+    expected = _reference_trajectory([0.1, 0.6], [1.0, 0.7], gradients)
+    actual, _ = _library_trajectory(
+        mso.fast_weights(0.1, 0.6, 0.7), jnp.asarray(gradients))
+    np.testing.assert_allclose(actual, expected, atol=1e-12)
+
+
+# --- Bad input -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ('kwargs', 'error', 'pattern'),
+    [
+        (dict(learning_rates=[0.1, 0.2], decays=[1.0]), ValueError,
+         'same length'),
+        (dict(learning_rates=[], decays=[]), ValueError, 'at least one'),
+        (dict(learning_rates=[np.nan], decays=[1.0]), ValueError,
+         r'learning_rates\[0\]. must be finite'),
+        (dict(learning_rates=[0.1], decays=[np.inf]), ValueError,
+         r'decays\[0\]. must be finite'),
+        (dict(learning_rates=[0.1], decays=[1.5]), ValueError,
+         r'\(-1.0, 1.0\]'),
+        (dict(learning_rates=[0.1], decays=[-1.0]), ValueError,
+         r'decays\[0\]. must lie in \(-1.0, 1.0\]'),
+        (dict(learning_rates=[[0.1]], decays=[1.0]), ValueError, '1-D'),
+        (dict(learning_rates=np.ones((1, 1)), decays=[1.0]), ValueError,
+         '1-D'),
+        (dict(learning_rates=0.1, decays=[1.0]), ValueError, 'scalar'),
+        (dict(learning_rates='0.1', decays=[1.0]), TypeError,
+         'learning_rates'),
+        (dict(learning_rates=[0.1], decays=['a']), TypeError, 'decays'),
+        (dict(learning_rates=[0.1], decays=[True]), TypeError, 'decays'),
+        (dict(learning_rates=[0.1], decays=[1.0], state_dtype=jnp.int32),
+         TypeError, 'state_dtype'),
+        (dict(learning_rates=[0.1], decays=[1.0],
+              learning_rate_scale=np.nan), ValueError, 'learning_rate_scale'),
+        (dict(learning_rates=[0.1, 0.2], decays=[1.0, 0.5],
+              initial_subweights=[None]), ValueError, 'initial_subweights'),
+        (dict(learning_rates=[0.1, 0.2], decays=[1.0, 0.5],
+              initial_subweights=[jnp.ones(1), None]), ValueError,
+         r'initial_subweights\[0\]. must be None'),
+        (dict(learning_rates=[0.1], decays=[1.0],
+              initial_subweights={'a': 1}), TypeError, 'initial_subweights'),
+    ],
+)
+def test_bad_input_fails_at_construction(kwargs, error, pattern):
+  with pytest.raises(error, match=pattern):
+    mso.multiscale(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ('args', 'pattern'),
+    [
+        ((0.1, 0.5, 1.0), r'fast_decay. must lie in \(-1.0, 1.0\)'),
+        ((0.1, 0.5, -1.0), 'fast_decay'),
+        ((np.nan, 0.5, 0.5), 'slow_learning_rate'),
+        ((0.1, np.inf, 0.5), 'fast_learning_rate'),
+    ],
+)
+def test_fast_weights_bad_input(args, pattern):
+  with pytest.raises(ValueError, match=pattern):
+    mso.fast_weights(*args)
+
+
+def test_fast_weights_rejects_non_scalars():
+  with pytest.raises(TypeError, match='fast_decay'):
+    mso.fast_weights(0.1, 0.5, [0.5])
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(decay=st.one_of(
+    st.floats(max_value=-1.0, allow_nan=False),
+    st.floats(min_value=1.0, exclude_min=True, allow_nan=False)))
+def test_property_out_of_range_decays_are_rejected(decay):
+  with pytest.raises(ValueError, match='decays'):
+    mso.multiscale([0.1], [decay])
