@@ -11,7 +11,7 @@ import optax
 
 
 def mlp_params(key: jax.Array, sizes=(3, 8, 2), dtype=jnp.float64) -> dict:
-  """Parameters of a small tanh MLP as a nested dict (with a None leaf)."""
+  """Parameters of a small tanh MLP as a nested dict of arrays."""
   params = {}
   for layer, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
     key, weight_key = jax.random.split(key)
