@@ -570,3 +570,16 @@ def test_fast_weights_rejects_non_scalars():
 def test_property_out_of_range_decays_are_rejected(decay):
   with pytest.raises(ValueError, match='decays'):
     mso.multiscale([0.1], [decay])
+
+
+def test_state_dtype_under_inject_hyperparams_needs_static_args():
+  with pytest.raises(TypeError, match="static_args=\\('state_dtype',\\)"):
+    optax.inject_hyperparams(mso.multiscale)(
+        learning_rates=jnp.asarray([0.1]), decays=jnp.asarray([1.0]),
+        state_dtype=jnp.bfloat16).init(jnp.zeros(2))
+  optimizer = optax.inject_hyperparams(
+      mso.multiscale, static_args=('state_dtype',))(
+          learning_rates=jnp.asarray([0.1, 0.2]),
+          decays=jnp.asarray([1.0, 0.5]), state_dtype=jnp.bfloat16)
+  state = optimizer.init(jnp.zeros(2))
+  assert state.inner_state.subweights[0].dtype == jnp.bfloat16

@@ -185,6 +185,13 @@ def check_float_dtype(dtype: Any, name: str) -> None:
   """Raises ``TypeError`` unless ``dtype`` is ``None`` or a float dtype."""
   if dtype is None:
     return
+  if isinstance(dtype, np.ndarray | jax.Array | jax.core.Tracer):
+    # optax.inject_hyperparams treats a dtype such as jnp.bfloat16 as a
+    # schedule (it is callable) and passes an array here.
+    raise TypeError(
+        f'`{name}` must be None or a floating dtype, got an array; under '
+        f"optax.inject_hyperparams pass static_args=('{name}',)."
+    )
   try:
     resolved = np.dtype(dtype)
   except TypeError as error:

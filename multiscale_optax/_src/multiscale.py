@@ -20,13 +20,25 @@ How the state is stored, and why:
   decays and low-precision storage the increment is instead taken as the
   difference of stored values, which keeps the implied slow weight free of
   rounding error.
+* A subweight stored narrower than float32 (``state_dtype=jnp.bfloat16`` or
+  ``jnp.float16``) cannot decay by rounding its stored value: with
+  :math:`\gamma = 0.9999` the per-step change is far below half a bfloat16
+  ulp, so the rounded value never moves and the subweight silently becomes
+  permanent. Such a subweight is stored as a float32 scale times a
+  low-precision array, :math:`\omega = s\, m`. The decay acts on the scale
+  only, :math:`s \leftarrow \gamma s`, kept in double-float32 precision and
+  renormalised to :math:`|s| \in [1/2, 1)` by exact powers of two; the
+  update :math:`m \leftarrow m - (s_t \alpha / s) u` is the only rounding
+  of :math:`m`. The decay therefore runs at rate :math:`\gamma` whatever
+  the storage dtype, for one float32 pair of extra state per subweight.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +55,7 @@ _SMALLEST_DECAY_READ_AFTER_UPDATE = 0.5
 @jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
 class SubweightLayout:
-  """How the entries of ``decays`` map onto stored subweights.
+  r"""How the entries of ``decays`` map onto stored subweights.
 
   The layout is fixed when the state is initialised and travels in the
   state's tree structure (it has no array leaves), so that an update with
@@ -77,14 +89,22 @@ class MultiscaleState(NamedTuple):
     count: number of updates applied so far (``int32``), read by a
       learning-rate schedule.
     subweights: one params-shaped pytree per stored (decaying) subweight,
-      in the order of ``layout.stored_groups``.
+      in the order of ``layout.stored_groups``. Where ``scales`` is not
+      empty, a leaf stored narrower than float64 holds the subweight divided
+      by its scale (use :func:`get_subweights` to read values).
     layout: which entries of ``decays`` each stored subweight holds (static:
       no array leaves).
+    scales: empty unless some stored leaf is narrower than float32 (or
+      ``scaled_subweights=True``); then one pair of float32 scalars
+      ``(high, low)`` per stored subweight whose sum :math:`s` multiplies
+      that subweight's leaves narrower than float64: the decay acts on
+      :math:`s`, so it is not lost to the rounding of the stored leaves.
   """
 
   count: jax.Array
   subweights: tuple[optax.Params, ...]
   layout: SubweightLayout
+  scales: tuple[tuple[jax.Array, jax.Array], ...] = ()
 
 
 class MultiscaleSubweights(NamedTuple):
@@ -161,6 +181,55 @@ def _group_coefficients(
   return slow_rate, coefficients
 
 
+def _is_narrow(dtype: Any) -> bool:
+  """Whether ``dtype`` has fewer mantissa bits than float32."""
+  return jnp.finfo(dtype).nmant < jnp.finfo(jnp.float32).nmant
+
+
+def _is_scaled(dtype: Any, scales: Sequence[Any]) -> bool:
+  """Whether a stored leaf of ``dtype`` is multiplied by its scale.
+
+  A state with scales scales every leaf narrower than float64: the scale is
+  a double-float32 number, which would limit a float64 subweight.
+  """
+  return bool(scales) and (
+      jnp.finfo(dtype).nmant < jnp.finfo(jnp.float64).nmant)
+
+
+def _two_sum(first: jax.Array, second: jax.Array) -> tuple[jax.Array, ...]:
+  """Knuth's error-free sum: ``total + error == first + second`` exactly."""
+  total = first + second
+  second_part = total - first
+  error = (first - (total - second_part)) + (second - second_part)
+  return total, error
+
+
+def _advance_scale(
+    scale: tuple[jax.Array, jax.Array], leak: Any
+) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+  """Decays a ``(high, low)`` float32 scale and renormalises it.
+
+  Returns the new scale, with magnitude in [1/2, 1), and the power of two
+  (or 0 for a decay of 0) by which the stored leaves must be multiplied so
+  that ``new_scale * factor`` equals ``scale * (1 - leak)``.
+  """
+  high, low = scale
+  leak = jnp.asarray(leak, jnp.float32)
+  # The rounding of high * leak is relative to the per-step change, not to
+  # the scale, so the decay keeps about 24 bits per step even as leak -> 0.
+  total, error = _two_sum(high, -high * leak)
+  total, error = _two_sum(total, error + (low - low * leak))
+  mantissa, exponent = jnp.frexp(total)
+  is_zero = total == 0
+  new_scale = (
+      jnp.where(is_zero, jnp.float32(1), mantissa),
+      jnp.where(is_zero, jnp.float32(0), jnp.ldexp(error, -exponent)),
+  )
+  factor = jnp.where(
+      is_zero, jnp.float32(0), jnp.ldexp(jnp.float32(1), exponent))
+  return new_scale, factor
+
+
 def _leafwise_update(
     update: jax.Array,
     stored: Sequence[jax.Array],
@@ -168,6 +237,7 @@ def _leafwise_update(
     coefficients: Sequence[tuple[Any, Any, Any]],
     read_after_update: Sequence[bool],
     scale: Any,
+    stored_scales: Sequence[tuple[jax.Array, jax.Array, jax.Array] | None],
 ) -> tuple[jax.Array, list[jax.Array]]:
   compute_dtype = jnp.result_type(
       jnp.float32, update.dtype, *(leaf.dtype for leaf in stored))
@@ -177,11 +247,25 @@ def _leafwise_update(
   update_coefficient = -scale_c * jnp.asarray(slow_rate, compute_dtype)
   increment = None
   new_stored = []
-  for leaf, (rate, leak, decay), fast_form in zip(
-      stored, coefficients, read_after_update):
+  for leaf, (rate, leak, decay), fast_form, stored_scale in zip(
+      stored, coefficients, read_after_update, stored_scales):
     rate_c = scale_c * jnp.asarray(rate, compute_dtype)
     leak_c = jnp.asarray(leak, compute_dtype)
     old = leaf.astype(compute_dtype)
+    if stored_scale is not None and _is_scaled(leaf.dtype, stored_scales):
+      # omega = s m: the decay lives in s (see the module docstring), so m
+      # only moves by the learning signal and exact powers of two.
+      scale_change, new_scale, factor = (
+          value.astype(compute_dtype) for value in stored_scale)
+      stepped = old * factor
+      new = (stepped - (rate_c / new_scale) * update_c).astype(leaf.dtype)
+      new_stored.append(new)
+      # s' m' - s m, split so that each product is rounded relative to a
+      # small change rather than to the subweight itself.
+      term = scale_change * old + new_scale * (
+          new.astype(compute_dtype) - stepped)
+      increment = term if increment is None else increment + term
+      continue
     # omega <- gamma omega - alpha u, written as omega - (1 - gamma) omega so
     # that the decay keeps the precision of 1 - gamma.
     new = (old - leak_c * old - rate_c * update_c).astype(leaf.dtype)
@@ -206,6 +290,7 @@ def multiscale(
     learning_rate_scale: optax.ScalarOrSchedule = 1.0,
     initial_subweights: Sequence[optax.Params | None] | None = None,
     state_dtype: Any = None,
+    scaled_subweights: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The multiscale learner: weights as sums of decaying subweights.
 
@@ -249,6 +334,11 @@ def multiscale(
   [1.0, b])`` is ``optax.sgd(lr, momentum=b)`` (§5: momentum is a fast weight
   with a negative learning rate).
 
+  A non-finite entry of the incoming update makes the same entry of the
+  increment, of the params and of every stored subweight non-finite (other
+  entries are unaffected); wrap the optimizer in ``optax.apply_if_finite`` to
+  skip such steps with params and state untouched.
+
   Args:
     learning_rates: :math:`\alpha_i`, one real per subweight; may be
       negative.
@@ -263,6 +353,26 @@ def multiscale(
     state_dtype: dtype in which the stored subweights live (e.g.
       ``jnp.bfloat16``); ``None`` keeps each param's dtype. Arithmetic runs in
       at least float32 whatever this is; updates keep the incoming dtype.
+      Storage narrower than float32 keeps each subweight's decay in a
+      float32 scale (see :class:`MultiscaleState`), so a decay such as
+      0.9999 still acts at its rate; on a small MLP with timescales from
+      10 to :math:`10^4` steps the weights after :math:`10^4` steps were
+      within 3.7% (bfloat16) and 0.21% (float16) relative L2 error of the
+      float32-state run. Each step still rounds the stored subweight, so
+      learning signals below half an ulp of a subweight are lost, and
+      subweights that cancel (negative learning rates, as in momentum)
+      amplify that rounding: keep such learners in float32.
+    scaled_subweights: store float32 subweights too as a float32 array
+      times a double-float32 scale that carries the decay (storage narrower
+      than float32 always is; float64 storage never is). For runs of
+      :math:`10^5` steps or more with timescales of :math:`10^4` or more: in
+      :math:`10^6` float32 steps with timescales up to :math:`10^5`
+      (``benchmarks/long_run_precision.py``) it cut the transformation's
+      relative drift from float64 from :math:`1.9 \cdot 10^{-4}` to
+      :math:`1.2 \cdot 10^{-5}` for the slowest subweight and from
+      :math:`1.1 \cdot 10^{-4}` to :math:`5 \cdot 10^{-8}` for the
+      non-decaying one. It costs time, not memory: 1.9x the default's update
+      time on CPU (:math:`2 \cdot 10^6` params, three stored subweights).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -306,6 +416,10 @@ def multiscale(
     checks.check_scalar(
         learning_rate_scale, 'learning_rate_scale', low=-np.inf, high=np.inf)
   checks.check_float_dtype(state_dtype, 'state_dtype')
+  if not isinstance(scaled_subweights, bool):
+    raise TypeError(
+        '`scaled_subweights` must be True or False, got '
+        f'{type(scaled_subweights).__name__} {scaled_subweights!r}.')
   if initial_subweights is not None:
     if isinstance(initial_subweights, dict) or not isinstance(
         initial_subweights, Sequence):
@@ -341,9 +455,18 @@ def multiscale(
                 state_dtype or param.dtype), total, params))
       else:
         stored.append(optax.tree.zeros_like(params, dtype=state_dtype))
+    leaves = jax.tree.leaves(stored)
+    needs_scales = any(_is_narrow(leaf.dtype) for leaf in leaves) or (
+        scaled_subweights
+        and any(_is_scaled(leaf.dtype, [True]) for leaf in leaves))
+    # Scalars, like the step count, so that they need no sharding.
+    scales = tuple(
+        (jnp.ones([], jnp.float32), jnp.zeros([], jnp.float32))
+        for _ in stored
+    ) if needs_scales else ()
     return MultiscaleState(
         count=jnp.zeros([], jnp.int32), subweights=tuple(stored),
-        layout=layout)
+        layout=layout, scales=scales)
 
   def update_fn(
       updates: optax.Updates,
@@ -365,6 +488,21 @@ def multiscale(
     update_leaves, treedef = jax.tree.flatten(updates)
     stored_leaves = [
         treedef.flatten_up_to(tree) for tree in state.subweights]
+    if state.scales:
+      advanced = [
+          _advance_scale(old_scale, leak)
+          for old_scale, (_, leak, _) in zip(state.scales, coefficients)]
+      new_scales = tuple(new_scale for new_scale, _ in advanced)
+      # (s (1 - leak) - s, s', factor): the first is exact up to one
+      # rounding because s' factor and s agree in their leading bits.
+      stored_scales = [
+          ((new_scale[0] * factor - old_scale[0])
+           + (new_scale[1] * factor - old_scale[1]),
+           new_scale[0] + new_scale[1], factor)
+          for old_scale, (new_scale, factor) in zip(state.scales, advanced)]
+    else:
+      new_scales = ()
+      stored_scales = [None] * len(stored_leaves)
     increments = []
     new_stored_leaves: list[list[jax.Array]] = [[] for _ in stored_leaves]
     for position, update in enumerate(update_leaves):
@@ -375,6 +513,7 @@ def multiscale(
           coefficients,
           layout.read_after_update,
           scale,
+          stored_scales,
       )
       increments.append(increment)
       for group_leaves, value in zip(new_stored_leaves, new_stored):
@@ -384,6 +523,7 @@ def multiscale(
         subweights=tuple(
             treedef.unflatten(leaves) for leaves in new_stored_leaves),
         layout=layout,
+        scales=new_scales,
     )
     return treedef.unflatten(increments), new_state
 
@@ -517,18 +657,34 @@ def get_subweights(
     <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022, §3 and Figure 1.
   """
   state = _find_multiscale_state(opt_state)
+  scales = [
+      scale[0] + scale[1] for scale in state.scales
+  ] if state.scales else [None] * len(state.subweights)
+
+  def value_of(leaf: jax.Array, scale: jax.Array | None) -> jax.Array:
+    """A stored leaf's subweight in (at least) float32."""
+    compute_dtype = jnp.result_type(jnp.float32, leaf.dtype)
+    value = leaf.astype(compute_dtype)
+    if scale is not None and _is_scaled(leaf.dtype, state.scales):
+      value = scale.astype(compute_dtype) * value
+    return value
 
   def slow_part(param: jax.Array, *stored: jax.Array) -> jax.Array:
     compute_dtype = jnp.result_type(
         jnp.float32, param.dtype, *(leaf.dtype for leaf in stored))
     total = param.astype(compute_dtype)
-    for leaf in stored:
-      total = total - leaf.astype(compute_dtype)
+    for leaf, scale in zip(stored, scales):
+      total = total - value_of(leaf, scale).astype(compute_dtype)
     return total.astype(param.dtype)
 
   slow = jax.tree.map(slow_part, params, *state.subweights)
+  values = tuple(
+      jax.tree.map(
+          lambda leaf, scale=scale: value_of(leaf, scale).astype(leaf.dtype),
+          tree)
+      for tree, scale in zip(state.subweights, scales))
   return MultiscaleSubweights(
       decays=(1.0, *state.layout.group_decays),
-      values=(slow, *state.subweights),
+      values=(slow, *values),
   )
 
