@@ -86,8 +86,9 @@ def timescales_from_decays(decays: Sequence[float] | np.ndarray) -> np.ndarray:
       entries, 'decays', low=0.0, high=1.0, low_inclusive=False,
       high_inclusive=True)
   values = np.asarray(entries, dtype=np.float64)
+  # A decay of 1 never forgets: its timescale is +inf, not -1 / log(1).
   with np.errstate(divide='ignore'):
-    return -1.0 / np.log(values)
+    return np.where(values == 1.0, np.inf, -1.0 / np.log(values))
 
 
 def log_spaced_timescales(

@@ -1,0 +1,323 @@
+"""Tests of the linear-optimizer converters (§5): momentum, AggMo, QHM, any."""
+
+from __future__ import annotations
+
+import helpers
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import multiscale_optax as mso
+
+# --- Reference optimizers, written plainly from their papers --------------
+
+
+def _reference_aggmo(learning_rate, betas):
+  """AggMo (Lucas et al. 2019): v_j <- b_j v_j + g; dw = -(lr/K) sum v_j."""
+  def init_fn(params):
+    return tuple(jax.tree.map(jnp.zeros_like, params) for _ in betas)
+
+  def update_fn(updates, state, params=None):
+    del params
+    state = tuple(
+        jax.tree.map(lambda v, g, b=beta: b * v + g, buffer, updates)
+        for beta, buffer in zip(betas, state))
+    increment = jax.tree.map(
+        lambda *vs: -learning_rate / len(betas) * sum(vs), *state)
+    return increment, state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _reference_qhm(learning_rate, nu, beta):
+  """QHM (Ma & Yarats 2019): m <- b m + (1-b) g; dw = -lr((1-nu) g + nu m)."""
+  def init_fn(params):
+    return jax.tree.map(jnp.zeros_like, params)
+
+  def update_fn(updates, state, params=None):
+    del params
+    state = jax.tree.map(lambda m, g: beta * m + (1 - beta) * g, state,
+                         updates)
+    increment = jax.tree.map(
+        lambda m, g: -learning_rate * ((1 - nu) * g + nu * m), state, updates)
+    return increment, state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _reference_nesterov(learning_rate, momentum):
+  """Nesterov as in optax.sgd: m <- b m + g; dw = -lr (g + b m)."""
+  def init_fn(params):
+    return jax.tree.map(jnp.zeros_like, params)
+
+  def update_fn(updates, state, params=None):
+    del params
+    state = jax.tree.map(lambda m, g: momentum * m + g, state, updates)
+    increment = jax.tree.map(
+        lambda m, g: -learning_rate * (g + momentum * m), state, updates)
+    return increment, state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _mlp_problem(steps=220):
+  params = helpers.mlp_params(jax.random.PRNGKey(0))
+  batches = helpers.mlp_batches(jax.random.PRNGKey(1), steps)
+  return params, batches
+
+
+@pytest.mark.parametrize('name', ['heavy_ball', 'nesterov', 'aggmo', 'qhm'])
+def test_multiscale_form_matches_reference_on_mlp(name):
+  with jax.enable_x64(True):
+    params, batches = _mlp_problem()
+    if name == 'heavy_ball':
+      reference = optax.sgd(0.05, momentum=0.8)
+      spec = mso.from_momentum(0.05, 0.8)
+    elif name == 'nesterov':
+      reference = _reference_nesterov(0.05, 0.8)
+      spec = mso.from_momentum(0.05, 0.8, nesterov=True)
+    elif name == 'aggmo':
+      reference = _reference_aggmo(0.1, [0.0, 0.5, 0.9])
+      spec = mso.from_aggmo(0.1, [0.0, 0.5, 0.9])
+    else:
+      reference = _reference_qhm(0.3, 0.7, 0.9)
+      spec = mso.from_qhm(0.3, 0.7, 0.9)
+    expected = helpers.run_trajectory(reference, params, batches)
+    actual = helpers.run_trajectory(
+        mso.multiscale(spec.learning_rates, spec.decays), params, batches)
+    assert helpers.max_abs_difference(
+        jax.tree.map(lambda h: h[-1], expected), params) > 0.05
+    assert helpers.max_abs_difference(expected, actual) <= 1e-10
+
+
+def test_momentum_closed_forms_and_exact_slow_decay():
+  lr, beta = 0.05, 0.9
+  spec = mso.from_momentum(lr, beta)
+  assert spec.decays[0] == 1.0  # exactly, so multiscale stores no slow weight
+  np.testing.assert_allclose(spec.decays, [1.0, beta], rtol=1e-14)
+  np.testing.assert_allclose(
+      spec.learning_rates, [lr / (1 - beta), -lr * beta / (1 - beta)],
+      rtol=1e-12)
+  nesterov = mso.from_momentum(lr, beta, nesterov=True)
+  np.testing.assert_allclose(
+      nesterov.learning_rates, [lr / (1 - beta), -lr * beta**2 / (1 - beta)],
+      rtol=1e-12)
+  state = mso.multiscale(spec.learning_rates, spec.decays).init(jnp.zeros(3))
+  assert len(state.subweights) == 1
+  sgd = mso.from_momentum(lr, 0.0)
+  np.testing.assert_allclose(sgd.learning_rates, [lr])
+  np.testing.assert_array_equal(sgd.decays, [1.0])
+  qhm = mso.from_qhm(lr, 0.7, beta)
+  np.testing.assert_allclose(
+      qhm.learning_rates, [lr, -lr * 0.7 * beta], rtol=1e-12)
+
+
+def _iterate_linear(transition, gradient_input, readout, gradients, state):
+  weights = []
+  for gradient in gradients:
+    state = transition @ state + gradient_input * gradient
+    weights.append(readout @ state)
+  return np.array(weights)
+
+
+def _iterate_multiscale(learning_rates, decays, gradients, subweights):
+  weights = []
+  for gradient in gradients:
+    subweights = decays * subweights - learning_rates * gradient
+    weights.append(subweights.sum())
+  return np.array(weights)
+
+
+def _aggmo_system(learning_rate, betas):
+  betas = np.asarray(betas, np.float64)
+  count = len(betas)
+  transition = np.zeros((count + 1, count + 1))
+  transition[0, 0] = 1.0
+  transition[0, 1:] = -learning_rate / count * betas
+  transition[1:, 1:] = np.diag(betas)
+  return (transition, np.concatenate([[-learning_rate], np.ones(count)]),
+          np.eye(count + 1)[0])
+
+
+@hypothesis.settings(max_examples=30, deadline=None)
+@hypothesis.given(
+    st.floats(0.01, 1.0),
+    st.lists(st.floats(0.0, 0.99), min_size=1, max_size=5),
+    st.integers(0, 2**16),
+)
+def test_property_aggmo_random_betas(learning_rate, betas, seed):
+  rng = np.random.default_rng(seed)
+  spec = mso.from_aggmo(learning_rate, betas)
+  transition, gradient_input, readout = _aggmo_system(learning_rate, betas)
+  gradients = rng.normal(size=80)
+  # A state reached from zero buffers with a random weight.
+  start = np.zeros(len(betas) + 1)
+  start[0] = rng.normal()
+  start = _iterate_linear_state(
+      transition, gradient_input, rng.normal(size=5), start)
+  expected = _iterate_linear(
+      transition, gradient_input, readout, gradients, start)
+  subweights = spec.subweights_from_state @ start
+  actual = _iterate_multiscale(
+      spec.learning_rates, spec.decays, gradients, subweights)
+  scale = max(1.0, np.abs(expected).max())
+  np.testing.assert_allclose(actual, expected, atol=1e-10 * scale)
+  # Distinct positive betas: every mode is kept and rank one, so the state
+  # round-trips.
+  if min(betas) > 1e-3 and len(set(betas)) == len(betas) and min(
+      abs(a - b) for a in [*betas, 1.0] for b in [*betas, 1.0]
+      if a != b) > 1e-3:
+    np.testing.assert_allclose(
+        spec.state_from_subweights @ subweights, start,
+        atol=1e-9 * max(1.0, np.abs(start).max()))
+  np.testing.assert_allclose(
+      spec.subweights_from_state @ spec.state_from_subweights,
+      np.eye(len(spec.decays)), atol=1e-9)
+
+
+def _iterate_linear_state(transition, gradient_input, gradients, state):
+  for gradient in gradients:
+    state = transition @ state + gradient_input * gradient
+  return state
+
+
+@hypothesis.settings(max_examples=30, deadline=None)
+@hypothesis.given(
+    st.floats(0.01, 1.0), st.floats(-0.5, 1.5), st.floats(0.0, 0.99),
+    st.integers(0, 2**16))
+def test_property_qhm_random_hyperparameters(learning_rate, nu, beta, seed):
+  rng = np.random.default_rng(seed)
+  spec = mso.from_qhm(learning_rate, nu, beta)
+  gradients = rng.normal(size=80)
+  weight, buffer, weights = 0.4, 0.0, []
+  for gradient in gradients:
+    buffer = beta * buffer + (1 - beta) * gradient
+    weight = weight - learning_rate * ((1 - nu) * gradient + nu * buffer)
+    weights.append(weight)
+  subweights = np.array(
+      [0.4 if decay == 1.0 else 0.0 for decay in spec.decays])
+  actual = _iterate_multiscale(
+      spec.learning_rates, spec.decays, gradients, subweights)
+  np.testing.assert_allclose(
+      actual, weights, atol=1e-10 * max(1.0, np.abs(weights).max()))
+
+
+@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.given(
+    st.lists(st.floats(-0.9, 0.999), min_size=1, max_size=5),
+    st.integers(0, 2**16))
+def test_property_random_diagonalisable_system(eigenvalues, seed):
+  rng = np.random.default_rng(seed)
+  values = np.array([1.0, *eigenvalues])
+  size = len(values)
+  basis = rng.normal(size=(size, size)) + 2.0 * np.eye(size)
+  hypothesis.assume(np.linalg.cond(basis) < 1e3)
+  transition = basis @ np.diag(values) @ np.linalg.inv(basis)
+  gradient_input = rng.normal(size=size)
+  readout = rng.normal(size=size)
+  spec = mso.from_linear_dynamics(transition, gradient_input, readout)
+  assert spec.decays[0] == 1.0
+  assert np.all(np.diff(spec.decays) < 0)
+  start = rng.normal(size=size)
+  gradients = rng.normal(size=60)
+  expected = _iterate_linear(
+      transition, gradient_input, readout, gradients, start)
+  actual = _iterate_multiscale(
+      spec.learning_rates, spec.decays, gradients,
+      spec.subweights_from_state @ start)
+  np.testing.assert_allclose(
+      actual, expected, atol=1e-8 * max(1.0, np.abs(expected).max()))
+
+
+def test_repeated_eigenvalues_merge_and_unobservable_unreachable_drop():
+  # Two buffers with the same beta are one mode; each buffer acts like heavy
+  # ball with rate lr/K: slow rate (lr/K)/(1-b), fast rate -(lr/K)b/(1-b).
+  lr, count = 0.1, 3
+  merged = mso.from_aggmo(lr, [0.9, 0.9, 0.5])
+  np.testing.assert_allclose(merged.decays, [1.0, 0.9, 0.5], rtol=1e-12)
+  per_buffer = lr / count
+  np.testing.assert_allclose(
+      merged.learning_rates,
+      [per_buffer * (2 / 0.1 + 1 / 0.5), -2 * per_buffer * 0.9 / 0.1,
+       -per_buffer * 0.5 / 0.5], rtol=1e-10)
+  assert len(mso.from_aggmo(0.1, [0.0, 0.9]).decays) == 2
+  unobservable = mso.from_linear_dynamics(
+      np.diag([1.0, 0.5]), [-1.0, 1.0], [1.0, 0.0])
+  np.testing.assert_array_equal(unobservable.decays, [1.0])
+  unreachable = mso.from_linear_dynamics(
+      [[1.0, 0.3], [0.0, 0.5]], [-1.0, 0.0], [1.0, 0.0])
+  np.testing.assert_array_equal(unreachable.decays, [1.0])
+  np.testing.assert_allclose(unreachable.learning_rates, [1.0])
+
+
+def test_momentum_state_continues_exactly():
+  with jax.enable_x64(True):
+    params, (inputs, targets) = _mlp_problem(200)
+    sgd = optax.sgd(0.05, momentum=0.8)
+    spec = mso.from_momentum(0.05, 0.8)
+    grad_fn = jax.grad(helpers.mlp_loss)
+
+    @jax.jit
+    def first_half(params):
+      def step(carry, batch):
+        params, state = carry
+        updates, state = sgd.update(grad_fn(params, *batch), state)
+        return (optax.apply_updates(params, updates), state), None
+
+      carry, _ = jax.lax.scan(
+          step, (params, sgd.init(params)), (inputs[:100], targets[:100]))
+      return carry
+
+    mid_params, (trace_state, _) = first_half(params)
+    initial = mso.state_to_subweights(spec, [mid_params, trace_state.trace])
+    assert initial[0] is None
+    switched = helpers.run_trajectory(
+        mso.multiscale(spec.learning_rates, spec.decays,
+                       initial_subweights=initial),
+        mid_params, (inputs[100:], targets[100:]))
+    full = helpers.run_trajectory(sgd, params, (inputs, targets))
+    assert helpers.max_abs_difference(
+        jax.tree.map(lambda h: h[100:], full), switched) <= 1e-10
+    weight, trace = mso.subweights_to_state(spec, mid_params, initial)
+    assert helpers.max_abs_difference(weight, mid_params) <= 1e-12
+    assert helpers.max_abs_difference(trace, trace_state.trace) <= 1e-10
+
+
+@pytest.mark.parametrize('transition, gradient_input, match', [
+    ([[1.0, 1.0], [0.0, 1.0]], [0.0, 1.0], 'Jordan'),
+    ([[1.1]], [1.0], 'unstable'),
+    ([[0.5, -0.5], [0.5, 0.5]], [1.0, 0.0], 'complex'),
+    ([[-1.0]], [1.0], '<= -1'),
+    ([[1.0, 0.0], [0.0, 0.5]], [1.0], 'input'),
+    ([[1.0, 0.0, 0.0], [0.0, 0.5, 0.0]], [1.0, 0.0, 0.0], 'square'),
+    ([[float('nan')]], [1.0], 'finite'),
+])
+def test_from_linear_dynamics_refuses_with_reason(
+    transition, gradient_input, match):
+  readout = np.eye(len(gradient_input))[0] if len(
+      np.asarray(transition)) == len(gradient_input) else [1.0, 0.0]
+  with pytest.raises(ValueError, match=match):
+    mso.from_linear_dynamics(transition, gradient_input, readout)
+
+
+def test_converter_arguments_are_validated():
+  with pytest.raises(ValueError, match=r'betas.*Jordan'):
+    mso.from_aggmo(0.1, [0.9, 1.0])
+  with pytest.raises(ValueError, match='betas'):
+    mso.from_aggmo(0.1, [1.2])
+  with pytest.raises(ValueError, match='momentum'):
+    mso.from_momentum(0.1, 1.0)
+  with pytest.raises(ValueError, match='beta'):
+    mso.from_qhm(0.1, 0.7, -0.1)
+  with pytest.raises(TypeError, match='concrete'):
+    jax.jit(lambda t: mso.from_linear_dynamics(t, [1.0], [1.0]))(
+        jnp.ones((1, 1)))
+  spec = mso.from_momentum(0.1, 0.9)
+  with pytest.raises(ValueError, match='coordinates'):
+    mso.state_to_subweights(spec, [jnp.zeros(2)])
+  with pytest.raises(ValueError, match='None'):
+    mso.subweights_to_state(spec, jnp.zeros(2), [jnp.zeros(2), None])
