@@ -1,0 +1,691 @@
+r"""Online learning on real data: scikit-learn's digits under task shifts.
+
+A small MLP and a small CNN see scikit-learn's bundled ``load_digits``
+images (8x8, 10 classes; shipped in the wheel, no download) one mini-batch
+per step. Each batch is predicted *before* the model trains on it; online
+accuracy is the accuracy of these predictions. Tasks are fixed label
+permutations, so features are shared and old knowledge becomes useful again
+when a task recurs. Three streams:
+
+* ``recurring``: two tasks alternate in blocks of ``block`` steps
+  (the situation of Figure 1 of Jones, NeurIPS 2022, on real data);
+* ``one_over_f``: three tasks; segment durations follow a power law
+  (density :math:`\propto d^{-2}` from 8 steps to the stream length), a
+  renewal process with a 1/f spectrum, so shifts happen at every timescale
+  and each task recurs after gaps of every length;
+* ``stationary``: one task, i.i.d. batches (the control).
+
+Optimizers: SGD, SGD + momentum, Adam, ``optax.contrib.ademamix``,
+multiscale-Adam (``optax.chain(optax.scale_by_adam(), multiscale(...))``
+with log-spaced timescales), fast weights on Adam directions, and the
+Benna–Fusi synapse when ``multiscale_optax.benna_fusi`` exists. Every
+optimizer gets the same tuning budget: the same number of learning rates,
+chosen by online accuracy on separate tuning seeds; the chosen rate is then
+reported on evaluation seeds (mean ± sd).
+
+Every (optimizer, model) pair is one ``jax.jit`` compilation: streams, seeds
+and learning rates are ``jax.vmap`` axes, steps a ``jax.lax.scan``.
+
+Usage::
+
+  python benchmarks/online_digits.py          # default grid, < 5 min
+  python benchmarks/online_digits.py --full   # the whole grid
+
+Writes ``benchmarks/results/online_digits.json`` and ``.png``.
+
+References:
+  Jones, `Learning at Multiple Timescales
+  <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from sklearn.datasets import load_digits
+
+import multiscale_optax as mso
+
+RESULTS = pathlib.Path(__file__).resolve().parent / 'results'
+STREAMS = ('recurring', 'one_over_f', 'stationary')
+NUM_CLASSES = 10
+NUM_TASKS = 3  # label permutations; the recurring stream uses the first two
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  steps: int
+  batch: int
+  block: int  # recurring block length; also the held-out evaluation period
+  num_learning_rates: int
+  tuning_seeds: tuple[int, ...]
+  evaluation_seeds: tuple[int, ...]
+  models: tuple[str, ...]
+  ablations: bool
+
+
+DEFAULT = Config(
+    steps=1000, batch=16, block=100, num_learning_rates=6,
+    tuning_seeds=(100, 101), evaluation_seeds=(0, 1, 2, 3, 4),
+    models=('mlp', 'cnn'), ablations=False)
+FULL = Config(
+    steps=3000, batch=16, block=100, num_learning_rates=10,
+    tuning_seeds=(100, 101, 102), evaluation_seeds=tuple(range(10)),
+    models=('mlp', 'cnn'), ablations=True)
+
+# Timescales of multiscale-Adam: log-spaced from a few steps up to the
+# length of a few recurring blocks, plus a permanent (decay 1) part.
+MULTISCALE_TIMESCALES = (3.0, 1000.0)
+MULTISCALE_NUM_DECAYING = 5
+
+
+# ---------------------------------------------------------------------------
+# Optimizers: each maps a (traced) learning rate to a transformation.
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  name: str
+  build: Callable[[jax.Array], optax.GradientTransformation]
+  learning_rates: tuple[float, float]  # log-spaced grid endpoints
+  note: str
+
+
+def _multiscale_adam(
+    shortest=MULTISCALE_TIMESCALES[0], longest=MULTISCALE_TIMESCALES[1],
+    num=MULTISCALE_NUM_DECAYING, slow_share=None, adam_first=True, b1=0.9):
+  """Adam directions split over a permanent part and ``num`` decaying
+  subweights with log-spaced timescales; equal rates unless ``slow_share``
+  gives the permanent part's share of the total rate."""
+  decays = np.concatenate(
+      [[1.0], mso.decays_from_timescales(
+          mso.log_spaced_timescales(shortest, longest, num))])
+  if slow_share is None:
+    shape = np.full(num + 1, 1.0 / (num + 1))
+  else:
+    shape = np.concatenate(
+        [[slow_share], np.full(num, (1.0 - slow_share) / num)])
+
+  def build(learning_rate):
+    rates = learning_rate * jnp.asarray(shape, jnp.float32)
+    if adam_first:
+      return optax.chain(
+          optax.scale_by_adam(b1=b1), mso.multiscale(rates, decays))
+    # Multiscale on raw gradients (its output is already a descent
+    # increment), then Adam normalising the increments.
+    return optax.chain(
+        mso.multiscale(rates / learning_rate, decays),
+        optax.scale_by_adam(), optax.scale(learning_rate))
+  return build
+
+
+def _fast_weights_adam(fast_share=0.75, fast_timescale=20.0):
+  fast_decay = float(mso.decays_from_timescales([fast_timescale])[0])
+
+  def build(learning_rate):
+    rates = learning_rate * jnp.asarray(
+        [1.0 - fast_share, fast_share], jnp.float32)
+    return optax.chain(
+        optax.scale_by_adam(), mso.multiscale(rates, [1.0, fast_decay]))
+  return build
+
+
+def families(config: Config) -> list[Family]:
+  adam_range = (3e-4, 1e-1)
+  result = [
+      Family('sgd', lambda lr: optax.sgd(lr), (1e-2, 1.0), 'plain SGD'),
+      Family('sgd_momentum', lambda lr: optax.sgd(lr, momentum=0.9),
+             (3e-3, 3e-1), 'momentum 0.9'),
+      Family('adam', lambda lr: optax.adam(lr), adam_range, 'optax.adam'),
+      Family('ademamix',
+             lambda lr: optax.contrib.ademamix(lr, b3=0.999, alpha=5.0),
+             adam_range,
+             'optax.contrib.ademamix, b3=0.999 (timescale 1000), alpha=5'),
+      Family('multiscale_adam', _multiscale_adam(), adam_range,
+             'scale_by_adam -> multiscale; permanent part + timescales '
+             f'{MULTISCALE_TIMESCALES[0]:g}..{MULTISCALE_TIMESCALES[1]:g} '
+             f'({MULTISCALE_NUM_DECAYING} log-spaced), equal rates'),
+      Family('fast_weights_adam', _fast_weights_adam(), adam_range,
+             'scale_by_adam -> fast weights: 1/4 of the rate permanent, '
+             '3/4 fast with timescale 20'),
+  ]
+  if hasattr(mso, 'benna_fusi'):
+    result.append(Family(
+        'benna_fusi_adam', _benna_fusi_adam(), adam_range,
+        'scale_by_adam -> multiscale_optax.benna_fusi, '
+        'benna_fusi_defaults(6) chain'))
+  if config.ablations:
+    result += [
+        Family('ms_adam_slow_half', _multiscale_adam(slow_share=0.5),
+               adam_range, 'ablation: permanent part gets half the rate'),
+        Family('ms_adam_tau_3_100', _multiscale_adam(longest=100.0),
+               adam_range, 'ablation: timescales 3..100'),
+        Family('ms_adam_tau_30_3000',
+               _multiscale_adam(shortest=30.0, longest=3000.0), adam_range,
+               'ablation: timescales 30..3000'),
+        Family('ms_before_adam', _multiscale_adam(adam_first=False),
+               adam_range, 'ablation: multiscale on gradients, then Adam'),
+        Family('adam_b1_0', lambda lr: optax.adam(lr, b1=0.0), adam_range,
+               'ablation: Adam without momentum (b1=0)'),
+        Family('ms_adam_b1_0', _multiscale_adam(b1=0.0), adam_range,
+               'ablation: multiscale_adam on Adam without momentum (b1=0)'),
+    ]
+  return result
+
+
+def _benna_fusi_adam(num_variables=6):
+  capacities, conductances = mso.benna_fusi_defaults(num_variables)
+
+  def build(learning_rate):
+    return optax.chain(
+        optax.scale_by_adam(),
+        mso.benna_fusi(capacities, conductances, learning_rate=learning_rate))
+  return build
+
+
+# ---------------------------------------------------------------------------
+# Models (pure JAX, so that seeds and learning rates vmap).
+
+
+def _dense_init(key, fan_in, fan_out):
+  return {
+      'w': jax.random.normal(key, (fan_in, fan_out)) * jnp.sqrt(2.0 / fan_in),
+      'b': jnp.zeros(fan_out),
+  }
+
+
+def mlp_init(key):
+  first, second = jax.random.split(key)
+  return {'hidden': _dense_init(first, 64, 64),
+          'out': _dense_init(second, 64, NUM_CLASSES)}
+
+
+def mlp_apply(params, images):
+  hidden = jax.nn.relu(images @ params['hidden']['w'] + params['hidden']['b'])
+  return hidden @ params['out']['w'] + params['out']['b']
+
+
+def cnn_init(key):
+  keys = jax.random.split(key, 3)
+  return {
+      'conv1': jax.random.normal(keys[0], (9, 4)) * jnp.sqrt(2.0 / 9),
+      'conv2': jax.random.normal(keys[1], (3, 3, 4, 8)) * jnp.sqrt(2.0 / 36),
+      'out': _dense_init(keys[2], 4 * 4 * 8, NUM_CLASSES),
+  }
+
+
+def _patches(images, stride):
+  """3x3 patches (zero padding 1) as a matmul operand (im2col).
+
+  Vmapped over params, a matmul stays a batched matmul, where a convolution
+  would become a grouped convolution (4x slower here on CPU).
+  """
+  height = images.shape[1]
+  padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  shifted = [
+      padded[:, row:row + height:stride, col:col + height:stride, :]
+      for row in range(3) for col in range(3)]
+  return jnp.concatenate(shifted, axis=-1)  # (batch, h, w, 9 * channels)
+
+
+def _conv(images, kernel, stride):
+  return _patches(images, stride) @ kernel.reshape(-1, kernel.shape[-1])
+
+
+def cnn_inputs(images):
+  """The first layer's 3x3 patches, computed once for the whole data set
+  (they do not depend on the params)."""
+  return _patches(jnp.asarray(images).reshape(-1, 8, 8, 1), 1)
+
+
+def cnn_apply(params, patches):
+  """3x3 conv (4 channels) -> 3x3 conv stride 2 (8 channels) -> linear;
+  ``patches`` come from :func:`cnn_inputs`."""
+  hidden = jax.nn.relu(patches @ params['conv1'])
+  hidden = jax.nn.relu(_conv(hidden, params['conv2'], 2))
+  hidden = hidden.reshape(hidden.shape[0], -1)
+  return hidden @ params['out']['w'] + params['out']['b']
+
+
+MODELS = {
+    'mlp': (mlp_init, mlp_apply, jnp.asarray),
+    'cnn': (cnn_init, cnn_apply, cnn_inputs),
+}
+
+
+# ---------------------------------------------------------------------------
+# Streams.
+
+
+def _one_over_f_tasks(rng, steps, shortest=8):
+  r"""Task ids with power-law segment durations.
+
+  Durations have density :math:`\propto d^{-2}` on [``shortest``,
+  ``steps``]; at each segment end the task jumps to one of the other tasks.
+  A renewal process with this duration law has a 1/f spectrum (Eliazar &
+  Klafter, PNAS 2009, the paper's [EK09]), so there are shifts at every
+  timescale and old tasks recur after gaps of every length.
+  """
+  tasks = []
+  task = int(rng.integers(NUM_TASKS))
+  while len(tasks) < steps:
+    uniform = rng.uniform()
+    duration = 1.0 / (1.0 / shortest - uniform * (1.0 / shortest - 1.0 / steps))
+    tasks += [task] * round(duration)
+    task = (task + int(rng.integers(1, NUM_TASKS))) % NUM_TASKS
+  return np.asarray(tasks[:steps])
+
+
+def make_stream(kind: str, seed: int, config: Config, num_train: int):
+  """Example indices (steps, batch), task ids (steps,), label permutations
+  (tasks, classes) for one seed."""
+  rng = np.random.default_rng([seed, STREAMS.index(kind)])
+  permutations = np.stack(
+      [np.arange(NUM_CLASSES)]
+      + [rng.permutation(NUM_CLASSES) for _ in range(NUM_TASKS - 1)])
+  indices = rng.integers(0, num_train, (config.steps, config.batch))
+  if kind == 'recurring':
+    tasks = (np.arange(config.steps) // config.block) % 2
+  elif kind == 'one_over_f':
+    tasks = _one_over_f_tasks(rng, config.steps)
+  else:
+    tasks = np.zeros(config.steps, np.int64)
+  return indices, tasks, permutations
+
+
+def load_data(seed=0):
+  digits = load_digits()
+  images = (digits.data / 16.0).astype(np.float32)
+  labels = digits.target.astype(np.int32)
+  order = np.random.default_rng(seed).permutation(len(labels))
+  held_out = order[:397]
+  train = order[397:]
+  return (images[train], labels[train]), (images[held_out], labels[held_out])
+
+
+# ---------------------------------------------------------------------------
+# Training: one compilation per (optimizer, model).
+
+
+def make_runner(family: Family, model: str, config: Config, data):
+  init_fn, apply_fn, inputs_fn = MODELS[model]
+  (train_images, train_labels), (test_images, test_labels) = data
+  train_images = inputs_fn(train_images)
+  train_labels = jnp.asarray(train_labels)
+  test_images = inputs_fn(test_images)
+  test_labels = jnp.asarray(test_labels)
+  num_chunks = config.steps // config.block
+
+  def loss_fn(params, images, labels):
+    logits = apply_fn(params, images)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return jnp.mean(loss), logits
+
+  def single(learning_rate, init_key, indices, tasks, permutations):
+    optimizer = family.build(learning_rate)
+    params = init_fn(init_key)
+    carry = (params, optimizer.init(params))
+
+    def step(carry, inputs):
+      params, opt_state = carry
+      batch_indices, task = inputs
+      images = train_images[batch_indices]
+      labels = permutations[task][train_labels[batch_indices]]
+      (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          params, images, labels)
+      # Accuracy of the prediction made before training on this batch.
+      correct = jnp.mean(jnp.argmax(logits, -1) == labels)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), correct
+
+    def chunk(carry, inputs):
+      carry, correct = jax.lax.scan(step, carry, inputs)
+      predictions = jnp.argmax(apply_fn(carry[0], test_images), -1)
+      held_out = jnp.mean(
+          predictions[None, :] == permutations[:, test_labels], axis=1)
+      return carry, (correct, held_out)
+
+    chunked = (
+        indices.reshape(num_chunks, config.block, -1),
+        tasks.reshape(num_chunks, config.block))
+    _, (correct, held_out) = jax.lax.scan(chunk, carry, chunked)
+    return correct.reshape(-1), held_out
+
+  # One flat axis of (learning rate, seed, stream) instances.
+  return jax.jit(jax.vmap(single))
+
+
+# ---------------------------------------------------------------------------
+# Metrics (NumPy, per run).
+
+
+def _segments(tasks):
+  """Start indices of task segments after the first, and their lengths."""
+  switches = np.flatnonzero(np.diff(tasks)) + 1
+  bounds = np.concatenate([switches, [len(tasks)]])
+  return switches, np.diff(bounds)
+
+
+def switch_metrics(correct, tasks, after=5, before=20, window=10,
+                   tolerance=0.05):
+  """Accuracy right after each switch (first ``after`` steps), and steps
+  until the ``window``-step mean accuracy is within ``tolerance`` of the
+  mean accuracy over the last ``before`` steps of the previous segment
+  (censored at the segment length). Only switches into segments of at least
+  ``window`` steps with at least ``before`` steps before them count."""
+  switches, lengths = _segments(tasks)
+  after_accuracy, recovery = [], []
+  previous_start = 0
+  for start, length in zip(switches, lengths, strict=True):
+    previous_length = start - previous_start
+    previous_start = start
+    if length < window or previous_length < before:
+      continue
+    reference = correct[start - before:start].mean()
+    after_accuracy.append(correct[start:start + after].mean())
+    smoothed = np.convolve(
+        correct[start:start + length], np.ones(window) / window, 'valid')
+    recovered = np.flatnonzero(smoothed >= reference - tolerance)
+    recovery.append(recovered[0] if len(recovered) else length)
+  if not after_accuracy:
+    return np.nan, np.nan
+  return float(np.mean(after_accuracy)), float(np.mean(recovery))
+
+
+def retention(held_out, tasks, block):
+  """Held-out accuracy on the most recent *other* task, at the end of each
+  evaluation period (``held_out``: periods x tasks)."""
+  values = []
+  for period in range(held_out.shape[0]):
+    end = (period + 1) * block
+    current = tasks[end - 1]
+    earlier = tasks[:end][tasks[:end] != current]
+    if len(earlier):
+      values.append(held_out[period, earlier[-1]])
+  return float(np.mean(values)) if values else np.nan
+
+
+def run_metrics(correct, held_out, tasks, block):
+  after, recovery = switch_metrics(correct, tasks)
+  return {
+      'online_accuracy': float(correct.mean()),
+      'accuracy_after_switch': after,
+      'steps_to_recover': recovery,
+      'retention': retention(held_out, tasks, block),
+      'final_held_out_current_task': float(held_out[-1, tasks[-1]]),
+  }
+
+
+# ---------------------------------------------------------------------------
+# Driver.
+
+
+def _summary(values):
+  values = np.asarray(values, np.float64)
+  if np.all(np.isnan(values)):
+    return None
+  return {'mean': float(np.nanmean(values)), 'sd': float(np.nanstd(values))}
+
+
+class _Streams:
+  """Every (stream kind, seed) run as stacked arrays."""
+
+  def __init__(self, config: Config, num_train: int):
+    seeds = config.tuning_seeds + config.evaluation_seeds
+    self.runs = [(kind, seed) for kind in STREAMS for seed in seeds]
+    streams = [make_stream(kind, seed, config, num_train)
+               for kind, seed in self.runs]
+    self.indices = np.stack([stream[0] for stream in streams])
+    self.tasks = np.stack([stream[1] for stream in streams])
+    self.permutations = np.stack([stream[2] for stream in streams])
+
+  def rows(self, kind, seeds):
+    return [self.runs.index((kind, seed)) for seed in seeds]
+
+
+def _run_instances(runner, instances, streams, width):
+  """Runs (learning rate, stream row) pairs, padded to ``width`` so that
+  tuning and evaluation share one compilation."""
+  padded = instances + [instances[-1]] * (width - len(instances))
+  rates = jnp.asarray([rate for rate, _ in padded], jnp.float32)
+  rows = np.asarray([row for _, row in padded])
+  # The same initial params for every stream and learning rate of a seed.
+  keys = jax.vmap(jax.random.key)(
+      jnp.asarray([streams.runs[row][1] for row in rows]))
+  correct, held_out = jax.block_until_ready(runner(
+      rates, keys, jnp.asarray(streams.indices[rows]),
+      jnp.asarray(streams.tasks[rows]),
+      jnp.asarray(streams.permutations[rows])))
+  count = len(instances)
+  return np.asarray(correct)[:count], np.asarray(held_out)[:count]
+
+
+def benchmark(config: Config, log=print):
+  data = load_data()
+  streams = _Streams(config, len(data[0][1]))
+  all_families = families(config)
+  results = {}
+  started = time.perf_counter()
+  total = len(config.models) * len(all_families)
+  done = 0
+  width = max(
+      len(STREAMS) * len(config.tuning_seeds) * config.num_learning_rates,
+      len(STREAMS) * len(config.evaluation_seeds))
+  for model in config.models:
+    for family in all_families:
+      tic = time.perf_counter()
+      learning_rates = np.geomspace(
+          *family.learning_rates, config.num_learning_rates)
+      runner = make_runner(family, model, config, data)
+      # Tuning: every learning rate on the tuning seeds.
+      tuning = [(rate, row) for kind in STREAMS
+                for row in streams.rows(kind, config.tuning_seeds)
+                for rate in learning_rates]
+      correct, _ = _run_instances(runner, tuning, streams, width)
+      best, scores = {}, {}
+      for kind in STREAMS:
+        rows = streams.rows(kind, config.tuning_seeds)
+        per_rate = np.array([
+            np.mean([correct[i].mean() for i, (rate, row) in
+                     enumerate(tuning) if row in rows and rate == lr])
+            for lr in learning_rates])
+        scores[kind] = np.where(np.isfinite(per_rate), per_rate, -1.0)
+        best[kind] = int(np.argmax(scores[kind]))
+      # Evaluation: the chosen rate on the evaluation seeds.
+      evaluation = [(learning_rates[best[kind]], row) for kind in STREAMS
+                    for row in streams.rows(kind, config.evaluation_seeds)]
+      correct, held_out = _run_instances(runner, evaluation, streams, width)
+      done += 1
+      log(f'[{done}/{total}] {model:3s} {family.name:18s} '
+          f'{time.perf_counter() - tic:5.1f} s (compile, tune, evaluate), '
+          f'{time.perf_counter() - started:6.1f} s total', flush=True)
+      for kind in STREAMS:
+        positions = [i for i, (_, row) in enumerate(evaluation)
+                     if streams.runs[row][0] == kind]
+        per_seed = [
+            run_metrics(correct[i], held_out[i],
+                        streams.tasks[evaluation[i][1]], config.block)
+            for i in positions]
+        entry = {
+            'learning_rate': float(learning_rates[best[kind]]),
+            'learning_rate_at_grid_edge': best[kind] in (
+                0, config.num_learning_rates - 1),
+            'learning_rate_grid': learning_rates.tolist(),
+            'tuning_online_accuracy_per_rate': scores[kind].tolist(),
+            'note': family.note,
+            'per_seed': per_seed,
+            'curve': correct[positions].mean(axis=0).tolist(),
+        }
+        for metric in per_seed[0]:
+          entry[metric] = _summary([m[metric] for m in per_seed])
+        results.setdefault(model, {}).setdefault(kind, {})[family.name] = (
+            entry)
+  return results, time.perf_counter() - started
+
+
+def _format(summary, scale=100.0, digits=1):
+  if summary is None:
+    return '—'
+  return (f'{summary["mean"] * scale:.{digits}f} ± '
+          f'{summary["sd"] * scale:.{digits}f}')
+
+
+def table(results) -> str:
+  header = (
+      '| model | stream | optimizer | lr | online acc % | acc after '
+      'switch % | steps to recover | retention % |\n'
+      '|---|---|---|---|---|---|---|---|')
+  lines = [header]
+  for model, by_stream in results.items():
+    for kind, by_family in by_stream.items():
+      for name, entry in by_family.items():
+        edge = '*' if entry['learning_rate_at_grid_edge'] else ''
+        lines.append(
+            f'| {model} | {kind} | {name} | {entry["learning_rate"]:.2g}'
+            f'{edge} | {_format(entry["online_accuracy"])} | '
+            f'{_format(entry["accuracy_after_switch"])} | '
+            f'{_format(entry["steps_to_recover"], 1.0)} | '
+            f'{_format(entry["retention"])} |')
+  return '\n'.join(lines)
+
+
+def comparison(results) -> str:
+  """Paired (same evaluation seeds) differences in online accuracy: every
+  Adam-based optimizer against tuned Adam, and multiscale on momentum-free
+  Adam against momentum-free Adam where that ablation ran."""
+  lines = []
+  for model, by_stream in results.items():
+    for kind, by_family in by_stream.items():
+      pairs = [(name, 'adam') for name in by_family
+               if name not in ('adam', 'sgd', 'sgd_momentum')]
+      if 'ms_adam_b1_0' in by_family and 'adam_b1_0' in by_family:
+        pairs.append(('ms_adam_b1_0', 'adam_b1_0'))
+      for name, baseline in pairs:
+        diffs = np.array([
+            o['online_accuracy'] - a['online_accuracy']
+            for o, a in zip(by_family[name]['per_seed'],
+                            by_family[baseline]['per_seed'], strict=True)])
+        diffs = diffs * 100
+        error = diffs.std(ddof=1) / np.sqrt(len(diffs))
+        verdict = ('win' if diffs.mean() > 2 * error
+                   else 'lose' if diffs.mean() < -2 * error else 'tie')
+        lines.append(
+            f'{model:3s} {kind:10s} {name:>19s} - {baseline:9s}: '
+            f'{diffs.mean():+6.2f} ± {diffs.std(ddof=1):5.2f} points '
+            f'(paired sd, {len(diffs)} seeds) -> {verdict}')
+  return '\n'.join(lines)
+
+
+def plot(results, config, path):
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  models = list(results)
+  fig, axes = plt.subplots(
+      len(models), len(STREAMS), figsize=(5 * len(STREAMS), 3.4 * len(models)),
+      squeeze=False, sharey=True)
+  window = 25
+  for row, model in enumerate(models):
+    for col, kind in enumerate(STREAMS):
+      axis = axes[row, col]
+      for name, entry in results[model][kind].items():
+        curve = np.convolve(
+            np.asarray(entry['curve']), np.ones(window) / window, 'valid')
+        axis.plot(np.arange(len(curve)) + window, curve, label=name,
+                  linewidth=1.6 if 'multiscale' in name else 0.9)
+      if kind == 'recurring':
+        for boundary in range(config.block, config.steps, config.block):
+          axis.axvline(boundary, color='0.85', linewidth=0.5, zorder=0)
+      axis.set_title(f'{model}, {kind}')
+      axis.set_xlabel('step')
+      if col == 0:
+        axis.set_ylabel(f'online accuracy ({window}-step mean)')
+  axes[0, -1].legend(fontsize=7, loc='lower right')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _binned_curves(results, bin_steps):
+  """A copy of ``results`` with each online-accuracy curve averaged over
+  bins of ``bin_steps`` steps (keeps the JSON small)."""
+  binned = {}
+  for model, by_stream in results.items():
+    for kind, by_family in by_stream.items():
+      for name, entry in by_family.items():
+        curve = np.asarray(entry['curve'])
+        entry = {key: value for key, value in entry.items() if key != 'curve'}
+        entry[f'curve_mean_per_{bin_steps}_steps'] = np.round(
+            curve.reshape(-1, bin_steps).mean(axis=1), 4).tolist()
+        binned.setdefault(model, {}).setdefault(kind, {})[name] = entry
+  return binned
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--full', action='store_true',
+                      help='longer streams, more seeds, finer grid, ablations')
+  parser.add_argument('--ablations', action='store_true',
+                      help='add the multiscale-Adam ablations to the default')
+  parser.add_argument('--models', default=None,
+                      help='comma-separated subset of mlp,cnn')
+  args = parser.parse_args(argv)
+  config = FULL if args.full else DEFAULT
+  if args.ablations:
+    config = dataclasses.replace(config, ablations=True)
+  if args.models:
+    config = dataclasses.replace(
+        config, models=tuple(args.models.split(',')))
+  print(f'config: {config}', flush=True)
+  results, seconds = benchmark(config)
+  text = table(results)
+  print(text)
+  print()
+  print('paired differences in online accuracy vs tuned Adam '
+        '(win/lose: |mean| > 2 standard errors):')
+  print(comparison(results))
+  print(f'\ntotal {seconds:.1f} s')
+  RESULTS.mkdir(parents=True, exist_ok=True)
+  suffix = ('_full' if args.full else '') + (
+      '_ablations' if args.ablations and not args.full else '') + (
+          '_' + '_'.join(config.models) if args.models else '')
+  with open(RESULTS / f'online_digits{suffix}.json', 'w') as file:
+    json.dump({
+        'config': dataclasses.asdict(config),
+        'seconds': seconds,
+        'machine': {'platform': platform.platform(),
+                    'cpu_count': os.cpu_count(),
+                    'jax': jax.__version__, 'backend': jax.default_backend()},
+        'metrics': {
+            'online_accuracy': 'mean accuracy of each batch, predicted '
+                               'before training on it',
+            'accuracy_after_switch': 'mean over the first 5 steps after a '
+                                     'task switch',
+            'steps_to_recover': '10-step mean accuracy back within 5 points '
+                                'of the last 20 steps before the switch '
+                                '(censored at the segment length)',
+            'retention': 'held-out accuracy on the most recent other task, '
+                         f'every {config.block} steps',
+        },
+        'results': _binned_curves(results, config.block // 10),
+        'comparison_vs_adam': comparison(results).split('\n'),
+    }, file, indent=1)
+  plot(results, config, RESULTS / f'online_digits{suffix}.png')
+  print(f'wrote {RESULTS}/online_digits{suffix}.json and .png')
+
+
+if __name__ == '__main__':
+  sys.exit(main())
