@@ -1,0 +1,482 @@
+r"""Bayes-optimal learning rates: the multiscale learner as a Kalman filter.
+
+An environment whose latent parameter is a sum of independent AR(1)
+processes (the generative model of :math:`1/f` noise that motivates
+multiscale learning, Jones, `Learning at Multiple Timescales
+<https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022, §1 and §6),
+
+.. math::
+
+  z_{j,t+1} = \rho_j z_{j,t} + \epsilon_{j,t}, \quad
+  \epsilon_{j,t} \sim \mathcal N(0, q_j), \qquad
+  \theta_t = \sum_j z_{j,t}, \qquad y_t = x_t \theta_t + v_t, \quad
+  v_t \sim \mathcal N(0, r),
+
+is tracked optimally by a Kalman filter on the joint latent state
+:math:`z = (z_1, \dots, z_m)`. With the constant input :math:`x_t = 1`, write
+:math:`\hat z_t` for the filter's prediction of :math:`z_t` from
+:math:`y_{<t}`, :math:`P` for its steady-state prediction covariance and
+
+.. math::
+
+  K = \frac{P \mathbf 1}{\mathbf 1^\top P \mathbf 1 + r}
+
+for the steady-state (measurement-update) Kalman gain. The predictor form of
+the filter is
+
+.. math::
+
+  \hat y_t = \mathbf 1^\top \hat z_t, \qquad
+  \hat z_{j,t+1} = \rho_j \hat z_{j,t} + \rho_j K_j (y_t - \hat y_t).
+
+The gradient of the squared loss :math:`\tfrac12(\hat y_t - y_t)^2` with
+respect to the weight :math:`w = \sum_j \omega_j` is :math:`u_t = \hat y_t -
+y_t`, so this *is* the multiscale learner of eq. (1),
+:math:`\omega_{j,t+1} = \gamma_j \omega_{j,t} - \alpha_j u_t`, with subweights
+:math:`\omega_j = \hat z_j`, decays :math:`\gamma_j = \rho_j` and learning
+rates :math:`\alpha_j = \rho_j K_j`. Started from the filter's prior mean
+(all subweights zero) and the filter's steady-state covariance, the two
+produce identical predictions at every step.
+
+Regression inputs (:math:`x_t \sim \mathcal N(0, I_d)`, :math:`d \ge 2`): each
+coordinate of :math:`\theta \in \mathbb R^d` is an independent copy of the
+process above and the multiscale learner runs least-mean-squares updates
+with the gradient :math:`x_t (\hat y_t - y_t)`. Let :math:`\delta_{i} = z_i -
+\omega_i \in \mathbb R^m` be coordinate :math:`i`'s error, :math:`S` its
+steady-state covariance (the same for every coordinate; different coordinates
+stay uncorrelated) and :math:`p = \mathbf 1^\top S \mathbf 1`. Because
+:math:`x_t` is independent of the past, Isserlis' theorem gives the exact
+second-moment recursion of LMS with gains :math:`K`:
+
+.. math::
+
+  S \leftarrow A\big(S - K\mathbf 1^\top S - S\mathbf 1 K^\top
+    + K K^\top\, \mathbb E[x_i^2 e^2]\big)A + Q, \qquad
+  \mathbb E[x_i^2 e^2] = \mathbb E[x_i^4]\,p + (d-1)\,p + r = p + r_{eff},
+
+with :math:`A = \mathrm{diag}(\rho)`, :math:`Q = \mathrm{diag}(q)` and the
+*effective observation noise* :math:`r_{eff} = r + (d+1)\,p`. This is exactly
+the Joseph-form covariance recursion of a scalar Kalman filter with noise
+:math:`r_{eff}`. Choosing :math:`K` as that filter's gain therefore makes
+:math:`S` the Riccati solution :math:`P(r_{eff})`, which is consistent when
+:math:`r_{eff} = r + (d+1)\,\mathbf 1^\top P(r_{eff})\mathbf 1`; this
+fixed point is found by monotone iteration from :math:`r_{eff} = r`.
+These gains are the best of all LMS gains: any gains :math:`K'` reach some
+:math:`p'`, and the Joseph recursion with noise :math:`r + (d+1)p'` is
+minimised by the Kalman gain, so :math:`p' \ge \phi(p')` with
+:math:`\phi(p) = \mathbf 1^\top P(r + (d+1)p)\mathbf 1`; since
+:math:`\phi(p) > p` below the smallest fixed point :math:`p^*`, this forces
+:math:`p' \ge p^*`. The excess loss :math:`E[(x\cdot(\theta - w))^2] = d\,p`
+is therefore minimal among LMS multiscale learners with these decays.
+
+Normalised LMS divides the gradient by :math:`\|x_t\|^2/d`
+(:func:`scale_by_input_norm`). With :math:`u = x^2/\|x\|^2 \sim
+\mathrm{Dirichlet}(\tfrac12, \dots)` independent of :math:`\|x\|^2 \sim
+\chi^2_d`, the mean gain is unchanged and the noise terms become
+:math:`d^2\,\mathbb E[x_i^2 e^2/\|x\|^4] = d\,p + r\,d/(d-2)`, i.e.
+:math:`r_{eff} = r\,d/(d-2) + (d-1)\,p` (finite for :math:`d \ge 3`). The
+own-coordinate fluctuation and cross-coordinate noise shrink from
+:math:`(d+1)p` to :math:`(d-1)p` at the cost of inflating the observation
+noise by :math:`d/(d-2)`, which pays off unless :math:`p \ll r/d`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from multiscale_optax._src import checks
+
+# Doubling steps of the Riccati solver: the error after k steps scales as
+# lambda^(2^k) for the slowest closed-loop eigenvalue lambda < 1, so 64 steps
+# reach machine precision for any timescale below 2^60 steps.
+_RICCATI_DOUBLING_STEPS = 64
+_MAX_NOISE_ITERATIONS = 10_000
+
+
+class SteadyStateKalman(NamedTuple):
+  """The steady-state Kalman filter of a sum of AR(1) processes.
+
+  Attributes:
+    gains: :math:`K`, the measurement-update gain per component, shape
+      ``(m,)``; the multiscale learning rates are ``decays * gains``.
+    prior_covariance: :math:`P`, the steady-state covariance of the
+      prediction error of the components before each observation, shape
+      ``(m, m)`` (per coordinate of :math:`\\theta`).
+    effective_noise_variance: :math:`r_{eff}`, the observation noise the
+      gains were solved for (``noise_variance`` itself for ``input_dim=1``).
+  """
+
+  gains: jax.Array
+  prior_covariance: jax.Array
+  effective_noise_variance: jax.Array
+
+
+def _validate(
+    decays: Any,
+    process_variances: Any,
+    noise_variance: Any,
+    input_dim: Any,
+    input_normalization: Any,
+) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+  decay_entries = checks.vector_entries(decays, 'decays')
+  variance_entries = checks.vector_entries(
+      process_variances, 'process_variances')
+  checks.check_same_length(
+      decay_entries, 'decays', variance_entries, 'process_variances')
+  checks.check_finite(decay_entries, 'decays')
+  checks.check_finite(variance_entries, 'process_variances')
+  checks.check_range(
+      decay_entries, 'decays', low=0.0, high=1.0, low_inclusive=False,
+      high_inclusive=True)
+  checks.check_range(
+      variance_entries, 'process_variances', low=0.0, high=np.inf,
+      low_inclusive=True, high_inclusive=False)
+  concrete = [d for d in decay_entries if not checks.is_traced(d)]
+  if len(set(concrete)) != len(concrete):
+    raise ValueError(
+        f'`decays` must be distinct (components with equal decays are '
+        f'indistinguishable; merge them by adding their process variances), '
+        f'got {list(decay_entries)}.')
+  for index, (decay, variance) in enumerate(
+      zip(decay_entries, variance_entries, strict=True)):
+    if (not checks.is_traced(decay) and not checks.is_traced(variance)
+        and decay == 1.0 and variance == 0.0):
+      raise ValueError(
+          f'`process_variances[{index}]` must be positive where the decay is '
+          '1 (a random walk without innovations is a constant, which has no '
+          'steady-state filter).')
+  checks.check_scalar(
+      noise_variance, 'noise_variance', low=0.0, high=np.inf,
+      low_inclusive=False, high_inclusive=False)
+  if isinstance(input_dim, bool) or not isinstance(input_dim, int | np.integer):
+    raise TypeError(
+        f'`input_dim` must be an int, got {type(input_dim).__name__}.')
+  if input_dim < 1:
+    raise ValueError(f'`input_dim` must be at least 1, got {input_dim}.')
+  if not isinstance(input_normalization, bool):
+    raise TypeError(
+        '`input_normalization` must be a bool, got '
+        f'{type(input_normalization).__name__}.')
+  if input_normalization and input_dim == 2:
+    raise ValueError(
+        '`input_normalization=True` needs `input_dim` of 1 or at least 3: for '
+        'x ~ N(0, I_2) the normalised update has infinite variance '
+        '(E[1/|x|^2] diverges).')
+  return decay_entries, variance_entries
+
+
+def _solve_riccati(
+    decays: jax.Array, process_variances: jax.Array, noise_variance: jax.Array
+) -> jax.Array:
+  r"""Prediction covariance :math:`P` of the steady-state filter (doubling).
+
+  Solves :math:`P = A(P - P\mathbf 1\mathbf 1^\top P/(\mathbf 1^\top P
+  \mathbf 1 + r))A + Q` with the structure-preserving doubling algorithm
+  (Chu, Fan, Lin & Wang 2004), which converges quadratically.
+  """
+  num = decays.shape[0]
+  identity = jnp.eye(num, dtype=decays.dtype)
+
+  def step(_, carry):
+    transition, gramian, covariance = carry
+    solved = jnp.linalg.solve(
+        identity + gramian @ covariance,
+        jnp.concatenate([transition, gramian], axis=1))
+    solved_transition, solved_gramian = solved[:, :num], solved[:, num:]
+    return (
+        transition @ solved_transition,
+        gramian + transition @ solved_gramian @ transition.T,
+        covariance + transition.T @ covariance @ solved_transition,
+    )
+
+  initial = (
+      jnp.diag(decays),
+      jnp.ones((num, num), decays.dtype) / noise_variance,
+      jnp.diag(process_variances),
+  )
+  _, _, covariance = jax.lax.fori_loop(
+      0, _RICCATI_DOUBLING_STEPS, step, initial)
+  return 0.5 * (covariance + covariance.T)
+
+
+def _noise_map(
+    noise_variance: jax.Array, prior_error: jax.Array, input_dim: int,
+    input_normalization: bool,
+) -> jax.Array:
+  """The effective observation noise for a prior error variance p."""
+  if input_dim == 1:
+    return noise_variance
+  if input_normalization:
+    return (noise_variance * input_dim / (input_dim - 2)
+            + (input_dim - 1) * prior_error)
+  return noise_variance + (input_dim + 1) * prior_error
+
+
+def steady_state_kalman(
+    decays: Sequence[float] | jax.Array,
+    process_variances: Sequence[float] | jax.Array,
+    noise_variance: float | jax.Array,
+    *,
+    input_dim: int = 1,
+    input_normalization: bool = False,
+) -> SteadyStateKalman:
+  r"""The steady-state Kalman filter for a sum of AR(1) processes.
+
+  Let :math:`\rho_j` be ``decays[j]``, :math:`q_j` be
+  ``process_variances[j]``, :math:`r` be ``noise_variance`` and :math:`d` be
+  ``input_dim``. Solves the discrete algebraic Riccati equation
+
+  .. math::
+
+    P = A\Big(P - \frac{P\mathbf 1\mathbf 1^\top P}{\mathbf 1^\top P
+      \mathbf 1 + r_{eff}}\Big)A + Q, \qquad
+    K = \frac{P\mathbf 1}{\mathbf 1^\top P\mathbf 1 + r_{eff}},
+
+  with :math:`A = \mathrm{diag}(\rho)` and :math:`Q = \mathrm{diag}(q)`.
+  For ``input_dim=1`` (constant input :math:`x = 1`) :math:`r_{eff} = r` and
+  this is the exact steady-state filter. For ``input_dim >= 2`` (inputs
+  :math:`x \sim \mathcal N(0, I_d)`) :math:`r_{eff}` is the self-consistent
+  effective noise of least-mean-squares learning,
+  :math:`r_{eff} = r + (d+1)\,\mathbf 1^\top P \mathbf 1`, or with
+  ``input_normalization`` :math:`r_{eff} = r\,d/(d-2) + (d-1)\,\mathbf 1^\top
+  P\mathbf 1` (derivation in the module docstring); :math:`P` is then the
+  exact steady-state error covariance of each coordinate of the LMS learner.
+
+  The solver is pure JAX (a fixed number of doubling steps inside
+  ``jax.lax.fori_loop``, then a monotone fixed-point iteration on
+  :math:`r_{eff}` inside ``jax.lax.while_loop``), so it can be ``jax.jit``-ed
+  with traced ``decays``, ``process_variances`` and ``noise_variance``. It
+  computes in float64 when ``jax.enable_x64`` is on, float32 otherwise.
+
+  Args:
+    decays: :math:`\rho_j \in (0, 1]`, distinct, one per component; a decay
+      of 1 is a random-walk component.
+    process_variances: :math:`q_j \ge 0`, the variance of each component's
+      innovation (positive where :math:`\rho_j = 1`). A component with
+      stationary variance :math:`v` has :math:`q_j = v(1 - \rho_j^2)`.
+    noise_variance: :math:`r > 0`, the observation noise variance.
+    input_dim: :math:`d`; 1 means the constant input :math:`x_t = 1`,
+      :math:`d \ge 2` means :math:`x_t \sim \mathcal N(0, I_d)`.
+    input_normalization: whether the learner divides its gradient by
+      :math:`\|x_t\|^2/d` (:func:`scale_by_input_norm`); needs
+      :math:`d \ne 2`, and changes nothing for :math:`d = 1`.
+
+  Returns:
+    A :class:`SteadyStateKalman` with ``gains`` :math:`K`,
+    ``prior_covariance`` :math:`P` and ``effective_noise_variance``
+    :math:`r_{eff}`.
+
+  Raises:
+    TypeError: an argument has the wrong type.
+    ValueError: lengths differ, a decay lies outside :math:`(0, 1]` or is
+      repeated, a variance is negative (or zero where it must be positive),
+      ``input_dim < 1``, or ``input_normalization`` with ``input_dim == 2``.
+
+  Examples:
+    >>> import numpy as np
+    >>> import multiscale_optax as mso
+    >>> decays = np.exp(-1.0 / 4.0 ** np.arange(5))
+    >>> kalman = mso.steady_state_kalman(decays, 1 - decays**2, 1.0)
+    >>> print(np.round(kalman.gains, 4))
+    [0.2861 0.1784 0.0985 0.0545 0.0339]
+
+  References:
+    Jones, `Learning at Multiple Timescales
+    <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022, eq. (1) and §6.
+  """
+  _validate(decays, process_variances, noise_variance, input_dim,
+            input_normalization)
+  dtype = jnp.result_type(float)
+  return _steady_state(
+      jnp.asarray(decays, dtype), jnp.asarray(process_variances, dtype),
+      jnp.asarray(noise_variance, dtype), int(input_dim),
+      bool(input_normalization))
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _steady_state(
+    decays: jax.Array, process_variances: jax.Array,
+    noise_variance: jax.Array, input_dim: int, input_normalization: bool,
+) -> SteadyStateKalman:
+  dtype = decays.dtype
+
+  def prior_error(noise: jax.Array) -> tuple[jax.Array, jax.Array]:
+    covariance = _solve_riccati(decays, process_variances, noise)
+    return covariance, jnp.sum(covariance)
+
+  if input_dim == 1:
+    effective = noise_variance
+  else:
+    tolerance = 8 * jnp.finfo(dtype).eps
+
+    def not_converged(carry):
+      iteration, old, new = carry
+      return (iteration < _MAX_NOISE_ITERATIONS) & (
+          jnp.abs(new - old) > tolerance * new)
+
+    def iterate(carry):
+      iteration, _, noise = carry
+      updated = _noise_map(
+          noise_variance, prior_error(noise)[1], input_dim,
+          input_normalization)
+      return iteration + 1, noise, updated
+
+    start = _noise_map(noise_variance, jnp.zeros((), dtype), input_dim,
+                       input_normalization)
+    _, _, effective = jax.lax.while_loop(
+        not_converged, iterate,
+        (jnp.zeros((), jnp.int32), jnp.zeros((), dtype), start))
+  covariance, total = prior_error(effective)
+  gains = jnp.sum(covariance, axis=1) / (total + effective)
+  return SteadyStateKalman(
+      gains=gains, prior_covariance=covariance,
+      effective_noise_variance=effective)
+
+
+def kalman_learning_rates(
+    decays: Sequence[float] | jax.Array,
+    process_variances: Sequence[float] | jax.Array,
+    noise_variance: float | jax.Array,
+    *,
+    input_dim: int = 1,
+    input_normalization: bool = False,
+) -> jax.Array:
+  r"""Multiscale learning rates that make the learner a Kalman filter.
+
+  For an environment whose parameter is a sum of AR(1) components with decays
+  :math:`\rho_j` (``decays``) and innovation variances :math:`q_j`
+  (``process_variances``), observed through :math:`y = x\cdot\theta + v`
+  with noise variance :math:`r` (``noise_variance``), returns
+
+  .. math::
+
+    \alpha_j = \rho_j K_j,
+
+  where :math:`K` is the steady-state Kalman gain of
+  :func:`steady_state_kalman`. Then ``multiscale(alpha, decays)`` on the
+  squared loss :math:`\tfrac12(\hat y - y)^2`, with all subweights starting
+  at zero (the prior mean), is the steady-state Kalman filter in predictor
+  form for ``input_dim=1`` (identical predictions), and the best LMS
+  multiscale learner for ``input_dim >= 2`` with :math:`x \sim \mathcal
+  N(0, I_d)` (module docstring). With ``input_normalization=True`` chain
+  :func:`scale_by_input_norm` before the multiscale transformation.
+
+  Args:
+    decays: :math:`\rho_j \in (0, 1]`, distinct; also the multiscale decays.
+    process_variances: :math:`q_j \ge 0`, each component's innovation
+      variance.
+    noise_variance: :math:`r > 0`.
+    input_dim: :math:`d`; 1 means the constant input :math:`x = 1`,
+      :math:`d \ge 2` means :math:`x \sim \mathcal N(0, I_d)`.
+    input_normalization: whether updates are divided by :math:`\|x\|^2/d`.
+
+  Returns:
+    The learning rates :math:`\alpha_j`, a JAX array of shape ``(m,)``.
+
+  Raises:
+    TypeError: an argument has the wrong type.
+    ValueError: as :func:`steady_state_kalman`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import optax
+    >>> import multiscale_optax as mso
+    >>> decays = np.asarray([0.9, 0.99, 1.0])
+    >>> rates = mso.kalman_learning_rates(decays, [0.1, 0.01, 0.001], 1.0)
+    >>> opt = mso.multiscale(rates, decays)
+    >>> weight = jnp.zeros(())
+    >>> state = opt.init(weight)
+    >>> for target in [1.0, 1.2, 0.8]:
+    ...   grad = weight - target  # gradient of (weight - target)**2 / 2
+    ...   updates, state = opt.update(grad, state)
+    ...   weight = optax.apply_updates(weight, updates)
+    >>> print(np.asarray(rates).round(4).tolist(), round(float(weight), 3))
+    [0.1508, 0.0497, 0.0275] 0.488
+
+  References:
+    Jones, `Learning at Multiple Timescales
+    <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022, eq. (1) and §6.
+  """
+  kalman = steady_state_kalman(
+      decays, process_variances, noise_variance, input_dim=input_dim,
+      input_normalization=input_normalization)
+  return jnp.asarray(decays, kalman.gains.dtype) * kalman.gains
+
+
+class ScaleByInputNormState(NamedTuple):
+  """State of :func:`scale_by_input_norm` (it has none)."""
+
+
+def scale_by_input_norm() -> optax.GradientTransformationExtraArgs:
+  r"""Normalised LMS: divides updates by the mean square of the input.
+
+  Given the current input :math:`x_t \in \mathbb R^d` as the extra argument
+  ``inputs``, returns
+
+  .. math::
+
+    u_t \leftarrow \frac{u_t}{\|x_t\|^2 / d}.
+
+  Chain it before :func:`multiscale` with rates from
+  ``kalman_learning_rates(..., input_normalization=True)``; it removes most
+  of the gradient noise that random inputs add (module docstring of
+  ``kalman``). For a batch of inputs the mean square runs over all entries.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update`` requires
+    the keyword argument ``inputs``.
+
+  Raises:
+    TypeError: ``update`` was called without ``inputs``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import multiscale_optax as mso
+    >>> opt = optax.chain(mso.scale_by_input_norm(), optax.sgd(0.1))
+    >>> weights = jnp.zeros(2)
+    >>> state = opt.init(weights)
+    >>> inputs = jnp.asarray([2.0, 0.0])
+    >>> grads = inputs * (weights @ inputs - 1.0)
+    >>> updates, state = opt.update(grads, state, weights, inputs=inputs)
+    >>> print(updates)
+    [0.1 0. ]
+
+  References:
+    Jones, `Learning at Multiple Timescales
+    <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022, §2 (any update
+    direction may replace the gradient).
+  """
+
+  def init_fn(params: optax.Params) -> ScaleByInputNormState:
+    del params
+    return ScaleByInputNormState()
+
+  def update_fn(
+      updates: optax.Updates,
+      state: ScaleByInputNormState,
+      params: optax.Params | None = None,
+      **extra_args: Any,
+  ) -> tuple[optax.Updates, ScaleByInputNormState]:
+    del params
+    if 'inputs' not in extra_args:
+      raise TypeError(
+          '`scale_by_input_norm` needs the current input: call '
+          '`update(updates, state, params, inputs=x)`.')
+    inputs = jnp.asarray(extra_args['inputs'])
+    mean_square = jnp.mean(jnp.square(inputs))
+    scaled = jax.tree.map(
+        lambda update: (update / mean_square.astype(update.dtype)).astype(
+            update.dtype), updates)
+    return scaled, state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
