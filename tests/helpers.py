@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -46,27 +47,74 @@ def mlp_batches(key: jax.Array, steps: int, dtype=jnp.float64, batch=4,
   return inputs, targets
 
 
+def scan_training(
+    optimizer: optax.GradientTransformation,
+    params,
+    opt_state,
+    batches,
+    loss_fn: Callable = mlp_loss,
+):
+  """Trains from ``(params, opt_state)`` over ``batches`` in a jitted scan.
+
+  Returns the final ``(params, opt_state)`` and the stacked params after
+  every step (leading axis: step).
+  """
+  grad_fn = jax.grad(loss_fn)
+
+  @jax.jit
+  def run(params, opt_state, batches):
+    def step(carry, batch):
+      params, opt_state = carry
+      updates, opt_state = optimizer.update(
+          grad_fn(params, *batch), opt_state, params)
+      params = optax.apply_updates(params, updates)
+      return (params, opt_state), params
+
+    return jax.lax.scan(step, (params, opt_state), batches)
+
+  return run(params, opt_state, batches)
+
+
 def run_trajectory(
     optimizer: optax.GradientTransformation,
     params,
     batches,
     loss_fn: Callable = mlp_loss,
 ):
-  """Runs ``optimizer`` over ``batches`` under ``jax.lax.scan``.
+  """Runs ``optimizer`` from a fresh state; returns the params path."""
+  return scan_training(
+      optimizer, params, optimizer.init(params), batches, loss_fn)[1]
 
-  Returns the stacked params after every step (leading axis: step).
+
+def literal_multiscale_weights(
+    learning_rates, decays, gradients, subweights=None, scales=None,
+) -> np.ndarray:
+  """Eq. (1) written out literally in float64 NumPy, every subweight stored.
+
+  Args:
+    learning_rates: one rate per subweight.
+    decays: one decay per subweight.
+    gradients: ``(steps, *shape)`` update directions.
+    subweights: optional initial subweights, ``(len(decays), *shape)``.
+    scales: optional per-step learning-rate scales.
+
+  Returns:
+    The weight (sum of subweights) after every step, ``(steps, *shape)``.
   """
-  grad_fn = jax.grad(loss_fn)
-
-  def step(carry, batch):
-    params, state = carry
-    grads = grad_fn(params, *batch)
-    updates, state = optimizer.update(grads, state, params)
-    params = optax.apply_updates(params, updates)
-    return (params, state), params
-
-  _, history = jax.lax.scan(step, (params, optimizer.init(params)), batches)
-  return history
+  gradients = np.asarray(gradients, np.float64)
+  count = len(decays)
+  broadcast = (count,) + (1,) * (gradients.ndim - 1)
+  rates = np.asarray(learning_rates, np.float64).reshape(broadcast)
+  decays = np.asarray(decays, np.float64).reshape(broadcast)
+  subweights = (
+      np.zeros((count, *gradients.shape[1:])) if subweights is None
+      else np.asarray(subweights, np.float64))
+  weights = []
+  for step, gradient in enumerate(gradients):
+    scale = 1.0 if scales is None else scales[step]
+    subweights = decays * subweights - scale * rates * gradient
+    weights.append(subweights.sum(axis=0))
+  return np.stack(weights)
 
 
 def max_abs_difference(first, second) -> float:

@@ -153,12 +153,6 @@ def _iterate_chain(matrix, first_capacity, learning_rate, gradients, chain):
   return np.array(weights)
 
 
-def _iterate_multiscale(learning_rates, decays, gradients, subweights):
-  weights = []
-  for gradient in gradients:
-    subweights = decays * subweights - learning_rates * gradient
-    weights.append(subweights.sum())
-  return np.array(weights)
 
 
 @st.composite
@@ -203,7 +197,7 @@ def test_property_chain_equals_modes(chain_parameters):
   chain = rng.normal(size=n)
   gradients = rng.normal(size=60)
   expected = _iterate_chain(matrix, capacities[0], 0.7, gradients, chain.copy())
-  actual = _iterate_multiscale(
+  actual = helpers.literal_multiscale_weights(
       np.asarray(modes.learning_rates), decays, gradients, inverse @ chain)
   np.testing.assert_allclose(
       actual, expected, atol=1e-10 * max(1.0, np.abs(expected).max()))
@@ -369,7 +363,7 @@ def test_condition_warning():
     expected = _iterate_chain(
         _transition(long_capacities, long_conductances, 0.0), 1.0, 1.0,
         gradients, np.zeros(32))
-    actual = _iterate_multiscale(
+    actual = helpers.literal_multiscale_weights(
         np.asarray(long_modes.learning_rates),
         np.asarray(long_modes.decays), gradients, np.zeros(32))
     np.testing.assert_allclose(actual, expected, atol=1e-10)

@@ -124,12 +124,6 @@ def _iterate_linear(transition, gradient_input, readout, gradients, state):
   return np.array(weights)
 
 
-def _iterate_multiscale(learning_rates, decays, gradients, subweights):
-  weights = []
-  for gradient in gradients:
-    subweights = decays * subweights - learning_rates * gradient
-    weights.append(subweights.sum())
-  return np.array(weights)
 
 
 def _aggmo_system(learning_rate, betas):
@@ -162,7 +156,7 @@ def test_property_aggmo_random_betas(learning_rate, betas, seed):
   expected = _iterate_linear(
       transition, gradient_input, readout, gradients, start)
   subweights = spec.subweights_from_state @ start
-  actual = _iterate_multiscale(
+  actual = helpers.literal_multiscale_weights(
       spec.learning_rates, spec.decays, gradients, subweights)
   scale = max(1.0, np.abs(expected).max())
   np.testing.assert_allclose(actual, expected, atol=1e-10 * scale)
@@ -200,7 +194,7 @@ def test_property_qhm_random_hyperparameters(learning_rate, nu, beta, seed):
     weights.append(weight)
   subweights = np.array(
       [0.4 if decay == 1.0 else 0.0 for decay in spec.decays])
-  actual = _iterate_multiscale(
+  actual = helpers.literal_multiscale_weights(
       spec.learning_rates, spec.decays, gradients, subweights)
   np.testing.assert_allclose(
       actual, weights, atol=1e-10 * max(1.0, np.abs(weights).max()))
@@ -226,7 +220,7 @@ def test_property_random_diagonalisable_system(eigenvalues, seed):
   gradients = rng.normal(size=60)
   expected = _iterate_linear(
       transition, gradient_input, readout, gradients, start)
-  actual = _iterate_multiscale(
+  actual = helpers.literal_multiscale_weights(
       spec.learning_rates, spec.decays, gradients,
       spec.subweights_from_state @ start)
   np.testing.assert_allclose(

@@ -203,23 +203,6 @@ def _stream(dtype):
   return inputs.astype(dtype), targets.astype(dtype)
 
 
-def _train(optimizer, params, opt_state, inputs, targets):
-  """Jitted scan; returns the final (params, state) and the params path."""
-  grad_fn = jax.grad(helpers.mlp_loss)
-
-  @jax.jit
-  def run(params, opt_state, inputs, targets):
-    def step(carry, batch):
-      params, opt_state = carry
-      updates, opt_state = optimizer.update(
-          grad_fn(params, *batch), opt_state, params)
-      params = optax.apply_updates(params, updates)
-      return (params, opt_state), params
-    return jax.lax.scan(step, (params, opt_state), (inputs, targets))
-
-  return run(params, opt_state, inputs, targets)
-
-
 def _as_bits(tree) -> list[np.ndarray]:
   """Leaves reinterpreted as unsigned integers, for bit-exact comparison."""
   leaves = []
@@ -263,9 +246,9 @@ def _resume_from_checkpoints(checkpoint_dir: str, out_dir: str) -> None:
     path = os.path.join(checkpoint_dir, name)
     stored_dtypes = _dtypes_by_path(checkpointer.metadata(path).item_metadata)
     restored = checkpointer.restore(path, abstract)
-    (params, opt_state), path_params = _train(
+    (params, opt_state), path_params = helpers.scan_training(
         optimizer, restored['params'], restored['opt_state'],
-        inputs[_STEPS_BEFORE_SAVE:], targets[_STEPS_BEFORE_SAVE:])
+        (inputs[_STEPS_BEFORE_SAVE:], targets[_STEPS_BEFORE_SAVE:]))
     np.savez(
         os.path.join(out_dir, f'{name}.npz'),
         *_as_bits((path_params, params, opt_state)))
@@ -286,14 +269,14 @@ def test_orbax_checkpoint_resumes_bit_exactly_in_fresh_process(tmp_path):
   for name, (optimizer, dtype) in _checkpoint_cases().items():
     inputs, targets = _stream(dtype)
     params = helpers.mlp_params(jax.random.key(0), _SIZES, dtype)
-    (params, opt_state), _ = _train(
+    (params, opt_state), _ = helpers.scan_training(
         optimizer, params, optimizer.init(params),
-        inputs[:_STEPS_BEFORE_SAVE], targets[:_STEPS_BEFORE_SAVE])
+        (inputs[:_STEPS_BEFORE_SAVE], targets[:_STEPS_BEFORE_SAVE]))
     saved = {'params': params, 'opt_state': opt_state}
     checkpointer.save(checkpoint_dir / name, saved)
-    (final_params, final_state), path_params = _train(
-        optimizer, params, opt_state, inputs[_STEPS_BEFORE_SAVE:],
-        targets[_STEPS_BEFORE_SAVE:])
+    (final_params, final_state), path_params = helpers.scan_training(
+        optimizer, params, opt_state,
+        (inputs[_STEPS_BEFORE_SAVE:], targets[_STEPS_BEFORE_SAVE:]))
     expected[name] = (saved, (path_params, final_params, final_state))
   checkpointer.wait_until_finished()
 

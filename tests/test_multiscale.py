@@ -24,21 +24,6 @@ def _mlp_problem(steps: int = 200, dtype=jnp.float64):
   return params, batches
 
 
-def _reference_trajectory(learning_rates, decays, gradients, scales=None):
-  """Eq. (1) written out literally: every subweight stored, float64 NumPy."""
-  learning_rates = np.asarray(learning_rates, np.float64)
-  decays = np.asarray(decays, np.float64)
-  subweights = np.zeros((len(decays), *gradients.shape[1:]))
-  weights = []
-  for step, gradient in enumerate(gradients):
-    scale = 1.0 if scales is None else scales[step]
-    subweights = (
-        decays[:, None] * subweights
-        - scale * learning_rates[:, None] * gradient[None])
-    weights.append(subweights.sum(axis=0))
-  return np.stack(weights)
-
-
 def _library_trajectory(optimizer, gradients, params=None):
   params = jnp.zeros(gradients.shape[1:], gradients.dtype) if (
       params is None) else params
@@ -103,7 +88,7 @@ def test_matches_literal_eq1_with_merged_and_implied_subweights():
   decays = [1.0, 0.9, 0.9, 0.0, 1.0, -0.6]
   with jax.enable_x64(True):
     gradients = np.random.default_rng(0).normal(size=(60, 5))
-    expected = _reference_trajectory(learning_rates, decays, gradients)
+    expected = helpers.literal_multiscale_weights(learning_rates, decays, gradients)
     actual, state = _library_trajectory(
         mso.multiscale(learning_rates, decays), jnp.asarray(gradients))
     np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-12)
@@ -129,7 +114,7 @@ def test_property_matches_literal_eq1(rates_and_decays, seed):
   decays = [decay for _, decay in rates_and_decays]
   with jax.enable_x64(True):
     gradients = np.random.default_rng(seed).normal(size=(25, 3))
-    expected = _reference_trajectory(learning_rates, decays, gradients)
+    expected = helpers.literal_multiscale_weights(learning_rates, decays, gradients)
     actual, state = _library_trajectory(
         mso.multiscale(learning_rates, decays), jnp.asarray(gradients))
     scale = 1.0 + np.max(np.abs(expected))
@@ -147,7 +132,8 @@ def test_learning_rate_schedule_scales_every_rate():
     # The library evaluates the schedule at an int32 count, as optax does.
     scales = np.asarray(
         [schedule(jnp.asarray(step, jnp.int32)) for step in range(40)])
-    expected = _reference_trajectory(learning_rates, decays, gradients, scales)
+    expected = helpers.literal_multiscale_weights(
+        learning_rates, decays, gradients, scales=scales)
     actual, _ = _library_trajectory(
         mso.multiscale(learning_rates, decays, learning_rate_scale=schedule),
         jnp.asarray(gradients))
@@ -175,16 +161,9 @@ def test_continues_a_momentum_state_exactly_from_initial_subweights():
          -LEARNING_RATE * momentum / (1 - momentum)],
         [1.0, momentum], initial_subweights=[None, fast])
 
-    def run_from(optimizer, opt_state):
-      def step(carry, batch):
-        params, opt_state = carry
-        updates, opt_state = optimizer.update(
-            grad_fn(params, *batch), opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return (params, opt_state), params
-      return jax.lax.scan(step, (params, opt_state), second)[1]
-    expected = run_from(reference, state)
-    actual = run_from(continued, continued.init(params))
+    expected = helpers.scan_training(reference, params, state, second)[1]
+    actual = helpers.scan_training(
+        continued, params, continued.init(params), second)[1]
     assert helpers.max_abs_difference(actual, expected) <= 1e-10
 
 
@@ -495,7 +474,7 @@ def test_state_memory_counts_distinct_decays_other_than_one():
 def test_fast_weights_is_the_two_timescale_multiscale_learner():
   with jax.enable_x64(True):
     gradients = np.random.default_rng(4).normal(size=(30, 3))
-    expected = _reference_trajectory([0.1, 0.6], [1.0, 0.7], gradients)
+    expected = helpers.literal_multiscale_weights([0.1, 0.6], [1.0, 0.7], gradients)
     actual, _ = _library_trajectory(
         mso.fast_weights(0.1, 0.6, 0.7), jnp.asarray(gradients))
     np.testing.assert_allclose(actual, expected, atol=1e-12)

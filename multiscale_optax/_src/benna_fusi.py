@@ -493,17 +493,9 @@ def benna_fusi(
         learning_rate, 'learning_rate', low=-np.inf, high=np.inf)
   checks.check_float_dtype(state_dtype, 'state_dtype')
   num_variables = len(capacity_entries)
-  if initial_chain is not None:
-    if isinstance(initial_chain, dict) or not isinstance(
-        initial_chain, Sequence):
-      raise TypeError(
-          '`initial_chain` must be None or a sequence with one entry (a '
-          'params-shaped pytree or None) per chain variable, got '
-          f'{type(initial_chain).__name__}.')
-    if len(initial_chain) != num_variables:
-      raise ValueError(
-          f'`initial_chain` must have one entry per chain variable: '
-          f'{num_variables} capacities but {len(initial_chain)} entries.')
+  checks.check_tree_per_entry(
+      initial_chain, 'initial_chain', num_variables, 'chain variable',
+      'capacities')
 
   # Per variable k: inflow g_{k-1}/C_k, outflow g_k/C_k (float64 where
   # concrete, so slow variables keep their small coefficients exactly).

@@ -203,3 +203,60 @@ def check_float_dtype(dtype: Any, name: str) -> None:
         f'`{name}` must be None or a floating dtype (e.g. jnp.float32, '
         f'jnp.bfloat16), got {resolved}.'
     )
+
+
+def learning_rates_and_decays(
+    learning_rates: Any, decays: Any
+) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+  """Validates a multiscale learner's per-subweight hyperparameters.
+
+  Args:
+    learning_rates: one finite real per subweight.
+    decays: one finite real in (-1, 1] per subweight.
+
+  Returns:
+    The entries of both (see :func:`vector_entries`).
+
+  Raises:
+    TypeError: either is not a 1-D vector of reals.
+    ValueError: they differ in length, are empty or not 1-D, hold a
+      non-finite value, or a decay lies outside (-1, 1].
+  """
+  rate_entries = vector_entries(learning_rates, 'learning_rates')
+  decay_entries = vector_entries(decays, 'decays')
+  check_same_length(rate_entries, 'learning_rates', decay_entries, 'decays')
+  check_finite(rate_entries, 'learning_rates')
+  check_finite(decay_entries, 'decays')
+  check_range(
+      decay_entries, 'decays', low=-1.0, high=1.0, low_inclusive=False,
+      high_inclusive=True)
+  return rate_entries, decay_entries
+
+
+def check_tree_per_entry(
+    value: Any, name: str, count: int, entry: str, counted: str
+) -> None:
+  """Checks an optional sequence holding one pytree (or None) per entry.
+
+  Args:
+    value: ``None`` or the sequence to check.
+    name: the argument's name, used in error messages.
+    count: how many entries it must have.
+    entry: what each entry belongs to, e.g. ``'subweight'``.
+    counted: what ``count`` counts, e.g. ``'decays'``.
+
+  Raises:
+    TypeError: ``value`` is not a sequence.
+    ValueError: it has the wrong length.
+  """
+  if value is None:
+    return
+  if isinstance(value, dict) or not isinstance(value, Sequence):
+    raise TypeError(
+        f'`{name}` must be None or a sequence with one entry (a '
+        f'params-shaped pytree or None) per {entry}, got '
+        f'{type(value).__name__}.')
+  if len(value) != count:
+    raise ValueError(
+        f'`{name}` must have one entry per {entry}: {count} {counted} but '
+        f'{len(value)} entries.')

@@ -76,15 +76,7 @@ def memory_kernel(
     <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022, eq. (1) and §1.
   """
   steps = _check_num_steps(num_steps)
-  rate_entries = checks.vector_entries(learning_rates, 'learning_rates')
-  decay_entries = checks.vector_entries(decays, 'decays')
-  checks.check_same_length(
-      rate_entries, 'learning_rates', decay_entries, 'decays')
-  checks.check_finite(rate_entries, 'learning_rates')
-  checks.check_finite(decay_entries, 'decays')
-  checks.check_range(
-      decay_entries, 'decays', low=-1.0, high=1.0, low_inclusive=False,
-      high_inclusive=True)
+  checks.learning_rates_and_decays(learning_rates, decays)
   rates = jnp.asarray(learning_rates)
   decay_vector = jnp.asarray(decays)
   dtype = jnp.result_type(float, rates.dtype, decay_vector.dtype)

@@ -402,16 +402,8 @@ def multiscale(
     Jones, `Learning at Multiple Timescales
     <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022, eq. (1).
   """
-  learning_rate_entries = checks.vector_entries(
-      learning_rates, 'learning_rates')
-  decay_entries = checks.vector_entries(decays, 'decays')
-  checks.check_same_length(
-      learning_rate_entries, 'learning_rates', decay_entries, 'decays')
-  checks.check_finite(learning_rate_entries, 'learning_rates')
-  checks.check_finite(decay_entries, 'decays')
-  checks.check_range(
-      decay_entries, 'decays', low=-1.0, high=1.0, low_inclusive=False,
-      high_inclusive=True)
+  learning_rate_entries, decay_entries = checks.learning_rates_and_decays(
+      learning_rates, decays)
   if not callable(learning_rate_scale):
     checks.check_scalar(
         learning_rate_scale, 'learning_rate_scale', low=-np.inf, high=np.inf)
@@ -420,18 +412,10 @@ def multiscale(
     raise TypeError(
         '`scaled_subweights` must be True or False, got '
         f'{type(scaled_subweights).__name__} {scaled_subweights!r}.')
+  checks.check_tree_per_entry(
+      initial_subweights, 'initial_subweights', len(decay_entries),
+      'subweight', 'decays')
   if initial_subweights is not None:
-    if isinstance(initial_subweights, dict) or not isinstance(
-        initial_subweights, Sequence):
-      raise TypeError(
-          '`initial_subweights` must be None or a sequence with one entry '
-          '(a params-shaped pytree or None) per subweight, got '
-          f'{type(initial_subweights).__name__}.')
-    if len(initial_subweights) != len(decay_entries):
-      raise ValueError(
-          '`initial_subweights` must have one entry per subweight: '
-          f'{len(decay_entries)} decays but {len(initial_subweights)} '
-          'initial subweights.')
     for index, (decay, value) in enumerate(
         zip(decay_entries, initial_subweights)):
       if value is not None and not checks.is_traced(decay) and decay == 1.0:
