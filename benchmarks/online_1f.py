@@ -312,25 +312,20 @@ def run_setting(dim, timescales, noise_variance, args, label):
         f'(t >= {half}): {notes["max_abs_diff_vs_exact_kalman_second_half"]:.2e}'
         )
   else:
-    tic = time.perf_counter()
-    plain_rates = mso.kalman_learning_rates(
-        decays, process, noise_variance, input_dim=dim)
-    values = evaluate(
-        lambda hyper, x, y: run_optax(
-            optax.chain(mso.multiscale(plain_rates, decays)), x, y),
-        0.0, test, burn_in)
-    report('multiscale (Kalman rates, plain LMS)', values,
-           {'learning_rates': np.asarray(plain_rates).tolist()},
-           seconds=time.perf_counter() - tic)
-    tic = time.perf_counter()
-    scalar_rates = mso.kalman_learning_rates(decays, process, noise_variance)
-    values = evaluate(
-        lambda hyper, x, y: run_optax(
-            optax.chain(mso.multiscale(scalar_rates, decays)), x, y),
-        0.0, test, burn_in)
-    report('multiscale (scalar d=1 rates, no corr.)', values,
-           {'learning_rates': np.asarray(scalar_rates).tolist()},
-           seconds=time.perf_counter() - tic)
+    uncorrected = {
+        'multiscale (Kalman rates, plain LMS)': mso.kalman_learning_rates(
+            decays, process, noise_variance, input_dim=dim),
+        'multiscale (scalar d=1 rates, no corr.)': mso.kalman_learning_rates(
+            decays, process, noise_variance),
+    }
+    for name, rates in uncorrected.items():
+      tic = time.perf_counter()
+      values = evaluate(
+          lambda hyper, x, y, rates=rates: run_optax(
+              optax.chain(mso.multiscale(rates, decays)), x, y),
+          0.0, test, burn_in)
+      report(name, values, {'learning_rates': np.asarray(rates).tolist()},
+             seconds=time.perf_counter() - tic)
 
   generic_decays = mso.decays_from_timescales(GENERIC_TIMESCALES)
   generic_shape = GENERIC_TIMESCALES ** (-GENERIC_POWER)
