@@ -562,3 +562,19 @@ def test_state_dtype_under_inject_hyperparams_needs_static_args():
           decays=jnp.asarray([1.0, 0.5]), state_dtype=jnp.bfloat16)
   state = optimizer.init(jnp.zeros(2))
   assert state.inner_state.subweights[0].dtype == jnp.bfloat16
+
+
+def test_inject_hyperparams_with_bfloat16_params():
+  # inject_hyperparams turns the float `learning_rate_scale` into a bfloat16
+  # array here; construction must accept it.
+  optimizer = optax.inject_hyperparams(mso.multiscale)(
+      learning_rates=jnp.asarray([0.1, 0.2]),
+      decays=jnp.asarray([1.0, 0.9999]))
+  params = jnp.zeros(3, jnp.bfloat16)
+  state = optimizer.init(params)
+  assert state.hyperparams['learning_rate_scale'].dtype == jnp.bfloat16
+  assert len(state.inner_state.subweights) == 1
+  updates, _ = jax.jit(optimizer.update)(jnp.ones(3, jnp.bfloat16), state)
+  assert updates.dtype == jnp.bfloat16
+  np.testing.assert_allclose(
+      np.asarray(updates, np.float32), -0.3, rtol=1e-2)

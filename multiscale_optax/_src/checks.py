@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -30,8 +31,8 @@ def _entry_is_real_scalar(entry: Any) -> bool:
     return True
   if isinstance(entry, np.ndarray | jax.Array):
     return entry.ndim == 0 and (
-        np.issubdtype(entry.dtype, np.floating)
-        or np.issubdtype(entry.dtype, np.integer)
+        jnp.issubdtype(entry.dtype, jnp.floating)
+        or jnp.issubdtype(entry.dtype, jnp.integer)
     )
   return False
 
@@ -59,8 +60,9 @@ def vector_entries(value: Any, name: str) -> tuple[Any, ...]:
   if isinstance(value, np.ndarray | jax.Array):
     dtype = value.dtype
     if not (
-        np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)
-    ) or np.issubdtype(dtype, np.bool_):
+        jnp.issubdtype(dtype, jnp.floating)
+        or jnp.issubdtype(dtype, jnp.integer)
+    ) or jnp.issubdtype(dtype, jnp.bool_):
       raise TypeError(
           f'`{name}` must hold real numbers, got an array of dtype {dtype}.'
       )
@@ -198,7 +200,7 @@ def check_float_dtype(dtype: Any, name: str) -> None:
     raise TypeError(
         f'`{name}` must be None or a floating dtype, got {dtype!r}.'
     ) from error
-  if not jax.numpy.issubdtype(resolved, jax.numpy.floating):
+  if not jnp.issubdtype(resolved, jnp.floating):
     raise TypeError(
         f'`{name}` must be None or a floating dtype (e.g. jnp.float32, '
         f'jnp.bfloat16), got {resolved}.'
