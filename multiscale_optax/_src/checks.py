@@ -111,6 +111,19 @@ def vector_entries(value: Any, name: str) -> tuple[Any, ...]:
   return tuple(entries)
 
 
+def concrete_vector_entries(value: Any, name: str) -> tuple[float, ...]:
+  """Like :func:`vector_entries`, for values that must not be traced.
+
+  Raises:
+    TypeError: as :func:`vector_entries`, or an entry is traced.
+    ValueError: as :func:`vector_entries`.
+  """
+  entries = vector_entries(value, name)
+  if any(is_traced(entry) for entry in entries):
+    raise TypeError(f'`{name}` must be concrete (not traced).')
+  return entries
+
+
 def check_finite(entries: Sequence[Any], name: str) -> None:
   """Raises ``ValueError`` if a concrete entry is NaN or infinite."""
   for position, entry in enumerate(entries):

@@ -398,9 +398,7 @@ def from_aggmo(
     & Grosse, Aggregated Momentum, ICLR 2019.
   """
   checks.check_scalar(learning_rate, 'learning_rate', low=-np.inf, high=np.inf)
-  beta_entries = checks.vector_entries(betas, 'betas')
-  if any(checks.is_traced(entry) for entry in beta_entries):
-    raise TypeError('`betas` must be concrete (not traced).')
+  beta_entries = checks.concrete_vector_entries(betas, 'betas')
   checks.check_finite(beta_entries, 'betas')
   checks.check_range(
       beta_entries, 'betas', low=0.0, high=1.0, low_inclusive=True,

@@ -204,13 +204,11 @@ def fit_learning_rates(
     Jones, `Learning at Multiple Timescales
     <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022, §1–2.
   """
-  decay_entries = checks.vector_entries(decays, 'decays')
-  target_entries = checks.vector_entries(target_kernel, 'target_kernel')
-  for name, entries in (('decays', decay_entries),
-                        ('target_kernel', target_entries)):
-    if any(checks.is_traced(entry) for entry in entries):
-      raise TypeError(f'`{name}` must be concrete (not traced).')
-    checks.check_finite(entries, name)
+  decay_entries = checks.concrete_vector_entries(decays, 'decays')
+  target_entries = checks.concrete_vector_entries(
+      target_kernel, 'target_kernel')
+  checks.check_finite(decay_entries, 'decays')
+  checks.check_finite(target_entries, 'target_kernel')
   checks.check_range(
       decay_entries, 'decays', low=-1.0, high=1.0, low_inclusive=False,
       high_inclusive=True)
@@ -221,9 +219,7 @@ def fit_learning_rates(
   if weights is None:
     root_weights = np.ones_like(target)
   else:
-    weight_entries = checks.vector_entries(weights, 'weights')
-    if any(checks.is_traced(entry) for entry in weight_entries):
-      raise TypeError('`weights` must be concrete (not traced).')
+    weight_entries = checks.concrete_vector_entries(weights, 'weights')
     checks.check_same_length(
         weight_entries, 'weights', target_entries, 'target_kernel')
     checks.check_finite(weight_entries, 'weights')

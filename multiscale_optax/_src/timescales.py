@@ -44,9 +44,7 @@ def decays_from_timescales(timescales: Sequence[float] | np.ndarray) -> np.ndarr
     Jones, `Learning at Multiple Timescales
     <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022, §2.
   """
-  entries = checks.vector_entries(timescales, 'timescales')
-  if any(checks.is_traced(entry) for entry in entries):
-    raise TypeError('`timescales` must be concrete (not traced).')
+  entries = checks.concrete_vector_entries(timescales, 'timescales')
   values = np.asarray(entries, dtype=np.float64)
   for position, value in enumerate(values):
     if np.isnan(value) or value <= 0:
@@ -79,9 +77,7 @@ def timescales_from_decays(decays: Sequence[float] | np.ndarray) -> np.ndarray:
     Jones, `Learning at Multiple Timescales
     <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022, §2.
   """
-  entries = checks.vector_entries(decays, 'decays')
-  if any(checks.is_traced(entry) for entry in entries):
-    raise TypeError('`decays` must be concrete (not traced).')
+  entries = checks.concrete_vector_entries(decays, 'decays')
   checks.check_range(
       entries, 'decays', low=0.0, high=1.0, low_inclusive=False,
       high_inclusive=True)
