@@ -47,6 +47,13 @@ def mlp_batches(key: jax.Array, steps: int, dtype=jnp.float64, batch=4,
   return inputs, targets
 
 
+def mlp_problem(steps: int = 200, dtype=jnp.float64):
+  """The standard test problem: MLP params and a drifting batch stream."""
+  params = mlp_params(jax.random.PRNGKey(0), dtype=dtype)
+  batches = mlp_batches(jax.random.PRNGKey(1), steps, dtype=dtype)
+  return params, batches
+
+
 def scan_training(
     optimizer: optax.GradientTransformation,
     params,

@@ -153,8 +153,6 @@ def _iterate_chain(matrix, first_capacity, learning_rate, gradients, chain):
   return np.array(weights)
 
 
-
-
 @st.composite
 def _chains(draw):
   n = draw(st.integers(2, 12))

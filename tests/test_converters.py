@@ -64,16 +64,10 @@ def _reference_nesterov(learning_rate, momentum):
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _mlp_problem(steps=220):
-  params = helpers.mlp_params(jax.random.PRNGKey(0))
-  batches = helpers.mlp_batches(jax.random.PRNGKey(1), steps)
-  return params, batches
-
-
 @pytest.mark.parametrize('name', ['heavy_ball', 'nesterov', 'aggmo', 'qhm'])
 def test_multiscale_form_matches_reference_on_mlp(name):
   with jax.enable_x64(True):
-    params, batches = _mlp_problem()
+    params, batches = helpers.mlp_problem(220)
     if name == 'heavy_ball':
       reference = optax.sgd(0.05, momentum=0.8)
       spec = mso.from_momentum(0.05, 0.8)
@@ -122,8 +116,6 @@ def _iterate_linear(transition, gradient_input, readout, gradients, state):
     state = transition @ state + gradient_input * gradient
     weights.append(readout @ state)
   return np.array(weights)
-
-
 
 
 def _aggmo_system(learning_rate, betas):
@@ -250,7 +242,7 @@ def test_repeated_eigenvalues_merge_and_unobservable_unreachable_drop():
 
 def test_momentum_state_continues_exactly():
   with jax.enable_x64(True):
-    params, (inputs, targets) = _mlp_problem(200)
+    params, (inputs, targets) = helpers.mlp_problem(200)
     sgd = optax.sgd(0.05, momentum=0.8)
     spec = mso.from_momentum(0.05, 0.8)
     grad_fn = jax.grad(helpers.mlp_loss)

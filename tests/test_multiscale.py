@@ -18,12 +18,6 @@ import multiscale_optax as mso
 LEARNING_RATE = 0.05
 
 
-def _mlp_problem(steps: int = 200, dtype=jnp.float64):
-  params = helpers.mlp_params(jax.random.PRNGKey(0), dtype=dtype)
-  batches = helpers.mlp_batches(jax.random.PRNGKey(1), steps, dtype=dtype)
-  return params, batches
-
-
 def _library_trajectory(optimizer, gradients, params=None):
   params = jnp.zeros(gradients.shape[1:], gradients.dtype) if (
       params is None) else params
@@ -50,7 +44,7 @@ def test_momentum_is_a_negative_fast_weight(learning_rate, momentum, nesterov):
   # Heavy ball: h_k = lr (1 - b^{k+1}) / (1 - b); Nesterov: lr (1 - b^{k+2})
   # / (1 - b). Matching sum_i alpha_i gamma_i^k gives the fast rates below.
   with jax.enable_x64(True):
-    params, batches = _mlp_problem()
+    params, batches = helpers.mlp_problem()
     fast_rate = -learning_rate * momentum ** (2 if nesterov else 1) / (
         1 - momentum)
     multiscale = mso.multiscale(
@@ -64,7 +58,7 @@ def test_momentum_is_a_negative_fast_weight(learning_rate, momentum, nesterov):
 
 def test_single_slow_subweight_is_sgd():
   with jax.enable_x64(True):
-    params, batches = _mlp_problem()
+    params, batches = helpers.mlp_problem()
     difference = helpers.max_abs_difference(
         helpers.run_trajectory(
             mso.multiscale([LEARNING_RATE], [1.0]), params, batches),
@@ -74,7 +68,7 @@ def test_single_slow_subweight_is_sgd():
 
 def test_chained_after_adam_is_adam():
   with jax.enable_x64(True):
-    params, batches = _mlp_problem()
+    params, batches = helpers.mlp_problem()
     multiscale_adam = optax.chain(
         optax.scale_by_adam(), mso.multiscale([LEARNING_RATE], [1.0]))
     difference = helpers.max_abs_difference(
@@ -143,7 +137,7 @@ def test_learning_rate_schedule_scales_every_rate():
 def test_continues_a_momentum_state_exactly_from_initial_subweights():
   momentum = 0.9
   with jax.enable_x64(True):
-    params, batches = _mlp_problem(120)
+    params, batches = helpers.mlp_problem(120)
     first = jax.tree.map(lambda leaf: leaf[:60], batches)
     second = jax.tree.map(lambda leaf: leaf[60:], batches)
     reference = optax.sgd(LEARNING_RATE, momentum=momentum)
