@@ -142,13 +142,7 @@ def benna_fusi_defaults(num_variables: int) -> tuple[np.ndarray, np.ndarray]:
     Computational principles of synaptic memory consolidation, Nature
     Neuroscience 19, 2016.
   """
-  if isinstance(num_variables, bool) or not isinstance(
-      num_variables, int | np.integer):
-    raise TypeError(
-        f'`num_variables` must be an int, got {type(num_variables).__name__}.')
-  if num_variables < 1:
-    raise ValueError(
-        f'`num_variables` must be at least 1, got {num_variables}.')
+  num_variables = checks.check_integer(num_variables, 'num_variables', low=1)
   k = np.arange(1, num_variables + 1, dtype=np.float64)
   return 2.0 ** (k - 1.0), 2.0 ** (-k[:-1] - 2.0)
 

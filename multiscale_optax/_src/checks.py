@@ -275,3 +275,47 @@ def check_tree_per_entry(
     raise ValueError(
         f'`{name}` must have one entry per {entry}: {count} {counted} but '
         f'{len(value)} entries.')
+
+
+def check_integer(value: Any, name: str, *, low: int) -> int:
+  """Checks an integer argument (a Python or NumPy int, not a bool).
+
+  Args:
+    value: the argument.
+    name: its name, used in error messages.
+    low: the smallest allowed value.
+
+  Returns:
+    ``value`` as a Python ``int``.
+
+  Raises:
+    TypeError: ``value`` is a bool or not an integer.
+    ValueError: ``value < low``.
+  """
+  if isinstance(value, bool | np.bool_) or not isinstance(
+      value, int | np.integer):
+    raise TypeError(f'`{name}` must be an int, got {type(value).__name__}.')
+  if value < low:
+    raise ValueError(f'`{name}` must be at least {low}, got {value}.')
+  return int(value)
+
+
+def check_bool(value: Any, name: str) -> bool:
+  """Checks a flag: a Python or NumPy bool.
+
+  Args:
+    value: the argument.
+    name: its name, used in error messages.
+
+  Returns:
+    ``value`` as a Python ``bool``.
+
+  Raises:
+    TypeError: ``value`` is not a bool (ints such as 0 and 1 are refused:
+      they are more often a misplaced positional argument than a flag).
+  """
+  if not isinstance(value, bool | np.bool_):
+    raise TypeError(
+        f'`{name}` must be True or False, got {type(value).__name__} '
+        f'{value!r}.')
+  return bool(value)

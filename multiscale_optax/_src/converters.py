@@ -343,8 +343,7 @@ def from_momentum(
   checks.check_scalar(learning_rate, 'learning_rate', low=-np.inf, high=np.inf)
   checks.check_scalar(
       momentum, 'momentum', low=0.0, high=1.0, high_inclusive=False)
-  if not isinstance(nesterov, bool | np.bool_):
-    raise TypeError(f'`nesterov` must be a bool, got {nesterov!r}.')
+  nesterov = checks.check_bool(nesterov, 'nesterov')
   eta, beta = float(learning_rate), float(momentum)
   if nesterov:
     transition = [[1.0, -eta * beta * beta], [0.0, beta]]

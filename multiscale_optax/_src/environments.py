@@ -296,12 +296,8 @@ def sample_environment(
     raise TypeError(
         '`environment` must be a OneOverFEnvironment, got '
         f'{type(environment).__name__}.')
-  if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer):
-    raise TypeError(
-        f'`num_steps` must be an int, got {type(num_steps).__name__}.')
-  if num_steps < 1:
-    raise ValueError(f'`num_steps` must be at least 1, got {num_steps}.')
-  return _sample(environment, key, int(num_steps), _canonical_dtype(dtype))
+  num_steps = checks.check_integer(num_steps, 'num_steps', low=1)
+  return _sample(environment, key, num_steps, _canonical_dtype(dtype))
 
 
 @functools.partial(jax.jit, static_argnums=0)

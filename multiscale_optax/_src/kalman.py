@@ -156,15 +156,9 @@ def _validate(
   checks.check_scalar(
       noise_variance, 'noise_variance', low=0.0, high=np.inf,
       low_inclusive=False, high_inclusive=False)
-  if isinstance(input_dim, bool) or not isinstance(input_dim, int | np.integer):
-    raise TypeError(
-        f'`input_dim` must be an int, got {type(input_dim).__name__}.')
-  if input_dim < 1:
-    raise ValueError(f'`input_dim` must be at least 1, got {input_dim}.')
-  if not isinstance(input_normalization, bool):
-    raise TypeError(
-        '`input_normalization` must be a bool, got '
-        f'{type(input_normalization).__name__}.')
+  input_dim = checks.check_integer(input_dim, 'input_dim', low=1)
+  input_normalization = checks.check_bool(
+      input_normalization, 'input_normalization')
   if input_normalization and input_dim == 2:
     raise ValueError(
         '`input_normalization=True` needs `input_dim` of 1 or at least 3: for '

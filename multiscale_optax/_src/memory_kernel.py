@@ -13,23 +13,12 @@ decays.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from multiscale_optax._src import checks
-
-
-def _check_num_steps(num_steps: Any) -> int:
-  if isinstance(num_steps, bool) or not isinstance(
-      num_steps, int | np.integer):
-    raise TypeError(
-        f'`num_steps` must be an int, got {type(num_steps).__name__}.')
-  if num_steps < 1:
-    raise ValueError(f'`num_steps` must be at least 1, got {num_steps}.')
-  return int(num_steps)
 
 
 def memory_kernel(
@@ -75,7 +64,7 @@ def memory_kernel(
     Jones, `Learning at Multiple Timescales
     <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022, eq. (1) and §1.
   """
-  steps = _check_num_steps(num_steps)
+  steps = checks.check_integer(num_steps, 'num_steps', low=1)
   checks.learning_rates_and_decays(learning_rates, decays)
   rates = jnp.asarray(learning_rates)
   decay_vector = jnp.asarray(decays)
@@ -113,7 +102,7 @@ def power_law_kernel(
     <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022, §1 (power-law
     forgetting).
   """
-  steps = _check_num_steps(num_steps)
+  steps = checks.check_integer(num_steps, 'num_steps', low=1)
   checks.check_scalar(
       exponent, 'exponent', low=0.0, high=np.inf, high_inclusive=False)
   checks.check_scalar(scale, 'scale', low=-np.inf, high=np.inf)
@@ -212,8 +201,7 @@ def fit_learning_rates(
   checks.check_range(
       decay_entries, 'decays', low=-1.0, high=1.0, low_inclusive=False,
       high_inclusive=True)
-  if not isinstance(nonnegative, bool | np.bool_):
-    raise TypeError(f'`nonnegative` must be a bool, got {nonnegative!r}.')
+  nonnegative = checks.check_bool(nonnegative, 'nonnegative')
   gamma = np.asarray(decay_entries, np.float64)
   target = np.asarray(target_entries, np.float64)
   if weights is None:

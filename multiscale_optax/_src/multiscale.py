@@ -408,10 +408,8 @@ def multiscale(
     checks.check_scalar(
         learning_rate_scale, 'learning_rate_scale', low=-np.inf, high=np.inf)
   checks.check_float_dtype(state_dtype, 'state_dtype')
-  if not isinstance(scaled_subweights, bool):
-    raise TypeError(
-        '`scaled_subweights` must be True or False, got '
-        f'{type(scaled_subweights).__name__} {scaled_subweights!r}.')
+  scaled_subweights = checks.check_bool(
+      scaled_subweights, 'scaled_subweights')
   checks.check_tree_per_entry(
       initial_subweights, 'initial_subweights', len(decay_entries),
       'subweight', 'decays')

@@ -130,10 +130,7 @@ def log_spaced_timescales(
   checks.check_scalar(
       longest, 'longest', low=float(shortest), high=np.inf,
       high_inclusive=False)
-  if isinstance(num, bool) or not isinstance(num, int | np.integer):
-    raise TypeError(f'`num` must be an int, got {type(num).__name__}.')
-  if num < 1:
-    raise ValueError(f'`num` must be at least 1, got {num}.')
+  num = checks.check_integer(num, 'num', low=1)
   if num == 1:
     return np.asarray([float(shortest)])
   return np.geomspace(float(shortest), float(longest), int(num))
