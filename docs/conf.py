@@ -1,0 +1,115 @@
+"""Sphinx configuration for the multiscale_optax documentation.
+
+Build from the repository root, warnings as errors::
+
+  sphinx-build -W -b html docs docs/_build/html
+
+The API reference is generated from ``multiscale_optax.__all__``
+(``_ext/api_reference.py``), benchmark tables from
+``benchmarks/results/*.json`` (``_ext/benchmark_tables.py``), and the gallery
+executes every notebook in ``notebooks/`` (``_ext/gallery.py``).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+DOCS_DIR = pathlib.Path(__file__).resolve().parent
+REPO_ROOT = DOCS_DIR.parent
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(DOCS_DIR / '_ext'))
+
+import multiscale_optax  # noqa: E402
+
+# -- Project -----------------------------------------------------------------
+
+project = 'multiscale_optax'
+author = 'multiscale_optax contributors'
+copyright = '2026, multiscale_optax contributors'  # noqa: A001
+release = multiscale_optax.__version__
+version = release
+
+# -- General -----------------------------------------------------------------
+
+extensions = [
+    'sphinx.ext.autodoc',
+    'sphinx.ext.autosummary',
+    'sphinx.ext.mathjax',
+    'sphinx.ext.napoleon',
+    'sphinx.ext.viewcode',
+    'myst_nb',
+    'api_reference',
+    'benchmark_tables',
+    'gallery',
+]
+
+templates_path = ['_templates']
+exclude_patterns = ['_build', 'Thumbs.db', '.DS_Store', '**.ipynb_checkpoints']
+source_suffix = {'.rst': 'restructuredtext', '.md': 'myst-nb',
+                 '.ipynb': 'myst-nb'}
+# Pages that other work adds; until a page exists, its toctree entry in
+# index.md is dropped (see _drop_missing_optional_pages). Every other toctree
+# entry must exist, or the build fails.
+OPTIONAL_PAGES = ('bayesian_multiscale', 'scaling_out')
+
+# -- autodoc / autosummary ---------------------------------------------------
+
+autosummary_generate = True
+autosummary_ignore_module_all = False
+autodoc_typehints = 'description'
+autodoc_typehints_description_target = 'documented_params'
+autodoc_member_order = 'bysource'
+autodoc_preserve_defaults = True
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_rtype = False
+add_module_names = False
+
+# -- MyST / myst-nb ----------------------------------------------------------
+
+myst_enable_extensions = ['dollarmath', 'amsmath', 'colon_fence', 'deflist']
+myst_heading_anchors = 3
+# The gallery runs each notebook once per build, fresh, and fails the build
+# on any error or on a cell that runs longer than the timeout.
+nb_execution_mode = 'force'
+nb_execution_raise_on_error = True
+nb_execution_timeout = 300
+nb_merge_streams = True
+
+# -- HTML --------------------------------------------------------------------
+
+html_theme = 'sphinx_book_theme'
+html_title = f'multiscale_optax {release}'
+html_static_path = ['_static']
+html_css_files = ['custom.css']
+html_theme_options = {
+    'show_toc_level': 2,
+    'navigation_with_keys': False,
+    'home_page_in_toc': True,
+}
+html_last_updated_fmt = None
+
+
+def _skip_namedtuple_fields(app, what, name, obj, skip, options):
+  """Leaves NamedTuple fields to the class docstring's ``Attributes:``."""
+  del app, name, options
+  if what == 'class' and type(obj).__name__ == '_tuplegetter':
+    return True
+  return skip
+
+
+def _drop_missing_optional_pages(app, docname, source):
+  """Removes index.md's toctree lines for optional pages not written yet."""
+  if docname != 'index':
+    return
+  missing = [name for name in OPTIONAL_PAGES
+             if not any((DOCS_DIR / f'{name}{suffix}').exists()
+                        for suffix in source_suffix)]
+  source[0] = '\n'.join(
+      line for line in source[0].split('\n') if line.strip() not in missing)
+
+
+def setup(app):
+  app.connect('autodoc-skip-member', _skip_namedtuple_fields)
+  app.connect('source-read', _drop_missing_optional_pages)
