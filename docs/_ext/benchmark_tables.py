@@ -23,7 +23,7 @@ JSON: ``/``-separated keys, list indices (``0`` or ``[0]``) and list selectors
 (``[size=50000000,input_dim=10]``, exactly one match). A path starting with
 ``/`` is absolute; otherwise it follows ``base``. ``*`` in a path stands for
 the row id; ``{@label}`` and ``{@id}`` are the row's label and id. Values can
-be scaled in the format spec with a ``*N`` prefix (``{accuracy:*100.1f}``),
+be scaled with a ``*N:`` prefix to the format spec (``{accuracy:*100:.1f}``),
 ``{values:len}`` is a list's length, and ``null`` shows as ``–``.
 
 The ``bench`` role puts one number into prose:
@@ -47,7 +47,7 @@ from sphinx.util.docutils import SphinxRole
 
 _MISSING = object()
 _SELECTOR = re.compile(r'^\[(.*)\]$')
-_SCALED_SPEC = re.compile(r'^\*([0-9.eE+-]+)(.*)$')
+_SCALED_SPEC = re.compile(r'^\*([^:]+):(.*)$')
 
 
 class BenchmarkDataError(ValueError):

@@ -45,8 +45,13 @@ def _summary(notebook: nbformat.NotebookNode) -> tuple[str, str]:
     if not lines or not lines[0].startswith('# '):
       continue
     title = lines[0][2:].strip()
-    paragraphs = '\n'.join(lines[1:]).strip().split('\n\n')
-    return title, paragraphs[0].strip() if paragraphs else ''
+    paragraphs = [paragraph.strip() for paragraph in
+                  '\n'.join(lines[1:]).strip().split('\n\n')
+                  if paragraph.strip()]
+    # A paragraph that only cites the paper says nothing about the notebook.
+    prose = [paragraph for paragraph in paragraphs
+             if not (paragraph.startswith('Jones,') and len(paragraph) < 160)]
+    return title, (prose or paragraphs or [''])[0]
   raise ValueError('a gallery notebook must start with a "# Title" cell')
 
 
