@@ -26,7 +26,7 @@ import multiscale_optax  # noqa: E402
 
 project = 'multiscale_optax'
 author = 'multiscale_optax contributors'
-copyright = '2026, multiscale_optax contributors'  # noqa: A001
+copyright = '2026, multiscale_optax contributors'
 release = multiscale_optax.__version__
 version = release
 

@@ -55,13 +55,9 @@ class _Page(html.parser.HTMLParser):
       self.images.append(attributes['src'])
 
 
-@pytest.fixture(scope='module')
-def site(tmp_path_factory) -> pathlib.Path:
-  """The built HTML site (built once for this module)."""
-  root = tmp_path_factory.mktemp('docs')
-  out = root / 'html'
+def _build(out: pathlib.Path, doctrees: pathlib.Path) -> None:
   command = [sys.executable, '-m', 'sphinx', '-W', '--keep-going', '-q',
-             '-b', 'html', '-d', str(root / 'doctrees'), str(DOCS), str(out)]
+             '-b', 'html', '-d', str(doctrees), str(DOCS), str(out)]
   result = subprocess.run(command, capture_output=True, text=True,
                           timeout=BUILD_TIMEOUT_S, cwd=REPO, check=False)
   warnings = [line for line in result.stderr.splitlines()
@@ -69,11 +65,9 @@ def site(tmp_path_factory) -> pathlib.Path:
   assert result.returncode == 0, (
       f'sphinx-build failed ({result.returncode}):\n' + '\n'.join(
           warnings or result.stderr.splitlines()[-40:]))
-  return out
 
 
-@pytest.fixture(scope='module')
-def pages(site) -> dict[pathlib.Path, _Page]:
+def _parse(site: pathlib.Path) -> dict[pathlib.Path, _Page]:
   parsed = {}
   for path in site.rglob('*.html'):
     if {'_static', '_sources'} & set(path.relative_to(site).parts):
@@ -84,80 +78,109 @@ def pages(site) -> dict[pathlib.Path, _Page]:
   return parsed
 
 
-def test_every_public_name_has_an_api_page(site, pages):
+def _api_problems(site, pages) -> list[str]:
+  """Every public name has a page with its anchor, linked from api.html."""
   api = pages[site / 'api.html']
   api_targets = {urllib.parse.urlsplit(link).path for link in api.links}
-  missing_pages, missing_anchors, unlisted = [], [], []
+  problems = []
   for name in multiscale_optax.__all__:
     page_name = f'_autosummary/multiscale_optax.{name}.html'
     path = site / page_name
     if path not in pages:
-      missing_pages.append(name)
+      problems.append(f'no API page for {name}')
       continue
     if f'multiscale_optax.{name}' not in pages[path].ids:
-      missing_anchors.append(name)
+      problems.append(f'{page_name} has no anchor multiscale_optax.{name}')
     if page_name not in api_targets:
-      unlisted.append(name)
-  assert not missing_pages, f'no API page for {missing_pages}'
-  assert not missing_anchors, f'API pages without an anchor: {missing_anchors}'
-  assert not unlisted, f'not linked from api.html: {unlisted}'
+      problems.append(f'{page_name} is not linked from api.html')
+  return problems
 
 
-def test_internal_links_and_images_resolve(site, pages):
-  broken = []
+def _link_problems(site, pages) -> list[str]:
+  """Every relative href (with its #anchor) and image source resolves."""
+  problems = []
   for path, page in pages.items():
     for link in page.links + page.images:
       parts = urllib.parse.urlsplit(link)
-      if parts.scheme or parts.netloc or link.startswith('mailto:'):
+      if parts.scheme or parts.netloc:
         continue
       target = (path.parent / urllib.parse.unquote(parts.path)).resolve() if (
           parts.path) else path
+      where = f'{path.relative_to(site)}: {link}'
       if not target.exists():
-        broken.append(f'{path.relative_to(site)}: {link} (no file)')
+        problems.append(f'{where} (no such file)')
       elif parts.fragment and target.suffix == '.html':
         target_page = pages.get(target)
         if target_page is None or parts.fragment not in target_page.ids:
-          broken.append(f'{path.relative_to(site)}: {link} (no anchor)')
-  assert not broken, 'broken internal references:\n' + '\n'.join(broken)
+          problems.append(f'{where} (no such anchor)')
+  return problems
 
 
-def test_every_notebook_is_in_the_gallery_with_a_figure(site, pages):
+def _gallery_problems(site, pages) -> list[str]:
+  """Every notebook has a gallery page showing an executed figure."""
   notebooks = sorted((REPO / 'notebooks').glob('*.ipynb'))
-  assert notebooks
-  gallery_index = pages[site / 'gallery' / 'index.html']
-  without_figure = []
+  if not notebooks:
+    return ['no notebooks found']
+  index = pages[site / 'gallery' / 'index.html']
+  problems = []
   for notebook in notebooks:
     page = site / 'gallery' / f'{notebook.stem}.html'
-    assert page in pages, f'{notebook.name} is not in the gallery'
-    assert f'{notebook.stem}.html' in gallery_index.links
-    # Executed outputs are copied to _images/ (committed PNGs are not).
-    outputs = [src for src in pages[page].images if '_images/' in src]
-    if not outputs:
-      without_figure.append(notebook.name)
-  assert not without_figure, f'no figure output on the page: {without_figure}'
+    if page not in pages:
+      problems.append(f'{notebook.name} has no gallery page')
+      continue
+    if f'{notebook.stem}.html' not in index.links:
+      problems.append(f'{notebook.name} is not listed in gallery/index.html')
+    # Executed outputs are written to _images/ as the notebook runs.
+    if not any('_images/' in src for src in pages[page].images):
+      problems.append(f'{notebook.name}: no figure output on its page')
+  return problems
 
 
-def test_math_is_marked_up_for_mathjax(site, pages):
+def _math_problems(site) -> list[str]:
   text = (site / '_autosummary' / 'multiscale_optax.multiscale.html'
           ).read_text(encoding='utf-8')
-  assert 'mathjax' in text.lower()
-  assert re.search(r'class="math[^"]*">\\\[', text), 'no display math'
-  assert re.search(r'class="math[^"]*">\\\(', text), 'no inline math'
+  problems = []
+  if 'mathjax' not in text.lower():
+    problems.append('no MathJax on the API pages')
+  if not re.search(r'class="math[^"]*">\s*\\\[', text):
+    problems.append('no display math on the multiscale page')
+  if not re.search(r'class="math[^"]*">\\\(', text):
+    problems.append('no inline math on the multiscale page')
+  return problems
 
 
-def test_benchmark_tables_show_their_json(site, pages):
+def _table_problems(site) -> list[str]:
+  """The speed page shows the numbers of its JSON files."""
   speed = (site / 'speed.html').read_text(encoding='utf-8')
-  assert speed.count('benchmark-table') >= 4
+  problems = []
+  if speed.count('benchmark-table') < 4:
+    problems.append('speed.html has fewer than 4 benchmark tables')
   cpu = json.loads((RESULTS / 'step_speed.json').read_text())
-  optimizers = next(r for r in cpu['results']
-                    if r['size'] == 50000000)['optimizers']
+  optimizers = next(result for result in cpu['results']
+                    if result['size'] == 50000000)['optimizers']
   for name in ('sgd_momentum_0.9', 'multiscale_k1', 'multiscale_k8'):
-    assert f"{optimizers[name]['median_ms']:.2f}" in speed, name
+    if f"{optimizers[name]['median_ms']:.2f}" not in speed:
+      problems.append(f'CPU median of {name} not on speed.html')
   gpu = json.loads((RESULTS / 'step_speed_h200.json').read_text())
-  assert 'NVIDIA H200' in gpu['provenance'] and 'not re-measured' in (
-      gpu['provenance'])
-  for entry in gpu['optimizers'].values():
-    assert f"{entry['ratio_to_momentum']:.3f}" in speed
+  if not ('NVIDIA H200' in gpu['provenance']
+          and 'not re-measured' in gpu['provenance']):
+    problems.append('step_speed_h200.json does not state its provenance')
+  for name, entry in gpu['optimizers'].items():
+    if f"{entry['ratio_to_momentum']:.3f}" not in speed:
+      problems.append(f'H200 ratio of {name} not on speed.html')
+  return problems
+
+
+def test_site_builds_and_its_pages_hold_together(tmp_path):
+  # One build for all checks: a module fixture would build once per
+  # pytest-xdist worker, concurrently, into the same docs/ source tree.
+  site = tmp_path / 'html'
+  _build(site, tmp_path / 'doctrees')
+  pages = _parse(site)
+  problems = (_api_problems(site, pages) + _link_problems(site, pages)
+              + _gallery_problems(site, pages) + _math_problems(site)
+              + _table_problems(site))
+  assert not problems, '\n'.join(problems)
 
 
 _SNIPPETS = [

@@ -37,6 +37,7 @@ import pathlib
 import re
 import string
 from typing import Any
+from typing import ClassVar
 
 import yaml
 from docutils import nodes
@@ -162,7 +163,8 @@ class BenchmarkTable(SphinxDirective):
 
   required_arguments = 1
   has_content = True
-  option_spec = {'caption': directives.unchanged, 'name': directives.unchanged}
+  option_spec: ClassVar[dict[str, Any]] = {
+      'caption': directives.unchanged, 'name': directives.unchanged}
 
   def run(self) -> list[nodes.Node]:
     try:
