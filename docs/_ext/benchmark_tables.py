@@ -11,6 +11,7 @@ The ``benchmark-table`` directive takes a file (relative to
   base: results/[size=50000000]/optimizers/*
   rows:                       # row id -> label (Markdown); omit for all keys
     sgd: "`optax.sgd`"
+    ?sgd_nesterov: Nesterov   # "?": optional, left out while it has no values
   columns:                    # header -> cell template
     optimizer: "{@label}"
     median ms: "{median_ms:.2f}"
@@ -117,6 +118,7 @@ class _PathFormatter(string.Formatter):
     super().__init__()
     self.data, self.base, self.row_id, self.label = data, base, row_id, label
     self.missing: list[str] = []
+    self.found: list[str] = []
 
   def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
     del args, kwargs
@@ -128,8 +130,7 @@ class _PathFormatter(string.Formatter):
         f'{self.base}/{field_name}' if self.base else field_name)
     path = path.replace('*', self.row_id)
     value = resolve(self.data, path)
-    if value is _MISSING:
-      self.missing.append(path)
+    (self.missing if value is _MISSING else self.found).append(path)
     return value, field_name
 
   def format_field(self, value: Any, format_spec: str) -> str:
@@ -146,16 +147,22 @@ class _PathFormatter(string.Formatter):
     return format(value, format_spec)
 
 
-def render(data: Any, template: str, *, base: str = '', row_id: str = '',
-           label: str = '') -> tuple[str, list[str]]:
-  """The formatted template and the paths it found missing."""
+def _render(data: Any, template: str, base: str, row_id: str,
+            label: str) -> tuple[str, list[str], list[str]]:
   formatter = _PathFormatter(data, base, row_id, label)
   try:
     text = formatter.format(template)
   except (TypeError, ValueError, KeyError) as error:
     raise BenchmarkDataError(
         f'cannot format {template!r} for row {row_id!r}: {error}') from error
-  return text, formatter.missing
+  return text, formatter.missing, formatter.found
+
+
+def render(data: Any, template: str, *, base: str = '', row_id: str = '',
+           label: str = '') -> tuple[str, list[str]]:
+  """The formatted template and the paths it found missing."""
+  text, missing, _ = _render(data, template, base, row_id, label)
+  return text, missing
 
 
 class BenchmarkTable(SphinxDirective):
@@ -206,18 +213,24 @@ class BenchmarkTable(SphinxDirective):
     columns = [(str(header), str(template))
                for header, template in spec['columns'].items()]
     missing_text = spec.get('missing')
-    rows = self._rows(data, spec)
+    rows = []
     cells: list[list[str]] = []
     missing_cells: list[tuple[int, int, list[str]]] = []
-    for row_index, (row_id, label) in enumerate(rows):
+    for row_id, label in self._rows(data, spec):
+      optional = row_id.startswith('?')
+      row_id = row_id.removeprefix('?')
+      rendered = [_render(data, template, base, row_id, label)
+                  for _, template in columns]
+      # An optional row appears once its benchmark has written any value.
+      if optional and not any(found for _, _, found in rendered):
+        continue
       row_cells = []
-      for column_index, (_, template) in enumerate(columns):
-        text, missing = render(data, template, base=base, row_id=row_id,
-                               label=label)
+      for column_index, (text, missing, _) in enumerate(rendered):
         if missing:
-          missing_cells.append((row_index, column_index, missing))
+          missing_cells.append((len(rows), column_index, missing))
           text = '' if missing_text is None else str(missing_text)
         row_cells.append(text)
+      rows.append((row_id, label))
       cells.append(row_cells)
     self._check_missing(rows, columns, missing_cells, missing_text)
     relative = path.relative_to(_results_dir(self.env.app).parent.parent)
