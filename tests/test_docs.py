@@ -227,3 +227,19 @@ def test_benchmark_paths_report_missing_and_ambiguous_values():
   assert missing == ['/results/0/rows/b/x']
   with pytest.raises(benchmark_tables.BenchmarkDataError, match='matches 2'):
     benchmark_tables.render({'r': [{'a': 1}, {'a': 1}]}, '{/r/[a=1]}')
+
+
+def test_link_check_finds_missing_files_and_anchors(tmp_path):
+  (tmp_path / 'sub').mkdir()
+  (tmp_path / 'a.html').write_text(
+      '<a href="sub/b.html#here">ok</a> <a href="sub/b.html#gone">anchor</a>'
+      '<a href="c.html">file</a> <a href="#top">self</a>'
+      '<a href="https://example.org/x.html">external</a>'
+      '<img src="sub/missing.png"><p id="top"></p>')
+  (tmp_path / 'sub' / 'b.html').write_text('<h1 id="here">B</h1>')
+  problems = _link_problems(tmp_path, _parse(tmp_path))
+  assert sorted(problems) == [
+      'a.html: c.html (no such file)',
+      'a.html: sub/b.html#gone (no such anchor)',
+      'a.html: sub/missing.png (no such file)',
+  ]
