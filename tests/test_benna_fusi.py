@@ -278,7 +278,7 @@ def test_jit_and_schedule_equivalence():
     chain_opt = mso.benna_fusi(capacities, conductances,
                                learning_rate=schedule)
     multiscale_opt = mso.multiscale(
-        unit.learning_rates, unit.decays, learning_rate_scale=schedule)
+        unit.learning_rates, unit.decays, learning_rate=schedule)
     trajectories = []
     for optimizer in (chain_opt, multiscale_opt):
       params, state = jnp.zeros(3), optimizer.init(jnp.zeros(3))

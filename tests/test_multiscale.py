@@ -129,7 +129,7 @@ def test_learning_rate_schedule_scales_every_rate():
     expected = helpers.literal_multiscale_weights(
         learning_rates, decays, gradients, scales=scales)
     actual, _ = _library_trajectory(
-        mso.multiscale(learning_rates, decays, learning_rate_scale=schedule),
+        mso.multiscale(learning_rates, decays, learning_rate=schedule),
         jnp.asarray(gradients))
     np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-12)
 
@@ -502,7 +502,7 @@ def test_fast_weights_is_the_two_timescale_multiscale_learner():
         (dict(learning_rates=[0.1], decays=[1.0], state_dtype=jnp.int32),
          TypeError, 'state_dtype'),
         (dict(learning_rates=[0.1], decays=[1.0],
-              learning_rate_scale=np.nan), ValueError, 'learning_rate_scale'),
+              learning_rate=np.nan), ValueError, 'learning_rate'),
         (dict(learning_rates=[0.1, 0.2], decays=[1.0, 0.5],
               initial_subweights=[None]), ValueError, 'initial_subweights'),
         (dict(learning_rates=[0.1, 0.2], decays=[1.0, 0.5],
@@ -559,14 +559,14 @@ def test_state_dtype_under_inject_hyperparams_needs_static_args():
 
 
 def test_inject_hyperparams_with_bfloat16_params():
-  # inject_hyperparams turns the float `learning_rate_scale` into a bfloat16
+  # inject_hyperparams turns the float `learning_rate` into a bfloat16
   # array here; construction must accept it.
   optimizer = optax.inject_hyperparams(mso.multiscale)(
       learning_rates=jnp.asarray([0.1, 0.2]),
       decays=jnp.asarray([1.0, 0.9999]))
   params = jnp.zeros(3, jnp.bfloat16)
   state = optimizer.init(params)
-  assert state.hyperparams['learning_rate_scale'].dtype == jnp.bfloat16
+  assert state.hyperparams['learning_rate'].dtype == jnp.bfloat16
   assert len(state.inner_state.subweights) == 1
   updates, _ = jax.jit(optimizer.update)(jnp.ones(3, jnp.bfloat16), state)
   assert updates.dtype == jnp.bfloat16

@@ -287,7 +287,7 @@ def multiscale(
     learning_rates: Sequence[float] | jax.Array,
     decays: Sequence[float] | jax.Array,
     *,
-    learning_rate_scale: optax.ScalarOrSchedule = 1.0,
+    learning_rate: optax.ScalarOrSchedule = 1.0,
     initial_subweights: Sequence[optax.Params | None] | None = None,
     state_dtype: Any = None,
     scaled_subweights: bool = False,
@@ -302,7 +302,7 @@ def multiscale(
     \omega_{i,t+1} = \gamma_i\, \omega_{i,t} - s_t\, \alpha_i\, u_t,
 
   where :math:`\alpha_i` is ``learning_rates[i]``, :math:`\gamma_i` is
-  ``decays[i]``, :math:`s_t` is ``learning_rate_scale`` (a constant or a
+  ``decays[i]``, :math:`s_t` is ``learning_rate`` (a constant or a
   schedule of the step count) and :math:`u_t` is the incoming update (a raw
   gradient, or a preconditioned direction such as the output of
   ``optax.scale_by_adam()``). The transformation returns the parameter
@@ -343,7 +343,7 @@ def multiscale(
     learning_rates: :math:`\alpha_i`, one real per subweight; may be
       negative.
     decays: :math:`\gamma_i`, one per subweight, each in :math:`(-1, 1]`.
-    learning_rate_scale: :math:`s_t`, a scalar or an ``optax.Schedule`` of
+    learning_rate: :math:`s_t`, a scalar or an ``optax.Schedule`` of
       the step count that multiplies every :math:`\alpha_i`.
     initial_subweights: optional, one entry per subweight: a params-shaped
       pytree holding its initial value, or ``None`` for zero. Entries with
@@ -404,9 +404,9 @@ def multiscale(
   """
   learning_rate_entries, decay_entries = checks.learning_rates_and_decays(
       learning_rates, decays)
-  if not callable(learning_rate_scale):
+  if not callable(learning_rate):
     checks.check_scalar(
-        learning_rate_scale, 'learning_rate_scale', low=-np.inf, high=np.inf)
+        learning_rate, 'learning_rate', low=-np.inf, high=np.inf)
   checks.check_float_dtype(state_dtype, 'state_dtype')
   scaled_subweights = checks.check_bool(
       scaled_subweights, 'scaled_subweights')
@@ -463,8 +463,8 @@ def multiscale(
           f'The state was initialised for {layout.num_entries} subweights, '
           f'but this transformation has {len(decay_entries)}.')
     scale = (
-        learning_rate_scale(state.count) if callable(learning_rate_scale)
-        else learning_rate_scale)
+        learning_rate(state.count) if callable(learning_rate)
+        else learning_rate)
     slow_rate, coefficients = _group_coefficients(
         learning_rate_entries, decay_entries, layout)
     update_leaves, treedef = jax.tree.flatten(updates)
@@ -517,7 +517,7 @@ def fast_weights(
     fast_learning_rate: float,
     fast_decay: float,
     *,
-    learning_rate_scale: optax.ScalarOrSchedule = 1.0,
+    learning_rate: optax.ScalarOrSchedule = 1.0,
     state_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Fast weights: a permanent slow weight plus a fast, decaying one (§3).
@@ -542,7 +542,7 @@ def fast_weights(
     slow_learning_rate: :math:`\alpha_{slow}`.
     fast_learning_rate: :math:`\alpha_{fast}`.
     fast_decay: :math:`\gamma_{fast}`, in :math:`(-1, 1)`.
-    learning_rate_scale: a scalar or schedule multiplying both rates.
+    learning_rate: a scalar or schedule multiplying both rates.
     state_dtype: dtype of the stored fast weight (``None``: the param's).
 
   Returns:
@@ -579,7 +579,7 @@ def fast_weights(
   return multiscale(
       [slow_learning_rate, fast_learning_rate],
       [1.0, fast_decay],
-      learning_rate_scale=learning_rate_scale,
+      learning_rate=learning_rate,
       state_dtype=state_dtype,
   )
 
