@@ -335,7 +335,7 @@ def benna_fusi_modes(
   capacity_entries, conductance_entries, leak, concrete = _chain_parameters(
       capacities, conductances, leak)
   if not (checks.is_traced(learning_rate)
-          or checks._entry_is_real_scalar(learning_rate)):
+          or checks.is_real_scalar(learning_rate)):
     raise TypeError(
         '`learning_rate` must be a real scalar, got '
         f'{type(learning_rate).__name__} {learning_rate!r}.')
