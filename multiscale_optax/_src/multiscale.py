@@ -371,15 +371,24 @@ def multiscale(
     decays: :math:`\gamma_i`, one per subweight, each in :math:`(-1, 1]`.
     learning_rate: :math:`s_t`, a scalar or an ``optax.Schedule`` of
       the step count that multiplies every :math:`\alpha_i`.
-    initial_subweights: optional, one entry per subweight: a params-shaped
-      pytree holding its initial value, or ``None`` for zero. Entries with
-      decay 1 must be ``None`` (they are implied by the params, which must
-      equal the sum of all subweights). Use it to continue a momentum or
+    initial_subweights: optional, one entry per subweight: a pytree with
+      the params' structure and shapes holding its initial value (checked at
+      ``init``), or ``None`` for zero. Entries with a fixed decay of 1 must
+      be ``None`` (they are implied by the params, which must equal the sum
+      of all subweights). The state holds copies, so donating the state
+      never deletes these arrays. Use it to continue a momentum or
       Benna–Fusi state exactly.
-    state_dtype: dtype in which the stored subweights live (e.g.
-      ``jnp.bfloat16``); ``None`` keeps each param's dtype. Arithmetic runs in
-      at least float32 whatever this is; updates keep the incoming dtype.
-      Storage narrower than float32 keeps each subweight's decay in a
+    state_dtype: dtype in which the stored subweights live: ``None`` (each
+      param's dtype), float16, bfloat16, float32, float64, or for complex
+      params complex64 or complex128 (a real ``state_dtype`` for complex
+      params is a ``TypeError`` at ``init``: it would drop the imaginary
+      part). float8 and narrower formats are refused: each step's rounding
+      would lose every learning signal below an eighth of a subweight.
+      Arithmetic runs in at least float32 whatever this is (complex for
+      complex params; rates and decays stay real); updates keep the
+      incoming dtype, and every narrower store is an explicit rounding
+      (``jax.lax.reduce_precision``), so results agree across CPU, GPU and
+      TPU. Storage narrower than float32 keeps each subweight's decay in a
       float32 scale (see :class:`MultiscaleState`), so a decay such as
       0.9999 still acts at its rate; on a small MLP with timescales from
       10 to :math:`10^4` steps the weights after :math:`10^4` steps were
@@ -387,7 +396,10 @@ def multiscale(
       float32-state run. Each step still rounds the stored subweight, so
       learning signals below half an ulp of a subweight are lost, and
       subweights that cancel (negative learning rates, as in momentum)
-      amplify that rounding: keep such learners in float32.
+      amplify that rounding: keep such learners in float32. Integer and
+      boolean params (counters, masks) are left alone, as by optax's
+      optimizers for their zero gradients: their increment is zero and
+      their stored subweights are zeros of their own dtype.
     scaled_subweights: store float32 subweights too as a float32 array
       times a double-float32 scale that carries the decay (storage narrower
       than float32 always is; float64 storage never is). For runs of
@@ -405,9 +417,13 @@ def multiscale(
     :class:`MultiscaleState`.
 
   Raises:
-    TypeError: an argument has the wrong type.
+    TypeError: an argument has the wrong type (at construction), or
+      ``state_dtype`` and a param disagree on being complex (at ``init``).
     ValueError: lengths differ, a vector is empty or not 1-D, a value is not
-      finite, or a decay lies outside :math:`(-1, 1]`.
+      finite, or a decay lies outside :math:`(-1, 1]` (at construction);
+      ``initial_subweights`` differ from the params in structure or shape
+      (at ``init``); the state was made by a differently configured learner
+      (at ``update``).
 
   Examples:
     >>> import jax.numpy as jnp
