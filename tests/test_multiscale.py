@@ -629,6 +629,34 @@ def test_injected_decays_that_change_after_init_follow_eq1(
   np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-12)
 
 
+@hypothesis.settings(max_examples=20, deadline=None)
+@hypothesis.given(
+    entries=st.lists(
+        st.tuples(
+            st.floats(-2.0, 2.0),
+            st.sampled_from([1.0, 0.0, 0.5, -0.6, 0.99]),
+            st.sampled_from([1.0, 0.0, 0.5, -0.6, 0.99])),
+        min_size=1, max_size=3),
+    switch=st.integers(0, 8),
+    seed=st.integers(0, 2**16),
+)
+def test_property_injected_decays_follow_eq1(entries, switch, seed):
+  rates = [rate for rate, _, _ in entries]
+  before = [decay for _, decay, _ in entries]
+  after = [decay for _, _, decay in entries]
+  steps = 8
+  with jax.enable_x64(True):
+    gradients = np.random.default_rng(seed).normal(size=(steps, 2))
+    per_step = np.asarray([before] * switch + [after] * (steps - switch))
+    expected = helpers.literal_multiscale_weights(rates, per_step, gradients)
+    actual = _changing_decays_run(
+        'eager_init', before, after, rates, jnp.asarray(gradients), switch)
+  # float64: |rate| <= 2 and |u| < 6 keep every value below 100; 8 steps
+  # of at most 3 entries x 4 roundings plus apply_updates, each 2^-53 of
+  # such a value, stay below 8 * 13 * 1.2e-16 * 100 = 1.3e-12.
+  np.testing.assert_allclose(actual, expected, rtol=0, atol=2e-12)
+
+
 def test_decays_from_jax_arrays_store_every_entry_without_division():
   # Issue example: scheduled [1, 1] -> [1, 0.5] must not act as SGD.
   decays = lambda count: jnp.where(  # noqa: E731

@@ -345,7 +345,8 @@ def multiscale(
     and :math:`\gamma_i = 1` included. State memory is ``len(decays)``
     :math:`\times` params. ``optax.inject_hyperparams`` converts the decays
     to the params' dtype: in float32, 0.99999999 (a timescale of
-    :math:`10^8` steps) becomes exactly 1, i.e. permanent. To keep decays
+    :math:`10^8` steps) becomes exactly 1, i.e. permanent; with bfloat16
+    params every decay above 0.998 does. To keep decays
     fixed (merged layout, float64 values) while injecting the learning
     rates, pass ``static_args=('decays',)`` to ``optax.inject_hyperparams``.
 
