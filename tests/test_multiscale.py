@@ -787,6 +787,35 @@ def test_complex_params_follow_eq1():
   np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-4)
 
 
+def test_complex_quadratic_follows_eq1_and_converges():
+  # f(w) = |w - c|^2 with the steepest-descent direction u = 2 (w - c),
+  # closed loop: the library against eq. (1) written out in NumPy.
+  rates, decays, steps = [0.05, 0.2, -0.02], [1.0, 0.9, 0.5], 300
+  target = np.asarray([1.0 - 2.0j, -0.5 + 0.25j, 3.0j])
+  with jax.enable_x64(True):
+    subweights = np.zeros((3, 3), np.complex128)
+    expected = []
+    for _ in range(steps):
+      direction = 2 * (subweights.sum(axis=0) - target)
+      subweights = (np.asarray(decays)[:, None] * subweights
+                    - np.asarray(rates)[:, None] * direction)
+      expected.append(subweights.sum(axis=0))
+    optimizer = mso.multiscale(rates, decays)
+    params = jnp.zeros(3, jnp.complex128)
+    state = optimizer.init(params)
+    update = jax.jit(optimizer.update)
+    actual = []
+    for _ in range(steps):
+      updates, state = update(2 * (params - target), state, params)
+      params = optax.apply_updates(params, updates)
+      actual.append(params)
+  # float64: a contraction, so rounding stays a few 2^-53 of |c| < 4.
+  np.testing.assert_allclose(np.stack(actual), np.stack(expected), rtol=0,
+                             atol=1e-12)
+  # Converging: from |c| of order 1 to within 1e-2 of c.
+  np.testing.assert_allclose(actual[-1], target, rtol=0, atol=1e-2)
+
+
 def test_complex_params_with_a_real_state_dtype_are_rejected_at_init():
   optimizer = mso.multiscale([0.1, 0.2], [1.0, 0.9], state_dtype=jnp.float32)
   with pytest.raises(TypeError, match='imaginary part'):
