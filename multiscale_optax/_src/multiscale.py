@@ -136,12 +136,12 @@ def _fixed_entries(decays: Any, count: int) -> tuple[bool, ...]:
   Python and NumPy numbers are fixed. A JAX array (concrete or traced) is
   what ``optax.inject_hyperparams`` passes, and may change after ``init``.
   """
-  if isinstance(decays, jax.Array | jax.core.Tracer):
+  if isinstance(decays, jax.Array):  # tracers are jax.Array instances too
     return (False,) * count
   if isinstance(decays, np.ndarray):
     return (True,) * count
   return tuple(
-      not isinstance(entry, jax.Array | jax.core.Tracer) for entry in decays)
+      not isinstance(entry, jax.Array) for entry in decays)
 
 
 def _make_layout(
