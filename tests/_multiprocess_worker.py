@@ -126,7 +126,7 @@ def main(phase: str, coordinator: str, num_processes: int, process_id: int,
       coordinator, num_processes=num_processes, process_id=process_id,
       initialization_timeout=60)
   try:
-    _train(phase, directory, ocp)
+    train(phase, directory, ocp)
   finally:
     # Leave together: a process that exits while its peer is still in a
     # collective or a barrier leaves that peer waiting for its shutdown
@@ -134,7 +134,7 @@ def main(phase: str, coordinator: str, num_processes: int, process_id: int,
     jax.distributed.shutdown()
 
 
-def _train(phase: str, directory: pathlib.Path, ocp: Any) -> None:
+def train(phase: str, directory: pathlib.Path, ocp: Any) -> None:
   mesh = Mesh(np.asarray(jax.devices()), ('fsdp',))
   optimizer = make_optimizer()
   host_params = init_params()
