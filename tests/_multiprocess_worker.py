@@ -11,8 +11,9 @@ Usage::
   python tests/_multiprocess_worker.py PHASE COORDINATOR NUM_PROCESSES \
       PROCESS_ID DIRECTORY
 
-``PHASE`` is ``train`` (train all steps, checkpoint half-way) or ``resume``
-(restore the checkpoint and train the remaining steps). Process 0 writes the
+``PHASE`` is ``train`` (train all steps, checkpoint half-way), ``resume``
+(restore the checkpoint and train the remaining steps) or ``crash`` (process 1
+fails at once, process 0 trains). Process 0 writes the
 final params and optimizer state, gathered, to ``DIRECTORY/PHASE.npz``.
 
 Importing this module has no side effects: the test imports it to run the
@@ -23,8 +24,10 @@ same steps in one process, on one device, as the reference. The code blocks of
 from __future__ import annotations
 
 import itertools
+import os
 import pathlib
 import sys
+import traceback
 from typing import Any
 
 import jax
@@ -126,12 +129,20 @@ def main(phase: str, coordinator: str, num_processes: int, process_id: int,
       coordinator, num_processes=num_processes, process_id=process_id,
       initialization_timeout=60)
   try:
+    if phase == 'crash' and process_id == 1:
+      raise RuntimeError('injected failure')  # for the launcher's test
     train(phase, directory, ocp)
-  finally:
-    # Leave together: a process that exits while its peer is still in a
-    # collective or a barrier leaves that peer waiting for its shutdown
-    # timeout (300 s by default).
-    jax.distributed.shutdown()
+  except BaseException:
+    # Fail fast, without the shutdown barrier: the peer may be waiting in a
+    # collective and would never reach it. Once this process is gone the
+    # peer's runtime reports the error (or the launcher kills it).
+    traceback.print_exc()
+    sys.stderr.flush()
+    os._exit(1)
+  # Leave together: shutdown is a barrier. A process that just returned
+  # could exit while its peer still needs it (the coordinator lives in
+  # process 0), leaving the peer waiting for the runtime's timeouts.
+  jax.distributed.shutdown()
 
 
 def train(phase: str, directory: pathlib.Path, ocp: Any) -> None:

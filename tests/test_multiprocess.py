@@ -29,9 +29,11 @@ Why a naive launcher hangs, and what this one does instead:
   both processes, and as soon as one fails, or the deadline passes, kills
   both process groups; the ``finally`` does so whatever happens, and the
   failure message carries both logs.
-* Leaving early. A process that returns while its peer is still in a barrier
-  leaves the peer waiting; every worker ends with an explicit
-  ``jax.distributed.shutdown()``, a barrier that both processes reach.
+* Leaving early. Process 0 hosts the coordinator: if it exits while its
+  peer still needs the runtime, the peer waits for timeouts. A worker that
+  succeeds ends with ``jax.distributed.shutdown()``, a barrier both reach; a
+  worker that fails exits at once (no barrier its blocked peer could never
+  reach), and the launcher then kills the peer.
 """
 
 from __future__ import annotations
@@ -62,11 +64,23 @@ worker = importlib.import_module('_multiprocess_worker')
 
 
 def _reserve_port() -> socket.socket:
-  """A socket that holds a free port for as long as it stays open."""
-  reservation = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-  reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-  reservation.bind(('::', 0))
-  return reservation
+  """A socket that holds a free port for as long as it stays open.
+
+  Bound with ``SO_REUSEPORT`` and never listening: the coordinator (gRPC,
+  also ``SO_REUSEPORT``, same user) can bind the port alongside it, any
+  other socket cannot, and port 0 is never resolved to it.
+  """
+  for family, address in ((socket.AF_INET6, '::'),  # the coordinator's
+                          (socket.AF_INET, '0.0.0.0')):  # without IPv6
+    reservation = socket.socket(family, socket.SOCK_STREAM)
+    try:
+      reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+      reservation.bind((address, 0))
+    except OSError:
+      reservation.close()
+      continue
+    return reservation
+  raise OSError('no port to reserve for the coordinator')
 
 
 def _kill_group(process: subprocess.Popen) -> None:
@@ -77,8 +91,12 @@ def _kill_group(process: subprocess.Popen) -> None:
   process.wait()
 
 
-def _run_job(phase: str, directory: pathlib.Path) -> None:
-  """Runs ``phase`` in two worker processes; fails with their logs if not 0."""
+def _run_job(phase: str, directory: pathlib.Path,
+             processes: list[subprocess.Popen] | None = None) -> None:
+  """Runs ``phase`` in two worker processes; fails with their logs if not 0.
+
+  The processes are appended to ``processes`` (if given) as they start.
+  """
   environment = dict(os.environ)
   environment['XLA_FLAGS'] = (
       environment.get('XLA_FLAGS', '')
@@ -86,7 +104,7 @@ def _run_job(phase: str, directory: pathlib.Path) -> None:
   environment['JAX_PLATFORMS'] = 'cpu'
   environment['PYTHONPATH'] = os.pathsep.join(
       [str(_REPOSITORY), environment.get('PYTHONPATH', '')])
-  processes: list[subprocess.Popen] = []
+  processes = [] if processes is None else processes
   logs = [directory / f'{phase}.{index}.log' for index in range(_NUM_PROCESSES)]
   reservation = _reserve_port()
   try:
@@ -183,6 +201,21 @@ def test_two_processes_match_one_and_resume_bit_exactly(tmp_path):
       np.testing.assert_allclose(
           trained[name], value, rtol=0, atol=1e-9, err_msg=name)
   assert trained["['opt_state'][1].count"] == worker.TOTAL_STEPS
+
+
+def test_a_failing_process_ends_the_job_at_once(tmp_path):
+  # Process 1 raises right after joining; process 0 goes on into training and
+  # would wait for it in the first collective.
+  processes: list[subprocess.Popen] = []
+  start = time.monotonic()
+  with pytest.raises(pytest.fail.Exception, match='injected failure'):
+    _run_job('crash', tmp_path, processes)
+  assert time.monotonic() - start < _JOB_DEADLINE_SECONDS / 2
+  assert len(processes) == _NUM_PROCESSES
+  for process in processes:
+    assert process.returncode is not None
+    with pytest.raises(ProcessLookupError):
+      os.killpg(process.pid, 0)
 
 
 def _python_blocks(markdown: str) -> list[str]:
