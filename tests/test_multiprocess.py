@@ -12,10 +12,11 @@ Why a naive launcher hangs, and what this one does instead:
 * Coordinator port. The JAX coordinator is a gRPC server, and gRPC binds with
   ``SO_REUSEPORT``: a second coordinator on a port already in use starts
   without error, and the kernel then splits the clients' connections between
-  the two. A process that registers with the other job's coordinator waits in
-  ``jax.distributed.initialize`` for peers that never come (300 s by
-  default). "Bind port 0, close, pass the number on" leaves a window in which
-  another job can be given the same port. Here the launcher keeps the port
+  the two: the jobs' processes mix. (Two two-process jobs started on one
+  port on a 2-core CPU: one pair aborted with "tried to connect with a
+  different incarnation", the other pair, one process from each job, trained
+  together.) "Bind port 0, close, pass the number on" leaves a window in
+  which another job can be given the same port. Here the launcher keeps the port
   *reserved* for the whole job: it holds a socket bound to it with
   ``SO_REUSEPORT`` (never listening), which no other socket without that
   option can bind and which port 0 never hands out, while the coordinator,
@@ -56,8 +57,8 @@ import pytest
 _WORKER = pathlib.Path(__file__).with_name('_multiprocess_worker.py')
 _REPOSITORY = _WORKER.parent.parent
 _NUM_PROCESSES = 2
-# A whole job takes about 10 s on a 2-core CPU; the deadline only bounds a
-# failure, it is never waited for when both processes succeed.
+# A job takes 8-15 s on a lightly loaded 2-core CPU; the deadline only bounds
+# a failure, it is never waited for when both processes succeed.
 _JOB_DEADLINE_SECONDS = 150.0
 
 worker = importlib.import_module('_multiprocess_worker')
@@ -103,7 +104,8 @@ def _run_job(phase: str, directory: pathlib.Path,
       + ' --xla_force_host_platform_device_count=2')
   environment['JAX_PLATFORMS'] = 'cpu'
   environment['PYTHONPATH'] = os.pathsep.join(
-      [str(_REPOSITORY), environment.get('PYTHONPATH', '')])
+      path for path in (str(_REPOSITORY), environment.get('PYTHONPATH'))
+      if path)
   processes = [] if processes is None else processes
   logs = [directory / f'{phase}.{index}.log' for index in range(_NUM_PROCESSES)]
   reservation = _reserve_port()
