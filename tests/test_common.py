@@ -220,22 +220,24 @@ _WITH_STATE_DTYPE = [
     case for case in CASES if case.state_dtype_name is not None]
 
 
-def _params(dtype: Any = jnp.float32) -> dict[str, jax.Array]:
-  """A matrix, a vector and a scalar, so that every leaf rank is covered."""
+def _params(dtype: Any = jnp.float32) -> dict[str, Any]:
+  """A matrix, a vector, a scalar, and the empty nodes optax allows."""
   return {
       'w': jnp.linspace(-1.0, 1.0, 6, dtype=dtype).reshape(3, 2),
       'b': jnp.asarray([0.5, -0.25], dtype),
       's': jnp.asarray(0.3, dtype),
+      'empty': {},
+      'none': None,
   }
 
 
 def _gradients(steps: int, dtype: Any = jnp.float32, seed: int = 0):
   """Reproducible gradients for ``_params``, one pytree per step."""
   rng = np.random.default_rng(seed)
-  shapes = {name: leaf.shape for name, leaf in _params().items()}
   return [
-      {name: jnp.asarray(rng.normal(size=shape), dtype)
-       for name, shape in shapes.items()}
+      jax.tree.map(
+          lambda leaf: jnp.asarray(rng.normal(size=leaf.shape), dtype),
+          _params())
       for _ in range(steps)]
 
 
@@ -257,10 +259,11 @@ def _run(optimizer, params, gradients, update_kwargs, state=None,
 
 
 def _magnitude(*trees) -> float:
-  """1 + the largest absolute value in ``trees`` (float64)."""
+  """1 + the largest absolute floating value in ``trees``."""
   return 1.0 + max(
       float(np.max(np.abs(np.asarray(leaf, np.float64))))
-      for leaf in jax.tree.leaves(trees))
+      for leaf in jax.tree.leaves(trees)
+      if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating))
 
 
 def _storage_rounding(state) -> float:
@@ -487,14 +490,16 @@ def test_updates_and_state_keep_the_param_dtype(case, dtype):
 @pytest.mark.parametrize(
     'state_dtype', [jnp.bfloat16, jnp.float32, jnp.float64],
     ids=['bfloat16', 'float32', 'float64'])
-def test_explicit_state_dtype(case, state_dtype):
+@pytest.mark.parametrize(
+    'param_dtype', [jnp.float32, jnp.bfloat16], ids=['float32', 'bfloat16'])
+def test_explicit_state_dtype(case, state_dtype, param_dtype):
   with jax.enable_x64(state_dtype == jnp.float64):
     optimizer = case.make(**{case.state_dtype_name: state_dtype})
-    params, (gradient,) = _params(jnp.float32), _gradients(1, jnp.float32)
+    params, (gradient,) = _params(param_dtype), _gradients(1, param_dtype)
     state = optimizer.init(params)
     updates, new_state = jax.eval_shape(
         functools.partial(
-            optimizer.update, **case.update_kwargs(jnp.float32)),
+            optimizer.update, **case.update_kwargs(param_dtype)),
         gradient, state, params)
     for stored in (_stored(case, state), _stored(case, new_state)):
       leaves = jax.tree.leaves(stored)
@@ -626,19 +631,26 @@ def test_a_schedule_is_read_at_the_step_count(case):
 
 
 @parametrize_cases
-def test_abstract_init(case):
+def test_abstract_init_with_eval_shape(case):
   optimizer = case.make()
   params = _params()
   concrete = optimizer.init(params)
   abstract = jax.eval_shape(optimizer.init, params)
   assert jax.tree.structure(abstract) == jax.tree.structure(concrete)
-  assert _shapes_and_dtypes(abstract) == _shapes_and_dtypes(concrete)
+  assert _types(abstract) == _types(concrete)
+
+
+@parametrize_cases
+def test_init_on_shape_dtype_structs(case):
   if case.init_reads_params:
     pytest.skip('init starts the state at the params\' values, so it needs '
-                'values; jax.eval_shape above is its abstract init')
+                'values: its abstract init is jax.eval_shape')
+  optimizer = case.make()
+  params = _params()
   shapes = jax.tree.map(
       lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), params)
   from_shapes = optimizer.init(shapes)
+  concrete = optimizer.init(params)
   assert jax.tree.structure(from_shapes) == jax.tree.structure(concrete)
   assert _shapes_and_dtypes(from_shapes) == _shapes_and_dtypes(concrete)
 
@@ -647,7 +659,7 @@ def test_abstract_init(case):
 
 
 @parametrize_cases
-def test_jit_matches_eager_and_compiles_once(case):
+def test_donated_jit_matches_eager_and_compiles_once(case):
   steps = 3
   optimizer = case.make()
   params, kwargs = _params(), case.update_kwargs(jnp.float32)
@@ -655,18 +667,22 @@ def test_jit_matches_eager_and_compiles_once(case):
   traces = []
 
   def step(params, state, gradient):
-    traces.append(None)
     updates, state = optimizer.update(gradient, state, params, **kwargs)
     return optax.apply_updates(params, updates), state
 
-  jitted = jax.jit(step)
-  eager_params = jit_params = params
-  eager_state = jit_state = optimizer.init(params)
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def jitted(params, state, gradient):
+    traces.append(None)
+    return step(params, state, gradient)
+
+  eager_params, eager_state = params, optimizer.init(params)
+  # Copies, since the jitted step donates (consumes) its params and state.
+  jit_params, jit_state = jax.tree.map(jnp.copy, (params, eager_state))
   for gradient in gradients:
     with jax.disable_jit():
       eager_params, eager_state = step(eager_params, eager_state, gradient)
     jit_params, jit_state = jitted(jit_params, jit_state, gradient)
-  assert len(traces) == steps + 1  # once per eager step, once for jit
+  assert len(traces) == 1  # the calls after the first reuse the compilation
   bound = _rounding_bound(steps, jnp.float32, eager_state,
                           _magnitude(eager_params, eager_state))
   _assert_trees_close(jit_params, eager_params, atol=bound)
