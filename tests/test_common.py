@@ -655,6 +655,24 @@ def test_init_on_shape_dtype_structs(case):
   assert _shapes_and_dtypes(from_shapes) == _shapes_and_dtypes(concrete)
 
 
+@parametrize_cases
+def test_tree_map_params_reaches_the_params_shaped_state(case):
+  # optax.tree_utils.tree_map_params finds the params-shaped parts of a
+  # state by calling init on a placeholder (used, e.g., to build sharding
+  # specs), so the state's tree structure must not depend on the params.
+  optimizer = case.make()
+  state = optimizer.init(_params())
+  mapped = optax.tree_utils.tree_map_params(
+      optimizer, lambda leaf: jnp.full_like(leaf, 7), state)
+  assert jax.tree.structure(mapped) == jax.tree.structure(state)
+  if case.stored_field is not None:
+    for leaf in jax.tree.leaves(_stored(case, mapped)):
+      np.testing.assert_array_equal(leaf, 7)
+  for before, after in zip(jax.tree.leaves(state), jax.tree.leaves(mapped)):
+    if not jnp.issubdtype(before.dtype, jnp.floating):  # step counters
+      np.testing.assert_array_equal(after, before)
+
+
 # --- jit ------------------------------------------------------------------
 
 
