@@ -446,13 +446,13 @@ def test_decays_changed_at_run_time_follow_eq1(case, jit_init):
     first, state = _run(injected, params, gradients[:before], {},
                         state=init(params), update=update)
     state = _with_hyperparams(state, case.decay_changes)
-    got, plain_state = _run(injected, first[-1], gradients[before:], {},
-                            state=state, update=update)
+    got, state = _run(injected, first[-1], gradients[before:], {},
+                      state=state, update=update)
     old = case.eq1(case.hyperparams)
     new = case.eq1({**case.hyperparams, **case.decay_changes})
     expected = _eq1_weights(
         [old] * before + [new] * after, params, gradients)
-    bound = _rounding_bound(before + after, jnp.float64, plain_state,
+    bound = _rounding_bound(before + after, jnp.float64, state.inner_state,
                             _magnitude(expected))
     _assert_trees_close(got, expected[before:], atol=bound)
 
