@@ -42,7 +42,7 @@ import multiscale_optax as mso
 
 # The keyword through which `multiscale` and `fast_weights` take their
 # optax.ScalarOrSchedule. When it is renamed, this is the only line to change.
-MULTISCALE_RATE = 'learning_rate_scale'
+MULTISCALE_RATE = 'learning_rate'
 
 # Roundings per step allowed between two orderings of the same arithmetic: an
 # update adds a handful of products per stored subweight (at most 4 here) and

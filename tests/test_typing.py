@@ -38,7 +38,7 @@ _USER_SCRIPT = textwrap.dedent('''
     variants: list[optax.GradientTransformationExtraArgs] = [
         mso.multiscale([0.1, 0.05], [1.0, 0.9], state_dtype=jnp.bfloat16),
         mso.multiscale(jnp.array([0.1, 0.05]), np.array([1.0, 0.9]),
-                       learning_rate_scale=schedule),
+                       learning_rate=schedule),
         mso.fast_weights(0.1, 0.5, 0.9, state_dtype='bfloat16'),
         mso.benna_fusi(*mso.benna_fusi_defaults(4), state_dtype=np.float32),
     ]
