@@ -214,8 +214,6 @@ def _minimise(optimizer, loss_fn, params, steps):
   return params
 
 
-
-
 def test_converges_on_rosenbrock():
   def rosenbrock(w):
     return (1 - w[0]) ** 2 + 100 * (w[1] - w[0] ** 2) ** 2
@@ -236,8 +234,6 @@ def _tree_params(dtype=jnp.float32):
       'nothing': None,
       'list': [jnp.full((4,), 0.5, dtype)],
   }
-
-
 
 
 def test_vmap_over_a_batch_of_optimizers():
@@ -303,8 +299,6 @@ def test_injected_learning_rates_and_decays_can_be_changed():
   np.testing.assert_allclose(updates, [0.75], rtol=1e-6)
 
 
-
-
 def test_masked_leaves_untouched_leaves_alone():
   params = {'train': jnp.ones(2), 'frozen': jnp.ones(2)}
   optimizer = optax.masked(
@@ -315,8 +309,6 @@ def test_masked_leaves_untouched_leaves_alone():
   updates, state = optimizer.update(grads, state, params)
   np.testing.assert_allclose(updates['train'], [-0.3, -0.3], rtol=1e-6)
   np.testing.assert_array_equal(updates['frozen'], grads['frozen'])
-
-
 
 
 def test_state_memory_counts_distinct_decays_other_than_one():
