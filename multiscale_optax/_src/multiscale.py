@@ -477,8 +477,10 @@ def multiscale(
       stored.append(jax.tree.map(
           lambda param, *leaves: _initial_leaf(param, leaves, state_dtype),
           params, *values))
+    requested = [] if state_dtype is None else [state_dtype]
     needs_scales = scaled_storage.needs_scales(
-        [leaf.dtype for leaf in jax.tree.leaves(stored)], scaled_subweights)
+        [leaf.dtype for leaf in jax.tree.leaves(stored)] + requested,
+        scaled_subweights)
     scales = tuple(
         scaled_storage.initial_scale() for _ in stored
     ) if needs_scales else ()

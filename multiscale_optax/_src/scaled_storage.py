@@ -86,17 +86,24 @@ def is_scaled(dtype: Any) -> bool:
 def needs_scales(dtypes: Any, scaled_subweights: bool) -> bool:
   """Whether a state whose stored leaves have ``dtypes`` keeps scales.
 
+  The answer must not depend on whether the params have leaves at all:
+  ``optax.tree_utils.tree_map_params`` initialises the state on a
+  placeholder without leaves and expects the real state's tree structure.
+  So ``scaled_subweights`` alone decides for float32 storage (a state of
+  float64 leaves then carries unused scales), and ``dtypes`` should include
+  the requested ``state_dtype``, known before any leaf is seen.
+
   Args:
-    dtypes: the dtypes of the stored leaves.
+    dtypes: the dtypes of the stored leaves, and the requested state dtype
+      if there is one.
     scaled_subweights: the user asked for scaled float32 storage.
 
   Returns:
-    True if a leaf is narrower than float32, or if ``scaled_subweights``
-    and a leaf is narrower than float64.
+    True if ``scaled_subweights`` or a dtype is narrower than float32.
   """
   inexact = [dtype for dtype in dtypes if jnp.issubdtype(dtype, jnp.inexact)]
-  return any(precision.is_narrower_than_float32(d) for d in inexact) or (
-      scaled_subweights and any(is_scaled(d) for d in inexact))
+  return scaled_subweights or any(
+      precision.is_narrower_than_float32(d) for d in inexact)
 
 
 def two_sum(first: jax.Array, second: jax.Array) -> tuple[jax.Array, ...]:
