@@ -279,7 +279,10 @@ def run_online(
   :math:`r`; :math:`r = 1` gives the plain squared loss over 2). With
   ``pass_jacobian`` the optimizer also gets ``jacobian`` =
   :math:`\partial\hat y/\partial w` (the Bayesian multiscale contract).
-  ``keep_state(params, opt_state)`` selects what to record every step.
+  With ``pass_jacobian`` the residual :math:`y_t - \hat y_t` is passed too
+  (``residual``; :func:`multiscale_optax.bayesian_multiscale` needs it to
+  learn its prior). ``keep_state(params, opt_state)`` selects what to record
+  every step.
 
   Returns:
     The predictions, shape ``(T,)``, and the stacked records (or ``None``).
@@ -292,7 +295,8 @@ def run_online(
     prediction, jacobian = jax.value_and_grad(apply_fn)(params, x)
     grads = jax.tree.map(
         lambda leaf: leaf * ((prediction - y) / noise_variance), jacobian)
-    extra = {'jacobian': jacobian} if pass_jacobian else {}
+    extra = ({'jacobian': jacobian, 'residual': y - prediction}
+             if pass_jacobian else {})
     updates, state = optimizer.update(grads, state, params, **extra)
     params = optax.apply_updates(params, updates)
     record = None if keep_state is None else keep_state(params, state)

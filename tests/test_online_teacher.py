@@ -82,27 +82,25 @@ def test_teacher_subweights_are_ar1_with_the_stated_variances():
     config = teacher.TeacherConfig(layer_sizes=(4, 8, 1),
                                    timescales=(1.0, 4.0, 16.0),
                                    component_variance=0.5)
-    stream = teacher.sample_stream(
-        config, jax.random.key(1), 500, keep_subweights=True)
-    components = np.asarray(stream.subweights)
+    seeds, steps, weights = 40, 60, config.num_params
+    components = np.asarray(jax.vmap(lambda key: teacher.sample_stream(
+        config, key, steps, keep_subweights=True).subweights)(
+            jax.random.split(jax.random.key(1), seeds)))
+    assert components.shape == (seeds, steps, 3, weights)
     decays = config.decays[:, None]
-    innovations = components[1:] - decays * components[:-1]
-    # Each variance estimate averages N = 499 * 49 iid squares of Gaussians:
-    # relative sd sqrt(2/N) = 9e-3, so 5 sd is a 4.5% relative tolerance.
-    samples = innovations.shape[0] * innovations.shape[2]
-    tolerance = 5 * np.sqrt(2.0 / samples)
+    innovations = components[:, 1:] - decays * components[:, :-1]
+    # Each variance estimate averages N = 40 * 59 * 49 iid squares of
+    # Gaussians: relative sd sqrt(2/N) = 5.4e-3; 5 sd is 2.7%.
+    samples = seeds * (steps - 1) * weights
     np.testing.assert_allclose(
-        np.mean(innovations**2, axis=(0, 2)), config.process_variances,
-        rtol=tolerance)
+        np.mean(innovations**2, axis=(0, 1, 3)), config.process_variances,
+        rtol=5 * np.sqrt(2.0 / samples))
     # Stationary from the start: at t = 0 every component has variance v.
     # 40 seeds x 49 weights = 1960 iid squares: relative sd sqrt(2/1960),
     # 5 sd = 16%.
-    starts = jax.vmap(lambda key: teacher.sample_stream(
-        config, key, 1, keep_subweights=True).subweights[0])(
-            jax.random.split(jax.random.key(2), 40))
     np.testing.assert_allclose(
-        np.mean(np.asarray(starts) ** 2, axis=(0, 2)),
-        config.stationary_variances, rtol=5 * np.sqrt(2.0 / (40 * 49)))
+        np.mean(components[:, 0] ** 2, axis=(0, 2)),
+        config.stationary_variances, rtol=5 * np.sqrt(2.0 / (seeds * weights)))
 
 
 def test_online_loop_passes_the_nll_gradient():
@@ -120,4 +118,32 @@ def test_online_loop_passes_the_nll_gradient():
       expected.append(x @ weights)
       weights = weights + rate * (y - x @ weights) * x
     np.testing.assert_allclose(predictions, expected, rtol=0,
+                               atol=FLOAT64_TOLERANCE)
+
+
+@pytest.mark.parametrize('learn_prior', [False, True])
+def test_bayesian_multiscale_on_one_weight_is_the_joint_ekf(learn_prior):
+  # One weight, one timescale: the diagonal filter is the scalar Kalman
+  # filter, and so is the joint EKF; the loop must hand the optimizer the
+  # contract's grads, jacobian and residual for the two to agree. With
+  # learn_prior and a zero prior learning rate the residual path is used.
+  with jax.enable_x64(True):
+    environment = mso.OneOverFEnvironment.from_timescales(
+        [8.0], component_variance=0.7, noise_variance=0.3)
+    sample = mso.sample_environment(
+        environment, jax.random.key(4), 300, dtype=jnp.float64)
+    ekf = teacher.joint_ekf_predictions(
+        _linear, jnp.zeros(1, jnp.float64), environment.decays,
+        environment.process_variances, environment.initial_variances,
+        environment.noise_variance, sample.inputs, sample.targets)
+    options = {'learn_prior': True, 'prior_learning_rate': 0.0} if (
+        learn_prior) else {}
+    optimizer = mso.bayesian_multiscale(
+        environment.decays, environment.process_variances,
+        environment.noise_variance, **options)
+    predictions, _ = teacher.run_online(
+        _linear, jnp.zeros(1, jnp.float64), optimizer, sample.inputs,
+        sample.targets, noise_variance=environment.noise_variance,
+        pass_jacobian=True)
+    np.testing.assert_allclose(predictions, ekf.predictions, rtol=0,
                                atol=FLOAT64_TOLERANCE)
