@@ -147,3 +147,46 @@ def test_bayesian_multiscale_on_one_weight_is_the_joint_ekf(learn_prior):
         pass_jacobian=True)
     np.testing.assert_allclose(predictions, ekf.predictions, rtol=0,
                                atol=FLOAT64_TOLERANCE)
+
+
+def test_blockwise_ekf_on_one_weight_is_the_joint_ekf():
+  # One weight: its k x k block is the whole covariance.
+  with jax.enable_x64(True):
+    environment = mso.OneOverFEnvironment.from_timescales(
+        [1.0, 8.0, 64.0], component_variance=0.7, noise_variance=0.3)
+    sample = mso.sample_environment(
+        environment, jax.random.key(5), 300, dtype=jnp.float64)
+    arguments = (
+        _linear, jnp.zeros(1, jnp.float64), environment.decays,
+        environment.process_variances, environment.initial_variances,
+        environment.noise_variance, sample.inputs, sample.targets)
+    joint = teacher.joint_ekf_predictions(*arguments)
+    blockwise = teacher.blockwise_ekf_predictions(*arguments)
+    np.testing.assert_allclose(blockwise.predictions, joint.predictions,
+                               rtol=0, atol=FLOAT64_TOLERANCE)
+    np.testing.assert_allclose(
+        blockwise.prediction_variances, joint.prediction_variances, rtol=0,
+        atol=FLOAT64_TOLERANCE)
+
+
+def test_blockwise_ekf_with_one_timescale_is_bayesian_multiscale():
+  # k = 1: the blocks are 1 x 1, the belief is diagonal over the weights,
+  # and the blockwise EKF is the diagonal learner (S sums over the weights).
+  with jax.enable_x64(True):
+    environment = mso.OneOverFEnvironment.from_timescales(
+        [16.0], component_variance=0.7, noise_variance=0.3, input_dim=4)
+    sample = mso.sample_environment(
+        environment, jax.random.key(6), 300, dtype=jnp.float64)
+    blockwise = teacher.blockwise_ekf_predictions(
+        _linear, jnp.zeros(4, jnp.float64), environment.decays,
+        environment.process_variances, environment.initial_variances,
+        environment.noise_variance, sample.inputs, sample.targets)
+    optimizer = mso.bayesian_multiscale(
+        environment.decays, environment.process_variances,
+        environment.noise_variance)
+    predictions, _ = teacher.run_online(
+        _linear, jnp.zeros(4, jnp.float64), optimizer, sample.inputs,
+        sample.targets, noise_variance=environment.noise_variance,
+        pass_jacobian=True)
+    np.testing.assert_allclose(predictions, blockwise.predictions, rtol=0,
+                               atol=FLOAT64_TOLERANCE)
