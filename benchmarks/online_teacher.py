@@ -54,9 +54,11 @@ Usage::
 
   python benchmarks/online_teacher.py          # 3000 steps, 2 tuning + 6 test seeds
   python benchmarks/online_teacher.py --full   # 10000 steps, 3 + 12 seeds
+  python benchmarks/online_teacher.py --layer-sizes 160 1   # linear control
 
 Writes ``benchmarks/results/online_teacher.json`` and ``online_teacher.png``
-(``online_teacher_full.*`` with ``--full``).
+(``online_teacher_full.*`` with ``--full``; another teacher adds its layer
+sizes and variance to the name).
 
 References:
   Jones, Scott, Ren, ElSayed, Hermann, Mayo & Mozer, "Learning in temporally
@@ -68,6 +70,7 @@ References:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import sys
@@ -136,9 +139,8 @@ def grid_search(predict, grid, streams, grid_batch=None):
     return jax.lax.map(loss, grid, batch_size=grid_batch or size)
 
   values = np.asarray(losses(grid, streams))
-  finite = np.where(np.isfinite(values), values, np.nan)
-  best = int(np.nanargmin(finite))
-  return jax.tree.map(lambda leaf: leaf[best], grid), values, best
+  best = int(np.nanargmin(np.where(np.isfinite(values), values, np.nan)))
+  return jax.tree.map(lambda leaf: leaf[best], grid)
 
 
 def refine_log(values, best_value):
@@ -152,14 +154,13 @@ def refine_log(values, best_value):
 
 def tune(predict, grid, refine_key, streams, grid_batch=None):
   """Grid search, then a finer grid in ``refine_key`` around the best."""
-  best, _, index = grid_search(predict, grid, streams, grid_batch)
+  best = grid_search(predict, grid, streams, grid_batch)
   coarse = np.asarray(grid[refine_key])
   # Edge of the refined parameter's range (the others are small sets).
   edge = bool(best[refine_key] in (coarse.min(), coarse.max()))
   finer = {key: jnp.full(9, best[key]) for key in grid}
   finer[refine_key] = jnp.asarray(refine_log(coarse, float(best[refine_key])))
-  best, _, _ = grid_search(predict, finer, streams, grid_batch)
-  del index
+  best = grid_search(predict, finer, streams, grid_batch)
   return jax.tree.map(lambda leaf: np.asarray(leaf).item(), best), edge
 
 
@@ -390,6 +391,11 @@ def main(argv=None):
   parser.add_argument('--steps', type=int, default=None)
   parser.add_argument('--tuning-seeds', type=int, default=None)
   parser.add_argument('--test-seeds', type=int, default=None)
+  parser.add_argument(
+      '--layer-sizes', type=int, nargs='+', default=None,
+      help='teacher widths, input to output (default 8 16 1; e.g. 160 1 '
+      'for a linear teacher with as many weights)')
+  parser.add_argument('--component-variance', type=float, default=None)
   args = parser.parse_args(argv)
   if args.steps is None:
     args.steps = 10_000 if args.full else 3000
@@ -398,6 +404,14 @@ def main(argv=None):
   if args.test_seeds is None:
     args.test_seeds = 12 if args.full else 6
   config = teacher.TeacherConfig()
+  variant = ''
+  if args.layer_sizes is not None:
+    config = dataclasses.replace(config, layer_sizes=tuple(args.layer_sizes))
+    variant += '_' + '-'.join(map(str, args.layer_sizes))
+  if args.component_variance is not None:
+    config = dataclasses.replace(
+        config, component_variance=args.component_variance)
+    variant += f'_v{args.component_variance:g}'
   log(f'online teacher benchmark, jax {jax.__version__} on '
       f'{jax.devices()[0].platform}')
   rows, total = run(config, args)
@@ -405,7 +419,7 @@ def main(argv=None):
   log(format_table(rows, args.test_seeds))
   log(f'\ntotal time {total:.1f} s')
   RESULTS.mkdir(parents=True, exist_ok=True)
-  stem = 'online_teacher_full' if args.full else 'online_teacher'
+  stem = ('online_teacher_full' if args.full else 'online_teacher') + variant
   payload = {
       'config': {
           'layer_sizes': list(config.layer_sizes),
