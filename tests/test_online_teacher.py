@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.flatten_util import ravel_pytree
 
 import multiscale_optax as mso
 
@@ -64,7 +65,7 @@ def test_teacher_outputs_are_the_mlp_at_the_drifting_weights():
                                    timescales=(1.0, 16.0))
     stream = teacher.sample_stream(
         config, jax.random.key(0), 50, keep_subweights=True)
-    flat0, unravel = jax.flatten_util.ravel_pytree(stream.initial_params)
+    flat0, unravel = ravel_pytree(stream.initial_params)
     assert stream.subweights.shape == (50, 2, config.num_params)
     expected = jax.vmap(
         lambda x, components: teacher.mlp_apply(
