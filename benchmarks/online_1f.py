@@ -29,7 +29,10 @@ Learners:
 * ``Bayesian multiscale``: ``bayesian_multiscale(decays,
   process_variances, r)`` on the environment's own timescales, no tuning,
   with the true prior, and with process variances 10x too large or too small
-  whose global scale is learned online (``learn_prior=True``);
+  whose global scale is learned online (``learn_prior=True``; also with
+  the noise variance's scale, ``learn_noise_variance=True``); and, as an
+  ablation, the same equations with the innovation variance S computed per
+  weight instead of once for the whole model;
 * ``SGD``, ``SGD + momentum``, ``Adam`` (learning rate, and momentum, tuned);
   for :math:`d \ge 3` also ``SGD (normalised, NLMS)``, SGD chained after
   ``scale_by_input_norm()`` like the multiscale learners;
@@ -127,7 +130,31 @@ def run_bayesian(optimizer, inputs, targets):
 
   (_, state), predictions = jax.lax.scan(
       step, (weights, optimizer.init(weights)), (inputs, targets))
-  return predictions, jnp.exp(state.log_process_scale)
+  return (predictions, jnp.exp(state.log_process_scale),
+          jnp.exp(state.log_noise_scale))
+
+
+def predict_bayesian_per_weight(decays, process, inputs, targets, noise):
+  """The Bayesian multiscale equations with S = r + J^2 sum_i v_i per
+  weight instead of one sum over all weights (the ablation)."""
+  decays = jnp.asarray(decays)[:, None]
+  process = jnp.asarray(process)[:, None]
+  dim = inputs.shape[-1]
+  means = jnp.zeros((decays.shape[0], dim), inputs.dtype)
+  variances = jnp.broadcast_to(process / (1.0 - decays**2), means.shape)
+
+  def step(carry, observation):
+    means, variances = carry
+    x, y = observation
+    prediction = x @ means.sum(axis=0)
+    innovation = noise + x**2 * variances.sum(axis=0)
+    means = decays * (means + variances * x * (y - prediction) / innovation)
+    variances = decays**2 * (
+        variances - (variances * x) ** 2 / innovation) + process
+    return (means, variances), prediction
+
+  _, predictions = jax.lax.scan(step, (means, variances), (inputs, targets))
+  return predictions
 
 
 def with_normalization(transformation, normalize: bool):
@@ -362,25 +389,43 @@ def run_setting(dim, timescales, noise_variance, args, label):
   # a prior whose process variances are off by 10x, with their scale learned
   # online), on the same m log-spaced timescales.
   bayesian = {
-      'Bayesian multiscale (true prior)': (1.0, False),
-      'Bayesian multiscale (prior learned, start q x10)': (10.0, True),
-      'Bayesian multiscale (prior learned, start q x0.1)': (0.1, True),
+      'Bayesian multiscale (true prior)': (1.0, False, False),
+      'Bayesian multiscale (prior learned, start q x10)': (10.0, True, False),
+      'Bayesian multiscale (prior learned, start q x0.1)': (0.1, True, False),
+      'Bayesian multiscale (prior + noise learned, start q x10)': (
+          10.0, True, True),
+      'Bayesian multiscale (prior + noise learned, start q x0.1)': (
+          0.1, True, True),
   }
-  for name, (factor, learn) in bayesian.items():
+  for name, (factor, learn, learn_noise) in bayesian.items():
     tic = time.perf_counter()
     optimizer = mso.bayesian_multiscale(
         decays, factor * process, noise_variance, learn_prior=learn,
+        learn_noise_variance=learn_noise,
         prior_learning_rate=BAYES_PRIOR_LEARNING_RATE)
-    predictions, scales = jax.jit(jax.vmap(
+    predictions, scales, noise_scales = jax.jit(jax.vmap(
         lambda x, y, optimizer=optimizer: run_bayesian(optimizer, x, y)))(
             test.inputs, test.targets)
     hyper = {'tuned': 'none', 'process_variances': f'true x {factor:g}'}
     if learn:
       hyper['prior_learning_rate'] = BAYES_PRIOR_LEARNING_RATE
-      hyper['learned_scale_x_start'] = float(
+      hyper['learned_q_over_true_q'] = float(
           np.mean(np.asarray(scales)) * factor)
+    if learn_noise:
+      hyper['learned_r_over_true_r'] = float(np.mean(np.asarray(
+          noise_scales)))
     report(name, np.asarray(excess_losses(predictions, test, burn_in)),
            hyper, seconds=time.perf_counter() - tic)
+  # Ablation: S per weight (each weight updated as if it were alone).
+  tic = time.perf_counter()
+  predictions = jax.jit(jax.vmap(
+      lambda x, y: predict_bayesian_per_weight(decays, process, x, y,
+                                               noise_variance)))(
+          test.inputs, test.targets)
+  report('Bayesian multiscale (per-weight S, ablation)',
+         np.asarray(excess_losses(predictions, test, burn_in)),
+         {'tuned': 'none', 'process_variances': 'true x 1'},
+         seconds=time.perf_counter() - tic)
 
   generic_decays = mso.decays_from_timescales(GENERIC_TIMESCALES)
   generic_shape = GENERIC_TIMESCALES ** (-GENERIC_POWER)
