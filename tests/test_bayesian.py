@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import hypothesis
 import hypothesis.strategies as st
 import jax
@@ -616,3 +621,59 @@ def test_state_structure_is_stable_under_cond():
       params, state, params, jacobian=jax.tree.map(jnp.ones_like, params))
   chosen = jax.lax.cond(True, lambda: state, lambda: new_state)
   assert jax.tree.structure(chosen) == jax.tree.structure(state)
+
+
+_SHARDING_SCRIPT = textwrap.dedent('''
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    import multiscale_optax as mso
+
+    mesh = Mesh(np.asarray(jax.devices()).reshape(4, 2), ('data', 'model'))
+    shardings = {
+        'kernel': NamedSharding(mesh, P('data', 'model')),
+        'bias': NamedSharding(mesh, P('model')),
+    }
+    params = jax.device_put({
+        'kernel': jnp.ones((64, 32), jnp.float32),
+        'bias': jnp.ones(32, jnp.float32),
+    }, shardings)
+    opt = mso.bayesian_multiscale([0.9, 0.99], [0.19, 0.0199], 1.0)
+    state = opt.init(params)
+    for tree in (*state.means, *state.variances):
+      for name, leaf in tree.items():
+        assert leaf.sharding.is_equivalent_to(shardings[name], leaf.ndim), (
+            'init', name, leaf.sharding)
+
+    def step(params, state, grads):
+      updates, state = opt.update(grads, state, params, jacobian=grads)
+      return optax.apply_updates(params, updates), state
+
+    grads = jax.tree.map(lambda p: 0.01 * jnp.ones_like(p), params)
+    jitted = jax.jit(step, donate_argnums=(0, 1))
+    for _ in range(2):
+      params, state = jitted(params, state, grads)
+    for tree in (*state.means, *state.variances, params):
+      for name, leaf in tree.items():
+        assert leaf.sharding.is_equivalent_to(shardings[name], leaf.ndim), (
+            name, leaf.sharding)
+    print('SHARDING-OK')
+''')
+
+
+def test_state_is_sharded_like_the_params():
+  # S is one reduction over the whole network, so the step has one scalar
+  # all-reduce; every params-shaped array must keep its param's sharding.
+  environment = dict(os.environ)
+  environment['XLA_FLAGS'] = (
+      environment.get('XLA_FLAGS', '')
+      + ' --xla_force_host_platform_device_count=8')
+  environment['JAX_PLATFORMS'] = 'cpu'
+  result = subprocess.run(
+      [sys.executable, '-c', _SHARDING_SCRIPT], env=environment,
+      capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert 'SHARDING-OK' in result.stdout

@@ -331,10 +331,11 @@ def bayesian_multiscale(
     scalar_dtype = precision.compute_dtype(*(leaf.dtype for leaf in leaves))
     means = tuple(
         optax.tree.zeros_like(params, dtype=state_dtype) for _ in range(num))
+    # full_like keeps each param's sharding, like zeros_like.
     variances = tuple(
         jax.tree.map(
-            lambda param, value=value: jnp.full(
-                param.shape, value, dtype=state_dtype or param.dtype),
+            lambda param, value=value: jnp.full_like(
+                param, value, dtype=state_dtype or param.dtype),
             params)
         for value in initial_entries)
     return BayesianMultiscaleState(
