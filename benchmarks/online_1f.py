@@ -43,8 +43,12 @@ Learners:
 
 Usage::
 
-  python benchmarks/online_1f.py           # d = 1 and d = 10, r = 1 (30-75 s)
-  python benchmarks/online_1f.py --full    # + noise and m sweeps (~4-9 min)
+  python benchmarks/online_1f.py           # d = 1 and d = 10, r = 1
+  python benchmarks/online_1f.py --full    # + noise and m sweeps
+
+(30-75 s and 4-9 min on an idle machine before the Bayesian rows were
+added; the default run with them took 277 s on a 2-core CPU shared with
+other jobs.)
 
 Writes ``benchmarks/results/online_1f.json`` and ``online_1f.png``
 (``online_1f_full.*`` with ``--full``).
