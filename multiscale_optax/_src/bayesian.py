@@ -376,13 +376,14 @@ def bayesian_multiscale(
         *(leaf.dtype for leaves in mean_leaves for leaf in leaves),
         *(leaf.dtype for leaves in variance_leaves for leaf in leaves),
         state.log_process_scale.dtype)
-    multi_output = residual is not None and jnp.ndim(residual) >= 1
-    if multi_output and jnp.ndim(residual) != 1:
+    residual_shape = () if residual is None else tuple(jnp.shape(residual))
+    multi_output = len(residual_shape) >= 1
+    if len(residual_shape) > 1:
       raise ValueError(
           '`residual` must be a scalar (one output) or of shape (N,) '
-          f'(N outputs, flattened), got shape {jnp.shape(residual)}.')
+          f'(N outputs, flattened), got shape {residual_shape}.')
     for position, (grad, jac) in enumerate(zip(grad_leaves, jacobian_leaves)):
-      expected = ((jnp.shape(residual)[0], *grad.shape) if multi_output
+      expected = ((residual_shape[0], *grad.shape) if multi_output
                   else grad.shape)
       if tuple(jac.shape) != tuple(expected):
         raise ValueError(
