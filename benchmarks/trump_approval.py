@@ -74,8 +74,6 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-import multiscale_optax as mso  # noqa: E402
-
 RESULTS = pathlib.Path(__file__).resolve().parent / 'results'
 
 # river's published progressive-validation MAE on TrumpApproval (river's
