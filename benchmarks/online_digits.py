@@ -59,9 +59,15 @@ from sklearn.datasets import load_digits
 import multiscale_optax as mso
 
 RESULTS = pathlib.Path(__file__).resolve().parent / 'results'
-STREAMS = ('recurring', 'one_over_f', 'stationary')
+# New streams go at the end: a stream's random draws are seeded by its index.
+STREAMS = ('recurring', 'one_over_f', 'stationary', 'rotation')
 NUM_CLASSES = 10
 NUM_TASKS = 3  # label permutations; the recurring stream uses the first two
+IMAGE_SIZE = 8
+# The rotation stream's angle: a sum of AR(1) processes with these
+# timescales (steps) and equal stationary variances, total sd in degrees.
+ROTATION_TIMESCALES = tuple(float(t) for t in np.geomspace(1.0, 1000.0, 7))
+ROTATION_SD_DEGREES = 45.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +107,13 @@ class Family:
   build: Callable[[jax.Array], optax.GradientTransformation]
   learning_rates: tuple[float, float]  # log-spaced grid endpoints
   note: str
+  # 'gradient': update(grads of the mean cross-entropy); 'categorical':
+  # update(grads, **extra) from mso.categorical_observation (the Bayesian
+  # learners), the grid then scales their prior instead of a rate.
+  observation: str = 'gradient'
+  # True: one grid point for every stream (the best mean tuning accuracy
+  # over all streams) instead of one per stream.
+  shared_choice: bool = False
 
 
 def _multiscale_adam(
@@ -131,21 +144,42 @@ def _multiscale_adam(
   return build
 
 
-def _fast_weights_adam(fast_share=0.75, fast_timescale=20.0):
+def _multiscale_sgd(
+    shortest=MULTISCALE_TIMESCALES[0], longest=MULTISCALE_TIMESCALES[1],
+    num=MULTISCALE_NUM_DECAYING):
+  """Eq. 1 of the paper on raw gradients (as the paper states it): the same
+  subweights and equal rates as ``_multiscale_adam``, no preconditioner."""
+  decays = np.concatenate(
+      [[1.0], mso.decays_from_timescales(
+          mso.log_spaced_timescales(shortest, longest, num))])
+  shape = np.full(num + 1, 1.0 / (num + 1))
+
+  def build(learning_rate):
+    return mso.multiscale(
+        learning_rate * jnp.asarray(shape, jnp.float32), decays)
+  return build
+
+
+def _fast_weights(fast_share=0.75, fast_timescale=20.0, adam=True):
   fast_decay = float(mso.decays_from_timescales([fast_timescale])[0])
 
   def build(learning_rate):
     rates = learning_rate * jnp.asarray(
         [1.0 - fast_share, fast_share], jnp.float32)
-    return optax.chain(
-        optax.scale_by_adam(), mso.multiscale(rates, [1.0, fast_decay]))
+    fast_weights = mso.multiscale(rates, [1.0, fast_decay])
+    if adam:
+      return optax.chain(optax.scale_by_adam(), fast_weights)
+    return fast_weights
   return build
 
 
 def families(config: Config) -> list[Family]:
   adam_range = (3e-4, 1e-1)
+  sgd_range = (1e-2, 1.0)
+  # Decaying subweights forget, so the total rate may sit higher than SGD's.
+  multiscale_sgd_range = (3e-2, 3.0)
   result = [
-      Family('sgd', lambda lr: optax.sgd(lr), (1e-2, 1.0), 'plain SGD'),
+      Family('sgd', lambda lr: optax.sgd(lr), sgd_range, 'plain SGD'),
       Family('sgd_momentum', lambda lr: optax.sgd(lr, momentum=0.9),
              (3e-3, 3e-1), 'momentum 0.9'),
       Family('adam', lambda lr: optax.adam(lr), adam_range, 'optax.adam'),
@@ -157,8 +191,19 @@ def families(config: Config) -> list[Family]:
              'scale_by_adam -> multiscale; permanent part + timescales '
              f'{MULTISCALE_TIMESCALES[0]:g}..{MULTISCALE_TIMESCALES[1]:g} '
              f'({MULTISCALE_NUM_DECAYING} log-spaced), equal rates'),
-      Family('fast_weights_adam', _fast_weights_adam(), adam_range,
+      Family('fast_weights_adam', _fast_weights(), adam_range,
              'scale_by_adam -> fast weights: 1/4 of the rate permanent, '
+             '3/4 fast with timescale 20'),
+      Family('adam_b1_0', lambda lr: optax.adam(lr, b1=0.0), adam_range,
+             'Adam without momentum (b1=0)'),
+      Family('multiscale_sgd', _multiscale_sgd(), multiscale_sgd_range,
+             'multiscale on raw gradients (eq. 1): permanent part + '
+             f'timescales {MULTISCALE_TIMESCALES[0]:g}..'
+             f'{MULTISCALE_TIMESCALES[1]:g} ({MULTISCALE_NUM_DECAYING} '
+             'log-spaced), equal rates'),
+      Family('fast_weights_sgd', _fast_weights(adam=False),
+             multiscale_sgd_range,
+             'fast weights on raw gradients: 1/4 of the rate permanent, '
              '3/4 fast with timescale 20'),
   ]
   if hasattr(mso, 'benna_fusi'):
@@ -177,8 +222,6 @@ def families(config: Config) -> list[Family]:
                'ablation: timescales 30..3000'),
         Family('ms_before_adam', _multiscale_adam(adam_first=False),
                adam_range, 'ablation: multiscale on gradients, then Adam'),
-        Family('adam_b1_0', lambda lr: optax.adam(lr, b1=0.0), adam_range,
-               'ablation: Adam without momentum (b1=0)'),
         Family('ms_adam_b1_0', _multiscale_adam(b1=0.0), adam_range,
                'ablation: multiscale_adam on Adam without momentum (b1=0)'),
     ]
@@ -288,9 +331,74 @@ def _one_over_f_tasks(rng, steps, shortest=8):
   return np.asarray(tasks[:steps])
 
 
+def rotation_angles(rng: np.random.Generator, steps: int,
+                    timescales=ROTATION_TIMESCALES,
+                    sd_degrees=ROTATION_SD_DEGREES) -> np.ndarray:
+  r"""A rotation angle (radians) per step that drifts as 1/f noise.
+
+  :math:`\theta_t = \sum_j z_{j,t}` with independent AR(1) components
+  :math:`z_{j,t+1} = \rho_j z_{j,t} + \epsilon_{j,t}`,
+  :math:`\rho_j = e^{-1/\tau_j}`, each started from and kept at its
+  stationary variance :math:`s = \sigma^2 / m` (:math:`m` components,
+  :math:`\sigma` = ``sd_degrees``): equal variance per log-spaced timescale,
+  an approximately 1/f spectrum between :math:`1/\tau_{max}` and
+  :math:`1/\tau_{min}` (as ``multiscale_optax.OneOverFEnvironment``).
+  """
+  timescales = np.asarray(timescales, np.float64)
+  decays = np.exp(-1.0 / timescales)
+  variance = np.deg2rad(sd_degrees) ** 2 / len(timescales)
+  components = rng.normal(0.0, np.sqrt(variance), len(timescales))
+  innovations = rng.normal(0.0, 1.0, (steps, len(timescales))) * np.sqrt(
+      variance * (1.0 - decays ** 2))
+  angles = np.empty(steps)
+  for step in range(steps):
+    angles[step] = components.sum()
+    components = decays * components + innovations[step]
+  return angles
+
+
+def rotation_matrix(angle: jax.Array, dtype=jnp.float32) -> jax.Array:
+  """The (64, 64) bilinear-interpolation matrix that rotates a flattened
+  8x8 image counterclockwise by ``angle`` radians about its centre, zero
+  outside the image: ``rotated = image @ matrix.T``.
+
+  A matmul rather than a gather, so that it stays cheap when vmapped over
+  seeds and learning rates (as the CNN's patches do)."""
+  centre = (IMAGE_SIZE - 1) / 2.0
+  rows, cols = jnp.meshgrid(
+      jnp.arange(IMAGE_SIZE, dtype=dtype) - centre,
+      jnp.arange(IMAGE_SIZE, dtype=dtype) - centre, indexing='ij')
+  cos, sin = jnp.cos(angle).astype(dtype), jnp.sin(angle).astype(dtype)
+  # Each output pixel samples the input at the inversely rotated position.
+  source_rows = (sin * cols + cos * rows + centre).reshape(-1)
+  source_cols = (cos * cols - sin * rows + centre).reshape(-1)
+  top, left = jnp.floor(source_rows), jnp.floor(source_cols)
+  matrix = jnp.zeros((IMAGE_SIZE ** 2, IMAGE_SIZE ** 2), dtype)
+  for row_offset in (0, 1):
+    for col_offset in (0, 1):
+      row, col = top + row_offset, left + col_offset
+      weight = ((1 - jnp.abs(source_rows - row))
+                * (1 - jnp.abs(source_cols - col)))
+      inside = (row >= 0) & (row < IMAGE_SIZE) & (col >= 0) & (
+          col < IMAGE_SIZE)
+      index = (jnp.clip(row, 0, IMAGE_SIZE - 1) * IMAGE_SIZE
+               + jnp.clip(col, 0, IMAGE_SIZE - 1)).astype(jnp.int32)
+      matrix += jnp.where(inside, weight, 0)[:, None] * jax.nn.one_hot(
+          index, IMAGE_SIZE ** 2, dtype=dtype)
+  return matrix
+
+
+def rotate_images(images: jax.Array, angle: jax.Array) -> jax.Array:
+  """Rotates 8x8 images, ``(..., 64)`` or ``(..., 8, 8)``, counterclockwise
+  by ``angle`` radians about their centre (bilinear, zero outside);
+  ``angle = 0`` is exactly the identity and ``pi/2`` is ``np.rot90``."""
+  flat = images.reshape(-1, IMAGE_SIZE ** 2)
+  return (flat @ rotation_matrix(angle, flat.dtype).T).reshape(images.shape)
+
+
 def make_stream(kind: str, seed: int, config: Config, num_train: int):
   """Example indices (steps, batch), task ids (steps,), label permutations
-  (tasks, classes) for one seed."""
+  (tasks, classes) and rotation angles (steps,) for one seed."""
   rng = np.random.default_rng([seed, STREAMS.index(kind)])
   permutations = np.stack(
       [np.arange(NUM_CLASSES)]
@@ -302,7 +410,11 @@ def make_stream(kind: str, seed: int, config: Config, num_train: int):
     tasks = _one_over_f_tasks(rng, config.steps)
   else:
     tasks = np.zeros(config.steps, np.int64)
-  return indices, tasks, permutations
+  if kind == 'rotation':
+    angles = rotation_angles(rng, config.steps)
+  else:
+    angles = np.zeros(config.steps)
+  return indices, tasks, permutations, angles.astype(np.float32)
 
 
 def load_data(seed=0):
@@ -322,9 +434,12 @@ def load_data(seed=0):
 def make_runner(family: Family, model: str, config: Config, data):
   init_fn, apply_fn, inputs_fn = MODELS[model]
   (train_images, train_labels), (test_images, test_labels) = data
-  train_images = inputs_fn(train_images)
+  # Raw images: each batch is rotated by its step's angle (0 except in the
+  # rotation stream, where bilinear rotation by 0 is exactly the identity),
+  # then turned into model inputs.
+  train_images = jnp.asarray(train_images)
   train_labels = jnp.asarray(train_labels)
-  test_images = inputs_fn(test_images)
+  test_images = jnp.asarray(test_images)
   test_labels = jnp.asarray(test_labels)
   num_chunks = config.steps // config.block
 
@@ -333,33 +448,47 @@ def make_runner(family: Family, model: str, config: Config, data):
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return jnp.mean(loss), logits
 
-  def single(learning_rate, init_key, indices, tasks, permutations):
+  def observe(params, images, labels):
+    """Logits of the batch (before training on it), and the optimizer's
+    inputs: grads and extra args."""
+    if family.observation == 'categorical':
+      observation, grads, extra = mso.categorical_observation(
+          apply_fn, params, images, labels)
+      return observation.logits, grads, extra
+    (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, images, labels)
+    return logits, grads, {}
+
+  def single(learning_rate, init_key, indices, tasks, permutations, angles):
     optimizer = family.build(learning_rate)
     params = init_fn(init_key)
     carry = (params, optimizer.init(params))
 
     def step(carry, inputs):
       params, opt_state = carry
-      batch_indices, task = inputs
-      images = train_images[batch_indices]
+      batch_indices, task, angle = inputs
+      images = inputs_fn(rotate_images(train_images[batch_indices], angle))
       labels = permutations[task][train_labels[batch_indices]]
-      (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          params, images, labels)
+      logits, grads, extra = observe(params, images, labels)
       # Accuracy of the prediction made before training on this batch.
       correct = jnp.mean(jnp.argmax(logits, -1) == labels)
-      updates, opt_state = optimizer.update(grads, opt_state, params)
+      updates, opt_state = optimizer.update(
+          grads, opt_state, params, **extra)
       return (optax.apply_updates(params, updates), opt_state), correct
 
     def chunk(carry, inputs):
       carry, correct = jax.lax.scan(step, carry, inputs)
-      predictions = jnp.argmax(apply_fn(carry[0], test_images), -1)
+      # Held-out images seen as the stream sees them at the chunk's end.
+      images = inputs_fn(rotate_images(test_images, inputs[2][-1]))
+      predictions = jnp.argmax(apply_fn(carry[0], images), -1)
       held_out = jnp.mean(
           predictions[None, :] == permutations[:, test_labels], axis=1)
       return carry, (correct, held_out)
 
     chunked = (
         indices.reshape(num_chunks, config.block, -1),
-        tasks.reshape(num_chunks, config.block))
+        tasks.reshape(num_chunks, config.block),
+        angles.reshape(num_chunks, config.block))
     _, (correct, held_out) = jax.lax.scan(chunk, carry, chunked)
     return correct.reshape(-1), held_out
 
@@ -450,6 +579,7 @@ class _Streams:
     self.indices = np.stack([stream[0] for stream in streams])
     self.tasks = np.stack([stream[1] for stream in streams])
     self.permutations = np.stack([stream[2] for stream in streams])
+    self.angles = np.stack([stream[3] for stream in streams])
 
   def rows(self, kind, seeds):
     return [self.runs.index((kind, seed)) for seed in seeds]
@@ -467,7 +597,8 @@ def _run_instances(runner, instances, streams, width):
   correct, held_out = jax.block_until_ready(runner(
       rates, keys, jnp.asarray(streams.indices[rows]),
       jnp.asarray(streams.tasks[rows]),
-      jnp.asarray(streams.permutations[rows])))
+      jnp.asarray(streams.permutations[rows]),
+      jnp.asarray(streams.angles[rows])))
   count = len(instances)
   return np.asarray(correct)[:count], np.asarray(held_out)[:count]
 
@@ -503,6 +634,9 @@ def benchmark(config: Config, log=print):
             for lr in learning_rates])
         scores[kind] = np.where(np.isfinite(per_rate), per_rate, -1.0)
         best[kind] = int(np.argmax(scores[kind]))
+      if family.shared_choice:
+        shared = int(np.argmax(np.mean([scores[k] for k in STREAMS], 0)))
+        best = dict.fromkeys(STREAMS, shared)
       # Evaluation: the chosen rate on the evaluation seeds.
       evaluation = [(learning_rates[best[kind]], row) for kind in STREAMS
                     for row in streams.rows(kind, config.evaluation_seeds)]
@@ -561,30 +695,71 @@ def table(results) -> str:
   return '\n'.join(lines)
 
 
+# Each learner's natural baseline (what it adds something to).
+NATURAL_BASELINE = {
+    'multiscale_sgd': 'sgd', 'fast_weights_sgd': 'sgd',
+    'ms_adam_b1_0': 'adam_b1_0', 'vd_ekf': 'sgd',
+    'bayesian_multiscale': 'sgd', 'bayesian_multiscale_learned': 'sgd',
+}
+# Rows that are not baselines for "the best baseline" (the Bayesian learners).
+BAYESIAN_FAMILIES = ('vd_ekf', 'bayesian_multiscale',
+                     'bayesian_multiscale_learned')
+
+
+def _paired(by_family, name, baseline):
+  """Per-seed differences in online accuracy (points), same seeds."""
+  first = by_family[name]['per_seed']
+  second = by_family[baseline]['per_seed']
+  return 100 * np.array([
+      o['online_accuracy'] - a['online_accuracy']
+      for o, a in zip(first, second, strict=True)])
+
+
+def _verdict_line(model, kind, name, baseline, diffs):
+  error = diffs.std(ddof=1) / np.sqrt(len(diffs))
+  verdict = ('win' if diffs.mean() > 2 * error
+             else 'lose' if diffs.mean() < -2 * error else 'tie')
+  return (f'{model:3s} {kind:10s} {name:>27s} - {baseline:17s}: '
+          f'{diffs.mean():+6.2f} ± {diffs.std(ddof=1):5.2f} points '
+          f'(paired sd, {len(diffs)} seeds) -> {verdict}')
+
+
+def best_baseline(by_family) -> str:
+  """The non-Bayesian row with the highest mean online accuracy."""
+  candidates = [name for name in by_family if name not in BAYESIAN_FAMILIES]
+  return max(candidates,
+             key=lambda name: by_family[name]['online_accuracy']['mean'])
+
+
 def comparison(results) -> str:
   """Paired (same evaluation seeds) differences in online accuracy: every
-  Adam-based optimizer against tuned Adam, and multiscale on momentum-free
-  Adam against momentum-free Adam where that ablation ran."""
+  learner against its natural baseline (tuned Adam for the Adam-based ones,
+  tuned SGD for those on raw gradients, momentum-free Adam for multiscale on
+  it, tuned SGD for the diagonal EKF)."""
   lines = []
   for model, by_stream in results.items():
     for kind, by_family in by_stream.items():
-      pairs = [(name, 'adam') for name in by_family
-               if name not in ('adam', 'sgd', 'sgd_momentum')]
-      if 'ms_adam_b1_0' in by_family and 'adam_b1_0' in by_family:
-        pairs.append(('ms_adam_b1_0', 'adam_b1_0'))
-      for name, baseline in pairs:
-        diffs = np.array([
-            o['online_accuracy'] - a['online_accuracy']
-            for o, a in zip(by_family[name]['per_seed'],
-                            by_family[baseline]['per_seed'], strict=True)])
-        diffs = diffs * 100
-        error = diffs.std(ddof=1) / np.sqrt(len(diffs))
-        verdict = ('win' if diffs.mean() > 2 * error
-                   else 'lose' if diffs.mean() < -2 * error else 'tie')
-        lines.append(
-            f'{model:3s} {kind:10s} {name:>19s} - {baseline:9s}: '
-            f'{diffs.mean():+6.2f} ± {diffs.std(ddof=1):5.2f} points '
-            f'(paired sd, {len(diffs)} seeds) -> {verdict}')
+      for name in by_family:
+        baseline = NATURAL_BASELINE.get(name, 'adam')
+        if name in ('adam', 'sgd', 'sgd_momentum') or (
+            baseline not in by_family):
+          continue
+        lines.append(_verdict_line(
+            model, kind, name, baseline, _paired(by_family, name, baseline)))
+  return '\n'.join(lines)
+
+
+def comparison_with_best(results) -> str:
+  """Paired differences of every row against the best non-Bayesian row of
+  its (model, stream)."""
+  lines = []
+  for model, by_stream in results.items():
+    for kind, by_family in by_stream.items():
+      best = best_baseline(by_family)
+      for name in by_family:
+        if name != best:
+          lines.append(_verdict_line(
+              model, kind, name, best, _paired(by_family, name, best)))
   return '\n'.join(lines)
 
 
@@ -654,9 +829,13 @@ def main(argv=None):
   text = table(results)
   print(text)
   print()
-  print('paired differences in online accuracy vs tuned Adam '
-        '(win/lose: |mean| > 2 standard errors):')
+  print('paired differences in online accuracy vs each learner\'s natural '
+        'baseline (win/lose: |mean| > 2 standard errors):')
   print(comparison(results))
+  print()
+  print('paired differences in online accuracy vs the best non-Bayesian row '
+        'of each (model, stream):')
+  print(comparison_with_best(results))
   print(f'\ntotal {seconds:.1f} s')
   RESULTS.mkdir(parents=True, exist_ok=True)
   suffix = ('_full' if args.full else '') + (
@@ -681,7 +860,9 @@ def main(argv=None):
                          f'every {config.block} steps',
         },
         'results': _binned_curves(results, config.block // 10),
-        'comparison_vs_adam': comparison(results).split('\n'),
+        'comparison_vs_natural_baseline': comparison(results).split('\n'),
+        'comparison_vs_best_baseline': comparison_with_best(results).split(
+            '\n'),
     }, file, indent=1)
   plot(results, config, RESULTS / f'online_digits{suffix}.png')
   print(f'wrote {RESULTS}/online_digits{suffix}.json and .png')
