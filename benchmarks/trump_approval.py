@@ -86,6 +86,9 @@ RIVER_PUBLISHED = {
 }
 
 
+RIVER_LINEAR_REGRESSION_RATE = 0.02
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
   tune_steps: int  # examples used to choose hyperparameters
@@ -122,16 +125,19 @@ class Stream(NamedTuple):
   feature_names: tuple[str, ...]
 
 
-def load_stream() -> Stream:
-  """Both scaled views of ``TrumpApproval``, computed by river's scaler in
-  the order a river pipeline applies it under progressive validation."""
+def load_stream(limit: int | None = None) -> Stream:
+  """Both scaled views of ``TrumpApproval`` (its first ``limit`` examples),
+  computed by river's scaler in the order a river pipeline applies it under
+  progressive validation."""
+  import itertools
+
   from river import datasets
   from river import preprocessing
 
   scaler = preprocessing.StandardScaler()
   predict_rows, learn_rows, targets = [], [], []
   names = None
-  for features, target in datasets.TrumpApproval():
+  for features, target in itertools.islice(datasets.TrumpApproval(), limit):
     names = names or tuple(features)
     predict_rows.append([scaler.transform_one(features)[k] for k in names])
     scaler.learn_one(features)
@@ -217,7 +223,8 @@ MODELS = {'linear': (linear_init, linear_apply),
 @dataclasses.dataclass(frozen=True)
 class Learner:
   name: str
-  grid: tuple[float, float] | None  # log-spaced endpoints; None: no tuning
+  # Log-spaced grid endpoints of the tuned hyperparameter, or one fixed value.
+  grid: tuple[float, float] | float
   note: str
   make_step: Callable[[Callable, jax.Array], tuple[Callable, Callable]]
 
@@ -242,7 +249,12 @@ def _optax_learner(name, build, grid, note):
 
 
 def learners() -> list[Learner]:
+  # river's LinearRegression is SGD with rate 0.01 on (y - ŷ)², whose
+  # gradient is twice that of (y - ŷ)² / 2: optax.sgd(0.02) here.
   return [
+      _optax_learner('sgd (river LinearRegression settings)', optax.sgd,
+                     RIVER_LINEAR_REGRESSION_RATE, 'optax.sgd(0.02): river LinearRegression '
+                     'defaults, no tuning; must give river\'s MAE'),
       _optax_learner('sgd', optax.sgd, (1e-4, 1.0), 'optax.sgd'),
       _optax_learner('adam', optax.adam, (1e-3, 10.0), 'optax.adam'),
   ]
@@ -294,10 +306,11 @@ def _summary(values: np.ndarray) -> dict[str, float]:
 def evaluate(learner: Learner, model: str, stream: Stream,
              config: Config) -> dict[str, Any]:
   seeds = config.mlp_seeds if model == 'mlp' else (0,)
-  if learner.grid is None:
-    grid = np.ones(1)
-  else:
+  tuned = isinstance(learner.grid, tuple)
+  if tuned:
     grid = np.geomspace(*learner.grid, config.grid_points)
+  else:
+    grid = np.asarray([learner.grid], np.float64)
   runner = make_runner(learner, model, stream, config.hidden)
   keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
   predictions = np.asarray(jax.block_until_ready(
@@ -312,19 +325,17 @@ def evaluate(learner: Learner, model: str, stream: Stream,
   return {
       'note': learner.note,
       'seeds': list(seeds),
-      'grid': grid.tolist() if learner.grid is not None else None,
+      'grid': grid.tolist() if tuned else None,
       'mae_per_grid_point': full.mean(axis=1).tolist(),
       'tuned_on_first_part': {
           'hyperparameter': float(grid[chosen]),
-          'at_grid_edge': learner.grid is not None
-                          and chosen in (0, len(grid) - 1),
+          'at_grid_edge': tuned and chosen in (0, len(grid) - 1),
           'mae_whole_series': _summary(full[chosen]),
           'mae_rest_of_series': _summary(rest[chosen]),
       },
       'best_of_grid': {
           'hyperparameter': float(grid[best]),
-          'at_grid_edge': learner.grid is not None
-                          and best in (0, len(grid) - 1),
+          'at_grid_edge': tuned and best in (0, len(grid) - 1),
           'mae_whole_series': _summary(full[best]),
           'mae_rest_of_series': _summary(rest[best]),
       },
@@ -372,9 +383,8 @@ def table(results: dict[str, Any], config: Config) -> str:
         if entry['grid'] is None and choice == 'best_of_grid':
           continue
         edge = '*' if chosen['at_grid_edge'] else ''
-        hyper = ('—' if entry['grid'] is None
-                 else f'{chosen["hyperparameter"]:.3g}{edge}')
-        label = ('no tuning' if entry['grid'] is None
+        hyper = f'{chosen["hyperparameter"]:.3g}{edge}'
+        label = ('fixed' if entry['grid'] is None
                  else choice.replace('_', ' '))
         lines.append(
             f'| {model} | {name} | {label} | {hyper} | '
