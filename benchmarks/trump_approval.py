@@ -74,6 +74,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+import multiscale_optax as mso  # noqa: E402
+
 RESULTS = pathlib.Path(__file__).resolve().parent / 'results'
 
 # river's published progressive-validation MAE on TrumpApproval (river's
@@ -87,6 +89,11 @@ RIVER_PUBLISHED = {
 
 
 RIVER_LINEAR_REGRESSION_RATE = 0.02
+# The generic prior of the Bayesian learner: a permanent part with a diffuse
+# (very broad) initial belief, plus drifting subweights with log-spaced
+# timescales from 1 to 1000 steps and equal stationary variances.
+GENERIC_TIMESCALES = tuple(float(t) for t in np.geomspace(1.0, 1000.0, 7))
+DIFFUSE_VARIANCE = 1e6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +255,51 @@ def _optax_learner(name, build, grid, note):
   return Learner(name, grid, note, make_step)
 
 
+def _bayesian_learner(name, grid, note, *, tuned='drift_variance',
+                      timescales=GENERIC_TIMESCALES, drift_variance=1.0,
+                      permanent_process_variance=0.0,
+                      permanent_variance=DIFFUSE_VARIANCE, noise_variance=1.0,
+                      learn_prior=True, prior_learning_rate=0.01):
+  r"""``bayesian_multiscale`` with a permanent part and decaying subweights.
+
+  Every weight is :math:`w_0 + \omega_0 + \sum_{i=1}^k \omega_i`:
+  :math:`\omega_0` permanent (decay 1, process variance
+  ``permanent_process_variance``: 0 for a static part, positive for a random
+  walk; initial variance ``permanent_variance``), the others AR(1) with the
+  given ``timescales`` and equal stationary variances :math:`\sigma^2/k` (a
+  1/f profile), :math:`\sigma^2` = ``drift_variance``. The hyperparameter
+  (grid point or fixed value) replaces the argument named by ``tuned``.
+  With ``learn_prior``, the scales of the process variances and of the noise
+  variance are learned online (empirical Bayes).
+  """
+  decays = np.concatenate([[1.0], np.exp(-1.0 / np.asarray(timescales))])
+  count = max(len(timescales), 1)
+
+  def make_step(apply_fn, hyper):
+    values = {'drift_variance': drift_variance,
+              'permanent_process_variance': permanent_process_variance,
+              tuned: hyper}
+    drift = values['drift_variance'] / count
+    process = jnp.concatenate([
+        jnp.reshape(values['permanent_process_variance'], (1,)),
+        drift * (1.0 - decays[1:] ** 2)])
+    initial = jnp.concatenate([
+        jnp.full((1,), permanent_variance),
+        drift * jnp.ones(len(timescales))])
+    optimizer = mso.bayesian_multiscale(
+        decays, process, noise_variance, initial_variances=initial,
+        learn_prior=learn_prior, learn_noise_variance=learn_prior,
+        prior_learning_rate=prior_learning_rate)
+
+    def step(params, opt_state, learn_input, target):
+      _, grads, extra = mso.gaussian_observation(
+          apply_fn, params, learn_input, target, noise_variance)
+      updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
+      return optax.apply_updates(params, updates), opt_state
+    return optimizer.init, step
+  return Learner(name, grid, note, make_step)
+
+
 def learners() -> list[Learner]:
   # river's LinearRegression is SGD with rate 0.01 on (y - ŷ)², whose
   # gradient is twice that of (y - ŷ)² / 2: optax.sgd(0.02) here.
@@ -257,6 +309,30 @@ def learners() -> list[Learner]:
                      'defaults, no tuning; must give river\'s MAE'),
       _optax_learner('sgd', optax.sgd, (1e-4, 1.0), 'optax.sgd'),
       _optax_learner('adam', optax.adam, (1e-3, 10.0), 'optax.adam'),
+      _bayesian_learner(
+          'bayesian_multiscale (generic prior, learned scales)', 1.0,
+          'generic prior, no tuning: permanent part (initial variance 1e6) '
+          '+ 7 timescales 1..1000 steps, total drift variance 1, r = 1; '
+          'process and noise scales learned online (rate 0.01)'),
+      _bayesian_learner(
+          'bayesian_multiscale (generic prior, fixed)', 1.0,
+          'the same generic prior, nothing learned', learn_prior=False),
+      _bayesian_learner(
+          'bayesian_multiscale (drift variance tuned)', (1e-3, 1e3),
+          'the generic prior with its total drift variance tuned, r = 1, '
+          'nothing learned', learn_prior=False),
+      _bayesian_learner(
+          'bayesian_multiscale (random-walk permanent part tuned)',
+          (1e-4, 1e4),
+          'the generic prior whose permanent part is a random walk, its '
+          'process variance tuned, r = 1, nothing learned',
+          tuned='permanent_process_variance', learn_prior=False),
+      _bayesian_learner(
+          'vd_ekf', (1e-4, 1e4),
+          'single-timescale diagonal EKF: bayesian_multiscale with one '
+          'random-walk subweight (decay 1, initial variance 1e6), its '
+          'process variance q tuned, r = 1', tuned='permanent_process_variance',
+          timescales=(), learn_prior=False),
   ]
 
 
