@@ -21,19 +21,23 @@ TIGHT = 1e-10
 
 def run_scalar(opt, inputs, targets, noise_variance, params=None,
                with_residual=False):
-  """Online learning of y = x.w + v; returns the predictions and states."""
+  """Online learning of y = x.w + v; returns predictions, params, state."""
   params = jnp.zeros(inputs.shape[-1], inputs.dtype) if params is None else (
       params)
-  state = opt.init(params)
-  predictions = []
-  for x, y in zip(inputs, targets):
+
+  def step(carry, observation):
+    params, state = carry
+    x, y = observation
     prediction = x @ params
-    predictions.append(prediction)
     grads = -x * (y - prediction) / noise_variance
     extra = {'residual': y - prediction} if with_residual else {}
     updates, state = opt.update(grads, state, params, jacobian=x, **extra)
-    params = optax.apply_updates(params, updates)
-  return jnp.stack(predictions), params, state
+    return (optax.apply_updates(params, updates), state), prediction
+
+  (params, state), predictions = jax.jit(
+      lambda carry, data: jax.lax.scan(step, carry, data))(
+          (params, opt.init(params)), (inputs, targets))
+  return predictions, params, state
 
 
 def scalar_kalman(decay, process_variance, noise_variance, initial_variance,
@@ -98,6 +102,14 @@ def test_one_weight_one_timescale_is_the_scalar_kalman_filter():
     np.testing.assert_allclose(predictions, expected, rtol=0, atol=TIGHT)
 
 
+@jax.jit
+def traced_scalar_run(decays, process, noise, initial, inputs, targets):
+  """run_scalar with traced hyperparameters: one compilation per shape."""
+  opt = mso.bayesian_multiscale(
+      decays, process, noise, initial_variances=initial)
+  return run_scalar(opt, inputs, targets, noise)[0]
+
+
 @hypothesis.settings(max_examples=15, deadline=None)
 @hypothesis.given(
     decay=st.floats(-0.99, 1.0),
@@ -111,9 +123,9 @@ def test_scalar_kalman_property(decay, process, noise, initial, seed):
     key_x, key_y = jax.random.split(jax.random.key(seed))
     inputs = jax.random.normal(key_x, (30, 1), jnp.float64)
     targets = jax.random.normal(key_y, (30,), jnp.float64)
-    opt = mso.bayesian_multiscale(
-        [decay], [process], noise, initial_variances=[initial])
-    predictions, _, _ = run_scalar(opt, inputs, targets, noise)
+    predictions = traced_scalar_run(
+        jnp.asarray([decay]), jnp.asarray([process]), jnp.asarray(noise),
+        jnp.asarray([initial]), inputs, targets)
     expected = scalar_kalman(decay, process, noise, initial, inputs, targets)
     # Relative to the scale of the predictions (|y| ~ 1, gains <= 1).
     scale = 1.0 + np.max(np.abs(expected))
@@ -145,6 +157,29 @@ def test_k_timescales_match_literal_reference(with_residual):
     np.testing.assert_allclose(params, means.sum(axis=0), atol=TIGHT)
 
 
+@jax.jit
+def multi_output_run(decays, process, noise, jacobians, targets, covariance):
+  """Online learning of y = J w + v (C outputs) with traced hyperparameters.
+  """
+  opt = mso.bayesian_multiscale(decays, process, noise)
+
+  def step(carry, jac_y):
+    params, state = carry
+    jac, y = jac_y
+    prediction = jac @ params
+    error = y - prediction
+    grads = -jac.T @ jnp.linalg.solve(covariance, error)
+    updates, state = opt.update(
+        grads, state, params, jacobian=jac, residual=error,
+        observation_covariance=covariance)
+    return (optax.apply_updates(params, updates), state), prediction
+
+  params = jnp.zeros(jacobians.shape[-1], jacobians.dtype)
+  (params, state), predictions = jax.lax.scan(
+      step, (params, opt.init(params)), (jacobians, targets))
+  return predictions, state.variances
+
+
 @hypothesis.settings(max_examples=10, deadline=None)
 @hypothesis.given(
     decays=st.lists(st.floats(-0.9, 0.999), min_size=1, max_size=3),
@@ -163,30 +198,22 @@ def test_d_dim_and_multi_output_match_literal_reference(
     targets = rng.normal(size=(steps, outputs))
     a = rng.normal(size=(outputs, outputs))
     covariance = noise * np.eye(outputs) + 0.1 * a @ a.T
-    opt = mso.bayesian_multiscale(decays, process, noise)
-    params = jnp.zeros(num)
-    state = opt.init(params)
-    predictions = []
-    for jac, y in zip(jacobians, targets):
-      prediction = jnp.asarray(jac) @ params
-      predictions.append(prediction)
-      error = y - prediction
-      grads = -jnp.asarray(jac).T @ jnp.linalg.solve(covariance, error)
-      updates, state = opt.update(
-          grads, state, params, jacobian=jnp.asarray(jac), residual=error,
-          observation_covariance=jnp.asarray(covariance))
-      params = optax.apply_updates(params, updates)
-    expected, means, variances = diagonal_reference(
+    predictions, variances_out = multi_output_run(
+        jnp.asarray(decays), jnp.asarray(process), jnp.asarray(noise),
+        jnp.asarray(jacobians), jnp.asarray(targets),
+        jnp.asarray(covariance))
+    expected, _, variances = diagonal_reference(
         decays, process, noise, [scale] * k, jacobians, targets, covariance)
     bound = TIGHT * (1.0 + np.max(np.abs(expected)))
-    np.testing.assert_allclose(np.stack(predictions), expected, atol=bound)
-    np.testing.assert_allclose(np.stack(state.variances), variances,
+    np.testing.assert_allclose(predictions, expected, atol=bound)
+    np.testing.assert_allclose(np.stack(variances_out), variances,
                                atol=TIGHT * (1.0 + scale))
     # d-dimensional scalar output (C = 1, params-shaped Jacobian).
-    opt_1 = mso.bayesian_multiscale(decays, process, noise)
-    inputs = jnp.asarray(jacobians[:, 0, :])
-    predictions_1, _, _ = run_scalar(opt_1, inputs, jnp.asarray(
-        targets[:, 0]), noise)
+    initial = jnp.full(k, scale)
+    predictions_1 = traced_scalar_run(
+        jnp.asarray(decays), jnp.asarray(process), jnp.asarray(noise),
+        initial, jnp.asarray(jacobians[:, 0, :]),
+        jnp.asarray(targets[:, 0]))
     expected_1, _, _ = diagonal_reference(
         decays, process, noise, [scale] * k, jacobians[:, :1, :],
         targets[:, :1])
@@ -219,17 +246,20 @@ def test_multi_output_with_one_row_equals_scalar_path():
     targets = jax.random.normal(key_y, (20,), jnp.float64)
     opt = mso.bayesian_multiscale([0.5, 0.95], [0.3, 0.05], 0.7)
     scalar, _, _ = run_scalar(opt, inputs, targets, 0.7)
-    params = jnp.zeros(3)
-    state = opt.init(params)
-    rows = []
-    for x, y in zip(inputs, targets):
+
+    def step(carry, observation):
+      params, state = carry
+      x, y = observation
       prediction = x @ params
-      rows.append(prediction)
       updates, state = opt.update(
           jnp.zeros(3), state, params, jacobian=x[None],
           residual=jnp.reshape(y - prediction, (1,)))
-      params = optax.apply_updates(params, updates)
-    np.testing.assert_allclose(jnp.stack(rows), scalar, atol=TIGHT)
+      return (optax.apply_updates(params, updates), state), prediction
+
+    params = jnp.zeros(3)
+    _, rows = jax.jit(lambda carry, data: jax.lax.scan(step, carry, data))(
+        (params, opt.init(params)), (inputs, targets))
+    np.testing.assert_allclose(rows, scalar, atol=TIGHT)
 
 
 def apply_mlp(params, inputs):
@@ -252,15 +282,20 @@ def test_gaussian_observation_batch_matches_manual_jacobian():
     params = mlp_params(jax.random.key(5))
     inputs = jax.random.normal(jax.random.key(6), (4, 3), jnp.float64)
     targets = jax.random.normal(jax.random.key(7), (4, 2), jnp.float64)
-    info, grads, extra = mso.gaussian_observation(
-        apply_mlp, params, inputs, targets, 0.5)
-    jac = jax.jacrev(lambda p: apply_mlp(p, inputs).reshape(-1))(params)
+    info, grads, extra = jax.jit(
+        mso.gaussian_observation, static_argnums=0)(
+            apply_mlp, params, inputs, targets, 0.5)
+    jac = jax.jit(jax.jacrev(lambda p: apply_mlp(p, inputs).reshape(-1)))(
+        params)
     for name in params:
       np.testing.assert_allclose(extra['jacobian'][name], jac[name],
                                  atol=TIGHT)
-    loss = lambda p: 0.5 * jnp.sum((targets - apply_mlp(p, inputs))**2) / 0.5
+
+    def loss(p):
+      return 0.5 * jnp.sum((targets - apply_mlp(p, inputs))**2) / 0.5
+
     np.testing.assert_allclose(info.loss, loss(params), atol=TIGHT)
-    expected_grads = jax.grad(loss)(params)
+    expected_grads = jax.jit(jax.grad(loss))(params)
     for name in params:
       np.testing.assert_allclose(grads[name], expected_grads[name],
                                  atol=TIGHT)
@@ -277,26 +312,33 @@ def test_categorical_observation_is_the_softmax_ekf():
     params = mlp_params(jax.random.key(8), dims=(3, 4, 3))
     inputs = jax.random.normal(jax.random.key(9), (2, 3), jnp.float64)
     labels = jnp.asarray([0, 2])
-    info, grads, extra = mso.categorical_observation(
-        apply_mlp, params, inputs, labels, epsilon=1e-3)
+    info, grads, extra = jax.jit(
+        mso.categorical_observation, static_argnums=0)(
+            apply_mlp, params, inputs, labels, epsilon=1e-3)
     probs = jax.nn.softmax(apply_mlp(params, inputs), axis=-1)
-    jac = jax.jacrev(lambda p: jax.nn.softmax(
-        apply_mlp(p, inputs), axis=-1).reshape(-1))(params)
+    jac = jax.jit(jax.jacrev(lambda p: jax.nn.softmax(
+        apply_mlp(p, inputs), axis=-1).reshape(-1)))(params)
     for name in params:
       np.testing.assert_allclose(extra['jacobian'][name], jac[name],
                                  atol=TIGHT)
     onehot = jax.nn.one_hot(labels, 3, dtype=jnp.float64)
     np.testing.assert_allclose(extra['residual'],
                                (onehot - probs).reshape(-1), atol=TIGHT)
-    block = lambda p: jnp.diag(p) - jnp.outer(p, p) + 1e-3 * jnp.eye(3)
+
+    def block(p):
+      return jnp.diag(p) - jnp.outer(p, p) + 1e-3 * jnp.eye(3)
+
     expected = jax.scipy.linalg.block_diag(block(probs[0]), block(probs[1]))
     np.testing.assert_allclose(extra['observation_covariance'], expected,
                                atol=TIGHT)
     np.testing.assert_allclose(
         info.loss, -jnp.sum(onehot * jnp.log(probs)), atol=TIGHT)
-    ce = lambda p: -jnp.sum(onehot * jax.nn.log_softmax(
-        apply_mlp(p, inputs), axis=-1))
-    expected_grads = jax.grad(ce)(params)
+
+    def ce(p):
+      return -jnp.sum(
+          onehot * jax.nn.log_softmax(apply_mlp(p, inputs), axis=-1))
+
+    expected_grads = jax.jit(jax.grad(ce))(params)
     for name in params:
       np.testing.assert_allclose(grads[name], expected_grads[name],
                                  atol=TIGHT)
@@ -308,15 +350,17 @@ def test_categorical_update_does_not_depend_on_epsilon_along_ones():
   with jax.enable_x64(True):
     params = mlp_params(jax.random.key(10), dims=(3, 4, 3))
     inputs = jax.random.normal(jax.random.key(11), (3,), jnp.float64)
-    _, grads, extra = mso.categorical_observation(
-        apply_mlp, params, inputs, jnp.asarray(1))
+    _, grads, extra = jax.jit(
+        mso.categorical_observation, static_argnums=0)(
+            apply_mlp, params, inputs, jnp.asarray(1))
     opt = mso.bayesian_multiscale([0.9], [0.19], 1.0)
     state = opt.init(params)
-    first, _ = opt.update(grads, state, params, **extra)
+    update = jax.jit(opt.update)
+    first, _ = update(grads, state, params, **extra)
     shifted = dict(extra)
     shifted['observation_covariance'] = (
         extra['observation_covariance'] + 5.0 * jnp.ones((3, 3)))
-    second, _ = opt.update(grads, state, params, **shifted)
+    second, _ = update(grads, state, params, **shifted)
     for name in params:
       # S's condition number is at most ~1e4 here: 1e4 * eps * |update|.
       np.testing.assert_allclose(first[name], second[name], atol=1e-11)
