@@ -454,9 +454,13 @@ def bayesian_multiscale(
       mean_steps = [[v * je for v, je in zip(old_vars[i], weighted_residuals)]
                     for i in range(num)]
       precision_diagonal = []
+      # L^{-1} J through the N x N inverse factor and a matmul: XLA:CPU's
+      # triangular solve with a wide right-hand side (N x params) is ~300x
+      # slower than the matmul (N = 10, 4096 params: 22 ms vs 0.06 ms).
+      inverse_cholesky = jax.scipy.linalg.solve_triangular(
+          cholesky, jnp.eye(outputs, dtype=dtype), lower=True)
       for flat, jac in zip(flat_jacs, jacs):
-        whitened = jax.scipy.linalg.solve_triangular(
-            cholesky, flat, lower=True)
+        whitened = inverse_cholesky @ flat
         precision_diagonal.append(
             jnp.sum(jnp.square(whitened), axis=0).reshape(jac.shape[1:]))
       if learn_prior:
