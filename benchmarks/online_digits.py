@@ -96,6 +96,12 @@ FULL = Config(
 MULTISCALE_TIMESCALES = (3.0, 1000.0)
 MULTISCALE_NUM_DECAYING = 5
 
+# The Bayesian learners' prior: the permanent part starts with the variance
+# of the hidden layer's He initialisation (2 / fan-in); the decaying
+# subweights span (first, last, number) log-spaced timescales in steps.
+BAYES_PERMANENT_VARIANCE = 2.0 / 64
+BAYES_TIMESCALES = (1.0, 1000.0, 7)
+
 
 # ---------------------------------------------------------------------------
 # Optimizers: each maps a (traced) learning rate to a transformation.
@@ -170,6 +176,37 @@ def _fast_weights(fast_share=0.75, fast_timescale=20.0, adam=True):
     if adam:
       return optax.chain(optax.scale_by_adam(), fast_weights)
     return fast_weights
+  return build
+
+
+def _bayesian(batch, tuned='drift_variance', timescales=True,
+              drift_variance=None, learn_prior=False):
+  """``bayesian_multiscale`` for the categorical observation, prior stated
+  per example: a permanent part (decay 1, no process noise, initial
+  variance ``BAYES_PERMANENT_VARIANCE``) plus, if ``timescales``, AR(1)
+  subweights with ``BAYES_TIMESCALES`` (in steps of ``batch`` examples) and
+  equal stationary variances summing to the drift variance. The grid value
+  is the drift variance (``tuned='drift_variance'``) or the permanent
+  part's process variance per example (``'permanent_process_variance'``,
+  which makes it a random walk: with no timescales, the single-timescale
+  diagonal EKF)."""
+  decays = np.concatenate([[1.0], np.exp(-1.0 / (
+      np.geomspace(*BAYES_TIMESCALES) * batch))]) if timescales else np.ones(1)
+  count = max(len(decays) - 1, 1)
+
+  def build(hyper):
+    values = {'drift_variance': drift_variance,
+              'permanent_process_variance': 0.0, tuned: hyper}
+    drift = values['drift_variance'] / count if timescales else 0.0
+    process = jnp.concatenate([
+        jnp.reshape(values['permanent_process_variance'], (1,)),
+        drift * (1.0 - jnp.asarray(decays[1:]) ** 2)])
+    initial = jnp.concatenate([
+        jnp.full((1,), BAYES_PERMANENT_VARIANCE),
+        drift * jnp.ones(len(decays) - 1)])
+    return mso.bayesian_multiscale(
+        decays, process, 1.0, initial_variances=initial,
+        learn_prior=learn_prior)
   return build
 
 
@@ -448,16 +485,32 @@ def make_runner(family: Family, model: str, config: Config, data):
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return jnp.mean(loss), logits
 
-  def observe(params, images, labels):
-    """Logits of the batch (before training on it), and the optimizer's
-    inputs: grads and extra args."""
-    if family.observation == 'categorical':
-      observation, grads, extra = mso.categorical_observation(
-          apply_fn, params, images, labels)
-      return observation.logits, grads, extra
-    (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, images, labels)
-    return logits, grads, {}
+  def train_on_batch(optimizer, params, opt_state, images, labels):
+    """Logits of the batch at the current params, and the params and state
+    after learning from it."""
+    if family.observation == 'gradient':
+      (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          params, images, labels)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      return logits, optax.apply_updates(params, updates), opt_state
+
+    # The Bayesian learners observe the batch's examples one at a time (a
+    # scan): S is then C x C per example instead of BC x BC for a joint
+    # update (B^2 = 256 times cheaper), and their prior is stated per
+    # example (timescales in examples).
+    def observe(carry, example):
+      params, opt_state = carry
+      image, label = example
+      _, grads, extra = mso.categorical_observation(
+          apply_fn, params, image[None], label[None])
+      updates, opt_state = optimizer.update(
+          grads, opt_state, params, **extra)
+      return (optax.apply_updates(params, updates), opt_state), None
+
+    logits = apply_fn(params, images)
+    (params, opt_state), _ = jax.lax.scan(
+        observe, (params, opt_state), (images, labels))
+    return logits, params, opt_state
 
   def single(learning_rate, init_key, indices, tasks, permutations, angles):
     optimizer = family.build(learning_rate)
@@ -469,12 +522,11 @@ def make_runner(family: Family, model: str, config: Config, data):
       batch_indices, task, angle = inputs
       images = inputs_fn(rotate_images(train_images[batch_indices], angle))
       labels = permutations[task][train_labels[batch_indices]]
-      logits, grads, extra = observe(params, images, labels)
+      logits, params, opt_state = train_on_batch(
+          optimizer, params, opt_state, images, labels)
       # Accuracy of the prediction made before training on this batch.
       correct = jnp.mean(jnp.argmax(logits, -1) == labels)
-      updates, opt_state = optimizer.update(
-          grads, opt_state, params, **extra)
-      return (optax.apply_updates(params, updates), opt_state), correct
+      return (params, opt_state), correct
 
     def chunk(carry, inputs):
       carry, correct = jax.lax.scan(step, carry, inputs)
