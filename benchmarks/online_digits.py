@@ -80,16 +80,27 @@ class Config:
   evaluation_seeds: tuple[int, ...]
   models: tuple[str, ...]
   ablations: bool
+  # The Bayesian (EKF-style) learners cost ~30x a gradient step here (C = 10
+  # Jacobian rows per example, one example at a time), so the default runs
+  # them on fewer models, seeds and grid points (subsets of the above).
+  bayesian_models: tuple[str, ...]
+  bayesian_tuning_seeds: tuple[int, ...]
+  bayesian_evaluation_seeds: tuple[int, ...]
+  bayesian_num_grid: int
 
 
 DEFAULT = Config(
     steps=1000, batch=16, block=100, num_learning_rates=6,
     tuning_seeds=(100, 101), evaluation_seeds=(0, 1, 2, 3, 4),
-    models=('mlp', 'cnn'), ablations=False)
+    models=('mlp', 'cnn'), ablations=False, bayesian_models=('mlp',),
+    bayesian_tuning_seeds=(100,), bayesian_evaluation_seeds=(0, 1, 2),
+    bayesian_num_grid=4)
 FULL = Config(
     steps=3000, batch=16, block=100, num_learning_rates=10,
     tuning_seeds=(100, 101, 102), evaluation_seeds=tuple(range(10)),
-    models=('mlp', 'cnn'), ablations=True)
+    models=('mlp', 'cnn'), ablations=True, bayesian_models=('mlp', 'cnn'),
+    bayesian_tuning_seeds=(100, 101, 102),
+    bayesian_evaluation_seeds=tuple(range(10)), bayesian_num_grid=10)
 
 # Timescales of multiscale-Adam: log-spaced from a few steps up to the
 # length of a few recurring blocks, plus a permanent (decay 1) part.
@@ -101,6 +112,12 @@ MULTISCALE_NUM_DECAYING = 5
 # subweights span (first, last, number) log-spaced timescales in steps.
 BAYES_PERMANENT_VARIANCE = 2.0 / 64
 BAYES_TIMESCALES = (1.0, 1000.0, 7)
+# Grid endpoints (per example): the random walk's process variance of the
+# diagonal EKF, and the total drift variance of the multiscale prior; the
+# learned-prior row starts from one fixed drift variance.
+VD_EKF_PROCESS_VARIANCES = (1e-6, 1e-3)
+BAYES_DRIFT_VARIANCES = (1e-3, 1e-1)
+BAYES_LEARNED_START = 1e-2
 
 
 # ---------------------------------------------------------------------------
@@ -243,6 +260,30 @@ def families(config: Config) -> list[Family]:
              'fast weights on raw gradients: 1/4 of the rate permanent, '
              '3/4 fast with timescale 20'),
   ]
+  if hasattr(mso, 'bayesian_multiscale'):
+    timescales = (f'{BAYES_TIMESCALES[0]:g}..{BAYES_TIMESCALES[1]:g} steps '
+                  f'({BAYES_TIMESCALES[2]} log-spaced)')
+    result += [
+        Family('vd_ekf', _bayesian(
+            config.batch, tuned='permanent_process_variance',
+            timescales=False), VD_EKF_PROCESS_VARIANCES,
+               'single-timescale diagonal EKF: bayesian_multiscale with one '
+               'random-walk subweight (initial variance 2/64), grid: its '
+               'process variance per example; categorical observation, one '
+               'example at a time', observation='categorical'),
+        Family('bayesian_multiscale', _bayesian(config.batch),
+               BAYES_DRIFT_VARIANCES,
+               'bayesian_multiscale, one prior for all streams: permanent '
+               f'part (initial variance 2/64) + timescales {timescales}, '
+               'equal variances; grid: total drift variance, ONE value '
+               'chosen for all streams on the tuning seeds',
+               observation='categorical', shared_choice=True),
+        Family('bayesian_multiscale_learned', _bayesian(
+            config.batch, learn_prior=True), (BAYES_LEARNED_START,) * 2,
+               'the same prior family, no tuning: total drift variance '
+               f'{BAYES_LEARNED_START:g} at the start, its scale learned '
+               'online (learn_prior=True)', observation='categorical'),
+    ]
   if hasattr(mso, 'benna_fusi'):
     result.append(Family(
         'benna_fusi_adam', _benna_fusi_adam(), adam_range,
@@ -661,63 +702,71 @@ def benchmark(config: Config, log=print):
   all_families = families(config)
   results = {}
   started = time.perf_counter()
-  total = len(config.models) * len(all_families)
-  done = 0
-  width = max(
-      len(STREAMS) * len(config.tuning_seeds) * config.num_learning_rates,
-      len(STREAMS) * len(config.evaluation_seeds))
-  for model in config.models:
-    for family in all_families:
-      tic = time.perf_counter()
-      learning_rates = np.geomspace(
-          *family.learning_rates, config.num_learning_rates)
-      runner = make_runner(family, model, config, data)
-      # Tuning: every learning rate on the tuning seeds.
-      tuning = [(rate, row) for kind in STREAMS
-                for row in streams.rows(kind, config.tuning_seeds)
-                for rate in learning_rates]
-      correct, _ = _run_instances(runner, tuning, streams, width)
-      best, scores = {}, {}
-      for kind in STREAMS:
-        rows = streams.rows(kind, config.tuning_seeds)
-        per_rate = np.array([
-            np.mean([correct[i].mean() for i, (rate, row) in
-                     enumerate(tuning) if row in rows and rate == lr])
-            for lr in learning_rates])
-        scores[kind] = np.where(np.isfinite(per_rate), per_rate, -1.0)
-        best[kind] = int(np.argmax(scores[kind]))
-      if family.shared_choice:
-        shared = int(np.argmax(np.mean([scores[k] for k in STREAMS], 0)))
-        best = dict.fromkeys(STREAMS, shared)
-      # Evaluation: the chosen rate on the evaluation seeds.
-      evaluation = [(learning_rates[best[kind]], row) for kind in STREAMS
-                    for row in streams.rows(kind, config.evaluation_seeds)]
-      correct, held_out = _run_instances(runner, evaluation, streams, width)
-      done += 1
-      log(f'[{done}/{total}] {model:3s} {family.name:18s} '
-          f'{time.perf_counter() - tic:5.1f} s (compile, tune, evaluate), '
-          f'{time.perf_counter() - started:6.1f} s total', flush=True)
-      for kind in STREAMS:
-        positions = [i for i, (_, row) in enumerate(evaluation)
-                     if streams.runs[row][0] == kind]
-        per_seed = [
-            run_metrics(correct[i], held_out[i],
-                        streams.tasks[evaluation[i][1]], config.block)
-            for i in positions]
-        entry = {
-            'learning_rate': float(learning_rates[best[kind]]),
-            'learning_rate_at_grid_edge': best[kind] in (
-                0, config.num_learning_rates - 1),
-            'learning_rate_grid': learning_rates.tolist(),
-            'tuning_online_accuracy_per_rate': scores[kind].tolist(),
-            'note': family.note,
-            'per_seed': per_seed,
-            'curve': correct[positions].mean(axis=0).tolist(),
-        }
-        for metric in per_seed[0]:
-          entry[metric] = _summary([m[metric] for m in per_seed])
-        results.setdefault(model, {}).setdefault(kind, {})[family.name] = (
-            entry)
+  runs = [(model, family) for model in config.models
+          for family in all_families
+          if family.observation == 'gradient'
+          or model in config.bayesian_models]
+  for done, (model, family) in enumerate(runs, 1):
+    bayesian = family.observation != 'gradient'
+    tuning_seeds, evaluation_seeds, num_rates = (
+        (config.bayesian_tuning_seeds, config.bayesian_evaluation_seeds,
+         config.bayesian_num_grid) if bayesian else
+        (config.tuning_seeds, config.evaluation_seeds,
+         config.num_learning_rates))
+    low, high = family.learning_rates
+    num_rates = 1 if low == high else num_rates
+    width = max(len(STREAMS) * len(tuning_seeds) * num_rates,
+                len(STREAMS) * len(evaluation_seeds))
+    tic = time.perf_counter()
+    learning_rates = np.geomspace(low, high, num_rates)
+    runner = make_runner(family, model, config, data)
+    # Tuning: every learning rate on the tuning seeds.
+    tuning = [(rate, row) for kind in STREAMS
+              for row in streams.rows(kind, tuning_seeds)
+              for rate in learning_rates]
+    correct, _ = _run_instances(runner, tuning, streams, width)
+    best, scores = {}, {}
+    for kind in STREAMS:
+      rows = streams.rows(kind, tuning_seeds)
+      per_rate = np.array([
+          np.mean([correct[i].mean() for i, (rate, row) in
+                   enumerate(tuning) if row in rows and rate == lr])
+          for lr in learning_rates])
+      scores[kind] = np.where(np.isfinite(per_rate), per_rate, -1.0)
+      best[kind] = int(np.argmax(scores[kind]))
+    if family.shared_choice:
+      shared = int(np.argmax(np.mean([scores[k] for k in STREAMS], 0)))
+      best = dict.fromkeys(STREAMS, shared)
+    # Evaluation: the chosen rate on the evaluation seeds.
+    evaluation = [(learning_rates[best[kind]], row) for kind in STREAMS
+                  for row in streams.rows(kind, evaluation_seeds)]
+    correct, held_out = _run_instances(runner, evaluation, streams, width)
+    log(f'[{done}/{len(runs)}] {model:3s} {family.name:18s} '
+        f'{time.perf_counter() - tic:5.1f} s (compile, tune, evaluate), '
+        f'{time.perf_counter() - started:6.1f} s total', flush=True)
+    for kind in STREAMS:
+      positions = [i for i, (_, row) in enumerate(evaluation)
+                   if streams.runs[row][0] == kind]
+      per_seed = [
+          run_metrics(correct[i], held_out[i],
+                      streams.tasks[evaluation[i][1]], config.block)
+          for i in positions]
+      entry = {
+          'learning_rate': float(learning_rates[best[kind]]),
+          'learning_rate_at_grid_edge': num_rates > 1 and best[kind] in (
+              0, num_rates - 1),
+          'learning_rate_grid': learning_rates.tolist(),
+          'tuning_online_accuracy_per_rate': scores[kind].tolist(),
+          'note': family.note,
+          'tuning_seeds': list(tuning_seeds),
+          'evaluation_seeds': list(evaluation_seeds),
+          'per_seed': per_seed,
+          'curve': correct[positions].mean(axis=0).tolist(),
+      }
+      for metric in per_seed[0]:
+        entry[metric] = _summary([m[metric] for m in per_seed])
+      results.setdefault(model, {}).setdefault(kind, {})[family.name] = (
+          entry)
   return results, time.perf_counter() - started
 
 
@@ -760,11 +809,15 @@ BAYESIAN_FAMILIES = ('vd_ekf', 'bayesian_multiscale',
 
 def _paired(by_family, name, baseline):
   """Per-seed differences in online accuracy (points), same seeds."""
-  first = by_family[name]['per_seed']
-  second = by_family[baseline]['per_seed']
+  first, second = by_family[name], by_family[baseline]
+  common = [seed for seed in first['evaluation_seeds']
+            if seed in second['evaluation_seeds']]
   return 100 * np.array([
-      o['online_accuracy'] - a['online_accuracy']
-      for o, a in zip(first, second, strict=True)])
+      first['per_seed'][first['evaluation_seeds'].index(seed)][
+          'online_accuracy']
+      - second['per_seed'][second['evaluation_seeds'].index(seed)][
+          'online_accuracy']
+      for seed in common])
 
 
 def _verdict_line(model, kind, name, baseline, diffs):
