@@ -18,11 +18,28 @@ then precomputes both scaled views with river's ``StandardScaler`` and runs
 JAX learners on them under the same protocol. The target is left in its raw
 units (about 40, as river's models see it).
 
-Learners (each on a linear model and on a small MLP, 6-16-1, tanh):
+Learners (each on a linear model and on a small MLP, 6-16-1, tanh; params
+start at zero for the linear model, at a scaled normal draw for the MLP):
 
-* ``sgd``, ``adam``: ``optax.sgd`` / ``optax.adam`` on the squared error
+* ``sgd (river LinearRegression settings)``: ``optax.sgd(0.02)`` on
+  :math:`(y - \hat y)^2/2`, which is river's ``LinearRegression`` (SGD,
+  rate 0.01 on :math:`(y - \hat y)^2`); it reproduces river's MAE, a check
+  that the harness follows river's protocol;
+* ``sgd``, ``adam``: ``optax.sgd`` / ``optax.adam`` on
   :math:`(y - \hat y)^2 / 2`, learning rate from a log grid;
-* ``bayesian_multiscale`` (added when ``multiscale_optax`` provides it).
+* ``bayesian_multiscale`` (``multiscale_optax.bayesian_multiscale`` with
+  ``multiscale_optax.gaussian_observation``, noise variance :math:`r = 1`):
+  every weight is a permanent part with a diffuse initial belief (variance
+  :math:`10^6`: the level of the target, about 40, is unknown) plus 7
+  AR(1) subweights with log-spaced timescales from 1 to 1000 steps and
+  equal stationary variances summing to :math:`\sigma^2` (a 1/f profile).
+  Rows: the generic prior :math:`\sigma^2 = 1` with the process and noise
+  scales learned online (no tuning); the same prior with nothing learned;
+  :math:`\sigma^2` tuned; the permanent part made a random walk with its
+  process variance tuned;
+* ``vd_ekf``: the single-timescale diagonal EKF, ``bayesian_multiscale``
+  with one random-walk subweight (initial variance :math:`10^6`), its process
+  variance :math:`q` tuned (only :math:`q/r` matters for the linear model).
 
 How hyperparameters are chosen. This is a single series, so there are no
 separate tuning seeds. Two numbers are reported for every tuned learner:
