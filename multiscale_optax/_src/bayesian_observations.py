@@ -32,8 +32,8 @@ Elsewhere :math:`\epsilon` is a floor on the noise of each class: a class of
 probability :math:`p_c \ll \epsilon` that occurs gets a step shrunk by
 :math:`p_c/(p_c + \epsilon)` instead of the full natural-gradient step, a
 guard against the linearisation of the softmax, which is poor there. It also
-keeps the Cholesky factorisation of :math:`S` well conditioned in float32
-(condition number at most about :math:`1/\epsilon`).
+keeps every eigenvalue of :math:`S` at least :math:`\epsilon`, so its
+Cholesky factorisation is well defined in float32.
 """
 
 from __future__ import annotations
