@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]
                        / 'benchmarks'))
 
-import online_digits  # noqa: E402
+import online_digits
 
 
 def _images(count=6, seed=0, dtype=np.float64):
