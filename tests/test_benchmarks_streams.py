@@ -3,6 +3,7 @@ and the river progressive-validation protocol of ``trump_approval``."""
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import pathlib
 import sys
@@ -19,6 +20,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]
                        / 'benchmarks'))
 
 import online_digits
+import trump_approval
+
+requires_river = pytest.mark.skipif(
+    importlib.util.find_spec('river') is None,
+    reason='river (the test extra) is not installed')
 
 
 def _images(count=6, seed=0, dtype=np.float64):
@@ -111,10 +117,6 @@ def test_existing_streams_keep_their_draws():
 # ---------------------------------------------------------------------------
 # river's TrumpApproval protocol, on a slice of the series.
 
-river = pytest.importorskip('river')
-
-import trump_approval  # noqa: E402
-
 SLICE = 80
 
 
@@ -129,6 +131,7 @@ def _river_pipeline_mae(model):
       stream, preprocessing.StandardScaler() | model, metrics.MAE()).get()
 
 
+@requires_river
 def test_precomputed_views_reproduce_river_pipeline():
   from river import linear_model
 
@@ -141,6 +144,7 @@ def test_precomputed_views_reproduce_river_pipeline():
       trump_approval.linear_regression_replay(stream), expected, rtol=1e-12)
 
 
+@requires_river
 def test_jax_harness_with_sgd_reproduces_river_linear_regression():
   from river import linear_model
 
