@@ -38,6 +38,7 @@ import numpy as np
 import optax
 
 from multiscale_optax._src import checks
+from multiscale_optax._src import precision
 from multiscale_optax._src.benna_fusi import BennaFusiState
 
 # The distance below which two eigenvalues are one mode (see
@@ -511,17 +512,21 @@ def _concrete_decays(spec: Any) -> np.ndarray:
 
 def _combine(coefficients: np.ndarray, trees: Sequence[Any]) -> Any:
   """Per leaf: sum_k coefficients[k] * trees[k], in the leaves' dtype."""
-  def combine_leaves(*leaves: jax.Array) -> jax.Array:
-    dtype = jnp.result_type(jnp.float32, *(leaf.dtype for leaf in leaves))
+  def combine_leaves(*leaves: Any) -> jax.Array:
+    leaves = tuple(jnp.asarray(leaf) for leaf in leaves)
+    stored_dtype = jnp.result_type(*leaves)
+    dtype = precision.compute_dtype(stored_dtype)
     total = None
     for weight, leaf in zip(coefficients, leaves):
       if weight == 0.0:
         continue
-      term = jnp.asarray(weight, dtype) * jnp.asarray(leaf, dtype)
+      term = jnp.asarray(weight, dtype) * leaf.astype(dtype)
       total = term if total is None else total + term
     if total is None:
-      total = jnp.zeros_like(jnp.asarray(leaves[0], dtype))
-    return total.astype(jnp.result_type(*(leaf.dtype for leaf in leaves)))
+      total = jnp.zeros(leaves[0].shape, dtype)
+    if not jnp.issubdtype(stored_dtype, jnp.inexact):
+      return total.astype(stored_dtype)  # integer leaves are not trained
+    return precision.round_to_storage(total, stored_dtype)
   return jax.tree.map(combine_leaves, *trees)
 
 
