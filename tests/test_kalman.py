@@ -434,3 +434,20 @@ def test_scale_by_input_norm_zero_complex_and_integer_leaves():
   np.testing.assert_allclose(updates['w'], np.asarray(grads['w']) / 2.0,
                              rtol=1e-6)
   assert updates['w'].dtype == jnp.float32
+  # Python-float updates (as optax accepts them) are scaled too.
+  updates, _ = optimizer.update({'w': 3.0}, state, inputs=jnp.full(2, 2.0))
+  np.testing.assert_allclose(updates['w'], 0.75)
+
+
+def test_concrete_inputs_inside_a_callers_jit():
+  # Python-list hyperparameters are constants inside a jitted function: the
+  # float64 solve must still run (not be staged into the caller's trace).
+  process = 1 - SWEEP_DECAYS**2
+  inside = jax.jit(lambda: mso.kalman_learning_rates(
+      SWEEP_DECAYS.tolist(), process.tolist(), 1e-6))()
+  outside = mso.kalman_learning_rates(SWEEP_DECAYS, process, 1e-6)
+  np.testing.assert_array_equal(inside, outside)
+  gains = jax.jit(lambda scale: scale * mso.steady_state_kalman(
+      SWEEP_DECAYS.tolist(), process.tolist(), 1e-6).gains)(1.0)
+  np.testing.assert_array_equal(
+      gains, mso.steady_state_kalman(SWEEP_DECAYS, process, 1e-6).gains)

@@ -374,8 +374,9 @@ def steady_state_kalman(
         bool(input_normalization))
   # Concrete inputs are solved in float64 whatever the default dtype, so
   # that float32 users get the float64 answer rounded once (a float32
-  # solve is off by about eps * q / r: 64% at r = 1e-6).
-  with jax.enable_x64(True):
+  # solve is off by about eps * q / r: 64% at r = 1e-6). Evaluated now even
+  # inside a caller's jax.jit trace, where the inputs are still constants.
+  with jax.enable_x64(True), jax.ensure_compile_time_eval():
     solved = jax.tree.map(np.asarray, _steady_state(
         jnp.asarray(decay_entries, jnp.float64),
         jnp.asarray(variance_entries, jnp.float64),
@@ -531,7 +532,7 @@ def kalman_learning_rates(
   if not any(checks.is_traced(entry) for entry in (
       *decay_entries, *variance_entries, noise_variance)):
     # Concrete: the float64 rates, rounded once to the default dtype.
-    with jax.enable_x64(True):
+    with jax.enable_x64(True), jax.ensure_compile_time_eval():
       kalman = steady_state_kalman(
           decay_entries, variance_entries, float(noise_variance),
           input_dim=input_dim, input_normalization=input_normalization)
