@@ -334,7 +334,7 @@ def run_setting(dim, timescales, noise_variance, args, label):
   def predict_generic(scale, x, y):
     return run_optax(with_normalization(
         mso.multiscale(generic_shape, generic_decays,
-                       learning_rate_scale=scale), normalize), x, y)
+                       learning_rate=scale), normalize), x, y)
 
   tuned = {
       'multiscale (generic, 1 scale tuned)': (

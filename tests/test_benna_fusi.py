@@ -133,11 +133,16 @@ def test_state_memory_multiscale_stores_one_fewer_variable():
   capacities, conductances = mso.benna_fusi_defaults(8)
   params = {'w': jnp.zeros((3, 2)), 'b': jnp.zeros(2)}
   modes = mso.benna_fusi_modes(capacities, conductances)
-  state = mso.multiscale(modes.learning_rates, modes.decays).init(params)
+  # As NumPy arrays the decays are fixed, so the decay-1 mode is implied
+  # (JAX-array decays may change, as under inject_hyperparams, and are all
+  # stored).
+  state = mso.multiscale(
+      np.asarray(modes.learning_rates), np.asarray(modes.decays)).init(params)
   assert len(state.subweights) == 7
   leaky = mso.benna_fusi_modes(capacities, conductances, leak=0.01)
   assert len(mso.multiscale(
-      leaky.learning_rates, leaky.decays).init(params).subweights) == 8
+      np.asarray(leaky.learning_rates),
+      np.asarray(leaky.decays)).init(params).subweights) == 8
   chain_state = mso.benna_fusi(capacities, conductances).init(params)
   assert len(chain_state.chain) == 8
   assert jax.tree.structure(chain_state.chain[3]) == jax.tree.structure(
@@ -253,8 +258,11 @@ def test_switch_forms_mid_training_both_directions():
     last = jax.tree.map(lambda h: h[-1], full)
     assert helpers.max_abs_difference(end_params, last) <= 1e-10
     # Multiscale -> chain, through get_subweights (same order as the modes).
+    # NumPy (fixed) decays: the decay-1 mode is the implied part, so the
+    # subweights line up with the modes.
     ms_params, ms_state = run(
-        mso.multiscale(modes.learning_rates, modes.decays), params, first)
+        mso.multiscale(np.asarray(modes.learning_rates),
+                       np.asarray(modes.decays)), params, first)
     values = mso.get_subweights(ms_params, ms_state).values
     chain = mso.subweights_to_state(modes, ms_params, [None, *values[1:]])
     resumed = mso.benna_fusi(
@@ -322,7 +330,7 @@ def test_jit_and_schedule_equivalence():
     chain_opt = mso.benna_fusi(capacities, conductances,
                                learning_rate=schedule)
     multiscale_opt = mso.multiscale(
-        unit.learning_rates, unit.decays, learning_rate_scale=schedule)
+        unit.learning_rates, unit.decays, learning_rate=schedule)
     trajectories = []
     for optimizer in (chain_opt, multiscale_opt):
       params, state = jnp.zeros(3), optimizer.init(jnp.zeros(3))

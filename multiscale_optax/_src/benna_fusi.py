@@ -485,7 +485,7 @@ def benna_fusi(
   Equivalence (§4): with ``modes = benna_fusi_modes(capacities,
   conductances, leak=leak)``, the transformation
   ``multiscale(modes.learning_rates, modes.decays,
-  learning_rate_scale=learning_rate)`` produces the same parameter
+  learning_rate=learning_rate)`` produces the same parameter
   trajectory; to continue a running chain in that form pass
   ``initial_subweights=state_to_subweights(modes, state)``.
 

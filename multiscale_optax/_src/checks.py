@@ -24,7 +24,8 @@ def is_traced(value: Any) -> bool:
   return isinstance(value, jax.core.Tracer)
 
 
-def _entry_is_real_scalar(entry: Any) -> bool:
+def is_real_scalar(entry: Any) -> bool:
+  """Whether ``entry`` is a real number (not a bool) or a 0-d real array."""
   if isinstance(entry, bool | np.bool_):
     return False
   if isinstance(entry, numbers.Real):
@@ -96,13 +97,13 @@ def vector_entries(value: Any, name: str) -> tuple[Any, ...]:
           f'{entry!r}.'
       )
     if isinstance(entry, Sequence | np.ndarray | jax.Array) and not (
-        _entry_is_real_scalar(entry)
+        is_real_scalar(entry)
     ):
       raise ValueError(
           f'`{name}` must be 1-D, but entry {position} is not a scalar: '
           f'{entry!r}.'
       )
-    if not _entry_is_real_scalar(entry):
+    if not is_real_scalar(entry):
       raise TypeError(
           f'`{name}[{position}]` must be a real number, got '
           f'{type(entry).__name__} {entry!r}.'
@@ -176,7 +177,7 @@ def check_scalar(
     low_inclusive: bool = True, high_inclusive: bool = True,
 ) -> None:
   """Checks a scalar hyperparameter's type and (when concrete) range."""
-  if not _entry_is_real_scalar(value):
+  if not is_real_scalar(value):
     raise TypeError(
         f'`{name}` must be a real scalar, got {type(value).__name__} '
         f'{value!r}.'
