@@ -709,16 +709,14 @@ def _initial_leaf(leaf: Any, param: jax.Array, state_dtype: Any) -> jax.Array:
 
 def _matched_to_params(value: Any, params: Any, name: str) -> Any:
   """``value`` (a params-shaped pytree) checked against ``params``."""
-  try:
-    leaves = jax.tree.structure(params).flatten_up_to(value)
-  except (TypeError, ValueError) as error:
+  structure = jax.tree.structure(params)
+  if jax.tree.structure(value) != structure:
     raise ValueError(
-        f'`{name}` must have the tree structure of the params '
-        f'({jax.tree.structure(params)}), got {jax.tree.structure(value)}.'
-    ) from error
-  paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-  for path, leaf, param in zip(
-      paths, leaves, jax.tree.leaves(params), strict=True):
+        f'`{name}` must have the tree structure of the params ({structure}), '
+        f'got {jax.tree.structure(value)}.')
+  paths_and_params = jax.tree_util.tree_flatten_with_path(params)[0]
+  for (path, param), leaf in zip(
+      paths_and_params, jax.tree.leaves(value), strict=True):
     shape = tuple(jnp.shape(leaf))
     if shape != tuple(param.shape):
       where = jax.tree_util.keystr(path) or 'the root'
@@ -726,4 +724,4 @@ def _matched_to_params(value: Any, params: Any, name: str) -> Any:
           f'`{name}` has shape {shape} at {where}, but the param there has '
           f'shape {tuple(param.shape)} (no broadcasting: each chain variable '
           'is params-shaped).')
-  return jax.tree.structure(params).unflatten(leaves)
+  return value

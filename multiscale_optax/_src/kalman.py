@@ -216,7 +216,9 @@ def _solve_riccati(
   identity = jnp.eye(num, dtype=dtype)
   ones = jnp.ones((num,), dtype)
 
-  def doubling_step(_, carry):
+  def doubling_step(
+      _: Any, carry: tuple[jax.Array, jax.Array, jax.Array]
+  ) -> tuple[jax.Array, jax.Array, jax.Array]:
     transition, gramian, covariance = carry
     solved = jnp.linalg.solve(
         identity + gramian @ covariance,
@@ -244,10 +246,10 @@ def _solve_riccati(
       0, _RICCATI_DOUBLING_STEPS, doubling_step, initial)
   covariance = 0.5 * (covariance + covariance.T)
 
-  def gain_of(covariance):
+  def gain_of(covariance: jax.Array) -> jax.Array:
     return covariance @ ones / (ones @ covariance @ ones + noise_variance)
 
-  def hewer_step(_, covariance):
+  def hewer_step(_: Any, covariance: jax.Array) -> jax.Array:
     gain = gain_of(covariance)
     # F = A (I - K 1^T); vec_r(F X F^T) = (F kron F) vec_r(X), row-major.
     closed_loop = decays[:, None] * (identity - gain[:, None] * ones[None, :])
@@ -425,12 +427,14 @@ def _steady_state(
   if input_dim > 1:
     tolerance = 8 * jnp.finfo(dtype).eps
 
-    def not_converged(carry):
+    def not_converged(carry: tuple[jax.Array, jax.Array, jax.Array]
+                      ) -> jax.Array:
       iteration, old, new = carry
       return (iteration < _MAX_NOISE_ITERATIONS) & (
           jnp.abs(new - old) > tolerance * new)
 
-    def iterate(carry):
+    def iterate(carry: tuple[jax.Array, jax.Array, jax.Array]
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
       iteration, _, noise = carry
       updated = _noise_map(
           noise_variance, prior_error(noise)[1], input_dim,
