@@ -32,19 +32,30 @@ REQUIRED_NOTEBOOKS = (
 CELL_TIMEOUT_S = 120
 KERNEL_NAME = 'multiscale-optax-test'
 
+# Jupyter's own backend: figures are sent to the notebook as PNG outputs,
+# and nothing opens a window (no display is needed).
+INLINE_BACKEND = 'module://matplotlib_inline.backend_inline'
+
 # Runs first in every notebook (never stored in it): fails the notebook when
 # the kernel is not the test's interpreter or would open a GUI backend.
 _PROBE_SOURCE = """\
 import sys as _sys
 import matplotlib as _matplotlib
 assert _sys.executable == {executable!r}, (_sys.executable, {executable!r})
-assert _matplotlib.get_backend().lower() == 'agg', _matplotlib.get_backend()
+assert _matplotlib.get_backend().lower() == {backend!r}, (
+    _matplotlib.get_backend())
 del _sys, _matplotlib
 """
 
 
 def _kernel_manager(spec_dir: pathlib.Path, figure_dir: pathlib.Path):
-  """A kernel manager whose kernel runs ``sys.executable`` headless on CPU."""
+  """A kernel manager whose kernel runs ``sys.executable`` as Jupyter would.
+
+  The kernel uses Jupyter's inline matplotlib backend (headless) and
+  inherits this process's environment, so it gets the JAX backend a user
+  would get (the GPU on a GPU machine, unless ``JAX_PLATFORMS`` says
+  otherwise).
+  """
   kernel_dir = spec_dir / 'kernels' / KERNEL_NAME
   kernel_dir.mkdir(parents=True)
   spec = {
@@ -55,8 +66,9 @@ def _kernel_manager(spec_dir: pathlib.Path, figure_dir: pathlib.Path):
       'display_name': 'multiscale_optax tests',
       'language': 'python',
       'env': {
-          'MPLBACKEND': 'Agg',
-          'JAX_PLATFORMS': 'cpu',
+          'MPLBACKEND': INLINE_BACKEND,
+          # This test process may already hold most of a GPU's memory.
+          'XLA_PYTHON_CLIENT_PREALLOCATE': 'false',
           'MSO_FIGURE_DIR': str(figure_dir),
           'PYDEVD_DISABLE_FILE_VALIDATION': '1',
       },
@@ -93,7 +105,8 @@ def test_notebook_runs(path, tmp_path):
   figure_dir.mkdir()
   notebook = nbformat.read(path, as_version=4)
   notebook.cells.insert(0, nbformat.v4.new_code_cell(
-      _PROBE_SOURCE.format(executable=sys.executable)))
+      _PROBE_SOURCE.format(
+          executable=sys.executable, backend=INLINE_BACKEND)))
   started = time.time()
   client = NotebookClient(
       notebook,
@@ -110,3 +123,10 @@ def test_notebook_runs(path, tmp_path):
       if figure.stat().st_mtime >= started - 1.0
   ]
   assert written, f'{path.name} saved no PNG figure'
+  # ... and shows it inline, as a user opening it in Jupyter sees it.
+  shown = [
+      output for cell in notebook.cells if cell.cell_type == 'code'
+      for output in cell.get('outputs', [])
+      if 'image/png' in output.get('data', {})
+  ]
+  assert shown, f'{path.name} displayed no figure inline'
