@@ -3,9 +3,9 @@ r"""Online learning on real data: scikit-learn's digits under task shifts.
 A small MLP and a small CNN see scikit-learn's bundled ``load_digits``
 images (8x8, 10 classes; shipped in the wheel, no download) one mini-batch
 per step. Each batch is predicted *before* the model trains on it; online
-accuracy is the accuracy of these predictions. Tasks are fixed label
-permutations, so features are shared and old knowledge becomes useful again
-when a task recurs. Three streams:
+accuracy is the accuracy of these predictions. In three streams tasks are
+fixed label permutations, so features are shared and old knowledge becomes
+useful again when a task recurs; the fourth drifts gradually:
 
 * ``recurring``: two tasks alternate in blocks of ``block`` steps
   (the situation of Figure 1 of Jones, NeurIPS 2022, on real data);
@@ -13,22 +13,51 @@ when a task recurs. Three streams:
   (density :math:`\propto d^{-2}` from 8 steps to the stream length), a
   renewal process with a 1/f spectrum, so shifts happen at every timescale
   and each task recurs after gaps of every length;
-* ``stationary``: one task, i.i.d. batches (the control).
+* ``stationary``: one task, i.i.d. batches (the control);
+* ``rotation``: one task, every batch rotated (bilinear interpolation, in
+  JAX) by an angle that drifts as 1/f noise: a sum of 7 AR(1) processes with
+  log-spaced timescales from 1 to 1000 steps and equal variances, total sd
+  45 degrees (gradual drift). The held-out images are rotated by the
+  current angle.
 
-Optimizers: SGD, SGD + momentum, Adam, ``optax.contrib.ademamix``,
-multiscale-Adam (``optax.chain(optax.scale_by_adam(), multiscale(...))``
-with log-spaced timescales), fast weights on Adam directions, and the
-Benna–Fusi synapse when ``multiscale_optax.benna_fusi`` exists. Every
-optimizer gets the same tuning budget: the same number of learning rates,
-chosen by online accuracy on separate tuning seeds; the chosen rate is then
-reported on evaluation seeds (mean ± sd).
+Optimizers: SGD, SGD + momentum, Adam, Adam with ``b1 = 0``,
+``optax.contrib.ademamix``, multiscale-Adam (``optax.chain(
+optax.scale_by_adam(), multiscale(...))`` with log-spaced timescales), fast
+weights on Adam directions, multiscale and fast weights on raw gradients
+(eq. 1 of the paper as it states it), and the Benna–Fusi synapse when
+``multiscale_optax.benna_fusi`` exists. Every one gets the same tuning
+budget: the same number of learning rates, chosen per stream by online
+accuracy on separate tuning seeds; the chosen rate is then reported on
+evaluation seeds (mean ± sd).
+
+Bayesian learners (when ``multiscale_optax.bayesian_multiscale`` exists),
+with ``multiscale_optax.categorical_observation`` (softmax EKF / GGN form),
+observing a batch one example at a time, their prior stated per example:
+
+* ``vd_ekf``: the single-timescale diagonal EKF, one random-walk subweight
+  (initial variance 2/64, the He-initialisation variance of the hidden
+  layer); its process variance is tuned per stream like a learning rate;
+* ``bayesian_multiscale``: a permanent part (initial variance 2/64) plus 7
+  AR(1) subweights with timescales 1..1000 steps and equal stationary
+  variances. ONE prior for all streams: the grid is the total drift
+  variance, and a single grid point is chosen on the tuning seeds by the
+  mean tuning accuracy over all four streams;
+* ``bayesian_multiscale_learned``: the same prior family started at a fixed
+  drift variance, its scale learned online (``learn_prior=True``); no
+  tuning.
+
+They cost about 30 times a gradient step here (10 Jacobian rows per
+example, one example at a time), so the default runs them on the MLP only,
+with 1 tuning seed, 3 evaluation seeds and 4 grid points (the gradient
+rows: 2, 5 and 6); paired differences use the seeds both rows share.
+``--full`` runs them on both models with the full seeds and 10 grid points.
 
 Every (optimizer, model) pair is one ``jax.jit`` compilation: streams, seeds
 and learning rates are ``jax.vmap`` axes, steps a ``jax.lax.scan``.
 
 Usage::
 
-  python benchmarks/online_digits.py          # default grid, < 5 min
+  python benchmarks/online_digits.py          # default grid
   python benchmarks/online_digits.py --full   # the whole grid
 
 Writes ``benchmarks/results/online_digits.json`` and ``.png``.
@@ -59,9 +88,15 @@ from sklearn.datasets import load_digits
 import multiscale_optax as mso
 
 RESULTS = pathlib.Path(__file__).resolve().parent / 'results'
-STREAMS = ('recurring', 'one_over_f', 'stationary')
+# New streams go at the end: a stream's random draws are seeded by its index.
+STREAMS = ('recurring', 'one_over_f', 'stationary', 'rotation')
 NUM_CLASSES = 10
 NUM_TASKS = 3  # label permutations; the recurring stream uses the first two
+IMAGE_SIZE = 8
+# The rotation stream's angle: a sum of AR(1) processes with these
+# timescales (steps) and equal stationary variances, total sd in degrees.
+ROTATION_TIMESCALES = tuple(float(t) for t in np.geomspace(1.0, 1000.0, 7))
+ROTATION_SD_DEGREES = 45.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,21 +109,44 @@ class Config:
   evaluation_seeds: tuple[int, ...]
   models: tuple[str, ...]
   ablations: bool
+  # The Bayesian (EKF-style) learners cost ~30x a gradient step here (C = 10
+  # Jacobian rows per example, one example at a time), so the default runs
+  # them on fewer models, seeds and grid points (subsets of the above).
+  bayesian_models: tuple[str, ...]
+  bayesian_tuning_seeds: tuple[int, ...]
+  bayesian_evaluation_seeds: tuple[int, ...]
+  bayesian_num_grid: int
 
 
 DEFAULT = Config(
     steps=1000, batch=16, block=100, num_learning_rates=6,
     tuning_seeds=(100, 101), evaluation_seeds=(0, 1, 2, 3, 4),
-    models=('mlp', 'cnn'), ablations=False)
+    models=('mlp', 'cnn'), ablations=False, bayesian_models=('mlp',),
+    bayesian_tuning_seeds=(100,), bayesian_evaluation_seeds=(0, 1, 2),
+    bayesian_num_grid=4)
 FULL = Config(
     steps=3000, batch=16, block=100, num_learning_rates=10,
     tuning_seeds=(100, 101, 102), evaluation_seeds=tuple(range(10)),
-    models=('mlp', 'cnn'), ablations=True)
+    models=('mlp', 'cnn'), ablations=True, bayesian_models=('mlp', 'cnn'),
+    bayesian_tuning_seeds=(100, 101, 102),
+    bayesian_evaluation_seeds=tuple(range(10)), bayesian_num_grid=10)
 
 # Timescales of multiscale-Adam: log-spaced from a few steps up to the
 # length of a few recurring blocks, plus a permanent (decay 1) part.
 MULTISCALE_TIMESCALES = (3.0, 1000.0)
 MULTISCALE_NUM_DECAYING = 5
+
+# The Bayesian learners' prior: the permanent part starts with the variance
+# of the hidden layer's He initialisation (2 / fan-in); the decaying
+# subweights span (first, last, number) log-spaced timescales in steps.
+BAYES_PERMANENT_VARIANCE = 2.0 / 64
+BAYES_TIMESCALES = (1.0, 1000.0, 7)
+# Grid endpoints (per example): the random walk's process variance of the
+# diagonal EKF, and the total drift variance of the multiscale prior; the
+# learned-prior row starts from one fixed drift variance.
+VD_EKF_PROCESS_VARIANCES = (1e-6, 1e-3)
+BAYES_DRIFT_VARIANCES = (1e-3, 1e-1)
+BAYES_LEARNED_START = 1e-2
 
 
 # ---------------------------------------------------------------------------
@@ -101,6 +159,13 @@ class Family:
   build: Callable[[jax.Array], optax.GradientTransformation]
   learning_rates: tuple[float, float]  # log-spaced grid endpoints
   note: str
+  # 'gradient': update(grads of the mean cross-entropy); 'categorical':
+  # update(grads, **extra) from mso.categorical_observation (the Bayesian
+  # learners), the grid then scales their prior instead of a rate.
+  observation: str = 'gradient'
+  # True: one grid point for every stream (the best mean tuning accuracy
+  # over all streams) instead of one per stream.
+  shared_choice: bool = False
 
 
 def _multiscale_adam(
@@ -131,21 +196,73 @@ def _multiscale_adam(
   return build
 
 
-def _fast_weights_adam(fast_share=0.75, fast_timescale=20.0):
+def _multiscale_sgd(
+    shortest=MULTISCALE_TIMESCALES[0], longest=MULTISCALE_TIMESCALES[1],
+    num=MULTISCALE_NUM_DECAYING):
+  """Eq. 1 of the paper on raw gradients (as the paper states it): the same
+  subweights and equal rates as ``_multiscale_adam``, no preconditioner."""
+  decays = np.concatenate(
+      [[1.0], mso.decays_from_timescales(
+          mso.log_spaced_timescales(shortest, longest, num))])
+  shape = np.full(num + 1, 1.0 / (num + 1))
+
+  def build(learning_rate):
+    return mso.multiscale(
+        learning_rate * jnp.asarray(shape, jnp.float32), decays)
+  return build
+
+
+def _fast_weights(fast_share=0.75, fast_timescale=20.0, adam=True):
   fast_decay = float(mso.decays_from_timescales([fast_timescale])[0])
 
   def build(learning_rate):
     rates = learning_rate * jnp.asarray(
         [1.0 - fast_share, fast_share], jnp.float32)
-    return optax.chain(
-        optax.scale_by_adam(), mso.multiscale(rates, [1.0, fast_decay]))
+    fast_weights = mso.multiscale(rates, [1.0, fast_decay])
+    if adam:
+      return optax.chain(optax.scale_by_adam(), fast_weights)
+    return fast_weights
+  return build
+
+
+def _bayesian(batch, tuned='drift_variance', timescales=True,
+              drift_variance=None, learn_prior=False):
+  """``bayesian_multiscale`` for the categorical observation, prior stated
+  per example: a permanent part (decay 1, no process noise, initial
+  variance ``BAYES_PERMANENT_VARIANCE``) plus, if ``timescales``, AR(1)
+  subweights with ``BAYES_TIMESCALES`` (in steps of ``batch`` examples) and
+  equal stationary variances summing to the drift variance. The grid value
+  is the drift variance (``tuned='drift_variance'``) or the permanent
+  part's process variance per example (``'permanent_process_variance'``,
+  which makes it a random walk: with no timescales, the single-timescale
+  diagonal EKF)."""
+  decays = np.concatenate([[1.0], np.exp(-1.0 / (
+      np.geomspace(*BAYES_TIMESCALES) * batch))]) if timescales else np.ones(1)
+  count = max(len(decays) - 1, 1)
+
+  def build(hyper):
+    values = {'drift_variance': drift_variance,
+              'permanent_process_variance': 0.0, tuned: hyper}
+    drift = values['drift_variance'] / count if timescales else 0.0
+    process = jnp.concatenate([
+        jnp.reshape(values['permanent_process_variance'], (1,)),
+        drift * (1.0 - jnp.asarray(decays[1:]) ** 2)])
+    initial = jnp.concatenate([
+        jnp.full((1,), BAYES_PERMANENT_VARIANCE),
+        drift * jnp.ones(len(decays) - 1)])
+    return mso.bayesian_multiscale(
+        decays, process, 1.0, initial_variances=initial,
+        learn_prior=learn_prior)
   return build
 
 
 def families(config: Config) -> list[Family]:
   adam_range = (3e-4, 1e-1)
+  sgd_range = (1e-2, 1.0)
+  # Decaying subweights forget, so the total rate may sit higher than SGD's.
+  multiscale_sgd_range = (3e-2, 3.0)
   result = [
-      Family('sgd', lambda lr: optax.sgd(lr), (1e-2, 1.0), 'plain SGD'),
+      Family('sgd', lambda lr: optax.sgd(lr), sgd_range, 'plain SGD'),
       Family('sgd_momentum', lambda lr: optax.sgd(lr, momentum=0.9),
              (3e-3, 3e-1), 'momentum 0.9'),
       Family('adam', lambda lr: optax.adam(lr), adam_range, 'optax.adam'),
@@ -157,10 +274,45 @@ def families(config: Config) -> list[Family]:
              'scale_by_adam -> multiscale; permanent part + timescales '
              f'{MULTISCALE_TIMESCALES[0]:g}..{MULTISCALE_TIMESCALES[1]:g} '
              f'({MULTISCALE_NUM_DECAYING} log-spaced), equal rates'),
-      Family('fast_weights_adam', _fast_weights_adam(), adam_range,
+      Family('fast_weights_adam', _fast_weights(), adam_range,
              'scale_by_adam -> fast weights: 1/4 of the rate permanent, '
              '3/4 fast with timescale 20'),
+      Family('adam_b1_0', lambda lr: optax.adam(lr, b1=0.0), adam_range,
+             'Adam without momentum (b1=0)'),
+      Family('multiscale_sgd', _multiscale_sgd(), multiscale_sgd_range,
+             'multiscale on raw gradients (eq. 1): permanent part + '
+             f'timescales {MULTISCALE_TIMESCALES[0]:g}..'
+             f'{MULTISCALE_TIMESCALES[1]:g} ({MULTISCALE_NUM_DECAYING} '
+             'log-spaced), equal rates'),
+      Family('fast_weights_sgd', _fast_weights(adam=False),
+             multiscale_sgd_range,
+             'fast weights on raw gradients: 1/4 of the rate permanent, '
+             '3/4 fast with timescale 20'),
   ]
+  if hasattr(mso, 'bayesian_multiscale'):
+    timescales = (f'{BAYES_TIMESCALES[0]:g}..{BAYES_TIMESCALES[1]:g} steps '
+                  f'({BAYES_TIMESCALES[2]} log-spaced)')
+    result += [
+        Family('vd_ekf', _bayesian(
+            config.batch, tuned='permanent_process_variance',
+            timescales=False), VD_EKF_PROCESS_VARIANCES,
+               'single-timescale diagonal EKF: bayesian_multiscale with one '
+               'random-walk subweight (initial variance 2/64), grid: its '
+               'process variance per example; categorical observation, one '
+               'example at a time', observation='categorical'),
+        Family('bayesian_multiscale', _bayesian(config.batch),
+               BAYES_DRIFT_VARIANCES,
+               'bayesian_multiscale, one prior for all streams: permanent '
+               f'part (initial variance 2/64) + timescales {timescales}, '
+               'equal variances; grid: total drift variance, ONE value '
+               'chosen for all streams on the tuning seeds',
+               observation='categorical', shared_choice=True),
+        Family('bayesian_multiscale_learned', _bayesian(
+            config.batch, learn_prior=True), (BAYES_LEARNED_START,) * 2,
+               'the same prior family, no tuning: total drift variance '
+               f'{BAYES_LEARNED_START:g} at the start, its scale learned '
+               'online (learn_prior=True)', observation='categorical'),
+    ]
   if hasattr(mso, 'benna_fusi'):
     result.append(Family(
         'benna_fusi_adam', _benna_fusi_adam(), adam_range,
@@ -177,8 +329,6 @@ def families(config: Config) -> list[Family]:
                'ablation: timescales 30..3000'),
         Family('ms_before_adam', _multiscale_adam(adam_first=False),
                adam_range, 'ablation: multiscale on gradients, then Adam'),
-        Family('adam_b1_0', lambda lr: optax.adam(lr, b1=0.0), adam_range,
-               'ablation: Adam without momentum (b1=0)'),
         Family('ms_adam_b1_0', _multiscale_adam(b1=0.0), adam_range,
                'ablation: multiscale_adam on Adam without momentum (b1=0)'),
     ]
@@ -288,9 +438,74 @@ def _one_over_f_tasks(rng, steps, shortest=8):
   return np.asarray(tasks[:steps])
 
 
+def rotation_angles(rng: np.random.Generator, steps: int,
+                    timescales=ROTATION_TIMESCALES,
+                    sd_degrees=ROTATION_SD_DEGREES) -> np.ndarray:
+  r"""A rotation angle (radians) per step that drifts as 1/f noise.
+
+  :math:`\theta_t = \sum_j z_{j,t}` with independent AR(1) components
+  :math:`z_{j,t+1} = \rho_j z_{j,t} + \epsilon_{j,t}`,
+  :math:`\rho_j = e^{-1/\tau_j}`, each started from and kept at its
+  stationary variance :math:`s = \sigma^2 / m` (:math:`m` components,
+  :math:`\sigma` = ``sd_degrees``): equal variance per log-spaced timescale,
+  an approximately 1/f spectrum between :math:`1/\tau_{max}` and
+  :math:`1/\tau_{min}` (as ``multiscale_optax.OneOverFEnvironment``).
+  """
+  timescales = np.asarray(timescales, np.float64)
+  decays = np.exp(-1.0 / timescales)
+  variance = np.deg2rad(sd_degrees) ** 2 / len(timescales)
+  components = rng.normal(0.0, np.sqrt(variance), len(timescales))
+  innovations = rng.normal(0.0, 1.0, (steps, len(timescales))) * np.sqrt(
+      variance * (1.0 - decays ** 2))
+  angles = np.empty(steps)
+  for step in range(steps):
+    angles[step] = components.sum()
+    components = decays * components + innovations[step]
+  return angles
+
+
+def rotation_matrix(angle: jax.Array, dtype=jnp.float32) -> jax.Array:
+  """The (64, 64) bilinear-interpolation matrix that rotates a flattened
+  8x8 image counterclockwise by ``angle`` radians about its centre, zero
+  outside the image: ``rotated = image @ matrix.T``.
+
+  A matmul rather than a gather, so that it stays cheap when vmapped over
+  seeds and learning rates (as the CNN's patches do)."""
+  centre = (IMAGE_SIZE - 1) / 2.0
+  rows, cols = jnp.meshgrid(
+      jnp.arange(IMAGE_SIZE, dtype=dtype) - centre,
+      jnp.arange(IMAGE_SIZE, dtype=dtype) - centre, indexing='ij')
+  cos, sin = jnp.cos(angle).astype(dtype), jnp.sin(angle).astype(dtype)
+  # Each output pixel samples the input at the inversely rotated position.
+  source_rows = (sin * cols + cos * rows + centre).reshape(-1)
+  source_cols = (cos * cols - sin * rows + centre).reshape(-1)
+  top, left = jnp.floor(source_rows), jnp.floor(source_cols)
+  matrix = jnp.zeros((IMAGE_SIZE ** 2, IMAGE_SIZE ** 2), dtype)
+  for row_offset in (0, 1):
+    for col_offset in (0, 1):
+      row, col = top + row_offset, left + col_offset
+      weight = ((1 - jnp.abs(source_rows - row))
+                * (1 - jnp.abs(source_cols - col)))
+      inside = (row >= 0) & (row < IMAGE_SIZE) & (col >= 0) & (
+          col < IMAGE_SIZE)
+      index = (jnp.clip(row, 0, IMAGE_SIZE - 1) * IMAGE_SIZE
+               + jnp.clip(col, 0, IMAGE_SIZE - 1)).astype(jnp.int32)
+      matrix += jnp.where(inside, weight, 0)[:, None] * jax.nn.one_hot(
+          index, IMAGE_SIZE ** 2, dtype=dtype)
+  return matrix
+
+
+def rotate_images(images: jax.Array, angle: jax.Array) -> jax.Array:
+  """Rotates 8x8 images, ``(..., 64)`` or ``(..., 8, 8)``, counterclockwise
+  by ``angle`` radians about their centre (bilinear, zero outside);
+  ``angle = 0`` is exactly the identity and ``pi/2`` is ``np.rot90``."""
+  flat = images.reshape(-1, IMAGE_SIZE ** 2)
+  return (flat @ rotation_matrix(angle, flat.dtype).T).reshape(images.shape)
+
+
 def make_stream(kind: str, seed: int, config: Config, num_train: int):
   """Example indices (steps, batch), task ids (steps,), label permutations
-  (tasks, classes) for one seed."""
+  (tasks, classes) and rotation angles (steps,) for one seed."""
   rng = np.random.default_rng([seed, STREAMS.index(kind)])
   permutations = np.stack(
       [np.arange(NUM_CLASSES)]
@@ -302,7 +517,11 @@ def make_stream(kind: str, seed: int, config: Config, num_train: int):
     tasks = _one_over_f_tasks(rng, config.steps)
   else:
     tasks = np.zeros(config.steps, np.int64)
-  return indices, tasks, permutations
+  if kind == 'rotation':
+    angles = rotation_angles(rng, config.steps)
+  else:
+    angles = np.zeros(config.steps)
+  return indices, tasks, permutations, angles.astype(np.float32)
 
 
 def load_data(seed=0):
@@ -322,9 +541,12 @@ def load_data(seed=0):
 def make_runner(family: Family, model: str, config: Config, data):
   init_fn, apply_fn, inputs_fn = MODELS[model]
   (train_images, train_labels), (test_images, test_labels) = data
-  train_images = inputs_fn(train_images)
+  # Raw images: each batch is rotated by its step's angle (0 except in the
+  # rotation stream, where bilinear rotation by 0 is exactly the identity),
+  # then turned into model inputs.
+  train_images = jnp.asarray(train_images)
   train_labels = jnp.asarray(train_labels)
-  test_images = inputs_fn(test_images)
+  test_images = jnp.asarray(test_images)
   test_labels = jnp.asarray(test_labels)
   num_chunks = config.steps // config.block
 
@@ -333,33 +555,62 @@ def make_runner(family: Family, model: str, config: Config, data):
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return jnp.mean(loss), logits
 
-  def single(learning_rate, init_key, indices, tasks, permutations):
+  def train_on_batch(optimizer, params, opt_state, images, labels):
+    """Logits of the batch at the current params, and the params and state
+    after learning from it."""
+    if family.observation == 'gradient':
+      (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          params, images, labels)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      return logits, optax.apply_updates(params, updates), opt_state
+
+    # The Bayesian learners observe the batch's examples one at a time (a
+    # scan): S is then C x C per example instead of BC x BC for a joint
+    # update (B^2 = 256 times cheaper), and their prior is stated per
+    # example (timescales in examples).
+    def observe(carry, example):
+      params, opt_state = carry
+      image, label = example
+      _, grads, extra = mso.categorical_observation(
+          apply_fn, params, image[None], label[None])
+      updates, opt_state = optimizer.update(
+          grads, opt_state, params, **extra)
+      return (optax.apply_updates(params, updates), opt_state), None
+
+    logits = apply_fn(params, images)
+    (params, opt_state), _ = jax.lax.scan(
+        observe, (params, opt_state), (images, labels))
+    return logits, params, opt_state
+
+  def single(learning_rate, init_key, indices, tasks, permutations, angles):
     optimizer = family.build(learning_rate)
     params = init_fn(init_key)
     carry = (params, optimizer.init(params))
 
     def step(carry, inputs):
       params, opt_state = carry
-      batch_indices, task = inputs
-      images = train_images[batch_indices]
+      batch_indices, task, angle = inputs
+      images = inputs_fn(rotate_images(train_images[batch_indices], angle))
       labels = permutations[task][train_labels[batch_indices]]
-      (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          params, images, labels)
+      logits, params, opt_state = train_on_batch(
+          optimizer, params, opt_state, images, labels)
       # Accuracy of the prediction made before training on this batch.
       correct = jnp.mean(jnp.argmax(logits, -1) == labels)
-      updates, opt_state = optimizer.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), correct
+      return (params, opt_state), correct
 
     def chunk(carry, inputs):
       carry, correct = jax.lax.scan(step, carry, inputs)
-      predictions = jnp.argmax(apply_fn(carry[0], test_images), -1)
+      # Held-out images seen as the stream sees them at the chunk's end.
+      images = inputs_fn(rotate_images(test_images, inputs[2][-1]))
+      predictions = jnp.argmax(apply_fn(carry[0], images), -1)
       held_out = jnp.mean(
           predictions[None, :] == permutations[:, test_labels], axis=1)
       return carry, (correct, held_out)
 
     chunked = (
         indices.reshape(num_chunks, config.block, -1),
-        tasks.reshape(num_chunks, config.block))
+        tasks.reshape(num_chunks, config.block),
+        angles.reshape(num_chunks, config.block))
     _, (correct, held_out) = jax.lax.scan(chunk, carry, chunked)
     return correct.reshape(-1), held_out
 
@@ -450,6 +701,7 @@ class _Streams:
     self.indices = np.stack([stream[0] for stream in streams])
     self.tasks = np.stack([stream[1] for stream in streams])
     self.permutations = np.stack([stream[2] for stream in streams])
+    self.angles = np.stack([stream[3] for stream in streams])
 
   def rows(self, kind, seeds):
     return [self.runs.index((kind, seed)) for seed in seeds]
@@ -467,7 +719,8 @@ def _run_instances(runner, instances, streams, width):
   correct, held_out = jax.block_until_ready(runner(
       rates, keys, jnp.asarray(streams.indices[rows]),
       jnp.asarray(streams.tasks[rows]),
-      jnp.asarray(streams.permutations[rows])))
+      jnp.asarray(streams.permutations[rows]),
+      jnp.asarray(streams.angles[rows])))
   count = len(instances)
   return np.asarray(correct)[:count], np.asarray(held_out)[:count]
 
@@ -478,60 +731,71 @@ def benchmark(config: Config, log=print):
   all_families = families(config)
   results = {}
   started = time.perf_counter()
-  total = len(config.models) * len(all_families)
-  done = 0
-  width = max(
-      len(STREAMS) * len(config.tuning_seeds) * config.num_learning_rates,
-      len(STREAMS) * len(config.evaluation_seeds))
-  for model in config.models:
-    for family in all_families:
-      tic = time.perf_counter()
-      learning_rates = np.geomspace(
-          *family.learning_rates, config.num_learning_rates)
-      runner = make_runner(family, model, config, data)
-      # Tuning: every learning rate on the tuning seeds.
-      tuning = [(rate, row) for kind in STREAMS
-                for row in streams.rows(kind, config.tuning_seeds)
-                for rate in learning_rates]
-      correct, _ = _run_instances(runner, tuning, streams, width)
-      best, scores = {}, {}
-      for kind in STREAMS:
-        rows = streams.rows(kind, config.tuning_seeds)
-        per_rate = np.array([
-            np.mean([correct[i].mean() for i, (rate, row) in
-                     enumerate(tuning) if row in rows and rate == lr])
-            for lr in learning_rates])
-        scores[kind] = np.where(np.isfinite(per_rate), per_rate, -1.0)
-        best[kind] = int(np.argmax(scores[kind]))
-      # Evaluation: the chosen rate on the evaluation seeds.
-      evaluation = [(learning_rates[best[kind]], row) for kind in STREAMS
-                    for row in streams.rows(kind, config.evaluation_seeds)]
-      correct, held_out = _run_instances(runner, evaluation, streams, width)
-      done += 1
-      log(f'[{done}/{total}] {model:3s} {family.name:18s} '
-          f'{time.perf_counter() - tic:5.1f} s (compile, tune, evaluate), '
-          f'{time.perf_counter() - started:6.1f} s total', flush=True)
-      for kind in STREAMS:
-        positions = [i for i, (_, row) in enumerate(evaluation)
-                     if streams.runs[row][0] == kind]
-        per_seed = [
-            run_metrics(correct[i], held_out[i],
-                        streams.tasks[evaluation[i][1]], config.block)
-            for i in positions]
-        entry = {
-            'learning_rate': float(learning_rates[best[kind]]),
-            'learning_rate_at_grid_edge': best[kind] in (
-                0, config.num_learning_rates - 1),
-            'learning_rate_grid': learning_rates.tolist(),
-            'tuning_online_accuracy_per_rate': scores[kind].tolist(),
-            'note': family.note,
-            'per_seed': per_seed,
-            'curve': correct[positions].mean(axis=0).tolist(),
-        }
-        for metric in per_seed[0]:
-          entry[metric] = _summary([m[metric] for m in per_seed])
-        results.setdefault(model, {}).setdefault(kind, {})[family.name] = (
-            entry)
+  runs = [(model, family) for model in config.models
+          for family in all_families
+          if family.observation == 'gradient'
+          or model in config.bayesian_models]
+  for done, (model, family) in enumerate(runs, 1):
+    bayesian = family.observation != 'gradient'
+    tuning_seeds, evaluation_seeds, num_rates = (
+        (config.bayesian_tuning_seeds, config.bayesian_evaluation_seeds,
+         config.bayesian_num_grid) if bayesian else
+        (config.tuning_seeds, config.evaluation_seeds,
+         config.num_learning_rates))
+    low, high = family.learning_rates
+    num_rates = 1 if low == high else num_rates
+    width = max(len(STREAMS) * len(tuning_seeds) * num_rates,
+                len(STREAMS) * len(evaluation_seeds))
+    tic = time.perf_counter()
+    learning_rates = np.geomspace(low, high, num_rates)
+    runner = make_runner(family, model, config, data)
+    # Tuning: every learning rate on the tuning seeds.
+    tuning = [(rate, row) for kind in STREAMS
+              for row in streams.rows(kind, tuning_seeds)
+              for rate in learning_rates]
+    correct, _ = _run_instances(runner, tuning, streams, width)
+    best, scores = {}, {}
+    for kind in STREAMS:
+      rows = streams.rows(kind, tuning_seeds)
+      per_rate = np.array([
+          np.mean([correct[i].mean() for i, (rate, row) in
+                   enumerate(tuning) if row in rows and rate == lr])
+          for lr in learning_rates])
+      scores[kind] = np.where(np.isfinite(per_rate), per_rate, -1.0)
+      best[kind] = int(np.argmax(scores[kind]))
+    if family.shared_choice:
+      shared = int(np.argmax(np.mean([scores[k] for k in STREAMS], 0)))
+      best = dict.fromkeys(STREAMS, shared)
+    # Evaluation: the chosen rate on the evaluation seeds.
+    evaluation = [(learning_rates[best[kind]], row) for kind in STREAMS
+                  for row in streams.rows(kind, evaluation_seeds)]
+    correct, held_out = _run_instances(runner, evaluation, streams, width)
+    log(f'[{done}/{len(runs)}] {model:3s} {family.name:18s} '
+        f'{time.perf_counter() - tic:5.1f} s (compile, tune, evaluate), '
+        f'{time.perf_counter() - started:6.1f} s total', flush=True)
+    for kind in STREAMS:
+      positions = [i for i, (_, row) in enumerate(evaluation)
+                   if streams.runs[row][0] == kind]
+      per_seed = [
+          run_metrics(correct[i], held_out[i],
+                      streams.tasks[evaluation[i][1]], config.block)
+          for i in positions]
+      entry = {
+          'learning_rate': float(learning_rates[best[kind]]),
+          'learning_rate_at_grid_edge': num_rates > 1 and best[kind] in (
+              0, num_rates - 1),
+          'learning_rate_grid': learning_rates.tolist(),
+          'tuning_online_accuracy_per_rate': scores[kind].tolist(),
+          'note': family.note,
+          'tuning_seeds': list(tuning_seeds),
+          'evaluation_seeds': list(evaluation_seeds),
+          'per_seed': per_seed,
+          'curve': correct[positions].mean(axis=0).tolist(),
+      }
+      for metric in per_seed[0]:
+        entry[metric] = _summary([m[metric] for m in per_seed])
+      results.setdefault(model, {}).setdefault(kind, {})[family.name] = (
+          entry)
   return results, time.perf_counter() - started
 
 
@@ -561,30 +825,75 @@ def table(results) -> str:
   return '\n'.join(lines)
 
 
+# Each learner's natural baseline (what it adds something to).
+NATURAL_BASELINE = {
+    'multiscale_sgd': 'sgd', 'fast_weights_sgd': 'sgd',
+    'ms_adam_b1_0': 'adam_b1_0', 'vd_ekf': 'sgd',
+    'bayesian_multiscale': 'sgd', 'bayesian_multiscale_learned': 'sgd',
+}
+# Rows that are not baselines for "the best baseline" (the Bayesian learners).
+BAYESIAN_FAMILIES = ('vd_ekf', 'bayesian_multiscale',
+                     'bayesian_multiscale_learned')
+
+
+def _paired(by_family, name, baseline):
+  """Per-seed differences in online accuracy (points), same seeds."""
+  first, second = by_family[name], by_family[baseline]
+  common = [seed for seed in first['evaluation_seeds']
+            if seed in second['evaluation_seeds']]
+  return 100 * np.array([
+      first['per_seed'][first['evaluation_seeds'].index(seed)][
+          'online_accuracy']
+      - second['per_seed'][second['evaluation_seeds'].index(seed)][
+          'online_accuracy']
+      for seed in common])
+
+
+def _verdict_line(model, kind, name, baseline, diffs):
+  error = diffs.std(ddof=1) / np.sqrt(len(diffs))
+  verdict = ('win' if diffs.mean() > 2 * error
+             else 'lose' if diffs.mean() < -2 * error else 'tie')
+  return (f'{model:3s} {kind:10s} {name:>27s} - {baseline:17s}: '
+          f'{diffs.mean():+6.2f} ± {diffs.std(ddof=1):5.2f} points '
+          f'(paired sd, {len(diffs)} seeds) -> {verdict}')
+
+
+def best_baseline(by_family) -> str:
+  """The non-Bayesian row with the highest mean online accuracy."""
+  candidates = [name for name in by_family if name not in BAYESIAN_FAMILIES]
+  return max(candidates,
+             key=lambda name: by_family[name]['online_accuracy']['mean'])
+
+
 def comparison(results) -> str:
   """Paired (same evaluation seeds) differences in online accuracy: every
-  Adam-based optimizer against tuned Adam, and multiscale on momentum-free
-  Adam against momentum-free Adam where that ablation ran."""
+  learner against its natural baseline (tuned Adam for the Adam-based ones,
+  tuned SGD for those on raw gradients, momentum-free Adam for multiscale on
+  it, tuned SGD for the diagonal EKF)."""
   lines = []
   for model, by_stream in results.items():
     for kind, by_family in by_stream.items():
-      pairs = [(name, 'adam') for name in by_family
-               if name not in ('adam', 'sgd', 'sgd_momentum')]
-      if 'ms_adam_b1_0' in by_family and 'adam_b1_0' in by_family:
-        pairs.append(('ms_adam_b1_0', 'adam_b1_0'))
-      for name, baseline in pairs:
-        diffs = np.array([
-            o['online_accuracy'] - a['online_accuracy']
-            for o, a in zip(by_family[name]['per_seed'],
-                            by_family[baseline]['per_seed'], strict=True)])
-        diffs = diffs * 100
-        error = diffs.std(ddof=1) / np.sqrt(len(diffs))
-        verdict = ('win' if diffs.mean() > 2 * error
-                   else 'lose' if diffs.mean() < -2 * error else 'tie')
-        lines.append(
-            f'{model:3s} {kind:10s} {name:>19s} - {baseline:9s}: '
-            f'{diffs.mean():+6.2f} ± {diffs.std(ddof=1):5.2f} points '
-            f'(paired sd, {len(diffs)} seeds) -> {verdict}')
+      for name in by_family:
+        baseline = NATURAL_BASELINE.get(name, 'adam')
+        if name in ('adam', 'sgd', 'sgd_momentum') or (
+            baseline not in by_family):
+          continue
+        lines.append(_verdict_line(
+            model, kind, name, baseline, _paired(by_family, name, baseline)))
+  return '\n'.join(lines)
+
+
+def comparison_with_best(results) -> str:
+  """Paired differences of every row against the best non-Bayesian row of
+  its (model, stream)."""
+  lines = []
+  for model, by_stream in results.items():
+    for kind, by_family in by_stream.items():
+      best = best_baseline(by_family)
+      for name in by_family:
+        if name != best:
+          lines.append(_verdict_line(
+              model, kind, name, best, _paired(by_family, name, best)))
   return '\n'.join(lines)
 
 
@@ -654,9 +963,13 @@ def main(argv=None):
   text = table(results)
   print(text)
   print()
-  print('paired differences in online accuracy vs tuned Adam '
-        '(win/lose: |mean| > 2 standard errors):')
+  print('paired differences in online accuracy vs each learner\'s natural '
+        'baseline (win/lose: |mean| > 2 standard errors):')
   print(comparison(results))
+  print()
+  print('paired differences in online accuracy vs the best non-Bayesian row '
+        'of each (model, stream):')
+  print(comparison_with_best(results))
   print(f'\ntotal {seconds:.1f} s')
   RESULTS.mkdir(parents=True, exist_ok=True)
   suffix = ('_full' if args.full else '') + (
@@ -681,7 +994,9 @@ def main(argv=None):
                          f'every {config.block} steps',
         },
         'results': _binned_curves(results, config.block // 10),
-        'comparison_vs_adam': comparison(results).split('\n'),
+        'comparison_vs_natural_baseline': comparison(results).split('\n'),
+        'comparison_vs_best_baseline': comparison_with_best(results).split(
+            '\n'),
     }, file, indent=1)
   plot(results, config, RESULTS / f'online_digits{suffix}.png')
   print(f'wrote {RESULTS}/online_digits{suffix}.json and .png')

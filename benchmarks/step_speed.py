@@ -11,11 +11,18 @@ the state and write w and the state (5 and 2k + 3 arrays); Adam 7. XLA's own
 plan moves more (``bytes accessed`` of the compiled step, also reported):
 without multi-output fusion on CPU, every updated state array is written by
 one loop and read again by the loop that updates the params (momentum 6,
-multiscale 4k + 3 arrays).
+multiscale 4k + 3 arrays). The Bayesian multiscale learner
+(``bayesian_k*``, scalar-output form: the extra argument ``jacobian`` is a
+params-shaped pytree) needs two passes, a reduction over the whole network
+for the innovation variance S (reading J and the k variances) and then the
+update (reading u, J, w, k means and k variances, writing w and the state):
+5k + 5 arrays.
 
 Usage:
   python benchmarks/step_speed.py            # 1e6, 1e7, 5e7 parameters
   python benchmarks/step_speed.py --sizes 1e6 --rounds 5   # quick check
+  python benchmarks/step_speed.py --sizes 1e6 1e7 \
+      --output benchmarks/results/step_speed_bayesian.json
 """
 
 from __future__ import annotations
@@ -63,12 +70,26 @@ def _optimizers() -> dict[str, tuple[optax.GradientTransformation, int]]:
   for num_decaying in (1, 2, 4, 8):
     optimizers[f'multiscale_k{num_decaying}'] = (
         _multiscale_with(num_decaying), 2 * num_decaying + 3)
+  for num in (1, 4):
+    # Reads u, J, w and 2k state arrays, writes w and 2k state arrays, plus
+    # one earlier pass over J and the k variances for the reduction S.
+    optimizers[f'bayesian_k{num}'] = (_bayesian_with(num), 5 * num + 5)
   return optimizers
 
 
-def _make_step(optimizer):
+def _bayesian_with(num: int) -> optax.GradientTransformation:
+  timescales = mso.log_spaced_timescales(10.0, 1e4, num)
+  decays = mso.decays_from_timescales(timescales)
+  return mso.bayesian_multiscale(
+      decays.tolist(), (1e-6 * (1.0 - decays**2)).tolist(), 1.0)
+
+
+def _make_step(optimizer, needs_jacobian=False):
   def step(params, state, grads):
-    updates, state = optimizer.update(grads, state, params)
+    # The Bayesian learner also needs d prediction / d params; a linear
+    # model's Jacobian is its input, here the same pytree as the gradient.
+    extra = {'jacobian': grads} if needs_jacobian else {}
+    updates, state = optimizer.update(grads, state, params, **extra)
     return optax.apply_updates(params, updates), state
 
   return jax.jit(step, donate_argnums=(0, 1))
@@ -96,7 +117,7 @@ def measure(size: int, rounds: int) -> dict:
   for name, (optimizer, _) in optimizers.items():
     params = _pytree(size, 1.0)
     state = optimizer.init(params)
-    step = _make_step(optimizer)
+    step = _make_step(optimizer, name.startswith('bayesian'))
     compiled = step.lower(params, state, grads).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
@@ -121,6 +142,7 @@ def measure(size: int, rounds: int) -> dict:
   axpy_seconds = statistics.median(axpy_times)
   axpy_bandwidth = 3 * 4 * size / axpy_seconds / 1e9
   reference = statistics.median(times['sgd_momentum_0.9'])
+  adam = statistics.median(times['adam'])
   rows = {}
   for name, (_, arrays) in optimizers.items():
     seconds = statistics.median(times[name])
@@ -129,6 +151,7 @@ def measure(size: int, rounds: int) -> dict:
     rows[name] = {
         'median_ms': 1e3 * seconds,
         'ratio_to_momentum': seconds / reference,
+        'ratio_to_adam': seconds / adam,
         'minimal_arrays_moved': arrays,
         'achieved_GBps': bandwidth,
         'fraction_of_axpy_bandwidth': bandwidth / axpy_bandwidth,
@@ -156,12 +179,12 @@ def main() -> None:
     results.append(result)
     print(f'\n{int(size):.0e} float32 parameters; a*x+y bandwidth '
           f'{result["axpy_GBps"]:.1f} GB/s')
-    print(f'{"optimizer":<20}{"median ms":>11}{"x momentum":>12}'
+    print(f'{"optimizer":<20}{"median ms":>11}{"x momentum":>12}{"x adam":>8}'
           f'{"min arrays":>12}{"GB/s":>8}{"of axpy":>9}'
           f'{"XLA arrays":>12}{"GB/s":>8}{"of axpy":>9}')
     for name, row in result['optimizers'].items():
       print(f'{name:<20}{row["median_ms"]:>11.2f}'
-            f'{row["ratio_to_momentum"]:>12.3f}'
+            f'{row["ratio_to_momentum"]:>12.3f}{row["ratio_to_adam"]:>8.2f}'
             f'{row["minimal_arrays_moved"]:>12d}{row["achieved_GBps"]:>8.1f}'
             f'{row["fraction_of_axpy_bandwidth"]:>9.0%}'
             f'{row["xla_arrays_moved"]:>12.1f}{row["xla_traffic_GBps"]:>8.1f}'

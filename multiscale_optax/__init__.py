@@ -4,6 +4,13 @@ Jones, `Learning at Multiple Timescales <https://arxiv.org/abs/2211.10311>`_,
 NeurIPS 2022.
 """
 
+from multiscale_optax._src.bayesian import BayesianMultiscaleState
+from multiscale_optax._src.bayesian import BayesianSubweights
+from multiscale_optax._src.bayesian import bayesian_multiscale
+from multiscale_optax._src.bayesian import get_bayesian_subweights
+from multiscale_optax._src.bayesian_observations import ObservationInfo
+from multiscale_optax._src.bayesian_observations import categorical_observation
+from multiscale_optax._src.bayesian_observations import gaussian_observation
 from multiscale_optax._src.benna_fusi import BennaFusiModes
 from multiscale_optax._src.benna_fusi import BennaFusiState
 from multiscale_optax._src.benna_fusi import benna_fusi
@@ -42,6 +49,8 @@ from multiscale_optax._src.timescales import timescales_from_decays
 __version__ = "0.1.0"
 
 __all__ = (
+    "BayesianMultiscaleState",
+    "BayesianSubweights",
     "BennaFusiModes",
     "BennaFusiState",
     "EnvironmentSample",
@@ -49,13 +58,16 @@ __all__ = (
     "MultiscaleSpec",
     "MultiscaleState",
     "MultiscaleSubweights",
+    "ObservationInfo",
     "OneOverFEnvironment",
     "ScaleByInputNormState",
     "SteadyStateKalman",
     "SubweightLayout",
+    "bayesian_multiscale",
     "benna_fusi",
     "benna_fusi_defaults",
     "benna_fusi_modes",
+    "categorical_observation",
     "decays_from_timescales",
     "fast_weights",
     "fit_learning_rates",
@@ -63,6 +75,8 @@ __all__ = (
     "from_linear_dynamics",
     "from_momentum",
     "from_qhm",
+    "gaussian_observation",
+    "get_bayesian_subweights",
     "get_subweights",
     "kalman_filter_predictions",
     "kalman_learning_rates",

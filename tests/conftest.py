@@ -1,7 +1,7 @@
 """Test configuration: makes tests/helpers.py importable as ``helpers``.
 
 Under CI (``CI`` set, as ``.ci/run`` is run) hypothesis draws the same
-examples on every run, so a submission's result does not depend on luck;
+examples on every run, so a CI result does not depend on luck;
 locally it explores new examples each run.
 """
 

@@ -100,26 +100,31 @@ def literal_multiscale_weights(
 
   Args:
     learning_rates: one rate per subweight.
-    decays: one decay per subweight.
-    gradients: ``(steps, *shape)`` update directions.
-    subweights: optional initial subweights, ``(len(decays), *shape)``.
+    decays: one decay per subweight, or ``(steps, subweights)``: the decays
+      used at each step (decays that change during a run).
+    gradients: ``(steps, *shape)`` update directions, real or complex.
+    subweights: optional initial subweights, ``(len(learning_rates),
+      *shape)``.
     scales: optional per-step learning-rate scales.
 
   Returns:
     The weight (sum of subweights) after every step, ``(steps, *shape)``.
   """
-  gradients = np.asarray(gradients, np.float64)
-  count = len(decays)
+  gradients = np.asarray(
+      gradients, np.result_type(np.float64, np.asarray(gradients).dtype))
+  count = len(learning_rates)
   broadcast = (count,) + (1,) * (gradients.ndim - 1)
   rates = np.asarray(learning_rates, np.float64).reshape(broadcast)
-  decays = np.asarray(decays, np.float64).reshape(broadcast)
+  decays = np.asarray(decays, np.float64)
+  per_step = decays.ndim == 2
   subweights = (
-      np.zeros((count, *gradients.shape[1:])) if subweights is None
-      else np.asarray(subweights, np.float64))
+      np.zeros((count, *gradients.shape[1:]), gradients.dtype)
+      if subweights is None else np.asarray(subweights, gradients.dtype))
   weights = []
   for step, gradient in enumerate(gradients):
     scale = 1.0 if scales is None else scales[step]
-    subweights = decays * subweights - scale * rates * gradient
+    decay = (decays[step] if per_step else decays).reshape(broadcast)
+    subweights = decay * subweights - scale * rates * gradient
     weights.append(subweights.sum(axis=0))
   return np.stack(weights)
 

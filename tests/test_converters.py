@@ -307,3 +307,55 @@ def test_converter_arguments_are_validated():
     mso.state_to_subweights(spec, [jnp.zeros(2)])
   with pytest.raises(ValueError, match='None'):
     mso.subweights_to_state(spec, jnp.zeros(2), [jnp.zeros(2), None])
+
+
+def test_eigenvalue_clustering_is_scale_invariant():
+  # Legitimate, distinct eigenvalues that the old ||T||-scaled tolerance
+  # took for a Jordan block.
+  slow = mso.from_momentum(0.1, 0.999999)
+  np.testing.assert_array_equal(slow.decays, [1.0, 0.999999])
+  np.testing.assert_allclose(
+      slow.learning_rates, [0.1 / (1 - 0.999999), -0.1 * 0.999999 / (
+          1 - 0.999999)], rtol=1e-9)
+  # A learning rate of 1e6 (||T|| ~ 1e6) changes the units, not the modes.
+  for learning_rate in (1e-6, 1.0, 1e6):
+    spec = mso.from_momentum(learning_rate, 0.9)
+    np.testing.assert_array_equal(spec.decays, [1.0, 0.9])
+    np.testing.assert_allclose(
+        spec.learning_rates / learning_rate, [10.0, -9.0], rtol=1e-12)
+  aggmo = mso.from_aggmo(0.1, [0.9, 0.999999])
+  np.testing.assert_array_equal(aggmo.decays, [1.0, 0.999999, 0.9])
+  merged = mso.from_aggmo(1e6, [0.9, 0.9, 0.5])
+  np.testing.assert_array_equal(merged.decays, [1.0, 0.9, 0.5])
+  # True Jordan blocks are still refused, at any scale.
+  for learning_rate in (0.1, 1e6):
+    with pytest.raises(ValueError, match='Jordan'):
+      mso.from_aggmo(learning_rate, [0.9, 1.0])
+
+
+def test_tolerance_means_one_distance_and_decays_stay_in_range():
+  # Within the tolerance of 1: exactly 1, never 1.0000001.
+  spec = mso.from_linear_dynamics([[1 + 1e-7]], [1.0], [1.0], tolerance=1e-6)
+  np.testing.assert_array_equal(spec.decays, [1.0])
+  # Beyond it: unstable, loudly.
+  with pytest.raises(ValueError, match='unstable'):
+    mso.from_linear_dynamics([[1 + 1e-7]], [1.0], [1.0])
+  # The tolerance's range is validated; 0.5 used to accept lambda = 1.4 and
+  # 1.0 to refuse lambda = -0.3.
+  for tolerance in (0.5, 1.0, 0.0, -1e-9):
+    with pytest.raises(ValueError, match='tolerance'):
+      mso.from_linear_dynamics([[1.4]], [1.0], [1.0], tolerance=tolerance)
+  spec = mso.from_linear_dynamics([[-0.3]], [1.0], [1.0], tolerance=1e-3)
+  np.testing.assert_array_equal(spec.decays, [-0.3])
+  # Two eigenvalues 1e-7 apart: one mode at tolerance 1e-6, two at 1e-9.
+  transition = np.diag([0.5, 0.5 + 1e-7])
+  merged = mso.from_linear_dynamics(
+      transition, [1.0, 1.0], [1.0, 1.0], tolerance=1e-6)
+  assert len(merged.decays) == 1
+  separate = mso.from_linear_dynamics(transition, [1.0, 1.0], [1.0, 1.0])
+  assert len(separate.decays) == 2
+  # Complex transitions are refused, not silently made real.
+  with pytest.raises(TypeError, match='complex'):
+    mso.from_linear_dynamics(np.array([[0.5 + 0.1j]]), [1.0], [1.0])
+  with pytest.raises(TypeError, match='complex'):
+    mso.from_linear_dynamics([[0.5]], jnp.array([1.0 + 1.0j]), [1.0])

@@ -254,6 +254,7 @@ def _resume_from_checkpoints(checkpoint_dir: str, out_dir: str) -> None:
         *_as_bits((path_params, params, opt_state)))
     with open(os.path.join(out_dir, f'{name}.json'), 'w') as file:
       json.dump({
+          'backend': jax.default_backend(),
           'restored_treedef': str(jax.tree.structure(restored)),
           'restored_dtypes': _dtypes(restored),
           'stored_dtypes': stored_dtypes,
@@ -280,14 +281,20 @@ def test_orbax_checkpoint_resumes_bit_exactly_in_fresh_process(tmp_path):
     expected[name] = (saved, (path_params, final_params, final_state))
   checkpointer.wait_until_finished()
 
+  # The fresh process runs on this process's backend (bit-exact resumption
+  # is a claim about one backend). It must not preallocate GPU memory: this
+  # process already holds most of it.
+  backend = jax.default_backend()
   subprocess.run(
       [sys.executable, __file__, str(checkpoint_dir), str(out_dir)],
-      check=True, timeout=120,
-      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+      check=True, timeout=300,
+      env={**os.environ, 'JAX_PLATFORMS': backend,
+           'XLA_PYTHON_CLIENT_PREALLOCATE': 'false'})
 
   for name, (saved, continuation) in expected.items():
     with open(out_dir / f'{name}.json') as file:
       report = json.load(file)
+    assert report['backend'] == backend, name
     assert report['restored_treedef'] == str(jax.tree.structure(saved)), name
     assert report['restored_dtypes'] == _dtypes(saved), name
     assert report['stored_dtypes'] == _dtypes_by_path(saved), name

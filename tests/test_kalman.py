@@ -339,3 +339,115 @@ def test_scale_by_input_norm():
   expected, _ = plain.update(
       jax.tree.map(lambda g: g / 3, grads), plain.init(grads))
   np.testing.assert_allclose(chained_updates['w'], expected['w'], rtol=1e-6)
+
+
+SWEEP_DECAYS = np.exp(-1.0 / 4.0 ** np.arange(5))  # timescales 4^0..4^4
+SWEEP_NOISES = 10.0 ** np.arange(-8, 9, 2)
+
+
+def test_float32_matches_float64_across_signal_to_noise():
+  process = 1 - SWEEP_DECAYS**2
+  eps32 = float(np.finfo(np.float32).eps)
+  jitted = jax.jit(mso.kalman_learning_rates)
+  for noise in SWEEP_NOISES:
+    with jax.enable_x64(True):
+      reference = np.asarray(
+          mso.kalman_learning_rates(SWEEP_DECAYS, process, noise))
+    # Concrete inputs are solved in float64 and rounded once: within
+    # float32's half ulp of the float64 rates (conditioning 1).
+    rates = mso.kalman_learning_rates(SWEEP_DECAYS, process, noise)
+    assert rates.dtype == jnp.float32
+    error = np.max(np.abs(np.asarray(rates, np.float64) - reference)
+                   / reference)
+    assert error <= eps32 / 2 * (1 + 1e-6), (noise, error)
+    # Traced float32 inputs are solved in float32. Rounding the inputs
+    # moves 1 - rho_j relatively by eps * rho_j / (1 - rho_j) <= eps * tau_j
+    # and the solve stops at a residual of 100 m eps; the gains' relative
+    # sensitivity to either is at most the Stein equation's conditioning
+    # 1 / (1 - rho_max^2) <= tau_max (the slowest timescale, 256 steps),
+    # so the error is at most (1 + 100 m) eps tau_max.
+    traced = np.asarray(jitted(
+        jnp.asarray(SWEEP_DECAYS, jnp.float32),
+        jnp.asarray(process, jnp.float32), jnp.float32(noise)), np.float64)
+    bound = (1 + 100 * 5) * eps32 * 4.0**4
+    error = np.max(np.abs(traced - reference) / reference)
+    assert error <= bound, (noise, error, bound)
+
+
+def test_solver_reports_non_convergence(monkeypatch):
+  from multiscale_optax._src import kalman as module
+  process = 1 - SWEEP_DECAYS**2
+  kalman = mso.steady_state_kalman(SWEEP_DECAYS, process, 1e-6)
+  assert bool(kalman.converged)
+  # One doubling step and no refinement cannot solve a 256-step problem:
+  # concrete inputs raise, traced ones flag it and give NaN rates.
+  monkeypatch.setattr(module, '_RICCATI_DOUBLING_STEPS', 1)
+  monkeypatch.setattr(module, '_HEWER_STEPS', 0)
+  jax.clear_caches()
+  try:
+    with pytest.raises(ValueError, match='did not converge'):
+      mso.kalman_learning_rates(SWEEP_DECAYS, process, 1e-6)
+    traced = jax.jit(mso.steady_state_kalman)(
+        jnp.asarray(SWEEP_DECAYS), jnp.asarray(process), 1e-6)
+    assert not bool(traced.converged)
+    rates = jax.jit(mso.kalman_learning_rates)(
+        jnp.asarray(SWEEP_DECAYS), jnp.asarray(process), 1e-6)
+    assert np.all(np.isnan(np.asarray(rates)))
+  finally:
+    monkeypatch.undo()
+    jax.clear_caches()
+
+
+@pytest.mark.parametrize('magnitude', [300.0, 1e-4])
+def test_scale_by_input_norm_in_low_precision(magnitude):
+  # float16 squares overflow at 256 and underflow below 6e-8: 300 used to
+  # give exactly 0 and 1e-4 gave inf. The LMS gradient x * e with e = 0.5.
+  optimizer = mso.scale_by_input_norm()
+  inputs64 = magnitude * np.array([1.0, -0.5, 0.25, 2.0])
+  inputs = jnp.asarray(inputs64, jnp.float16)
+  grads = {'w': inputs * jnp.float16(0.5)}
+  updates, _ = optimizer.update(grads, optimizer.init(grads), inputs=inputs)
+  assert updates['w'].dtype == jnp.float16
+  # The float16 gradients and inputs, normalised exactly, then rounded
+  # once to float16 (the computation runs in float32: its error is far
+  # below float16's half ulp): within one float16 ulp.
+  exact_inputs = np.asarray(inputs, np.float64)
+  expected = np.asarray(grads['w'], np.float64) / np.mean(exact_inputs**2)
+  np.testing.assert_allclose(
+      np.asarray(updates['w'], np.float64), expected,
+      rtol=float(np.finfo(np.float16).eps))
+
+
+def test_scale_by_input_norm_zero_complex_and_integer_leaves():
+  optimizer = mso.scale_by_input_norm()
+  grads = {'w': jnp.asarray([1.0, -2.0]), 'count': jnp.arange(2)}
+  state = optimizer.init(grads)
+  # x = 0: the update passes through unscaled (documented), not inf/NaN.
+  updates, _ = optimizer.update(grads, state, inputs=jnp.zeros(3))
+  np.testing.assert_array_equal(updates['w'], grads['w'])
+  np.testing.assert_array_equal(updates['count'], grads['count'])
+  assert updates['count'].dtype == grads['count'].dtype
+  # Complex inputs: |x|^2, not x^2 (which is 0 for x = (1 + i, 1 - i)
+  # summed, and complex in general).
+  inputs = jnp.asarray([1.0 + 1.0j, 1.0 - 1.0j])
+  updates, _ = optimizer.update(grads, state, inputs=inputs)
+  np.testing.assert_allclose(updates['w'], np.asarray(grads['w']) / 2.0,
+                             rtol=1e-6)
+  assert updates['w'].dtype == jnp.float32
+  # Python-float updates (as optax accepts them) are scaled too.
+  updates, _ = optimizer.update({'w': 3.0}, state, inputs=jnp.full(2, 2.0))
+  np.testing.assert_allclose(updates['w'], 0.75)
+
+
+def test_concrete_inputs_inside_a_callers_jit():
+  # Python-list hyperparameters are constants inside a jitted function: the
+  # float64 solve must still run (not be staged into the caller's trace).
+  process = 1 - SWEEP_DECAYS**2
+  inside = jax.jit(lambda: mso.kalman_learning_rates(
+      SWEEP_DECAYS.tolist(), process.tolist(), 1e-6))()
+  outside = mso.kalman_learning_rates(SWEEP_DECAYS, process, 1e-6)
+  np.testing.assert_array_equal(inside, outside)
+  gains = jax.jit(lambda scale: scale * mso.steady_state_kalman(
+      SWEEP_DECAYS.tolist(), process.tolist(), 1e-6).gains)(1.0)
+  np.testing.assert_array_equal(
+      gains, mso.steady_state_kalman(SWEEP_DECAYS, process, 1e-6).gains)

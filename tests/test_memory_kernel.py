@@ -130,3 +130,19 @@ def test_bad_input():
     mso.fit_learning_rates([0.5], [1.0, 0.5], weights=[1.0])
   with pytest.raises(ValueError, match='exponent'):
     mso.power_law_kernel(10, -1.0)
+
+
+def test_nonnegative_fit_reports_non_convergence(monkeypatch):
+  from multiscale_optax._src import memory_kernel as module
+  decays = mso.decays_from_timescales(mso.log_spaced_timescales(1, 1e4, 12))
+  target = mso.power_law_kernel(400, 0.5)
+  weights = 1.0 / target**2
+  rates = mso.fit_learning_rates(
+      decays, target, weights=weights, nonnegative=True)
+  assert np.all(rates >= 0) and np.sum(rates > 0) > 1
+  # With the cap at 10 iterations (0 per column) this 12-column problem
+  # cannot finish; the solver must say so instead of returning the
+  # point where it stopped.
+  monkeypatch.setattr(module, '_NNLS_ITERATIONS_PER_COLUMN', 0)
+  with pytest.raises(RuntimeError, match='did not converge'):
+    mso.fit_learning_rates(decays, target, weights=weights, nonnegative=True)

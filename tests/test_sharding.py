@@ -72,6 +72,23 @@ _SCRIPT = textwrap.dedent('''
             name, leaf.sharding)
     for name, leaf in new_params.items():
       assert leaf.sharding.is_equivalent_to(shardings[name], leaf.ndim)
+    # Injected decays store every entry; the initial subweights are copies
+    # that keep the sharding of the arrays given.
+    params = new_params  # the first params were donated above
+    fast = jax.tree.map(lambda leaf: 0.5 * leaf, params)
+    injected = optax.inject_hyperparams(mso.multiscale)(
+        learning_rates=np.asarray([0.1, 0.2]), decays=np.asarray([1.0, 0.9]),
+        initial_subweights=[None, fast])
+    injected_state = injected.init(params)
+    injected_step = jax.jit(
+        lambda p, s, g: injected.update(g, s, p), donate_argnums=(1,))
+    _, injected_state = injected_step(params, injected_state, grads)
+    assert len(injected_state.inner_state.subweights) == 2
+    for subweights in injected_state.inner_state.subweights:
+      for name, leaf in subweights.items():
+        assert leaf.sharding.is_equivalent_to(shardings[name], leaf.ndim), (
+            name, leaf.sharding)
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(fast))
     print('SHARDING-OK')
 ''')
 

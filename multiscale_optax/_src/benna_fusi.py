@@ -48,6 +48,7 @@ import numpy as np
 import optax
 
 from multiscale_optax._src import checks
+from multiscale_optax._src import precision
 
 # Above this condition number of V, the state maps u <-> omega are badly
 # scaled (norm-wise error bound cond(V) * eps, ~0.1 in float32), so
@@ -226,9 +227,47 @@ def _symmetric_transition(capacities, conductances, leak, xnp) -> Any:
   inflow = xnp.concatenate([zero, conductances])  # g_{k-1}, g_0 = 0
   outflow = xnp.concatenate([conductances, xnp.reshape(leak, (1,))])  # g_k
   diagonal = 1.0 - (inflow + outflow) / capacities
-  off_diagonal = conductances / xnp.sqrt(capacities[:-1] * capacities[1:])
+  # g / sqrt(C_{k-1}) / sqrt(C_k), not g / sqrt(C_{k-1} C_k): the product of
+  # two capacities underflows for tiny ones (1e-310 gave NaN modes) and
+  # overflows for huge ones (an off-diagonal of 0), while each ratio is
+  # representable whenever the chain's coupling rates are.
+  roots = xnp.sqrt(capacities)
+  off_diagonal = conductances / roots[:-1] / roots[1:]
   return (xnp.diag(diagonal) + xnp.diag(off_diagonal, 1)
           + xnp.diag(off_diagonal, -1))
+
+
+def _check_representable(
+    eigenvalues: np.ndarray, leak: float, dtype: Any) -> None:
+  """Raises unless the (concrete) decays are finite and distinguishable.
+
+  Without a leak exactly one eigenvalue is 1 (the conserved mode); with a
+  leak none is. Any other eigenvalue that rounds to 1 (or above) belongs to
+  a mode whose relaxation rate :math:`1 - \\lambda` is below the dtype's
+  resolution near 1: as a decay it would be a second permanent subweight
+  (or make a leaky chain lossless), which the chain is not.
+  """
+  if not np.all(np.isfinite(eigenvalues)):
+    raise ValueError(
+        'benna_fusi_modes: the transition matrix has non-finite eigenvalues '
+        f'{eigenvalues.tolist()} in {np.dtype(dtype).name}: a ratio '
+        'g_k / C_k or g_k / sqrt(C_k C_{k+1}) is not representable. Rescale '
+        '`capacities`, `conductances` and `leak` together (the dynamics '
+        'depend only on their ratios).')
+  slow = eigenvalues[1:] if leak == 0.0 else eigenvalues
+  if np.any(slow >= 1.0):
+    eps = float(jnp.finfo(dtype).eps)
+    raise ValueError(
+        'benna_fusi_modes: a mode of this chain relaxes more slowly than '
+        f'{np.dtype(dtype).name} can represent: its decay 1 - (1 - lambda) '
+        f'rounds to 1 because 1 - lambda < {eps / 2:.3g} (half the '
+        'spacing of floats below 1), which would turn it into a second '
+        'permanent subweight' + (' (or drop the leak)' if leak else '') +
+        '. The modes form works for chains whose every timescale other '
+        f'than the conserved one is below about {1 / eps:.3g} steps (e.g. '
+        'benna_fusi_defaults(n) for n <= 28 in float64, n <= 13 in '
+        'float32): use a shorter chain, larger conductances (or leak), or '
+        'float64 (jax.enable_x64). benna_fusi itself runs any such chain.')
 
 
 def benna_fusi_modes(
@@ -312,8 +351,15 @@ def benna_fusi_modes(
   Raises:
     TypeError: an argument has the wrong type.
     ValueError: (concrete inputs) a capacity or conductance is not positive
-      and finite, ``leak`` is negative, the lengths do not match, or the
-      explicit update is unstable (an eigenvalue :math:`\le -1`).
+      and finite, ``leak`` is negative, ``learning_rate`` is not finite,
+      the lengths do not match, the explicit update is unstable (an
+      eigenvalue :math:`\le -1`), an input is subnormal in the compute
+      dtype (XLA flushes it to zero), or a decay other than the conserved
+      mode's rounds to 1 (a timescale beyond :math:`1/\epsilon` steps:
+      about :math:`4.5 \cdot 10^{15}` in float64, :math:`8.4 \cdot 10^6`
+      in float32; ``benna_fusi_defaults(n)`` works for :math:`n \le 28`
+      and :math:`n \le 13` respectively). Traced inputs (under
+      ``jax.jit``) cannot be checked, and no warning is issued for them.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -332,19 +378,27 @@ def benna_fusi_modes(
     <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022, §4 and Appendix
     (eqs. 11–16).
   """
-  capacity_entries, conductance_entries, leak, concrete = _chain_parameters(
+  capacity_entries, conductance_entries, leak, _ = _chain_parameters(
       capacities, conductances, leak)
-  if not (checks.is_traced(learning_rate)
-          or checks._entry_is_real_scalar(learning_rate)):
-    raise TypeError(
-        '`learning_rate` must be a real scalar, got '
-        f'{type(learning_rate).__name__} {learning_rate!r}.')
+  checks.check_scalar(learning_rate, 'learning_rate', low=-np.inf, high=np.inf)
   dtype = jnp.result_type(
       float, *(jnp.asarray(e).dtype for e in (
           capacity_entries[0], *conductance_entries[:1], leak,
           learning_rate)))
   if not jnp.issubdtype(dtype, jnp.floating):
     dtype = jnp.result_type(float)
+  tiny = float(jnp.finfo(dtype).tiny)
+  for name, entries in (('capacities', capacity_entries),
+                        ('conductances', conductance_entries),
+                        ('leak', (leak,))):
+    for position, entry in enumerate(entries):
+      if not checks.is_traced(entry) and 0.0 < float(entry) < tiny:
+        where = name if name == 'leak' else f'{name}[{position}]'
+        raise ValueError(
+            f'`{where}` = {float(entry):.3g} is below the smallest normal '
+            f'{np.dtype(dtype).name} ({tiny:.3g}), which XLA flushes to '
+            'zero. The modes depend only on the ratios of capacities, '
+            'conductances and leak: multiply all three by a common factor.')
   capacity_vector = _as_vector(capacity_entries, capacities, dtype)
   conductance_vector = _as_vector(conductance_entries, conductances, dtype)
   leak_value = jnp.asarray(leak, dtype)
@@ -355,6 +409,8 @@ def benna_fusi_modes(
   # matches the modes' order when there is no leak.
   eigenvalues = eigenvalues[::-1]
   psi = psi[:, ::-1]
+  if not checks.is_traced(eigenvalues):
+    _check_representable(np.asarray(eigenvalues), float(leak_value), dtype)
   # With no leak, the top eigenvalue is exactly 1 (conservation of sum C u).
   eigenvalues = eigenvalues.at[0].set(
       jnp.where(leak_value == 0, jnp.ones((), dtype), eigenvalues[0]))
@@ -377,7 +433,9 @@ def benna_fusi_modes(
       inverse_eigenvectors=inverse_eigenvectors,
       condition_number=condition_number,
   )
-  if concrete and not checks.is_traced(learning_rate):
+  # Only where the value is concrete: under jax.jit even Python-list inputs
+  # give a traced condition number, and float() of it would raise.
+  if not checks.is_traced(condition_number):
     condition = float(condition_number)
     if not condition <= CONDITION_WARNING_THRESHOLD:
       warnings.warn(
@@ -427,7 +485,7 @@ def benna_fusi(
   Equivalence (§4): with ``modes = benna_fusi_modes(capacities,
   conductances, leak=leak)``, the transformation
   ``multiscale(modes.learning_rates, modes.decays,
-  learning_rate_scale=learning_rate)`` produces the same parameter
+  learning_rate=learning_rate)`` produces the same parameter
   trajectory; to continue a running chain in that form pass
   ``initial_subweights=state_to_subweights(modes, state)``.
 
@@ -445,20 +503,37 @@ def benna_fusi(
     initial_chain: optional, :math:`n` entries, each a params-shaped pytree
       (the initial :math:`u_k`) or ``None`` (the initial params). Entry 0
       should equal the params, which track :math:`u_1` by increments.
-    state_dtype: dtype of the stored chain (``None``: each param's dtype).
-      Arithmetic runs in at least float32; updates keep the incoming dtype.
+      ``init`` checks each entry's tree structure and leaf shapes against
+      the params (no broadcasting) and stores copies, so donating the state
+      never deletes the caller's arrays.
+    state_dtype: dtype of the stored chain (``None``: each param's dtype):
+      float16, bfloat16, float32, float64, or for complex params complex64
+      or complex128 (narrower float8 formats are refused). Arithmetic runs
+      in at least float32 (``precision.compute_dtype``); storing in a
+      narrower dtype rounds explicitly (``precision.round_to_storage``), so
+      the params follow the stored :math:`u_1` exactly on every backend.
+      Updates keep the incoming dtype.
+
+  Leaves: complex params train a complex chain (the coefficients are real,
+  so real and imaginary parts evolve as two real chains); integer and
+  boolean params are left alone (their chain holds zeros of their dtype and
+  their updates are zero), as :func:`multiscale` does; Python floats train
+  as 0-d arrays.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
     :class:`BennaFusiState`.
 
   Raises:
-    TypeError: an argument has the wrong type.
+    TypeError: an argument has the wrong type, ``state_dtype`` is not a
+      storage dtype, or (at ``init``) a real ``state_dtype`` meets complex
+      params (it would drop the imaginary part), a complex one real params.
     ValueError: a capacity or conductance is not positive and finite,
-      ``leak`` is negative, the lengths do not match, ``initial_chain`` has
-      the wrong length, or the explicit update is unstable (an eigenvalue of
-      the transition matrix :math:`\le -1`, i.e. conductances too large
-      relative to capacities).
+      ``leak`` is negative, ``learning_rate`` is not finite, the lengths do
+      not match, ``initial_chain`` has the wrong length (or, at ``init``, an
+      entry's structure or shapes differ from the params), or the explicit
+      update is unstable (an eigenvalue of the transition matrix
+      :math:`\le -1`, i.e. conductances too large relative to capacities).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -485,7 +560,7 @@ def benna_fusi(
   if not callable(learning_rate):
     checks.check_scalar(
         learning_rate, 'learning_rate', low=-np.inf, high=np.inf)
-  checks.check_float_dtype(state_dtype, 'state_dtype')
+  checks.check_state_dtype(state_dtype, 'state_dtype')
   num_variables = len(capacity_entries)
   checks.check_tree_per_entry(
       initial_chain, 'initial_chain', num_variables, 'chain variable',
@@ -509,18 +584,55 @@ def benna_fusi(
     input_scale = 1.0 / capacity_entries[0]
 
   def init_fn(params: optax.Params) -> BennaFusiState:
+    params = jax.tree.map(jnp.asarray, params)
     chain = []
     for k in range(num_variables):
       value = None if initial_chain is None else initial_chain[k]
+      if value is not None:
+        value = _matched_to_params(value, params, f'initial_chain[{k}]')
       source = params if value is None else value
-      # A copy, never an alias of the params: donating params and state
-      # together must not donate one buffer twice.
       chain.append(jax.tree.map(
-          lambda leaf, param: jnp.array(
-              leaf, dtype=state_dtype or param.dtype, copy=True),
+          lambda leaf, param: _initial_leaf(leaf, param, state_dtype),
           source, params))
     return BennaFusiState(
         count=jnp.zeros([], jnp.int32), chain=tuple(chain))
+
+  def leaf_update(
+      update: jax.Array, stored: list[jax.Array], rate: Any
+  ) -> tuple[jax.Array, list[jax.Array]]:
+    """One leaf's increment of u_1 and its new chain u_1..u_n."""
+    if not (_is_trainable(update.dtype)
+            and all(_is_trainable(leaf.dtype) for leaf in stored)):
+      # Integer and boolean leaves (counters, masks) are left alone.
+      return jnp.zeros_like(update), stored
+    compute_dtype = precision.compute_dtype(
+        update.dtype, *(leaf.dtype for leaf in stored))
+    # The chain's coefficients are real, also for complex params.
+    real_dtype = jnp.finfo(compute_dtype).dtype
+    old = [leaf.astype(compute_dtype) for leaf in stored]
+    new_stored = []
+    for k in range(num_variables):
+      change = jnp.asarray(outflow[k], real_dtype) * (
+          (old[k + 1] if k + 1 < num_variables else 0.0) - old[k])
+      if k > 0:
+        change = change + jnp.asarray(inflow[k], real_dtype) * (
+            old[k - 1] - old[k])
+      else:
+        change = change - (
+            jnp.asarray(rate, real_dtype)
+            * jnp.asarray(input_scale, real_dtype)
+            * update.astype(compute_dtype))
+        first_change = change
+      # Rounds explicitly (XLA:GPU would otherwise keep excess precision
+      # and the increment below would not be the change actually stored).
+      new_stored.append(
+          precision.round_to_storage(old[k] + change, stored[k].dtype))
+    if stored[0].dtype == compute_dtype:
+      increment = first_change
+    else:
+      # The params follow the stored u_1 exactly: its stored change.
+      increment = new_stored[0].astype(compute_dtype) - old[0]
+    return increment.astype(update.dtype), new_stored
 
   def update_fn(
       updates: optax.Updates,
@@ -540,29 +652,12 @@ def benna_fusi(
     increments = []
     new_chain_leaves: list[list[jax.Array]] = [[] for _ in chain_leaves]
     for position, update in enumerate(update_leaves):
-      stored = [leaves[position] for leaves in chain_leaves]
-      compute_dtype = jnp.result_type(
-          jnp.float32, update.dtype, *(leaf.dtype for leaf in stored))
-      old = [leaf.astype(compute_dtype) for leaf in stored]
-      for k in range(num_variables):
-        change = jnp.asarray(outflow[k], compute_dtype) * (
-            (old[k + 1] if k + 1 < num_variables else 0.0) - old[k])
-        if k > 0:
-          change = change + jnp.asarray(inflow[k], compute_dtype) * (
-              old[k - 1] - old[k])
-        else:
-          change = change - (
-              jnp.asarray(rate, compute_dtype)
-              * jnp.asarray(input_scale, compute_dtype)
-              * update.astype(compute_dtype))
-          first_change = change
-        new_chain_leaves[k].append(
-            (old[k] + change).astype(stored[k].dtype))
-      if stored[0].dtype == compute_dtype:
-        increment = first_change
-      else:
-        increment = new_chain_leaves[0][-1].astype(compute_dtype) - old[0]
-      increments.append(increment.astype(update.dtype))
+      increment, new_stored = leaf_update(
+          jnp.asarray(update), [leaves[position] for leaves in chain_leaves],
+          rate)
+      increments.append(increment)
+      for k, leaf in enumerate(new_stored):
+        new_chain_leaves[k].append(leaf)
     new_state = BennaFusiState(
         count=optax.safe_increment(state.count),
         chain=tuple(treedef.unflatten(leaves) for leaves in new_chain_leaves),
@@ -570,3 +665,63 @@ def benna_fusi(
     return treedef.unflatten(increments), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _is_trainable(dtype: Any) -> bool:
+  """Whether a leaf of ``dtype`` is trained (integer and bool leaves are not,
+  as in ``multiscale``)."""
+  return jnp.issubdtype(dtype, jnp.inexact)
+
+
+def _initial_leaf(leaf: Any, param: jax.Array, state_dtype: Any) -> jax.Array:
+  """One stored chain leaf: a copy of ``leaf`` in the state dtype."""
+  if not _is_trainable(param.dtype):
+    # Integer and boolean params are left alone: the chain holds zeros of
+    # their dtype, which never change (as in multiscale).
+    return jnp.zeros_like(param)
+  dtype = param.dtype if state_dtype is None else jnp.dtype(state_dtype)
+  param_complex = jnp.issubdtype(param.dtype, jnp.complexfloating)
+  state_complex = jnp.issubdtype(dtype, jnp.complexfloating)
+  if param_complex and not state_complex:
+    raise TypeError(
+        f'`state_dtype` {dtype} is real, but a param is {param.dtype}: a real '
+        'chain would drop the imaginary part. Pass a complex state_dtype (or '
+        'None, the param dtype).')
+  if state_complex and not param_complex:
+    raise TypeError(
+        f'`state_dtype` {dtype} is complex, but a param is {param.dtype}: the '
+        'increments would be complex. Pass a real state_dtype (or None).')
+  leaf = jnp.asarray(leaf)
+  if (jnp.issubdtype(leaf.dtype, jnp.complexfloating)
+      and not state_complex):
+    raise TypeError(
+        f'An `initial_chain` leaf is complex ({leaf.dtype}) for the real '
+        f'param dtype {param.dtype}: storing it would drop the imaginary '
+        'part.')
+  # A copy, never an alias of the params or of `initial_chain`: donating
+  # the state must not delete the caller's arrays, and donating params and
+  # state together must not donate one buffer twice.
+  return jnp.array(
+      precision.round_to_storage(
+          leaf.astype(precision.compute_dtype(leaf.dtype, dtype)), dtype),
+      dtype=dtype, copy=True)
+
+
+def _matched_to_params(value: Any, params: Any, name: str) -> Any:
+  """``value`` (a params-shaped pytree) checked against ``params``."""
+  structure = jax.tree.structure(params)
+  if jax.tree.structure(value) != structure:
+    raise ValueError(
+        f'`{name}` must have the tree structure of the params ({structure}), '
+        f'got {jax.tree.structure(value)}.')
+  paths_and_params = jax.tree_util.tree_flatten_with_path(params)[0]
+  for (path, param), leaf in zip(
+      paths_and_params, jax.tree.leaves(value), strict=True):
+    shape = tuple(jnp.shape(leaf))
+    if shape != tuple(param.shape):
+      where = jax.tree_util.keystr(path) or 'the root'
+      raise ValueError(
+          f'`{name}` has shape {shape} at {where}, but the param there has '
+          f'shape {tuple(param.shape)} (no broadcasting: each chain variable '
+          'is params-shaped).')
+  return value

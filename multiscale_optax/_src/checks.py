@@ -24,7 +24,8 @@ def is_traced(value: Any) -> bool:
   return isinstance(value, jax.core.Tracer)
 
 
-def _entry_is_real_scalar(entry: Any) -> bool:
+def is_real_scalar(entry: Any) -> bool:
+  """Whether ``entry`` is a real number (not a bool) or a 0-d real array."""
   if isinstance(entry, bool | np.bool_):
     return False
   if isinstance(entry, numbers.Real):
@@ -96,13 +97,13 @@ def vector_entries(value: Any, name: str) -> tuple[Any, ...]:
           f'{entry!r}.'
       )
     if isinstance(entry, Sequence | np.ndarray | jax.Array) and not (
-        _entry_is_real_scalar(entry)
+        is_real_scalar(entry)
     ):
       raise ValueError(
           f'`{name}` must be 1-D, but entry {position} is not a scalar: '
           f'{entry!r}.'
       )
-    if not _entry_is_real_scalar(entry):
+    if not is_real_scalar(entry):
       raise TypeError(
           f'`{name}[{position}]` must be a real number, got '
           f'{type(entry).__name__} {entry!r}.'
@@ -176,7 +177,7 @@ def check_scalar(
     low_inclusive: bool = True, high_inclusive: bool = True,
 ) -> None:
   """Checks a scalar hyperparameter's type and (when concrete) range."""
-  if not _entry_is_real_scalar(value):
+  if not is_real_scalar(value):
     raise TypeError(
         f'`{name}` must be a real scalar, got {type(value).__name__} '
         f'{value!r}.'
@@ -196,8 +197,16 @@ def check_scalar(
     raise ValueError(f'`{name}` must lie in {interval}, got {value}.')
 
 
-def check_float_dtype(dtype: Any, name: str) -> None:
-  """Raises ``TypeError`` unless ``dtype`` is ``None`` or a float dtype."""
+def check_float_dtype(
+    dtype: Any, name: str, *, allow_complex: bool = False
+) -> None:
+  """Raises ``TypeError`` unless ``dtype`` is ``None`` or a float dtype.
+
+  Args:
+    dtype: the argument.
+    name: its name, used in error messages.
+    allow_complex: whether complex dtypes are accepted too.
+  """
   if dtype is None:
     return
   if isinstance(dtype, np.ndarray | jax.Array | jax.core.Tracer):
@@ -213,10 +222,45 @@ def check_float_dtype(dtype: Any, name: str) -> None:
     raise TypeError(
         f'`{name}` must be None or a floating dtype, got {dtype!r}.'
     ) from error
-  if not jnp.issubdtype(resolved, jnp.floating):
+  if not (jnp.issubdtype(resolved, jnp.floating) or (
+      allow_complex and jnp.issubdtype(resolved, jnp.complexfloating))):
     raise TypeError(
         f'`{name}` must be None or a floating dtype (e.g. jnp.float32, '
         f'jnp.bfloat16), got {resolved}.'
+    )
+
+
+# Storage dtypes of optimizer state. Formats with fewer bits (the float8
+# family) are refused: a per-step rounding to 2-3 mantissa bits loses every
+# learning signal smaller than an eighth of a subweight, and some of them
+# have no infinity, which jax.lax.reduce_precision cannot reproduce.
+_STATE_DTYPES = (
+    jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64, jnp.complex64,
+    jnp.complex128)
+
+
+def check_state_dtype(dtype: Any, name: str) -> None:
+  """Raises ``TypeError`` unless ``dtype`` can hold optimizer state.
+
+  Args:
+    dtype: ``None`` (each param's own dtype) or one of float16, bfloat16,
+      float32, float64, complex64 and complex128.
+    name: the argument's name, used in error messages.
+
+  Raises:
+    TypeError: ``dtype`` is an array (as ``optax.inject_hyperparams``
+      passes a dtype that is not in ``static_args``), not a dtype, or not
+      one of the dtypes above (e.g. ``jnp.float8_e4m3fn`` or an integer).
+  """
+  if dtype is None:
+    return
+  check_float_dtype(dtype, name, allow_complex=True)
+  resolved = np.dtype(dtype)
+  if resolved not in [np.dtype(allowed) for allowed in _STATE_DTYPES]:
+    raise TypeError(
+        f'`{name}` must be None or one of float16, bfloat16, float32, '
+        f'float64, complex64, complex128, got {resolved}: narrower formats '
+        'lose every learning signal below an eighth of a subweight.'
     )
 
 

@@ -38,15 +38,18 @@ import numpy as np
 import optax
 
 from multiscale_optax._src import checks
+from multiscale_optax._src import precision
 from multiscale_optax._src.benna_fusi import BennaFusiState
 
-# Eigenvalues closer than this (relative to max(1, ||T||)) are checked for a
-# Jordan block; imaginary parts and |lambda| - 1 beyond it are refused.
-_DEFAULT_TOLERANCE = 1e-6
-# Eigenvalues closer than this (relative) are one mode; within it of 1, the
-# eigenvalue is exactly 1. Rounding in np.linalg.eig stays far below it for
-# any reasonably conditioned eigenbasis.
-_MERGE_TOLERANCE = 1e-10
+# The distance below which two eigenvalues are one mode (see
+# from_linear_dynamics). Eigenvalues are dimensionless, so an absolute
+# distance does not depend on the units of the state's coordinates (the old
+# rule scaled it by ||T||, so a learning rate of 1e6 merged 1 and 0.9). It
+# sits well above np.linalg.eig's rounding for well-conditioned transitions
+# (about 1e-15 times the eigenvalue's condition number) and below the
+# separations users ask for (momentum 0.999999 is 1e-6 from 1).
+_DEFAULT_TOLERANCE = 1e-9
+_MAX_TOLERANCE = 1e-3
 
 
 class MultiscaleSpec(NamedTuple):
@@ -79,6 +82,13 @@ def _concrete_matrix(value: Any, name: str, ndim: int) -> np.ndarray:
     raise TypeError(
         f'`{name}` must be concrete (not traced): the number of modes depends '
         'on its values.')
+  if np.iscomplexobj(value) or (
+      isinstance(value, np.ndarray | jax.Array)
+      and jnp.issubdtype(value.dtype, jnp.complexfloating)):
+    raise TypeError(
+        f'`{name}` must be real, got a complex array: the imaginary part '
+        'would be dropped. Complex (rotating) dynamics have no multiscale '
+        'form.')
   try:
     array = np.asarray(value, dtype=np.float64)
   except (TypeError, ValueError) as error:
@@ -140,10 +150,24 @@ def from_linear_dynamics(
   ``initial_subweights=state_to_subweights(spec, state)`` continues a
   running one.
 
-  Eigenvalues within :math:`10^{-10} \max(1, \|T\|_2)` of each other are
-  one mode (one spectral projector), and within that distance of 1 they are
-  set to exactly ``1.0``, so the slow weight is recognised by
-  :func:`multiscale` as stateless. Modes that are unobservable
+  ``tolerance`` (:math:`\tau`) is one distance in the complex plane, used
+  for every decision about eigenvalues. Eigenvalues are dimensionless (they
+  do not change when the state's coordinates change units), so neither does
+  :math:`\tau`: computed eigenvalues within :math:`\tau` of each other
+  are one mode (one spectral projector :math:`P_j`; if
+  :math:`\|(T - \lambda_j) P_j\|_2 > \sqrt\tau\, \|T\|_2` the
+  eigenvalue has too few eigenvectors: a Jordan block, refused);
+  within :math:`\tau` of 1 an eigenvalue is exactly ``1.0`` (so the slow
+  weight is recognised by :func:`multiscale` as stateless); imaginary parts
+  up to :math:`\tau` are rounding, larger ones make the mode complex;
+  :math:`|\lambda| > 1 + \tau` is unstable and :math:`\lambda \le -1 +
+  \tau` has no decay. Every returned decay lies in :math:`(-1, 1]`. The
+  default :math:`10^{-9}` is far above ``np.linalg.eig``'s rounding for
+  well-conditioned transitions and far below the separations of realistic
+  optimizers (momentum 0.999999 is :math:`10^{-6}` from 1); raise it for a
+  badly conditioned transition whose eigenvalue 1 comes out as
+  :math:`1 \pm 10^{-8}`, lower it to separate eigenvalues closer than
+  :math:`10^{-9}`. Modes that are unobservable
   (:math:`c^\top P_j = 0`: they never reach the weight) or unreachable
   (:math:`P_j b = 0`: the gradient never excites them; an eigenvalue-1 mode
   is kept anyway, as it holds the initial weight), to rounding error, are
@@ -162,18 +186,17 @@ def from_linear_dynamics(
     transition: :math:`T`, shape ``(m, m)``, real.
     input: :math:`b`, shape ``(m,)``: how the gradient enters the state.
     readout: :math:`c`, shape ``(m,)``: the weight is :math:`c^\top s`.
-    tolerance: relative tolerance (times :math:`\max(1, \|T\|_2)`):
-      eigenvalues closer than this whose eigenvectors are dependent to
-      within :math:`\sqrt{\text{tolerance}}` form a Jordan block;
-      imaginary parts or :math:`|\lambda| - 1` beyond it are refused.
+    tolerance: :math:`\tau \in (0, 10^{-3}]`, the distance below which
+      eigenvalues are equal (see above).
 
   Returns:
     A :class:`MultiscaleSpec` with modes sorted by decreasing decay.
 
   Raises:
-    TypeError: an input is traced or not real.
-    ValueError: shapes do not match, a value is not finite, or the
-      transition is complex, unstable or not diagonalisable.
+    TypeError: an input is traced or not real (complex arrays included).
+    ValueError: shapes do not match, a value is not finite, ``tolerance``
+      is outside :math:`(0, 10^{-3}]`, or the transition has complex
+      eigenvalues, is unstable or is not diagonalisable.
 
   Examples:
     >>> import multiscale_optax as mso
@@ -201,31 +224,14 @@ def from_linear_dynamics(
           f'`{name}` must have shape ({size},) to match `transition`, got '
           f'{vector.shape}.')
   checks.check_scalar(
-      tolerance, 'tolerance', low=0.0, high=1.0, low_inclusive=False)
-  scale = max(1.0, float(np.linalg.norm(matrix, 2)))
-  tol = tolerance * scale
+      tolerance, 'tolerance', low=0.0, high=_MAX_TOLERANCE,
+      low_inclusive=False)
+  tol = float(tolerance)
+  scale = float(np.linalg.norm(matrix, 2))
 
   eigenvalues, vectors = np.linalg.eig(matrix)
-  unit_vectors = vectors / np.linalg.norm(vectors, axis=0, keepdims=True)
-  # A Jordan block shows up as nearby eigenvalues (split by about
-  # sqrt(eps)) whose computed eigenvectors are nearly parallel.
-  for cluster in _cluster(eigenvalues, tol):
-    if len(cluster) < 2:
-      continue
-    singular = np.linalg.svd(unit_vectors[:, cluster], compute_uv=False)
-    if singular[-1] < np.sqrt(tolerance):
-      value = float(np.mean(eigenvalues[cluster]).real)
-      independent = int(np.sum(singular >= np.sqrt(tolerance)))
-      raise ValueError(
-          '`transition` is not diagonalisable: the eigenvalue '
-          f'{value:.6g} has algebraic multiplicity {len(cluster)} but only '
-          f'{independent} independent eigenvector(s) (a Jordan block). Its '
-          'response to one gradient grows polynomially in time (e.g. AggMo '
-          'with a beta of 1 integrates the gradient twice), which no sum of '
-          'geometrically decaying subweights can produce.')
+  clusters = _cluster(eigenvalues, tol)
 
-  exact = _MERGE_TOLERANCE * scale
-  clusters = _cluster(eigenvalues, exact)
   centers = []
   for cluster in clusters:
     center = complex(np.mean(eigenvalues[cluster]))
@@ -236,25 +242,46 @@ def from_linear_dynamics(
           '(oscillate) instead of decaying geometrically, and a multiscale '
           'subweight needs a real decay. Complex modes are not supported.')
     value = center.real
+    if abs(value - 1.0) <= tol:
+      centers.append(1.0)
+      continue
     if abs(value) > 1.0 + tol:
       raise ValueError(
-          f'`transition` is unstable: it has the eigenvalue {value:.6g} '
-          'with |λ| > 1, so the state grows without bound.')
+          f'`transition` is unstable: it has the eigenvalue {value:.10g} '
+          f'with |λ| > 1 + tolerance ({tol:.3g}), so the state grows without '
+          'bound.')
     if value <= -1.0 + tol:
       raise ValueError(
-          f'`transition` has the eigenvalue {value:.6g} <= -1: the mode '
-          'flips sign forever without decaying; multiscale decays must lie '
-          'in (-1, 1].')
-    centers.append(1.0 if abs(value - 1.0) <= exact else value)
+          f'`transition` has the eigenvalue {value:.10g} <= -1 + tolerance: '
+          'the mode flips sign forever without decaying; multiscale decays '
+          'must lie in (-1, 1].')
+    centers.append(value)
 
-  inverse = np.linalg.inv(vectors)
+  # Diagonalisable iff T = sum_c lambda_c P_c, i.e. every cluster's
+  # defect (T - lambda_c) P_c vanishes; a Jordan block leaves its nilpotent
+  # part there. Judged relative to ||T||, which (unlike the eigenvectors'
+  # angles) does not depend on the units of the state's coordinates.
+  try:
+    inverse = np.linalg.inv(vectors)
+  except np.linalg.LinAlgError:
+    inverse = np.full_like(vectors, np.nan)
   projectors = []
-  for cluster in clusters:
-    projector = vectors[:, cluster] @ inverse[cluster, :]
-    projectors.append(projector.real)
+  allowed = np.sqrt(tol) * max(scale, np.finfo(np.float64).tiny)
+  for center, cluster in zip(centers, clusters):
+    projector = (vectors[:, cluster] @ inverse[cluster, :]).real
+    projectors.append(projector)
+    defect = np.linalg.norm(matrix @ projector - center * projector, 2)
+    if len(cluster) > 1 and not defect <= allowed:
+      raise ValueError(
+          '`transition` is not diagonalisable: the eigenvalue '
+          f'{center:.10g} has algebraic multiplicity {len(cluster)} but '
+          'fewer independent eigenvectors (a Jordan block). Its response to '
+          'one gradient grows polynomially in time (e.g. AggMo with a beta '
+          'of 1 integrates the gradient twice), which no sum of '
+          'geometrically decaying subweights can produce.')
   reconstruction = sum(
       center * projector for center, projector in zip(centers, projectors))
-  if np.linalg.norm(reconstruction - matrix, 2) > np.sqrt(tol) * scale:
+  if not np.linalg.norm(reconstruction - matrix, 2) <= allowed:
     raise ValueError(
         '`transition` is numerically not diagonalisable: its eigenvectors '
         'are nearly dependent (cond = '
@@ -485,17 +512,21 @@ def _concrete_decays(spec: Any) -> np.ndarray:
 
 def _combine(coefficients: np.ndarray, trees: Sequence[Any]) -> Any:
   """Per leaf: sum_k coefficients[k] * trees[k], in the leaves' dtype."""
-  def combine_leaves(*leaves: jax.Array) -> jax.Array:
-    dtype = jnp.result_type(jnp.float32, *(leaf.dtype for leaf in leaves))
+  def combine_leaves(*leaves: Any) -> jax.Array:
+    leaves = tuple(jnp.asarray(leaf) for leaf in leaves)
+    stored_dtype = jnp.result_type(*leaves)
+    dtype = precision.compute_dtype(stored_dtype)
     total = None
     for weight, leaf in zip(coefficients, leaves):
       if weight == 0.0:
         continue
-      term = jnp.asarray(weight, dtype) * jnp.asarray(leaf, dtype)
+      term = jnp.asarray(weight, dtype) * leaf.astype(dtype)
       total = term if total is None else total + term
     if total is None:
-      total = jnp.zeros_like(jnp.asarray(leaves[0], dtype))
-    return total.astype(jnp.result_type(*(leaf.dtype for leaf in leaves)))
+      total = jnp.zeros(leaves[0].shape, dtype)
+    if not jnp.issubdtype(stored_dtype, jnp.inexact):
+      return total.astype(stored_dtype)  # integer leaves are not trained
+    return precision.round_to_storage(total, stored_dtype)
   return jax.tree.map(combine_leaves, *trees)
 
 

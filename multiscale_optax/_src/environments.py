@@ -80,7 +80,7 @@ class OneOverFEnvironment:
   def __post_init__(self) -> None:
     # The same rules as for the learner's rates, so that every environment
     # has a steady-state filter.
-    decays, variances = kalman._validate(
+    decays, variances = kalman.validate(
         self.decays, self.process_variances, self.noise_variance,
         self.input_dim, False)
     if any(checks.is_traced(value) for value in (*decays, *variances)) or (

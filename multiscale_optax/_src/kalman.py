@@ -93,12 +93,21 @@ import numpy as np
 import optax
 
 from multiscale_optax._src import checks
+from multiscale_optax._src import precision
 
 # Doubling steps of the Riccati solver: the error after k steps scales as
 # lambda^(2^k) for the slowest closed-loop eigenvalue lambda < 1, so 64 steps
 # reach machine precision for any timescale below 2^60 steps.
 _RICCATI_DOUBLING_STEPS = 64
+# Newton-Hewer refinement steps after the doubling: quadratic convergence
+# from the doubling's answer, whose noise differs from r by a factor of up to
+# 1e3 eps max(q) / r (a few steps per decade of that factor at first).
+_HEWER_STEPS = 8
 _MAX_NOISE_ITERATIONS = 10_000
+# The solve has converged when the Riccati residual (relative to max |P|) is
+# below this many eps times the number of components: each entry of the
+# Riccati map is a sum of O(m) products, each rounded to eps.
+_RESIDUAL_EPS_PER_COMPONENT = 100
 
 
 class SteadyStateKalman(NamedTuple):
@@ -112,20 +121,35 @@ class SteadyStateKalman(NamedTuple):
       ``(m, m)`` (per coordinate of :math:`\\theta`).
     effective_noise_variance: :math:`r_{eff}`, the observation noise the
       gains were solved for (``noise_variance`` itself for ``input_dim=1``).
+    converged: whether the solver converged (a bool scalar). Always true for
+      concrete inputs, which raise instead; check it for traced inputs.
+    residual: the relative Riccati residual
+      :math:`\\max|R(P) - P| / \\max|P|` of the returned :math:`P`.
   """
 
   gains: jax.Array
   prior_covariance: jax.Array
   effective_noise_variance: jax.Array
+  converged: jax.Array
+  residual: jax.Array
 
 
-def _validate(
+def validate(
     decays: Any,
     process_variances: Any,
     noise_variance: Any,
     input_dim: Any,
     input_normalization: Any,
 ) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+  """Checks the environment's hyperparameters (shared with environments).
+
+  Returns:
+    The entries of ``decays`` and ``process_variances`` (see
+    :func:`checks.vector_entries`).
+
+  Raises:
+    TypeError, ValueError: as :func:`steady_state_kalman`.
+  """
   decay_entries = checks.vector_entries(decays, 'decays')
   variance_entries = checks.vector_entries(
       process_variances, 'process_variances')
@@ -169,17 +193,32 @@ def _validate(
 
 def _solve_riccati(
     decays: jax.Array, process_variances: jax.Array, noise_variance: jax.Array
-) -> jax.Array:
-  r"""Prediction covariance :math:`P` of the steady-state filter (doubling).
+) -> tuple[jax.Array, jax.Array]:
+  r"""Prediction covariance :math:`P` of the steady-state filter.
 
   Solves :math:`P = A(P - P\mathbf 1\mathbf 1^\top P/(\mathbf 1^\top P
   \mathbf 1 + r))A + Q` with the structure-preserving doubling algorithm
-  (Chu, Fan, Lin & Wang 2004), which converges quadratically.
+  (Chu, Fan, Lin & Wang 2004), which converges quadratically, then refines
+  it with Newton–Hewer steps. Doubling works with :math:`\mathbf 1\mathbf
+  1^\top / r`, whose size makes its linear solves lose about
+  :math:`\epsilon\, q / r` at high signal-to-noise ratios (in float32 a
+  64% error at :math:`r = 10^{-6}`); a Hewer step solves the Joseph-form
+  Stein equation :math:`P = F P F^\top + r A K K^\top A + Q` of the
+  current gain :math:`K` (:math:`F = A(I - K\mathbf 1^\top)`), which has no
+  :math:`1/r` in it, so a few steps bring the residual down to rounding.
+
+  Returns:
+    ``(P, residual)``: the residual is :math:`\max|R(P) - P| / \max|P|`
+    for the Riccati map :math:`R`, the solver's own convergence measure.
   """
   num = decays.shape[0]
-  identity = jnp.eye(num, dtype=decays.dtype)
+  dtype = decays.dtype
+  identity = jnp.eye(num, dtype=dtype)
+  ones = jnp.ones((num,), dtype)
 
-  def step(_, carry):
+  def doubling_step(
+      _: Any, carry: tuple[jax.Array, jax.Array, jax.Array]
+  ) -> tuple[jax.Array, jax.Array, jax.Array]:
     transition, gramian, covariance = carry
     solved = jnp.linalg.solve(
         identity + gramian @ covariance,
@@ -191,14 +230,46 @@ def _solve_riccati(
         covariance + transition.T @ covariance @ solved_transition,
     )
 
+  # Doubling runs at a noise no smaller than 1e3 eps max(q), where its
+  # 1/r-sized solves keep about three digits; the Hewer steps then move the
+  # answer to the true r (their equation has no 1/r) with the stabilising
+  # gain of that nearby problem as the start.
+  doubling_noise = jnp.maximum(
+      noise_variance,
+      1e3 * jnp.finfo(dtype).eps * jnp.max(process_variances))
   initial = (
       jnp.diag(decays),
-      jnp.ones((num, num), decays.dtype) / noise_variance,
+      jnp.ones((num, num), dtype) / doubling_noise,
       jnp.diag(process_variances),
   )
   _, _, covariance = jax.lax.fori_loop(
-      0, _RICCATI_DOUBLING_STEPS, step, initial)
-  return 0.5 * (covariance + covariance.T)
+      0, _RICCATI_DOUBLING_STEPS, doubling_step, initial)
+  covariance = 0.5 * (covariance + covariance.T)
+
+  def gain_of(covariance: jax.Array) -> jax.Array:
+    return covariance @ ones / (ones @ covariance @ ones + noise_variance)
+
+  def hewer_step(_: Any, covariance: jax.Array) -> jax.Array:
+    gain = gain_of(covariance)
+    # F = A (I - K 1^T); vec_r(F X F^T) = (F kron F) vec_r(X), row-major.
+    closed_loop = decays[:, None] * (identity - gain[:, None] * ones[None, :])
+    scaled_gain = decays * gain
+    drive = (noise_variance * scaled_gain[:, None] * scaled_gain[None, :]
+             + jnp.diag(process_variances))
+    solved = jnp.linalg.solve(
+        jnp.eye(num * num, dtype=dtype) - jnp.kron(closed_loop, closed_loop),
+        drive.reshape(-1)).reshape(num, num)
+    return 0.5 * (solved + solved.T)
+
+  covariance = jax.lax.fori_loop(
+      0, _HEWER_STEPS, hewer_step, covariance)
+  gain = gain_of(covariance)
+  mapped = decays[:, None] * (
+      covariance - gain[:, None] * (ones @ covariance)[None, :]
+  ) * decays[None, :] + jnp.diag(process_variances)
+  residual = jnp.max(jnp.abs(mapped - covariance)) / jnp.max(
+      jnp.abs(covariance))
+  return covariance, residual
 
 
 def _noise_map(
@@ -247,8 +318,13 @@ def steady_state_kalman(
   The solver is pure JAX (a fixed number of doubling steps inside
   ``jax.lax.fori_loop``, then a monotone fixed-point iteration on
   :math:`r_{eff}` inside ``jax.lax.while_loop``), so it can be ``jax.jit``-ed
-  with traced ``decays``, ``process_variances`` and ``noise_variance``. It
-  computes in float64 when ``jax.enable_x64`` is on, float32 otherwise.
+  with traced ``decays``, ``process_variances`` and ``noise_variance``.
+  Concrete inputs are always solved in float64 (also when ``jax.enable_x64``
+  is off; the result is then rounded to float32), and a solve that does not
+  converge (relative Riccati residual above :math:`100\, m\, \epsilon`)
+  raises. Traced inputs are solved in the default dtype; check
+  ``converged`` (float32 is accurate to about :math:`\epsilon` times the
+  slowest timescale).
 
   Args:
     decays: :math:`\rho_j \in (0, 1]`, distinct, one per component; a decay
@@ -272,7 +348,8 @@ def steady_state_kalman(
     TypeError: an argument has the wrong type.
     ValueError: lengths differ, a decay lies outside :math:`(0, 1]` or is
       repeated, a variance is negative (or zero where it must be positive),
-      ``input_dim < 1``, or ``input_normalization`` with ``input_dim == 2``.
+      ``input_dim < 1``, ``input_normalization`` with ``input_dim == 2``,
+      or (concrete inputs) the float64 solve did not converge.
 
   Examples:
     >>> import numpy as np
@@ -286,13 +363,53 @@ def steady_state_kalman(
     Jones, `Learning at Multiple Timescales
     <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022, eq. (1) and §6.
   """
-  _validate(decays, process_variances, noise_variance, input_dim,
-            input_normalization)
+  decay_entries, variance_entries = validate(
+      decays, process_variances, noise_variance, input_dim,
+      input_normalization)
   dtype = jnp.result_type(float)
-  return _steady_state(
-      jnp.asarray(decays, dtype), jnp.asarray(process_variances, dtype),
-      jnp.asarray(noise_variance, dtype), int(input_dim),
-      bool(input_normalization))
+  concrete = not any(checks.is_traced(entry) for entry in (
+      *decay_entries, *variance_entries, noise_variance))
+  if not concrete:
+    return _steady_state(
+        jnp.asarray(decays, dtype), jnp.asarray(process_variances, dtype),
+        jnp.asarray(noise_variance, dtype), int(input_dim),
+        bool(input_normalization))
+  # Concrete inputs are solved in float64 whatever the default dtype, so
+  # that float32 users get the float64 answer rounded once (a float32
+  # solve is off by about eps * q / r: 64% at r = 1e-6). Evaluated now even
+  # inside a caller's jax.jit trace, where the inputs are still constants.
+  with jax.enable_x64(True), jax.ensure_compile_time_eval():
+    solved = jax.tree.map(np.asarray, _steady_state(
+        jnp.asarray(decay_entries, jnp.float64),
+        jnp.asarray(variance_entries, jnp.float64),
+        jnp.asarray(float(noise_variance), jnp.float64), int(input_dim),
+        bool(input_normalization)))
+  if not bool(solved.converged):
+    raise ValueError(
+        'steady_state_kalman did not converge in float64: the relative '
+        f'Riccati residual is {float(solved.residual):.3g} (needs <= '
+        f'{_tolerance(np.float64, len(decay_entries)):.3g})'
+        + (f' after {_MAX_NOISE_ITERATIONS} effective-noise iterations'
+           if int(input_dim) > 1 else '')
+        + '. The problem is too ill-conditioned: the signal-to-noise ratio '
+        f'max(process_variances) / noise_variance = '
+        f'{max(variance_entries) / float(noise_variance):.3g} is too high '
+        'for the slowest timescale 1 / (1 - max(decays)) (solves succeed '
+        'for ratios up to 1e8 with timescales up to 1e8 steps). Use a larger '
+        '`noise_variance` or fewer, faster components.')
+  return SteadyStateKalman(
+      gains=jnp.asarray(solved.gains, dtype),
+      prior_covariance=jnp.asarray(solved.prior_covariance, dtype),
+      effective_noise_variance=jnp.asarray(
+          solved.effective_noise_variance, dtype),
+      converged=jnp.asarray(True),
+      residual=jnp.asarray(solved.residual, dtype))
+
+
+def _tolerance(dtype: Any, num_components: int) -> float:
+  """The largest relative Riccati residual of a converged solve."""
+  return _RESIDUAL_EPS_PER_COMPONENT * num_components * float(
+      jnp.finfo(dtype).eps)
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4))
@@ -303,20 +420,21 @@ def _steady_state(
   dtype = decays.dtype
 
   def prior_error(noise: jax.Array) -> tuple[jax.Array, jax.Array]:
-    covariance = _solve_riccati(decays, process_variances, noise)
+    covariance, _ = _solve_riccati(decays, process_variances, noise)
     return covariance, jnp.sum(covariance)
 
-  if input_dim == 1:
-    effective = noise_variance
-  else:
+  noise_converged = jnp.asarray(True)
+  if input_dim > 1:
     tolerance = 8 * jnp.finfo(dtype).eps
 
-    def not_converged(carry):
+    def not_converged(carry: tuple[jax.Array, jax.Array, jax.Array]
+                      ) -> jax.Array:
       iteration, old, new = carry
       return (iteration < _MAX_NOISE_ITERATIONS) & (
           jnp.abs(new - old) > tolerance * new)
 
-    def iterate(carry):
+    def iterate(carry: tuple[jax.Array, jax.Array, jax.Array]
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
       iteration, _, noise = carry
       updated = _noise_map(
           noise_variance, prior_error(noise)[1], input_dim,
@@ -325,14 +443,23 @@ def _steady_state(
 
     start = _noise_map(noise_variance, jnp.zeros((), dtype), input_dim,
                        input_normalization)
-    _, _, effective = jax.lax.while_loop(
+    final = jax.lax.while_loop(
         not_converged, iterate,
         (jnp.zeros((), jnp.int32), jnp.zeros((), dtype), start))
-  covariance, total = prior_error(effective)
-  gains = jnp.sum(covariance, axis=1) / (total + effective)
+    effective = final[2]
+    # Stopped by the tolerance, not by the iteration cap.
+    noise_converged = ~not_converged(final)
+  else:
+    effective = noise_variance
+  covariance, residual = _solve_riccati(decays, process_variances, effective)
+  gains = jnp.sum(covariance, axis=1) / (jnp.sum(covariance) + effective)
+  converged = noise_converged & (
+      residual <= _tolerance(dtype, decays.shape[0])) & jnp.all(
+          jnp.isfinite(gains))
   return SteadyStateKalman(
       gains=gains, prior_covariance=covariance,
-      effective_noise_variance=effective)
+      effective_noise_variance=effective, converged=converged,
+      residual=residual)
 
 
 def kalman_learning_rates(
@@ -373,7 +500,9 @@ def kalman_learning_rates(
     input_normalization: whether updates are divided by :math:`\|x\|^2/d`.
 
   Returns:
-    The learning rates :math:`\alpha_j`, a JAX array of shape ``(m,)``.
+    The learning rates :math:`\alpha_j`, a JAX array of shape ``(m,)`` in
+    the default float dtype. Concrete inputs give the float64 solution
+    rounded once; traced inputs give NaN where the solve did not converge.
 
   Raises:
     TypeError: an argument has the wrong type.
@@ -400,10 +529,26 @@ def kalman_learning_rates(
     Jones, `Learning at Multiple Timescales
     <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022, eq. (1) and §6.
   """
+  dtype = jnp.result_type(float)
+  decay_entries, variance_entries = validate(
+      decays, process_variances, noise_variance, input_dim,
+      input_normalization)
+  if not any(checks.is_traced(entry) for entry in (
+      *decay_entries, *variance_entries, noise_variance)):
+    # Concrete: the float64 rates, rounded once to the default dtype.
+    with jax.enable_x64(True), jax.ensure_compile_time_eval():
+      kalman = steady_state_kalman(
+          decay_entries, variance_entries, float(noise_variance),
+          input_dim=input_dim, input_normalization=input_normalization)
+      rates = np.asarray(decay_entries) * np.asarray(kalman.gains)
+    return jnp.asarray(rates, dtype)
   kalman = steady_state_kalman(
       decays, process_variances, noise_variance, input_dim=input_dim,
       input_normalization=input_normalization)
-  return jnp.asarray(decays, kalman.gains.dtype) * kalman.gains
+  rates = jnp.asarray(decays, kalman.gains.dtype) * kalman.gains
+  # Traced inputs cannot raise: a solve that did not converge gives NaN
+  # rates rather than quietly wrong ones.
+  return jnp.where(kalman.converged, rates, jnp.nan)
 
 
 class ScaleByInputNormState(NamedTuple):
@@ -413,12 +558,23 @@ class ScaleByInputNormState(NamedTuple):
 def scale_by_input_norm() -> optax.GradientTransformationExtraArgs:
   r"""Normalised LMS: divides updates by the mean square of the input.
 
-  Given the current input :math:`x_t \in \mathbb R^d` as the extra argument
-  ``inputs``, returns
+  Given the current input :math:`x_t \in \mathbb R^d` (or
+  :math:`\mathbb C^d`) as the extra argument ``inputs``, returns
 
   .. math::
 
-    u_t \leftarrow \frac{u_t}{\|x_t\|^2 / d}.
+    u_t \leftarrow \frac{u_t}{\|x_t\|^2 / d}, \qquad
+    \|x_t\|^2 = \sum_i |x_{t,i}|^2.
+
+  The mean square is computed in at least float32 (and as
+  :math:`\max_i|x_i|^2` times the mean of :math:`|x_i / \max|x||^2`, so it
+  neither overflows nor underflows), and the division in at least float32;
+  the result is cast back to each update's dtype. Where :math:`x_t = 0` the
+  update passes through unscaled: for the least-squares gradient
+  :math:`x_t e_t` that normalised LMS is made for the update is then zero
+  anyway, and for any other direction the identity is the only finite
+  choice (the normalisation is undefined, not infinite). Integer and boolean
+  update leaves are returned unchanged.
 
   Chain it before :func:`multiscale` with rates from
   ``kalman_learning_rates(..., input_normalization=True)``; it removes most
@@ -467,10 +623,33 @@ def scale_by_input_norm() -> optax.GradientTransformationExtraArgs:
           '`scale_by_input_norm` needs the current input: call '
           '`update(updates, state, params, inputs=x)`.')
     inputs = jnp.asarray(extra_args['inputs'])
-    mean_square = jnp.mean(jnp.square(inputs))
-    scaled = jax.tree.map(
-        lambda update: (update / mean_square.astype(update.dtype)).astype(
-            update.dtype), updates)
-    return scaled, state
+    if not jnp.issubdtype(inputs.dtype, jnp.number) or jnp.issubdtype(
+        inputs.dtype, jnp.bool_):
+      raise TypeError(
+          '`inputs` must be a numeric array, got dtype '
+          f'{inputs.dtype}.')
+    # |x|^2 in at least float32 (float16 overflows at |x| = 256 and
+    # underflows at 1e-4), and as max|x|^2 * mean(|x / max|x||^2) so that
+    # float32 itself neither overflows nor underflows for any finite x.
+    real_dtype = jnp.finfo(precision.compute_dtype(inputs.dtype)).dtype
+    magnitudes = jnp.abs(inputs).astype(real_dtype)
+    largest = jnp.max(magnitudes)
+    nonzero = largest > 0
+    safe_largest = jnp.where(nonzero, largest, 1.0)
+    relative_mean_square = jnp.mean(jnp.square(magnitudes / safe_largest))
+
+    def scale(update: Any) -> Any:
+      update = jnp.asarray(update)
+      if not jnp.issubdtype(update.dtype, jnp.inexact):
+        return update  # integer and boolean leaves are not trained
+      compute = precision.compute_dtype(update.dtype, real_dtype)
+      scaled = (update.astype(compute) / safe_largest.astype(compute)
+                / safe_largest.astype(compute)
+                / relative_mean_square.astype(compute))
+      # x = 0: the update passes through unscaled (see the docstring).
+      return jnp.where(nonzero, scaled, update.astype(compute)).astype(
+          update.dtype)
+
+    return jax.tree.map(scale, updates), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

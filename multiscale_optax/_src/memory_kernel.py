@@ -110,21 +110,35 @@ def power_law_kernel(
   return float(scale) * (lags + 1.0) ** (-float(exponent))
 
 
+# Lawson and Hanson prove that their active-set method terminates; their
+# implementation caps it at 3 iterations per column, as does ours, and a
+# run that reaches the cap raises instead of returning a point that does
+# not satisfy the optimality conditions.
+_NNLS_ITERATIONS_PER_COLUMN = 3
+
+
 def _nonnegative_least_squares(
     matrix: np.ndarray, target: np.ndarray) -> np.ndarray:
-  """Lawson–Hanson active-set NNLS: min ||A x - y|| subject to x >= 0."""
+  """Lawson–Hanson active-set NNLS: min ||A x - y|| subject to x >= 0.
+
+  Raises:
+    RuntimeError: the iteration cap was reached before the Karush–Kuhn–
+      Tucker conditions held (the gradient of the free variables is at most
+      the tolerance).
+  """
   num_columns = matrix.shape[1]
+  cap = _NNLS_ITERATIONS_PER_COLUMN * num_columns + 10
   passive = np.zeros(num_columns, dtype=bool)
   solution = np.zeros(num_columns)
   tolerance = 10.0 * np.finfo(np.float64).eps * np.linalg.norm(
       matrix, 1) * max(matrix.shape)
   gradient = matrix.T @ (target - matrix @ solution)
-  for _ in range(3 * num_columns + 10):
+  for _ in range(cap):
     candidates = np.where(passive, -np.inf, gradient)
     if passive.all() or candidates.max() <= tolerance:
-      break
+      return solution
     passive[int(np.argmax(candidates))] = True
-    for _ in range(3 * num_columns + 10):
+    for _ in range(cap):
       trial = np.zeros(num_columns)
       trial[passive] = np.linalg.lstsq(
           matrix[:, passive], target, rcond=None)[0]
@@ -137,8 +151,21 @@ def _nonnegative_least_squares(
       solution = solution + step * (trial - solution)
       passive &= solution > tolerance
       solution[~passive] = 0.0
+    else:
+      raise RuntimeError(
+          'fit_learning_rates(nonnegative=True): the non-negative least '
+          f'squares solver did not converge in {cap} inner iterations '
+          '(nearly collinear decays); merge decays that are close together '
+          'or use nonnegative=False.')
     gradient = matrix.T @ (target - matrix @ solution)
-  return solution
+  candidates = np.where(passive, -np.inf, gradient)
+  if passive.all() or candidates.max() <= tolerance:
+    return solution
+  raise RuntimeError(
+      'fit_learning_rates(nonnegative=True): the non-negative least squares '
+      f'solver did not converge in {cap} iterations: the largest gradient of '
+      f'a clamped rate is {candidates.max():.3g} > {tolerance:.3g}. Merge '
+      'decays that are close together or use nonnegative=False.')
 
 
 def fit_learning_rates(
@@ -182,6 +209,8 @@ def fit_learning_rates(
     ValueError: a value is not finite, a decay lies outside
       :math:`(-1, 1]`, a weight is negative, or ``weights`` and
       ``target_kernel`` differ in length.
+    RuntimeError: (``nonnegative=True``) the active-set solver reached its
+      iteration cap without satisfying the optimality conditions.
 
   Examples:
     >>> import multiscale_optax as mso

@@ -7,35 +7,34 @@ Implements eq. (1) of Jones, `Learning at Multiple Timescales
 
 How the state is stored, and why:
 
-* A subweight with decay :math:`\gamma_i = 1` never forgets, so the sum of
-  all such subweights is the parameter minus the decaying subweights: it is
-  implied by the params and is not stored. Subweights with equal decays obey
-  the same recursion and are merged. The state therefore holds one
-  params-shaped pytree per distinct decay :math:`\ne 1`.
-* Where it is exact to do so (:math:`|\gamma| \ge 1/2` and the subweight is
-  stored in the compute dtype), the increment is read from the *updated*
-  subweight, as ``optax.trace`` does. Computing it from the old subweight
-  forces XLA to copy the whole state every step (measured 5x slower than
-  ``optax.sgd(momentum=0.9)`` at :math:`10^7` parameters on CPU). For small
-  decays and low-precision storage the increment is instead taken as the
-  difference of stored values, which keeps the implied slow weight free of
-  rounding error.
-* A subweight stored narrower than float32 (``state_dtype=jnp.bfloat16`` or
-  ``jnp.float16``) cannot decay by rounding its stored value: with
-  :math:`\gamma = 0.9999` the per-step change is far below half a bfloat16
-  ulp, so the rounded value never moves and the subweight silently becomes
-  permanent. Such a subweight is stored as a float32 scale times a
-  low-precision array, :math:`\omega = s\, m`. The decay acts on the scale
-  only, :math:`s \leftarrow \gamma s`, kept in double-float32 precision and
-  renormalised to :math:`|s| \in [1/2, 1)` by exact powers of two; the
-  update :math:`m \leftarrow m - (s_t \alpha / s) u` is the only rounding
-  of :math:`m`. The decay therefore runs at rate :math:`\gamma` whatever
-  the storage dtype, for one float32 pair of extra state per subweight.
+* Decays fixed at construction (Python or NumPy floats) get a merged
+  layout. A subweight with decay :math:`\gamma_i = 1` never forgets, so the
+  sum of all such subweights is the parameter minus the decaying subweights:
+  it is implied by the params and is not stored. Subweights with equal
+  decays obey the same recursion and are merged. The state therefore holds
+  one params-shaped pytree per distinct decay :math:`\ne 1`.
+* Decays given as JAX arrays (as ``optax.inject_hyperparams`` passes them,
+  concrete or traced) may change after ``init``, so every such entry gets a
+  stored subweight of its own, whatever its value; only the params' initial
+  value is implied (it is a permanent part with decay 1).
+* Where it is exact to do so (a fixed decay with :math:`|\gamma| \ge 1/2`
+  and the subweight stored in the compute dtype), the increment is read
+  from the *updated* subweight, as ``optax.trace`` does. Computing it from
+  the old subweight forces XLA to copy the whole state every step (measured
+  5x slower than ``optax.sgd(momentum=0.9)`` at :math:`10^7` parameters on
+  CPU). Otherwise the increment is the difference of the stored values,
+  which keeps the implied slow weight free of rounding error and is exact
+  for any decay, 0 included.
+* Every value stored narrower than the compute dtype is rounded with
+  :func:`multiscale_optax._src.precision.round_to_storage`, so that the
+  increment is the change of the value actually stored on every backend.
+* A subweight stored narrower than float32 keeps its decay in a float32
+  scale (:mod:`multiscale_optax._src.scaled_storage`), so that a decay such
+  as 0.9999 is not lost to the rounding of the stored values.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 from typing import NamedTuple
@@ -46,6 +45,8 @@ import numpy as np
 import optax
 
 from multiscale_optax._src import checks
+from multiscale_optax._src import precision
+from multiscale_optax._src import scaled_storage
 
 # Below this |decay|, recovering the old subweight from the new one divides by
 # a small number; such subweights use the difference form instead.
@@ -53,26 +54,29 @@ _SMALLEST_DECAY_READ_AFTER_UPDATE = 0.5
 
 
 @jax.tree_util.register_static
-@dataclasses.dataclass(frozen=True)
-class SubweightLayout:
+class SubweightLayout(NamedTuple):
   r"""How the entries of ``decays`` map onto stored subweights.
 
-  The layout is fixed when the state is initialised and travels in the
-  state's tree structure (it has no array leaves), so that an update with
-  traced hyperparameters (``optax.inject_hyperparams`` under ``jax.jit``)
-  uses the same layout as the eager ``init``.
+  The layout is decided when the transformation is constructed, from which
+  decays are fixed (Python or NumPy floats) and which are JAX arrays that
+  may change (``optax.inject_hyperparams``). It travels in the state's tree
+  structure (it has no array leaves, so ``jax.jit`` treats it as static)
+  and is checked against the transformation at every update, so that a
+  state from a differently configured optimizer fails loudly. It is a
+  NamedTuple of Python numbers, so ``pickle`` and
+  ``flax.serialization`` store and restore it with the arrays.
 
   Attributes:
     num_entries: the length of ``learning_rates`` and ``decays``.
-    slow_entries: indices of the entries with decay exactly 1; their
-      subweights are implied by the params and are not stored.
+    slow_entries: indices of the entries with a fixed decay of exactly 1;
+      their subweights are implied by the params and are not stored.
     stored_groups: for each stored subweight, the indices of the entries it
-      merges (all with the same decay).
+      merges (all with the same fixed decay; one entry if the decay is an
+      array).
     group_decays: the decay of each stored subweight as a Python float, or
-      ``None`` where it was traced when the state was initialised.
+      ``None`` where it is given as an array (it may change).
     read_after_update: per stored subweight, whether its increment may be
-      read from its updated value (concrete decay with
-      :math:`|\gamma| \ge 1/2`).
+      read from its updated value (fixed decay with :math:`|\gamma| \ge 1/2`).
   """
 
   num_entries: int
@@ -88,10 +92,11 @@ class MultiscaleState(NamedTuple):
   Attributes:
     count: number of updates applied so far (``int32``), read by a
       learning-rate schedule.
-    subweights: one params-shaped pytree per stored (decaying) subweight,
-      in the order of ``layout.stored_groups``. Where ``scales`` is not
-      empty, a leaf stored narrower than float64 holds the subweight divided
-      by its scale (use :func:`get_subweights` to read values).
+    subweights: one params-shaped pytree per stored subweight, in the order
+      of ``layout.stored_groups``. Where ``scales`` is not empty, an inexact
+      leaf stored narrower than float64 holds the subweight divided by its
+      scale (use :func:`get_subweights` to read values). Integer and
+      boolean params get zeros of their own dtype, which never change.
     layout: which entries of ``decays`` each stored subweight holds (static:
       no array leaves).
     scales: empty unless some stored leaf is narrower than float32 (or
@@ -113,20 +118,40 @@ class MultiscaleSubweights(NamedTuple):
 
   Attributes:
     decays: the decay of each subweight: 1.0 for the non-decaying part
-      (first), then one per stored subweight (``None`` if traced at init).
+      (first), then one per stored subweight (``None`` where the decay was
+      given as an array, as under ``optax.inject_hyperparams``).
     values: params-shaped pytrees, one per decay, summing to the params.
+      Leaves the transformation does not see (masked out by
+      ``optax.masked`` or ``optax.multi_transform``) are
+      ``optax.MaskedNode()`` in every entry.
   """
 
   decays: tuple[float | None, ...]
   values: tuple[optax.Params, ...]
 
 
-def _make_layout(decay_entries: Sequence[Any]) -> SubweightLayout:
+def _fixed_entries(decays: Any, count: int) -> tuple[bool, ...]:
+  """Per entry of ``decays``: whether it is fixed at construction.
+
+  Python and NumPy numbers are fixed. A JAX array (concrete or traced) is
+  what ``optax.inject_hyperparams`` passes, and may change after ``init``.
+  """
+  if isinstance(decays, jax.Array):  # tracers are jax.Array instances too
+    return (False,) * count
+  if isinstance(decays, np.ndarray):
+    return (True,) * count
+  return tuple(
+      not isinstance(entry, jax.Array) for entry in decays)
+
+
+def _make_layout(
+    decay_entries: Sequence[Any], fixed: Sequence[bool]
+) -> SubweightLayout:
   slow = []
   groups: list[list[int]] = []
   group_decays: list[float | None] = []
-  for index, decay in enumerate(decay_entries):
-    if checks.is_traced(decay):
+  for index, (decay, is_fixed) in enumerate(zip(decay_entries, fixed)):
+    if not is_fixed:
       groups.append([index])
       group_decays.append(None)
     elif decay == 1.0:
@@ -135,7 +160,7 @@ def _make_layout(decay_entries: Sequence[Any]) -> SubweightLayout:
       groups[group_decays.index(decay)].append(index)
     else:
       groups.append([index])
-      group_decays.append(decay)
+      group_decays.append(float(decay))
   return SubweightLayout(
       num_entries=len(decay_entries),
       slow_entries=tuple(slow),
@@ -146,6 +171,26 @@ def _make_layout(decay_entries: Sequence[Any]) -> SubweightLayout:
           for decay in group_decays
       ),
   )
+
+
+def _check_layout(found: Any, expected: SubweightLayout) -> None:
+  """Raises ``ValueError`` naming what differs between two layouts."""
+  if found == expected:
+    return
+  if not isinstance(found, SubweightLayout):
+    raise ValueError(
+        f'The state holds a {type(found).__name__} where a SubweightLayout '
+        'belongs: it was not created by multiscale().')
+  differences = '; '.join(
+      f'{name}: state {getattr(found, name)}, transformation '
+      f'{getattr(expected, name)}'
+      for name in SubweightLayout._fields
+      if getattr(found, name) != getattr(expected, name))
+  raise ValueError(
+      'The state was created by a differently configured multiscale '
+      f'learner ({differences}). Its subweights would be read with the '
+      'wrong decays; initialise a new state or restore it with the '
+      'optimizer that created it.')
 
 
 def _sum_entries(entries: Sequence[Any], indices: Sequence[int]) -> Any:
@@ -181,53 +226,9 @@ def _group_coefficients(
   return slow_rate, coefficients
 
 
-def _is_narrow(dtype: Any) -> bool:
-  """Whether ``dtype`` has fewer mantissa bits than float32."""
-  return jnp.finfo(dtype).nmant < jnp.finfo(jnp.float32).nmant
-
-
-def _is_scaled(dtype: Any, scales: Sequence[Any]) -> bool:
-  """Whether a stored leaf of ``dtype`` is multiplied by its scale.
-
-  A state with scales scales every leaf narrower than float64: the scale is
-  a double-float32 number, which would limit a float64 subweight.
-  """
-  return bool(scales) and (
-      jnp.finfo(dtype).nmant < jnp.finfo(jnp.float64).nmant)
-
-
-def _two_sum(first: jax.Array, second: jax.Array) -> tuple[jax.Array, ...]:
-  """Knuth's error-free sum: ``total + error == first + second`` exactly."""
-  total = first + second
-  second_part = total - first
-  error = (first - (total - second_part)) + (second - second_part)
-  return total, error
-
-
-def _advance_scale(
-    scale: tuple[jax.Array, jax.Array], leak: Any
-) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
-  """Decays a ``(high, low)`` float32 scale and renormalises it.
-
-  Returns the new scale, with magnitude in [1/2, 1), and the power of two
-  (or 0 for a decay of 0) by which the stored leaves must be multiplied so
-  that ``new_scale * factor`` equals ``scale * (1 - leak)``.
-  """
-  high, low = scale
-  leak = jnp.asarray(leak, jnp.float32)
-  # The rounding of high * leak is relative to the per-step change, not to
-  # the scale, so the decay keeps about 24 bits per step even as leak -> 0.
-  total, error = _two_sum(high, -high * leak)
-  total, error = _two_sum(total, error + (low - low * leak))
-  mantissa, exponent = jnp.frexp(total)
-  is_zero = total == 0
-  new_scale = (
-      jnp.where(is_zero, jnp.float32(1), mantissa),
-      jnp.where(is_zero, jnp.float32(0), jnp.ldexp(error, -exponent)),
-  )
-  factor = jnp.where(
-      is_zero, jnp.float32(0), jnp.ldexp(jnp.float32(1), exponent))
-  return new_scale, factor
+def _is_trainable(dtype: Any) -> bool:
+  """Whether a leaf of ``dtype`` is trained (integer and bool leaves are not)."""
+  return jnp.issubdtype(dtype, jnp.inexact)
 
 
 def _leafwise_update(
@@ -236,47 +237,59 @@ def _leafwise_update(
     slow_rate: Any,
     coefficients: Sequence[tuple[Any, Any, Any]],
     read_after_update: Sequence[bool],
-    scale: Any,
-    stored_scales: Sequence[tuple[jax.Array, jax.Array, jax.Array] | None],
+    learning_rate: Any,
+    scale_steps: Sequence[scaled_storage.ScaleStep] | None,
 ) -> tuple[jax.Array, list[jax.Array]]:
-  compute_dtype = jnp.result_type(
-      jnp.float32, update.dtype, *(leaf.dtype for leaf in stored))
+  """One step of eq. (1) for one leaf: its increment and new stored leaves.
+
+  Args:
+    update: the incoming update :math:`u` of this leaf.
+    stored: this leaf of every stored subweight.
+    slow_rate: the summed rate of the implied (fixed decay 1) entries.
+    coefficients: per stored subweight, (rate, 1 - decay, decay).
+    read_after_update: per stored subweight, whether the increment may be
+      read from the updated value.
+    learning_rate: :math:`s_t`, the step's multiplier of every rate.
+    scale_steps: per stored subweight, its scale's step, or ``None`` for a
+      state without scales.
+  """
+  if not (_is_trainable(update.dtype)
+          and all(_is_trainable(leaf.dtype) for leaf in stored)):
+    # Integer and boolean leaves (counters, masks) are left alone.
+    return jnp.zeros_like(update), list(stored)
+  compute_dtype = precision.compute_dtype(
+      update.dtype, *(leaf.dtype for leaf in stored))
+  # Rates and decays are real, also for complex params.
+  real_dtype = jnp.finfo(compute_dtype).dtype
   update_c = update.astype(compute_dtype)
-  scale_c = jnp.asarray(scale, compute_dtype)
+  learning_rate_c = jnp.asarray(learning_rate, real_dtype)
   # Coefficient of the current update direction in the increment.
-  update_coefficient = -scale_c * jnp.asarray(slow_rate, compute_dtype)
+  update_coefficient = -learning_rate_c * jnp.asarray(slow_rate, real_dtype)
   increment = None
   new_stored = []
-  for leaf, (rate, leak, decay), fast_form, stored_scale in zip(
-      stored, coefficients, read_after_update, stored_scales):
-    rate_c = scale_c * jnp.asarray(rate, compute_dtype)
-    leak_c = jnp.asarray(leak, compute_dtype)
-    old = leaf.astype(compute_dtype)
-    if stored_scale is not None and _is_scaled(leaf.dtype, stored_scales):
-      # omega = s m: the decay lives in s (see the module docstring), so m
-      # only moves by the learning signal and exact powers of two.
-      scale_change, new_scale, factor = (
-          value.astype(compute_dtype) for value in stored_scale)
-      stepped = old * factor
-      new = (stepped - (rate_c / new_scale) * update_c).astype(leaf.dtype)
-      new_stored.append(new)
-      # s' m' - s m, split so that each product is rounded relative to a
-      # small change rather than to the subweight itself.
-      term = scale_change * old + new_scale * (
-          new.astype(compute_dtype) - stepped)
-      increment = term if increment is None else increment + term
-      continue
-    # omega <- gamma omega - alpha u, written as omega - (1 - gamma) omega so
-    # that the decay keeps the precision of 1 - gamma.
-    new = (old - leak_c * old - rate_c * update_c).astype(leaf.dtype)
-    new_stored.append(new)
-    if fast_form and leaf.dtype == compute_dtype:
-      # old = (new + alpha u) / gamma, so new - old is read from `new` alone.
-      decay_c = jnp.asarray(decay, compute_dtype)
-      term = (-leak_c / decay_c) * new
-      update_coefficient = update_coefficient - rate_c / decay_c
+  for index, (leaf, (rate, leak, decay), fast_form) in enumerate(
+      zip(stored, coefficients, read_after_update)):
+    rate_c = learning_rate_c * jnp.asarray(rate, real_dtype)
+    if scale_steps is not None and scaled_storage.is_scaled(leaf.dtype):
+      new, term = scaled_storage.update_leaf(
+          leaf, rate_c, update_c, scale_steps[index])
     else:
-      term = new.astype(compute_dtype) - old
+      leak_c = jnp.asarray(leak, real_dtype)
+      old = leaf.astype(compute_dtype)
+      # omega <- gamma omega - alpha u, written as omega - (1 - gamma) omega
+      # so that the decay keeps the precision of 1 - gamma.
+      new = precision.round_to_storage(
+          old - leak_c * old - rate_c * update_c, leaf.dtype)
+      if fast_form and leaf.dtype == compute_dtype:
+        # old = (new + alpha u) / gamma, so new - old is read from `new`
+        # alone (no copy of the old state).
+        decay_c = jnp.asarray(decay, real_dtype)
+        term = (-leak_c / decay_c) * new
+        update_coefficient = update_coefficient - rate_c / decay_c
+      else:
+        # The change of the value actually stored (exact for any decay).
+        term = new.astype(compute_dtype) - old
+    new_stored.append(new)
     increment = term if increment is None else increment + term
   direct = update_coefficient * update_c
   increment = direct if increment is None else increment + direct
@@ -287,7 +300,7 @@ def multiscale(
     learning_rates: Sequence[float] | jax.Array,
     decays: Sequence[float] | jax.Array,
     *,
-    learning_rate_scale: optax.ScalarOrSchedule = 1.0,
+    learning_rate: optax.ScalarOrSchedule = 1.0,
     initial_subweights: Sequence[optax.Params | None] | None = None,
     state_dtype: Any = None,
     scaled_subweights: bool = False,
@@ -302,7 +315,7 @@ def multiscale(
     \omega_{i,t+1} = \gamma_i\, \omega_{i,t} - s_t\, \alpha_i\, u_t,
 
   where :math:`\alpha_i` is ``learning_rates[i]``, :math:`\gamma_i` is
-  ``decays[i]``, :math:`s_t` is ``learning_rate_scale`` (a constant or a
+  ``decays[i]``, :math:`s_t` is ``learning_rate`` (a constant or a
   schedule of the step count) and :math:`u_t` is the incoming update (a raw
   gradient, or a preconditioned direction such as the output of
   ``optax.scale_by_adam()``). The transformation returns the parameter
@@ -319,14 +332,28 @@ def multiscale(
   params are the non-decaying part; decaying subweights start at zero unless
   ``initial_subweights`` is given.
 
-  Subweights with :math:`\gamma_i = 1` are implied by the params and are not
-  stored; entries with equal decays are merged. State memory is therefore
-  (number of distinct decays :math:`\ne 1`) :math:`\times` params. Which
-  entries are merged is decided when the state is initialised from the decay
-  values known then; a decay that is traced at that time (e.g.
-  ``jax.jit(opt.init)`` under ``optax.inject_hyperparams``) gets a stored
-  subweight of its own, so injected decays may take any value in
-  :math:`(-1, 1]` later.
+  Which subweights are stored is decided at construction:
+
+  * **Fixed decays** (Python floats, lists, NumPy arrays): subweights with
+    :math:`\gamma_i = 1` are implied by the params and are not stored, and
+    entries with equal decays are merged. State memory is (number of
+    distinct decays :math:`\ne 1`) :math:`\times` params.
+  * **Decays given as JAX arrays** (as ``optax.inject_hyperparams`` passes
+    them, with an eager or a jitted ``init``, or from a schedule of the
+    decays): they may change after ``init``, so every entry is stored, and
+    the new decays are honoured exactly at every step, :math:`\gamma_i = 0`
+    and :math:`\gamma_i = 1` included. State memory is ``len(decays)``
+    :math:`\times` params. ``optax.inject_hyperparams`` converts the decays
+    to the params' dtype: in float32, 0.99999999 (a timescale of
+    :math:`10^8` steps) becomes exactly 1, i.e. permanent; with bfloat16
+    params every decay above 0.998 does. To keep decays
+    fixed (merged layout, float64 values) while injecting the learning
+    rates, pass ``static_args=('decays',)`` to ``optax.inject_hyperparams``.
+
+  The state records this layout and every update checks it, so a state
+  (checkpoint, pickle, ``flax.serialization``) from a differently
+  configured learner raises ``ValueError`` instead of being read with the
+  wrong decays.
 
   Special cases: ``multiscale([lr], [1.0])`` is SGD;
   ``optax.chain(optax.scale_by_adam(), multiscale([lr], [1.0]))`` is
@@ -343,17 +370,26 @@ def multiscale(
     learning_rates: :math:`\alpha_i`, one real per subweight; may be
       negative.
     decays: :math:`\gamma_i`, one per subweight, each in :math:`(-1, 1]`.
-    learning_rate_scale: :math:`s_t`, a scalar or an ``optax.Schedule`` of
+    learning_rate: :math:`s_t`, a scalar or an ``optax.Schedule`` of
       the step count that multiplies every :math:`\alpha_i`.
-    initial_subweights: optional, one entry per subweight: a params-shaped
-      pytree holding its initial value, or ``None`` for zero. Entries with
-      decay 1 must be ``None`` (they are implied by the params, which must
-      equal the sum of all subweights). Use it to continue a momentum or
+    initial_subweights: optional, one entry per subweight: a pytree with
+      the params' structure and shapes holding its initial value (checked at
+      ``init``), or ``None`` for zero. Entries with a fixed decay of 1 must
+      be ``None`` (they are implied by the params, which must equal the sum
+      of all subweights). The state holds copies, so donating the state
+      never deletes these arrays. Use it to continue a momentum or
       Benna–Fusi state exactly.
-    state_dtype: dtype in which the stored subweights live (e.g.
-      ``jnp.bfloat16``); ``None`` keeps each param's dtype. Arithmetic runs in
-      at least float32 whatever this is; updates keep the incoming dtype.
-      Storage narrower than float32 keeps each subweight's decay in a
+    state_dtype: dtype in which the stored subweights live: ``None`` (each
+      param's dtype), float16, bfloat16, float32, float64, or for complex
+      params complex64 or complex128 (a real ``state_dtype`` for complex
+      params is a ``TypeError`` at ``init``: it would drop the imaginary
+      part). float8 and narrower formats are refused: each step's rounding
+      would lose every learning signal below an eighth of a subweight.
+      Arithmetic runs in at least float32 whatever this is (complex for
+      complex params; rates and decays stay real); updates keep the
+      incoming dtype, and every narrower store is an explicit rounding
+      (``jax.lax.reduce_precision``), so results agree across CPU, GPU and
+      TPU. Storage narrower than float32 keeps each subweight's decay in a
       float32 scale (see :class:`MultiscaleState`), so a decay such as
       0.9999 still acts at its rate; on a small MLP with timescales from
       10 to :math:`10^4` steps the weights after :math:`10^4` steps were
@@ -361,7 +397,10 @@ def multiscale(
       float32-state run. Each step still rounds the stored subweight, so
       learning signals below half an ulp of a subweight are lost, and
       subweights that cancel (negative learning rates, as in momentum)
-      amplify that rounding: keep such learners in float32.
+      amplify that rounding: keep such learners in float32. Integer and
+      boolean params (counters, masks) are left alone, as by optax's
+      optimizers for their zero gradients: their increment is zero and
+      their stored subweights are zeros of their own dtype.
     scaled_subweights: store float32 subweights too as a float32 array
       times a double-float32 scale that carries the decay (storage narrower
       than float32 always is; float64 storage never is). For runs of
@@ -379,9 +418,13 @@ def multiscale(
     :class:`MultiscaleState`.
 
   Raises:
-    TypeError: an argument has the wrong type.
+    TypeError: an argument has the wrong type (at construction), or
+      ``state_dtype`` and a param disagree on being complex (at ``init``).
     ValueError: lengths differ, a vector is empty or not 1-D, a value is not
-      finite, or a decay lies outside :math:`(-1, 1]`.
+      finite, or a decay lies outside :math:`(-1, 1]` (at construction);
+      ``initial_subweights`` differ from the params in structure or shape
+      (at ``init``); the state was made by a differently configured learner
+      (at ``update``).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -404,47 +447,42 @@ def multiscale(
   """
   learning_rate_entries, decay_entries = checks.learning_rates_and_decays(
       learning_rates, decays)
-  if not callable(learning_rate_scale):
+  if not callable(learning_rate):
     checks.check_scalar(
-        learning_rate_scale, 'learning_rate_scale', low=-np.inf, high=np.inf)
-  checks.check_float_dtype(state_dtype, 'state_dtype')
+        learning_rate, 'learning_rate', low=-np.inf, high=np.inf)
+  checks.check_state_dtype(state_dtype, 'state_dtype')
   scaled_subweights = checks.check_bool(
       scaled_subweights, 'scaled_subweights')
   checks.check_tree_per_entry(
       initial_subweights, 'initial_subweights', len(decay_entries),
       'subweight', 'decays')
+  layout = _make_layout(
+      decay_entries, _fixed_entries(decays, len(decay_entries)))
   if initial_subweights is not None:
-    for index, (decay, value) in enumerate(
-        zip(decay_entries, initial_subweights)):
-      if value is not None and not checks.is_traced(decay) and decay == 1.0:
+    for index in layout.slow_entries:
+      if initial_subweights[index] is not None:
         raise ValueError(
             f'`initial_subweights[{index}]` must be None: its decay is 1, so '
             'it is implied by the params (set the params to the sum of all '
             'subweights instead).')
 
   def init_fn(params: optax.Params) -> MultiscaleState:
-    layout = _make_layout(decay_entries)
+    if initial_subweights is not None:
+      _check_initial_subweights(initial_subweights, params)
     stored = []
     for group in layout.stored_groups:
       values = [] if initial_subweights is None else [
           initial_subweights[i] for i in group
           if initial_subweights[i] is not None]
-      if values:
-        total = values[0] if len(values) == 1 else jax.tree.map(
-            lambda *leaves: sum(leaves[1:], leaves[0]), *values)
-        stored.append(jax.tree.map(
-            lambda leaf, param: jnp.asarray(leaf).astype(
-                state_dtype or param.dtype), total, params))
-      else:
-        stored.append(optax.tree.zeros_like(params, dtype=state_dtype))
-    leaves = jax.tree.leaves(stored)
-    needs_scales = any(_is_narrow(leaf.dtype) for leaf in leaves) or (
-        scaled_subweights
-        and any(_is_scaled(leaf.dtype, [True]) for leaf in leaves))
-    # Scalars, like the step count, so that they need no sharding.
+      stored.append(jax.tree.map(
+          lambda param, *leaves: _initial_leaf(param, leaves, state_dtype),
+          params, *values))
+    requested = [] if state_dtype is None else [state_dtype]
+    needs_scales = scaled_storage.needs_scales(
+        [leaf.dtype for leaf in jax.tree.leaves(stored)] + requested,
+        scaled_subweights)
     scales = tuple(
-        (jnp.ones([], jnp.float32), jnp.zeros([], jnp.float32))
-        for _ in stored
+        scaled_storage.initial_scale() for _ in stored
     ) if needs_scales else ()
     return MultiscaleState(
         count=jnp.zeros([], jnp.int32), subweights=tuple(stored),
@@ -457,34 +495,24 @@ def multiscale(
       **extra_args: Any,
   ) -> tuple[optax.Updates, MultiscaleState]:
     del params, extra_args
-    layout = state.layout
-    if layout.num_entries != len(decay_entries):
-      raise ValueError(
-          f'The state was initialised for {layout.num_entries} subweights, '
-          f'but this transformation has {len(decay_entries)}.')
-    scale = (
-        learning_rate_scale(state.count) if callable(learning_rate_scale)
-        else learning_rate_scale)
+    _check_layout(state.layout, layout)
+    step_rate = (
+        learning_rate(state.count) if callable(learning_rate)
+        else learning_rate)
     slow_rate, coefficients = _group_coefficients(
         learning_rate_entries, decay_entries, layout)
     update_leaves, treedef = jax.tree.flatten(updates)
+    update_leaves = [jnp.asarray(update) for update in update_leaves]
     stored_leaves = [
         treedef.flatten_up_to(tree) for tree in state.subweights]
     if state.scales:
       advanced = [
-          _advance_scale(old_scale, leak)
+          scaled_storage.advance_scale(old_scale, leak)
           for old_scale, (_, leak, _) in zip(state.scales, coefficients)]
       new_scales = tuple(new_scale for new_scale, _ in advanced)
-      # (s (1 - leak) - s, s', factor): the first is exact up to one
-      # rounding because s' factor and s agree in their leading bits.
-      stored_scales = [
-          ((new_scale[0] * factor - old_scale[0])
-           + (new_scale[1] * factor - old_scale[1]),
-           new_scale[0] + new_scale[1], factor)
-          for old_scale, (new_scale, factor) in zip(state.scales, advanced)]
+      scale_steps = [step for _, step in advanced]
     else:
-      new_scales = ()
-      stored_scales = [None] * len(stored_leaves)
+      new_scales, scale_steps = (), None
     increments = []
     new_stored_leaves: list[list[jax.Array]] = [[] for _ in stored_leaves]
     for position, update in enumerate(update_leaves):
@@ -494,8 +522,8 @@ def multiscale(
           slow_rate,
           coefficients,
           layout.read_after_update,
-          scale,
-          stored_scales,
+          step_rate,
+          scale_steps,
       )
       increments.append(increment)
       for group_leaves, value in zip(new_stored_leaves, new_stored):
@@ -512,12 +540,69 @@ def multiscale(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def _check_initial_subweights(
+    initial_subweights: Sequence[optax.Params | None], params: optax.Params
+) -> None:
+  """Raises ``ValueError`` unless each given subweight is shaped like params."""
+  param_paths, param_structure = jax.tree_util.tree_flatten_with_path(params)
+  for index, value in enumerate(initial_subweights):
+    if value is None:
+      continue
+    if jax.tree.structure(value) != param_structure:
+      raise ValueError(
+          f'`initial_subweights[{index}]` must have the structure of the '
+          f'params, {param_structure}, got {jax.tree.structure(value)}.')
+    for (path, param), leaf in zip(param_paths, jax.tree.leaves(value)):
+      if jnp.shape(leaf) != jnp.shape(param):
+        raise ValueError(
+            f'`initial_subweights[{index}]` has shape {jnp.shape(leaf)} at '
+            f'{jax.tree_util.keystr(path)}, but the param there has shape '
+            f'{jnp.shape(param)}.')
+      if (jnp.issubdtype(jnp.result_type(leaf), jnp.complexfloating)
+          and not jnp.issubdtype(jnp.result_type(param), jnp.complexfloating)):
+        raise TypeError(
+            f'`initial_subweights[{index}]` is complex at '
+            f'{jax.tree_util.keystr(path)}, but the param there is real.')
+
+
+def _initial_leaf(
+    param: Any, values: Sequence[Any], state_dtype: Any
+) -> jax.Array:
+  """One leaf of a stored subweight at init: zeros or the given values.
+
+  Always a new array, so that donating the state never deletes an array
+  the caller passed as ``initial_subweights``.
+  """
+  param_dtype = jnp.result_type(param)
+  if not _is_trainable(param_dtype):
+    # Integer and boolean params are left alone (see the docstring).
+    return jnp.zeros_like(param)
+  dtype = param_dtype if state_dtype is None else jnp.dtype(state_dtype)
+  if (jnp.issubdtype(param_dtype, jnp.complexfloating)
+      and not jnp.issubdtype(dtype, jnp.complexfloating)):
+    raise TypeError(
+        f'`state_dtype` {dtype} is real, but a param is {param_dtype}: a real '
+        'state would drop the imaginary part. Pass a complex state_dtype '
+        '(or None).')
+  if (jnp.issubdtype(dtype, jnp.complexfloating)
+      and not jnp.issubdtype(param_dtype, jnp.complexfloating)):
+    raise TypeError(
+        f'`state_dtype` {dtype} is complex, but a param is {param_dtype}. '
+        'Pass a real state_dtype (or None).')
+  if not values:
+    return jnp.zeros_like(param, dtype=dtype)
+  total = jnp.asarray(values[0])
+  for value in values[1:]:
+    total = total + jnp.asarray(value)
+  return jnp.array(precision.round_to_storage(total, dtype), copy=True)
+
+
 def fast_weights(
     slow_learning_rate: float,
     fast_learning_rate: float,
     fast_decay: float,
     *,
-    learning_rate_scale: optax.ScalarOrSchedule = 1.0,
+    learning_rate: optax.ScalarOrSchedule = 1.0,
     state_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Fast weights: a permanent slow weight plus a fast, decaying one (§3).
@@ -542,7 +627,7 @@ def fast_weights(
     slow_learning_rate: :math:`\alpha_{slow}`.
     fast_learning_rate: :math:`\alpha_{fast}`.
     fast_decay: :math:`\gamma_{fast}`, in :math:`(-1, 1)`.
-    learning_rate_scale: a scalar or schedule multiplying both rates.
+    learning_rate: a scalar or schedule multiplying both rates.
     state_dtype: dtype of the stored fast weight (``None``: the param's).
 
   Returns:
@@ -579,22 +664,32 @@ def fast_weights(
   return multiscale(
       [slow_learning_rate, fast_learning_rate],
       [1.0, fast_decay],
-      learning_rate_scale=learning_rate_scale,
+      learning_rate=learning_rate,
       state_dtype=state_dtype,
   )
 
 
+def _is_multiscale_state(node: Any) -> bool:
+  return isinstance(node, MultiscaleState)
+
+
 def _find_multiscale_state(opt_state: Any) -> MultiscaleState:
   found = [
-      node for node in jax.tree.leaves(
-          opt_state, is_leaf=lambda node: isinstance(node, MultiscaleState))
+      (path, node) for path, node in jax.tree_util.tree_flatten_with_path(
+          opt_state, is_leaf=_is_multiscale_state)[0]
       if isinstance(node, MultiscaleState)
   ]
   if len(found) != 1:
+    places = ', '.join(
+        f'opt_state{jax.tree_util.keystr(path)}' for path, _ in found)
+    hint = (
+        f' (at {places}); pass the part of the state that holds the one you '
+        'want, e.g. opt_state.inner_states[label] for optax.multi_transform'
+    ) if found else ''
     raise ValueError(
         '`opt_state` must contain exactly one MultiscaleState, found '
-        f'{len(found)}.')
-  return found[0]
+        f'{len(found)}{hint}.')
+  return found[0][1]
 
 
 def get_subweights(
@@ -607,19 +702,30 @@ def get_subweights(
 
   .. math::
 
-    \omega_{slow} = w - \sum_{i:\, \gamma_i \ne 1} \omega_i .
+    \omega_{slow} = w - \sum_{i \text{ stored}} \omega_i .
 
   The values sum to ``params`` (up to rounding), so slow and fast knowledge
   can be plotted as in the paper's Figure 1.
 
+  Under ``optax.masked`` (or ``optax.multi_transform``, whose labels are
+  masks), the learner sees only some leaves: every returned pytree keeps
+  the params' structure and holds ``optax.MaskedNode()`` at the other
+  leaves, as the learner's own state does. ``optax.multi_transform`` may
+  hold several multiscale learners, one per label, with different decays;
+  pass the state of the one you want, e.g.
+  ``get_subweights(params, opt_state.inner_states['fast'])``.
+
   Args:
     params: the current params.
-    opt_state: the state of :func:`multiscale`, or of any optax chain that
-      contains exactly one :class:`MultiscaleState`.
+    opt_state: the state of :func:`multiscale`, or of any optax chain or
+      wrapper that contains exactly one :class:`MultiscaleState`.
 
   Returns:
     A :class:`MultiscaleSubweights` with the non-decaying part first (decay
     1.0), then one entry per stored subweight.
+
+  Raises:
+    ValueError: ``opt_state`` holds no or several multiscale states.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -639,34 +745,49 @@ def get_subweights(
     <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022, §3 and Figure 1.
   """
   state = _find_multiscale_state(opt_state)
-  scales = [
-      scale[0] + scale[1] for scale in state.scales
-  ] if state.scales else [None] * len(state.subweights)
+  scales = state.scales or (None,) * len(state.subweights)
 
-  def value_of(leaf: jax.Array, scale: jax.Array | None) -> jax.Array:
-    """A stored leaf's subweight in (at least) float32."""
-    compute_dtype = jnp.result_type(jnp.float32, leaf.dtype)
-    value = leaf.astype(compute_dtype)
-    if scale is not None and _is_scaled(leaf.dtype, state.scales):
-      value = scale.astype(compute_dtype) * value
-    return value
+  def value_of(leaf: jax.Array, scale: Any) -> jax.Array:
+    """A stored leaf's subweight in its compute dtype."""
+    if scale is not None and scaled_storage.is_scaled(leaf.dtype):
+      return scaled_storage.value_of(leaf, scale)
+    return leaf.astype(precision.compute_dtype(leaf.dtype))
 
-  def slow_part(param: jax.Array, *stored: jax.Array) -> jax.Array:
-    compute_dtype = jnp.result_type(
-        jnp.float32, param.dtype, *(leaf.dtype for leaf in stored))
-    total = param.astype(compute_dtype)
-    for leaf, scale in zip(stored, scales):
-      total = total - value_of(leaf, scale).astype(compute_dtype)
-    return total.astype(param.dtype)
+  def parts(param: Any, *stored: Any) -> tuple[Any, ...]:
+    if any(_is_masked_node(leaf) for leaf in (param, *stored)):
+      return (optax.MaskedNode(),) * (1 + len(stored))
+    param = jnp.asarray(param)
+    if not (_is_trainable(param.dtype)
+            and all(_is_trainable(leaf.dtype) for leaf in stored)):
+      return (param, *stored)
+    values = [value_of(leaf, scale) for leaf, scale in zip(stored, scales)]
+    total = param.astype(precision.compute_dtype(param.dtype, *(
+        value.dtype for value in values)))
+    for value in values:
+      total = total - value
+    return (total.astype(param.dtype), *(
+        value.astype(leaf.dtype) for value, leaf in zip(values, stored)))
 
-  slow = jax.tree.map(slow_part, params, *state.subweights)
+  # The learner's state decides which leaves it sees: masked ones are
+  # MaskedNode there, and the params hold arrays in their place.
+  if state.subweights:
+    structure = jax.tree.structure(
+        state.subweights[0], is_leaf=_is_masked_node)
+    param_leaves = structure.flatten_up_to(params)
+    stored_leaves = [
+        structure.flatten_up_to(tree) for tree in state.subweights]
+  else:
+    param_leaves, structure = jax.tree.flatten(params)
+    stored_leaves = []
+  per_leaf = [
+      parts(param, *(leaves[position] for leaves in stored_leaves))
+      for position, param in enumerate(param_leaves)]
   values = tuple(
-      jax.tree.map(
-          lambda leaf, scale=scale: value_of(leaf, scale).astype(leaf.dtype),
-          tree)
-      for tree, scale in zip(state.subweights, scales))
+      structure.unflatten([leaf_parts[index] for leaf_parts in per_leaf])
+      for index in range(1 + len(state.subweights)))
   return MultiscaleSubweights(
-      decays=(1.0, *state.layout.group_decays),
-      values=(slow, *values),
-  )
+      decays=(1.0, *state.layout.group_decays), values=values)
 
+
+def _is_masked_node(node: Any) -> bool:
+  return isinstance(node, optax.MaskedNode)

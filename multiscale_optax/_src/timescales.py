@@ -13,14 +13,13 @@ timescales of :math:`10^6` steps and more.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
+import numpy.typing as npt
 
 from multiscale_optax._src import checks
 
 
-def decays_from_timescales(timescales: Sequence[float] | np.ndarray) -> np.ndarray:
+def decays_from_timescales(timescales: npt.ArrayLike) -> np.ndarray:
   r"""Decays :math:`\gamma_i = \exp(-1/\tau_i)` for timescales :math:`\tau_i`.
 
   A timescale of ``inf`` gives decay 1 (a permanent, non-decaying subweight).
@@ -53,7 +52,7 @@ def decays_from_timescales(timescales: Sequence[float] | np.ndarray) -> np.ndarr
   return np.exp(-1.0 / values)
 
 
-def timescales_from_decays(decays: Sequence[float] | np.ndarray) -> np.ndarray:
+def timescales_from_decays(decays: npt.ArrayLike) -> np.ndarray:
   r"""Timescales :math:`\tau_i = -1/\log\gamma_i` of decays :math:`\gamma_i`.
 
   Args:

@@ -1,0 +1,448 @@
+r"""Online regression on a drifting teacher MLP, against a full-covariance EKF.
+
+A teacher network (8→16→1 tanh, 161 weights) drifts: every weight is its
+mean :math:`w_0` plus :math:`k = 6` AR(1) subweights with timescales
+:math:`\tau_j = 4^j` (1 to 1024 steps) and equal stationary variances (a
+:math:`1/f` spectrum, as ``mso.OneOverFEnvironment.from_timescales``); see
+``benchmarks/_drifting_teacher.py``. Each step a student of the same
+architecture sees :math:`x_t \sim \mathcal N(0, I_8)`, predicts
+:math:`\hat y_t`, then sees :math:`y_t = f(x_t; w_t) + \mathcal N(0, r)`
+and learns. All learners start from :math:`w_0` (the prior mean) and see the
+same streams (paired seeds).
+
+Reference: the extended Kalman filter on the joint subweight state
+(:math:`kP = 966` dimensions, full covariance, :math:`O((kP)^2)` per step),
+given the true prior. ``dynamax``'s EKF is not used: it forms the dynamics
+Jacobian and :math:`F \Sigma F^\top` (:math:`O(n^3)` per step), where the
+diagonal transition here needs only :math:`O(n^2)`.
+
+Score: the online excess error :math:`\overline{(\hat y_t - f(x_t;
+w_t))^2}` over all steps (the squared prediction error of :math:`y_t` is this
+plus :math:`r` in expectation; it is reported too), and its ratio to the
+EKF's, per seed, mean ± sd over test seeds. Paired differences against the
+Bayesian multiscale learner (true prior) are reported per learner.
+
+Learners:
+
+* ``SGD`` (learning rate tuned), ``Adam`` (learning rate and
+  :math:`\beta_1 \in \{0, 0.9\}` tuned);
+* ``multiscale (fixed rates)``: eq. (1) on plain gradients, ``mso.multiscale``
+  with the teacher's decays and rates :math:`\alpha_j \propto \tau_j^p`
+  (scale and :math:`p` tuned);
+* ``VD-EKF (1 timescale)``: ``mso.bayesian_multiscale`` with one subweight,
+  a random walk (:math:`\gamma = 1`) with process variance :math:`q` tuned,
+  starting from the prior's total variance :math:`k v`;
+* ``Bayesian multiscale (true prior)``: ``mso.bayesian_multiscale`` with the
+  teacher's decays, process variances and noise variance; no tuning;
+* ``Bayesian multiscale (prior scale tuned)``: the same with the process
+  variances scaled by a factor tuned like the baselines' hyperparameters
+  (the best prior for the diagonal approximation need not be the true one);
+* ``Bayesian multiscale (learned prior, ×10 / ×0.1 start)``: the process
+  variances (and initial variances) scaled by 10 or 0.1 and the prior's
+  scale learned online (``learn_prior=True``, default step size); no tuning.
+  The learned scale at the last step (relative to the truth) is reported;
+* ``block-diagonal EKF``: a second reference between the diagonal learner
+  and the full EKF, with a full :math:`k \times k` covariance per weight and
+  none between weights (``_drifting_teacher.blockwise_ekf_predictions``): it
+  separates what the diagonal learner loses by ignoring correlations
+  between the subweights of one weight from what it loses between weights.
+
+Tuning: grid search on separate tuning seeds, then a finer grid between the
+best point's neighbours; a tuned value at the edge of its grid is flagged.
+
+Usage::
+
+  python benchmarks/online_teacher.py          # 3000 steps, 2 tuning + 6 test seeds
+  python benchmarks/online_teacher.py --full   # 10000 steps, 3 + 12 seeds
+  python benchmarks/online_teacher.py --layer-sizes 160 1   # linear control
+
+Writes ``benchmarks/results/online_teacher.json`` and ``online_teacher.png``
+(``online_teacher_full.*`` with ``--full``; another teacher adds its layer
+sizes and variance to the name).
+
+References:
+  Jones, Scott, Ren, ElSayed, Hermann, Mayo & Mozer, "Learning in temporally
+  structured environments", ICLR 2023 (the Bayesian multiscale learner);
+  Jones, `Learning at Multiple Timescales
+  <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022, eq. (1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+
+import jax
+
+jax.config.update('jax_enable_x64', True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+import multiscale_optax as mso  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _drifting_teacher as teacher  # noqa: E402
+
+RESULTS = pathlib.Path(__file__).parent / 'results'
+EKF_NAME = 'full EKF (reference)'
+BAYES_NAME = 'Bayesian multiscale (true prior)'
+BLOCK_NAME = 'block-diagonal EKF (k x k per weight, true prior)'
+
+
+def log(message: str) -> None:
+  print(message, flush=True)
+
+
+def sample_batch(config, seeds, num_steps):
+  keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
+  return jax.vmap(
+      lambda key: teacher.sample_stream(config, key, num_steps))(keys)
+
+
+def excess_errors(predictions, streams):
+  """Per seed (and grid point): mean of (yhat - f(x; w_t))^2."""
+  return jnp.mean(jnp.square(predictions - streams.outputs), axis=-1)
+
+
+def target_errors(predictions, streams):
+  return jnp.mean(jnp.square(predictions - streams.targets), axis=-1)
+
+
+def run_optimizer(optimizer, stream, noise_variance=1.0, jacobian=False):
+  predictions, _ = teacher.run_online(
+      teacher.mlp_apply, stream.initial_params, optimizer, stream.inputs,
+      stream.targets, noise_variance=noise_variance, pass_jacobian=jacobian)
+  return predictions
+
+
+def predict_all(predict, hyper, streams):
+  """Predictions of ``predict(hyper, stream)`` for every seed (vmapped)."""
+  return jax.vmap(lambda stream: predict(hyper, stream))(streams)
+
+
+def grid_search(predict, grid, streams, grid_batch=None):
+  """Mean excess error over seeds for each grid point; returns the best."""
+
+  @jax.jit
+  def losses(grid, streams):
+    def loss(hyper):
+      return jnp.mean(excess_errors(predict_all(predict, hyper, streams),
+                                    streams))
+
+    size = len(jax.tree.leaves(grid)[0])
+    return jax.lax.map(loss, grid, batch_size=grid_batch or size)
+
+  values = np.asarray(losses(grid, streams))
+  best = int(np.nanargmin(np.where(np.isfinite(values), values, np.nan)))
+  return jax.tree.map(lambda leaf: leaf[best], grid)
+
+
+def refine_log(values, best_value):
+  """A finer log-spaced grid between the neighbours of the best value."""
+  values = np.unique(np.asarray(values))
+  index = int(np.argmin(np.abs(values - best_value)))
+  low = values[max(index - 1, 0)]
+  high = values[min(index + 1, len(values) - 1)]
+  return np.geomspace(low, high, 9)
+
+
+def tune(predict, grid, refine_key, streams, grid_batch=None):
+  """Grid search, then a finer grid in ``refine_key`` around the best."""
+  best = grid_search(predict, grid, streams, grid_batch)
+  coarse = np.asarray(grid[refine_key])
+  # Edge of the refined parameter's range (the others are small sets).
+  edge = bool(best[refine_key] in (coarse.min(), coarse.max()))
+  finer = {key: jnp.full(9, best[key]) for key in grid}
+  finer[refine_key] = jnp.asarray(refine_log(coarse, float(best[refine_key])))
+  best = grid_search(predict, finer, streams, grid_batch)
+  return jax.tree.map(lambda leaf: np.asarray(leaf).item(), best), edge
+
+
+def learners(config):
+  """``name -> (predict(hyper, stream), grid or None, refine_key)``."""
+  decays = config.decays
+  process = config.process_variances
+  noise = config.noise_variance
+  timescales = np.asarray(config.timescales)
+  total_variance = float(np.sum(config.stationary_variances))
+
+  def multiscale(hyper, stream):
+    shape = jnp.asarray(timescales) ** hyper['power']
+    rates = hyper['scale'] * shape / jnp.sum(shape)
+    return run_optimizer(mso.multiscale(rates, decays), stream)
+
+  def vd_ekf(hyper, stream):
+    return run_optimizer(
+        mso.bayesian_multiscale([1.0], [hyper['process_variance']], noise,
+                                initial_variances=[total_variance]),
+        stream, noise, jacobian=True)
+
+  def bayes(scale, **options):
+    def predict(hyper, stream):
+      del hyper
+      return run_optimizer(
+          mso.bayesian_multiscale(decays, scale * process, noise,
+                                  **options),
+          stream, noise, jacobian=True)
+    return predict
+
+  def bayes_tuned(hyper, stream):
+    return bayes(hyper['prior_scale'])(None, stream)
+
+  def bayes_learned(factor):
+    def predict(hyper, stream):
+      del hyper
+      optimizer = mso.bayesian_multiscale(
+          decays, factor * process, noise,
+          initial_variances=factor * config.stationary_variances,
+          learn_prior=True)
+      predictions, scales = teacher.run_online(
+          teacher.mlp_apply, stream.initial_params, optimizer,
+          stream.inputs, stream.targets, noise_variance=noise,
+          pass_jacobian=True,
+          keep_state=lambda params, state: jnp.exp(state.log_process_scale))
+      # The process variances in use are factor * c * q: report factor * c,
+      # the learned scale relative to the truth (1 is the true prior).
+      return predictions, {'final_prior_scale': factor * scales[-1]}
+    return predict
+
+  def blockwise(hyper, stream):
+    del hyper
+    return teacher.blockwise_ekf_predictions(
+        teacher.mlp_apply, stream.initial_params, decays, process,
+        config.stationary_variances, noise, stream.inputs,
+        stream.targets).predictions
+
+  rates = np.geomspace(1e-4, 1.0, 17)
+  powers = np.asarray([-1.0, -0.5, -0.25, 0.0, 0.25, 0.5])
+  scale, power = np.meshgrid(np.geomspace(1e-3, 3.0, 15), powers,
+                             indexing='ij')
+  adam_rates, betas = np.meshgrid(np.geomspace(1e-5, 0.1, 17), [0.0, 0.9],
+                                  indexing='ij')
+  table = {
+      'SGD': (lambda hyper, stream: run_optimizer(
+          optax.sgd(hyper['learning_rate']), stream),
+              {'learning_rate': jnp.asarray(rates)}, 'learning_rate'),
+      'Adam': (lambda hyper, stream: run_optimizer(
+          optax.adam(hyper['learning_rate'], b1=hyper['b1']), stream),
+               {'learning_rate': jnp.asarray(adam_rates.ravel()),
+                'b1': jnp.asarray(betas.ravel())}, 'learning_rate'),
+      'multiscale (fixed rates)': (
+          multiscale, {'scale': jnp.asarray(scale.ravel()),
+                       'power': jnp.asarray(power.ravel())}, 'scale'),
+      'VD-EKF (1 timescale)': (
+          vd_ekf, {'process_variance': jnp.asarray(
+              np.geomspace(1e-9, 1e-1, 11))}, 'process_variance'),
+      BAYES_NAME: (bayes(1.0), None, None),
+      'Bayesian multiscale (prior scale tuned)': (
+          bayes_tuned, {'prior_scale': jnp.asarray(
+              np.geomspace(0.03, 3.0, 9))}, 'prior_scale'),
+  }
+  for factor in (10.0, 0.1):
+    table[f'Bayesian multiscale (learned prior, x{factor:g} start)'] = (
+        bayes_learned(factor), None, None)
+  table[BLOCK_NAME] = (blockwise, None, None)
+  return table
+
+
+def run(config, args):
+  tuning_seeds = list(range(1000, 1000 + args.tuning_seeds))
+  test_seeds = list(range(args.test_seeds))
+  started = time.perf_counter()
+  tuning = sample_batch(config, tuning_seeds, args.steps)
+  test = sample_batch(config, test_seeds, args.steps)
+  log(f'teacher {config.layer_sizes} ({config.num_params} weights), '
+      f'k={len(config.timescales)}, v={config.component_variance}, '
+      f'r={config.noise_variance}: {len(tuning_seeds)} tuning + '
+      f'{len(test_seeds)} test seeds x {args.steps} steps')
+
+  excess, target, hyperparameters, seconds = {}, {}, {}, {}
+
+  def report(name, predictions, hyper=None, tic=None):
+    excess[name] = np.asarray(excess_errors(predictions, test))
+    target[name] = np.asarray(target_errors(predictions, test))
+    hyperparameters[name] = hyper
+    seconds[name] = time.perf_counter() - tic
+    log(f'  {name:<52s} excess {excess[name].mean():.4f}  '
+        f'({seconds[name]:.1f} s)')
+
+  tic = time.perf_counter()
+  ekf = jax.jit(jax.vmap(lambda stream: teacher.joint_ekf_predictions(
+      teacher.mlp_apply, stream.initial_params, config.decays,
+      config.process_variances, config.stationary_variances,
+      config.noise_variance, stream.inputs, stream.targets).predictions))(
+          test)
+  report(EKF_NAME, ekf, tic=tic)
+
+  for name, (predict, grid, refine_key) in learners(config).items():
+    tic = time.perf_counter()
+    hyper = None
+    if grid is not None:
+      best, edge = tune(predict, grid, refine_key, tuning)
+      hyper = dict(best)
+      if edge:
+        hyper['warning'] = f'{refine_key} at the edge of its grid'
+      chosen = jax.tree.map(jnp.asarray, best)
+    else:
+      chosen = None
+    predictions = jax.jit(lambda streams, chosen=chosen, predict=predict:
+                          predict_all(predict, chosen, streams))(test)
+    if isinstance(predictions, tuple):
+      predictions, extra = predictions
+      hyper = {key: np.asarray(value).tolist()
+               for key, value in extra.items()}
+    report(name, predictions, hyper, tic)
+
+  reference = excess[EKF_NAME]
+  bayes = excess[BAYES_NAME]
+  rows = {}
+  for name, values in excess.items():
+    finite = bool(np.all(np.isfinite(values)))
+    ratios = values / reference
+    difference = values - bayes
+    rows[name] = {
+        'excess_error_mean': float(values.mean()) if finite else None,
+        'excess_error_sd': float(values.std(ddof=1)) if finite else None,
+        'target_error_mean': float(target[name].mean()) if finite else None,
+        'ratio_to_ekf_mean': float(ratios.mean()) if finite else None,
+        'ratio_to_ekf_sd': float(ratios.std(ddof=1)) if finite else None,
+        'minus_bayes_mean': float(difference.mean()) if finite else None,
+        'minus_bayes_sd': float(difference.std(ddof=1)) if finite else None,
+        'seeds_worse_than_bayes': int(np.sum(difference > 0)),
+        'diverged_seeds': int(np.sum(~np.isfinite(values))),
+        'hyperparameters': hyperparameters[name],
+        'seconds': seconds[name],
+        'per_seed_excess_error': values.tolist(),
+    }
+  total = time.perf_counter() - started
+  return rows, total
+
+
+def format_table(rows, num_seeds):
+  lines = [
+      '| learner | excess error (mean ± sd) | squared error of y | ratio to '
+      'full EKF | minus Bayes (true prior), paired | seeds worse than Bayes '
+      '| tuned |',
+      '|---|---|---|---|---|---|---|',
+  ]
+  for name, row in rows.items():
+    hyper = row['hyperparameters']
+    if isinstance(hyper, dict):
+      hyper = ', '.join(
+          f'{key}={value:.3g}' if isinstance(value, float)
+          else f'{key}={np.mean(value):.3g} (seeds {np.min(value):.3g} to '
+          f'{np.max(value):.3g})' if isinstance(value, list)
+          else f'{key}={value}' for key, value in hyper.items())
+    else:
+      hyper = '-'
+    if row['diverged_seeds']:
+      lines.append(f"| {name} | diverged ({row['diverged_seeds']} seeds) "
+                   f'| | | | | {hyper} |')
+      continue
+    lines.append(
+        f"| {name} | {row['excess_error_mean']:.4f} ± "
+        f"{row['excess_error_sd']:.4f} | {row['target_error_mean']:.4f} | "
+        f"{row['ratio_to_ekf_mean']:.4f} ± {row['ratio_to_ekf_sd']:.4f} | "
+        f"{row['minus_bayes_mean']:+.4f} ± {row['minus_bayes_sd']:.4f} | "
+        f"{row['seeds_worse_than_bayes']}/{num_seeds} | {hyper} |")
+  return '\n'.join(lines)
+
+
+def plot(rows, path, title):
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  names = [name for name, row in rows.items()
+           if name != EKF_NAME and row['ratio_to_ekf_mean'] is not None]
+  means = np.asarray([rows[name]['ratio_to_ekf_mean'] for name in names])
+  sds = np.asarray([rows[name]['ratio_to_ekf_sd'] for name in names])
+  colors = ['tab:red' if name.startswith('Bayesian') else 'tab:gray'
+            for name in names]
+  fig, axis = plt.subplots(figsize=(7.5, 3.6))
+  axis.barh(range(len(names)), means - 1.0, left=1.0, xerr=sds,
+            color=colors)
+  for position, mean in enumerate(means):
+    axis.text(mean + 0.004, position + 0.3, f'{mean:.3f}', fontsize=7)
+  axis.axvline(1.0, color='k', lw=1)
+  axis.axvline(1.05, color='k', lw=0.8, ls=':')
+  axis.set_yticks(range(len(names)), names, fontsize=8)
+  axis.invert_yaxis()
+  axis.set_xlim(0.98, max(1.1, float(np.max(means + sds)) * 1.02))
+  axis.set_xlabel('online excess error / full EKF (dotted: 1.05)',
+                  fontsize=8)
+  axis.set_title(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--full', action='store_true',
+                      help='more steps and seeds')
+  parser.add_argument('--steps', type=int, default=None)
+  parser.add_argument('--tuning-seeds', type=int, default=None)
+  parser.add_argument('--test-seeds', type=int, default=None)
+  parser.add_argument(
+      '--layer-sizes', type=int, nargs='+', default=None,
+      help='teacher widths, input to output (default 8 16 1; e.g. 160 1 '
+      'for a linear teacher with as many weights)')
+  parser.add_argument('--component-variance', type=float, default=None)
+  args = parser.parse_args(argv)
+  if args.steps is None:
+    args.steps = 10_000 if args.full else 3000
+  if args.tuning_seeds is None:
+    args.tuning_seeds = 3 if args.full else 2
+  if args.test_seeds is None:
+    args.test_seeds = 12 if args.full else 6
+  config = teacher.TeacherConfig()
+  variant = ''
+  if args.layer_sizes is not None:
+    config = dataclasses.replace(config, layer_sizes=tuple(args.layer_sizes))
+    variant += '_' + '-'.join(map(str, args.layer_sizes))
+  if args.component_variance is not None:
+    config = dataclasses.replace(
+        config, component_variance=args.component_variance)
+    variant += f'_v{args.component_variance:g}'
+  log(f'online teacher benchmark, jax {jax.__version__} on '
+      f'{jax.devices()[0].platform}')
+  rows, total = run(config, args)
+  log('')
+  log(format_table(rows, args.test_seeds))
+  log(f'\ntotal time {total:.1f} s')
+  RESULTS.mkdir(parents=True, exist_ok=True)
+  stem = ('online_teacher_full' if args.full else 'online_teacher') + variant
+  payload = {
+      'config': {
+          'layer_sizes': list(config.layer_sizes),
+          'num_params': config.num_params,
+          'timescales': list(map(float, config.timescales)),
+          'component_variance': config.component_variance,
+          'noise_variance': config.noise_variance,
+          'steps': args.steps, 'tuning_seeds': args.tuning_seeds,
+          'test_seeds': args.test_seeds, 'dtype': 'float64',
+          'metric': 'mean over all steps of (yhat_t - f(x_t; w_t))^2',
+          'jax': jax.__version__, 'optax': optax.__version__,
+          'platform': jax.devices()[0].platform,
+          'seconds': total, 'command': ' '.join(['python', *sys.argv]),
+      },
+      'rows': rows,
+  }
+  (RESULTS / f'{stem}.json').write_text(json.dumps(payload, indent=1))
+  plot(rows, RESULTS / f'{stem}.png',
+       f'drifting teacher {config.layer_sizes}, {config.num_params} weights, '
+       f'k={len(config.timescales)}, {args.test_seeds} test seeds x '
+       f'{args.steps} steps')
+  log(f'wrote {RESULTS / (stem + ".json")} and {RESULTS / (stem + ".png")}')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,171 @@
+"""The benchmark streams' own logic: digits rotation, its 1/f angle process,
+and the river progressive-validation protocol of ``trump_approval``."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import pathlib
+import sys
+
+import hypothesis
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]
+                       / 'benchmarks'))
+
+import online_digits
+import trump_approval
+
+requires_river = pytest.mark.skipif(
+    importlib.util.find_spec('river') is None,
+    reason='river (the test extra) is not installed')
+
+
+def _images(count=6, seed=0, dtype=np.float64):
+  return np.random.default_rng(seed).uniform(0.0, 1.0, (count, 64)).astype(
+      dtype)
+
+
+def _reference_rotation(images, angle):
+  """Bilinear rotation by map_coordinates (gathers), zero outside."""
+  centre = 3.5
+  rows, cols = np.meshgrid(np.arange(8) - centre, np.arange(8) - centre,
+                           indexing='ij')
+  source = [np.sin(angle) * cols + np.cos(angle) * rows + centre,
+            np.cos(angle) * cols - np.sin(angle) * rows + centre]
+  return np.stack([
+      np.asarray(jax.scipy.ndimage.map_coordinates(
+          jnp.asarray(image.reshape(8, 8)), [jnp.asarray(s) for s in source],
+          order=1, mode='constant', cval=0.0)).reshape(64)
+      for image in images])
+
+
+def test_rotation_by_zero_is_exactly_the_identity():
+  images = _images(dtype=np.float32)
+  rotated = online_digits.rotate_images(jnp.asarray(images), 0.0)
+  np.testing.assert_array_equal(np.asarray(rotated), images)
+
+
+def test_rotation_by_a_right_angle_is_rot90():
+  with jax.enable_x64(True):
+    images = _images()
+    rotated = np.asarray(online_digits.rotate_images(
+        jnp.asarray(images), np.pi / 2))
+  expected = np.rot90(images.reshape(-1, 8, 8), axes=(1, 2)).reshape(-1, 64)
+  # cos(pi/2) is 6e-17, not 0, in float64: source coordinates are off by at
+  # most 8 * 6e-17 and bilinear weights move by as much; pixels are <= 1.
+  np.testing.assert_allclose(rotated, expected, rtol=0, atol=1e-14)
+
+
+@hypothesis.settings(deadline=None, max_examples=20)
+@hypothesis.given(angle=st.floats(-np.pi, np.pi))
+def test_rotation_matches_bilinear_map_coordinates(angle):
+  with jax.enable_x64(True):
+    images = _images()
+    rotated = np.asarray(online_digits.rotate_images(
+        jnp.asarray(images), angle))
+    expected = _reference_rotation(images, angle)
+  # Both are sums of at most 4 products of pixels (<= 1) and weights
+  # computed from coordinates of magnitude <= 8 in float64: each differs
+  # from exact bilinear interpolation by a few ulps of 8, ~1e-14. A corner
+  # exactly on the border may be counted inside by one and outside by the
+  # other only with weight 0.
+  np.testing.assert_allclose(rotated, expected, rtol=0, atol=1e-12)
+
+
+def test_rotation_angles_have_the_1_over_f_prior_statistics():
+  timescales = (1.0, 10.0, 100.0)
+  sd_degrees = 30.0
+  draws = 4000
+  angles = np.stack([
+      online_digits.rotation_angles(np.random.default_rng(seed), 30,
+                                    timescales, sd_degrees)
+      for seed in range(draws)])
+  variance = np.deg2rad(sd_degrees) ** 2
+  decays = np.exp(-1.0 / np.asarray(timescales))
+  # Stationary from the start: every step has the total variance, and lag-l
+  # covariance sum_j (variance / m) decay_j^l.
+  for lag in (0, 1, 5, 20):
+    covariance = np.mean(angles[:, 0] * angles[:, lag])
+    expected = variance / len(timescales) * np.sum(decays ** lag)
+    # Sample covariance of a Gaussian pair: sd <= variance * sqrt(2 / n);
+    # 5 sd.
+    assert abs(covariance - expected) < 5 * variance * np.sqrt(2 / draws)
+
+
+def test_rotation_stream_is_the_only_rotated_one():
+  config = online_digits.DEFAULT
+  for kind in online_digits.STREAMS:
+    *_, angles = online_digits.make_stream(kind, 0, config, 100)
+    assert angles.shape == (config.steps,)
+    assert np.any(angles != 0) == (kind == 'rotation')
+
+
+def test_existing_streams_keep_their_draws():
+  # A stream's random draws are seeded by its index in STREAMS: the streams
+  # that existed before the rotation stream keep their positions.
+  assert online_digits.STREAMS[:3] == ('recurring', 'one_over_f',
+                                       'stationary')
+
+
+# ---------------------------------------------------------------------------
+# river's TrumpApproval protocol, on a slice of the series.
+
+SLICE = 80
+
+
+def _river_pipeline_mae(model):
+  from river import datasets
+  from river import evaluate
+  from river import metrics
+  from river import preprocessing
+
+  stream = itertools.islice(datasets.TrumpApproval(), SLICE)
+  return evaluate.progressive_val_score(
+      stream, preprocessing.StandardScaler() | model, metrics.MAE()).get()
+
+
+@requires_river
+def test_precomputed_views_reproduce_river_pipeline():
+  from river import linear_model
+
+  stream = trump_approval.load_stream(limit=SLICE)
+  assert stream.targets.shape == (SLICE,)
+  expected = _river_pipeline_mae(linear_model.LinearRegression())
+  # The same float64 operations in the same order: equal up to summation
+  # order of the MAE (1e-12 relative).
+  np.testing.assert_allclose(
+      trump_approval.linear_regression_replay(stream), expected, rtol=1e-12)
+
+
+@requires_river
+def test_jax_harness_with_sgd_reproduces_river_linear_regression():
+  from river import linear_model
+
+  stream = trump_approval.load_stream(limit=SLICE)
+  expected = _river_pipeline_mae(linear_model.LinearRegression())
+  learner = trump_approval._optax_learner(
+      'sgd', optax.sgd, trump_approval.RIVER_LINEAR_REGRESSION_RATE, '')
+  with jax.enable_x64(True):
+    runner = trump_approval.make_runner(learner, 'linear', stream, hidden=4)
+    predictions = np.asarray(runner(
+        jnp.asarray([trump_approval.RIVER_LINEAR_REGRESSION_RATE]),
+        jax.vmap(jax.random.key)(jnp.zeros(1, jnp.int32))))
+  mae = trump_approval._mae(predictions, stream.targets)[0, 0]
+  # river's SGD step on (y - p)^2 with rate 0.01 is optax.sgd(0.02) on
+  # (y - p)^2 / 2: same arithmetic up to float64 rounding of a few
+  # operations per step over 80 steps on values ~40 (relative 1e-12).
+  np.testing.assert_allclose(mae, expected, rtol=1e-10)
+
+
+def test_mae_is_infinite_for_a_diverged_run():
+  predictions = np.array([[1.0, np.nan], [1.0, 2.0]])
+  targets = np.array([1.0, 1.0])
+  np.testing.assert_array_equal(
+      trump_approval._mae(predictions, targets), [np.inf, 0.5])

@@ -1,0 +1,193 @@
+"""The pieces of ``benchmarks/online_teacher.py``: teacher, reference, loop.
+
+The benchmark's claims rest on three things checked here: the full-covariance
+EKF is the exact Kalman filter when the model is linear; the sampled teacher
+is the stated generative model; and the predict-then-learn loop hands the
+optimizer the gradient and Jacobian of the contract, so that the Bayesian
+multiscale learner on one weight and one timescale reproduces the EKF.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import multiscale_optax as mso
+
+sys.path.insert(
+    0, str(pathlib.Path(__file__).resolve().parent.parent / 'benchmarks'))
+import _drifting_teacher as teacher
+
+# Float64 agreement of two algebraically identical filters: each step's
+# rounding is O(n * eps) relative (a length-n dot product), and the filter is
+# contractive, so errors do not grow along the run; for n <= 15, eps = 2.2e-16
+# and targets of size O(10) this stays below 1e-12. 1e-10 leaves room for
+# reassociation by XLA on other backends.
+FLOAT64_TOLERANCE = 1e-10
+
+
+def _linear(params, x):
+  return x @ params
+
+
+@pytest.mark.parametrize('dim', [1, 3])
+def test_joint_ekf_is_the_exact_kalman_filter_on_a_linear_model(dim):
+  with jax.enable_x64(True):
+    timescales = [1.0, 8.0, 64.0]
+    environment = mso.OneOverFEnvironment.from_timescales(
+        timescales, component_variance=0.7, noise_variance=0.3,
+        input_dim=dim)
+    sample = mso.sample_environment(
+        environment, jax.random.key(dim), 400, dtype=jnp.float64)
+    exact = mso.kalman_filter_predictions(
+        environment, sample.inputs, sample.targets)
+    ekf = teacher.joint_ekf_predictions(
+        _linear, jnp.zeros(dim, jnp.float64), environment.decays,
+        environment.process_variances, environment.initial_variances,
+        environment.noise_variance, sample.inputs, sample.targets)
+    np.testing.assert_allclose(
+        ekf.predictions, exact.predictions, rtol=0, atol=FLOAT64_TOLERANCE)
+    np.testing.assert_allclose(
+        ekf.prediction_variances, exact.prediction_variances, rtol=0,
+        atol=FLOAT64_TOLERANCE)
+
+
+def test_teacher_outputs_are_the_mlp_at_the_drifting_weights():
+  with jax.enable_x64(True):
+    config = teacher.TeacherConfig(layer_sizes=(3, 4, 1),
+                                   timescales=(1.0, 16.0))
+    stream = teacher.sample_stream(
+        config, jax.random.key(0), 50, keep_subweights=True)
+    flat0, unravel = ravel_pytree(stream.initial_params)
+    assert stream.subweights.shape == (50, 2, config.num_params)
+    expected = jax.vmap(
+        lambda x, components: teacher.mlp_apply(
+            unravel(flat0 + components.sum(axis=0)), x))(
+                stream.inputs, stream.subweights)
+    # The same float64 computation in a different loop: rounding only.
+    np.testing.assert_allclose(stream.outputs, expected, rtol=0,
+                               atol=FLOAT64_TOLERANCE)
+    residual = np.asarray(stream.targets - stream.outputs)
+    assert residual.std() > 0
+
+
+def test_teacher_subweights_are_ar1_with_the_stated_variances():
+  with jax.enable_x64(True):
+    config = teacher.TeacherConfig(layer_sizes=(4, 8, 1),
+                                   timescales=(1.0, 4.0, 16.0),
+                                   component_variance=0.5)
+    seeds, steps, weights = 40, 60, config.num_params
+    components = np.asarray(jax.vmap(lambda key: teacher.sample_stream(
+        config, key, steps, keep_subweights=True).subweights)(
+            jax.random.split(jax.random.key(1), seeds)))
+    assert components.shape == (seeds, steps, 3, weights)
+    decays = config.decays[:, None]
+    innovations = components[:, 1:] - decays * components[:, :-1]
+    # Each variance estimate averages N = 40 * 59 * 49 iid squares of
+    # Gaussians: relative sd sqrt(2/N) = 5.4e-3; 5 sd is 2.7%.
+    samples = seeds * (steps - 1) * weights
+    np.testing.assert_allclose(
+        np.mean(innovations**2, axis=(0, 1, 3)), config.process_variances,
+        rtol=5 * np.sqrt(2.0 / samples))
+    # Stationary from the start: at t = 0 every component has variance v.
+    # 40 seeds x 49 weights = 1960 iid squares: relative sd sqrt(2/1960),
+    # 5 sd = 16%.
+    np.testing.assert_allclose(
+        np.mean(components[:, 0] ** 2, axis=(0, 2)),
+        config.stationary_variances, rtol=5 * np.sqrt(2.0 / (seeds * weights)))
+
+
+def test_online_loop_passes_the_nll_gradient():
+  # With SGD at rate r the step is w += (y - yhat) x: LMS, written out here.
+  with jax.enable_x64(True):
+    inputs = jax.random.normal(jax.random.key(2), (30, 3), jnp.float64)
+    targets = jax.random.normal(jax.random.key(3), (30,), jnp.float64)
+    rate, noise = 0.05, 0.5
+    predictions, _ = teacher.run_online(
+        _linear, jnp.zeros(3, jnp.float64), optax.sgd(rate * noise),
+        inputs, targets, noise_variance=noise)
+    weights = np.zeros(3)
+    expected = []
+    for x, y in zip(np.asarray(inputs), np.asarray(targets)):
+      expected.append(x @ weights)
+      weights = weights + rate * (y - x @ weights) * x
+    np.testing.assert_allclose(predictions, expected, rtol=0,
+                               atol=FLOAT64_TOLERANCE)
+
+
+@pytest.mark.parametrize('learn_prior', [False, True])
+def test_bayesian_multiscale_on_one_weight_is_the_joint_ekf(learn_prior):
+  # One weight, one timescale: the diagonal filter is the scalar Kalman
+  # filter, and so is the joint EKF; the loop must hand the optimizer the
+  # contract's grads, jacobian and residual for the two to agree. With
+  # learn_prior and a zero prior learning rate the residual path is used.
+  with jax.enable_x64(True):
+    environment = mso.OneOverFEnvironment.from_timescales(
+        [8.0], component_variance=0.7, noise_variance=0.3)
+    sample = mso.sample_environment(
+        environment, jax.random.key(4), 300, dtype=jnp.float64)
+    ekf = teacher.joint_ekf_predictions(
+        _linear, jnp.zeros(1, jnp.float64), environment.decays,
+        environment.process_variances, environment.initial_variances,
+        environment.noise_variance, sample.inputs, sample.targets)
+    options = {'learn_prior': True, 'prior_learning_rate': 0.0} if (
+        learn_prior) else {}
+    optimizer = mso.bayesian_multiscale(
+        environment.decays, environment.process_variances,
+        environment.noise_variance, **options)
+    predictions, _ = teacher.run_online(
+        _linear, jnp.zeros(1, jnp.float64), optimizer, sample.inputs,
+        sample.targets, noise_variance=environment.noise_variance,
+        pass_jacobian=True)
+    np.testing.assert_allclose(predictions, ekf.predictions, rtol=0,
+                               atol=FLOAT64_TOLERANCE)
+
+
+def test_blockwise_ekf_on_one_weight_is_the_joint_ekf():
+  # One weight: its k x k block is the whole covariance.
+  with jax.enable_x64(True):
+    environment = mso.OneOverFEnvironment.from_timescales(
+        [1.0, 8.0, 64.0], component_variance=0.7, noise_variance=0.3)
+    sample = mso.sample_environment(
+        environment, jax.random.key(5), 300, dtype=jnp.float64)
+    arguments = (
+        _linear, jnp.zeros(1, jnp.float64), environment.decays,
+        environment.process_variances, environment.initial_variances,
+        environment.noise_variance, sample.inputs, sample.targets)
+    joint = teacher.joint_ekf_predictions(*arguments)
+    blockwise = teacher.blockwise_ekf_predictions(*arguments)
+    np.testing.assert_allclose(blockwise.predictions, joint.predictions,
+                               rtol=0, atol=FLOAT64_TOLERANCE)
+    np.testing.assert_allclose(
+        blockwise.prediction_variances, joint.prediction_variances, rtol=0,
+        atol=FLOAT64_TOLERANCE)
+
+
+def test_blockwise_ekf_with_one_timescale_is_bayesian_multiscale():
+  # k = 1: the blocks are 1 x 1, the belief is diagonal over the weights,
+  # and the blockwise EKF is the diagonal learner (S sums over the weights).
+  with jax.enable_x64(True):
+    environment = mso.OneOverFEnvironment.from_timescales(
+        [16.0], component_variance=0.7, noise_variance=0.3, input_dim=4)
+    sample = mso.sample_environment(
+        environment, jax.random.key(6), 300, dtype=jnp.float64)
+    blockwise = teacher.blockwise_ekf_predictions(
+        _linear, jnp.zeros(4, jnp.float64), environment.decays,
+        environment.process_variances, environment.initial_variances,
+        environment.noise_variance, sample.inputs, sample.targets)
+    optimizer = mso.bayesian_multiscale(
+        environment.decays, environment.process_variances,
+        environment.noise_variance)
+    predictions, _ = teacher.run_online(
+        _linear, jnp.zeros(4, jnp.float64), optimizer, sample.inputs,
+        sample.targets, noise_variance=environment.noise_variance,
+        pass_jacobian=True)
+    np.testing.assert_allclose(predictions, blockwise.predictions, rtol=0,
+                               atol=FLOAT64_TOLERANCE)
