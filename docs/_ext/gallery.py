@@ -110,6 +110,9 @@ def _prepare(app: Sphinx, config: Config) -> None:
                '{connection_file}'],
       'display_name': 'Python 3 (docs build)',
       'language': 'python',
+      # The process running the build (e.g. a test) may already hold most
+      # of a GPU's memory.
+      'env': {'XLA_PYTHON_CLIENT_PREALLOCATE': 'false'},
   }
   _write_if_changed(kernel_dir / 'kernel.json', json.dumps(spec, indent=1))
   jupyter_path = os.environ.get('JUPYTER_PATH', '')
