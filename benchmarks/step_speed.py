@@ -7,7 +7,9 @@ float32 pytrees, round-robin in one process, and reports medians, ratios to
 
 Minimal traffic per parameter (float32 bytes): SGD reads u, w and writes w
 (3 arrays); momentum and multiscale with k decaying subweights read u, w and
-the state and write w and the state (5 and 2k + 3 arrays); Adam 7. XLA's own
+the state and write w and the state (5 and 2k + 3 arrays); Adam 7; with
+bfloat16 subweights (``multiscale_k*_bf16``) the state moves half the bytes,
+k + 3 float32-array equivalents. XLA's own
 plan moves more (``bytes accessed`` of the compiled step, also reported):
 without multi-output fusion on CPU, every updated state array is written by
 one loop and read again by the loop that updates the params (momentum 6,
@@ -53,11 +55,15 @@ def _pytree(size: int, value: float) -> dict:
   }
 
 
-def _multiscale_with(num_decaying: int) -> optax.GradientTransformation:
+def _multiscale_with(
+    num_decaying: int, state_dtype: jnp.dtype | None = None
+) -> optax.GradientTransformation:
   timescales = mso.log_spaced_timescales(10.0, 1e4, num_decaying)
   decays = mso.decays_from_timescales(timescales)
   rates = 0.01 * timescales ** -0.5
-  return mso.multiscale([0.001, *rates.tolist()], [1.0, *decays.tolist()])
+  return mso.multiscale(
+      [0.001, *rates.tolist()], [1.0, *decays.tolist()],
+      state_dtype=state_dtype)
 
 
 def _optimizers() -> dict[str, tuple[optax.GradientTransformation, int]]:
@@ -70,6 +76,10 @@ def _optimizers() -> dict[str, tuple[optax.GradientTransformation, int]]:
   for num_decaying in (1, 2, 4, 8):
     optimizers[f'multiscale_k{num_decaying}'] = (
         _multiscale_with(num_decaying), 2 * num_decaying + 3)
+  for num_decaying in (4, 8):
+    # bfloat16 subweights: each read or write moves half a float32 array.
+    optimizers[f'multiscale_k{num_decaying}_bf16'] = (
+        _multiscale_with(num_decaying, jnp.bfloat16), num_decaying + 3)
   for num in (1, 4):
     # Reads u, J, w and 2k state arrays, writes w and 2k state arrays, plus
     # one earlier pass over J and the k variances for the reduction S.
