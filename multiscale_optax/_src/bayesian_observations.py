@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 from multiscale_optax._src import checks
 
@@ -81,8 +82,8 @@ def gaussian_observation(
     apply_fn: Callable[[optax.Params, Any], jax.Array],
     params: optax.Params,
     inputs: Any,
-    targets: jax.Array,
-    noise_variance: float | jax.Array,
+    targets: ArrayLike,
+    noise_variance: ArrayLike,
 ) -> tuple[ObservationInfo, optax.Params, dict[str, Any]]:
   r"""Extra arguments of the Bayesian multiscale update for regression.
 
@@ -162,7 +163,7 @@ def categorical_observation(
     apply_fn: Callable[[optax.Params, Any], jax.Array],
     params: optax.Params,
     inputs: Any,
-    labels: jax.Array,
+    labels: ArrayLike,
     *,
     epsilon: float = 1e-3,
 ) -> tuple[ObservationInfo, optax.Params, dict[str, Any]]:

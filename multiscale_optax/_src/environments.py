@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 from jax.typing import DTypeLike
 
 from multiscale_optax._src import checks
@@ -111,7 +111,7 @@ class OneOverFEnvironment:
   @classmethod
   def from_timescales(
       cls,
-      timescales: Sequence[float] | np.ndarray,
+      timescales: npt.ArrayLike,
       *,
       component_variance: float = 1.0,
       noise_variance: float = 1.0,
