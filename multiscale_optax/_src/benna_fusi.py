@@ -248,7 +248,7 @@ def _symmetric_transition(
 
 
 def _check_representable(
-    eigenvalues: np.ndarray, leak: float, dtype: Any) -> None:
+    eigenvalues: np.ndarray, leak: float, dtype: DTypeLike) -> None:
   """Raises unless the (concrete) decays are finite and distinguishable.
 
   Without a leak exactly one eigenvalue is 1 (the conserved mode); with a
@@ -681,13 +681,15 @@ def benna_fusi(
       cast(optax.TransformUpdateExtraArgsFn, update_fn))
 
 
-def _is_trainable(dtype: Any) -> bool:
+def _is_trainable(dtype: DTypeLike) -> bool:
   """Whether a leaf of ``dtype`` is trained (integer and bool leaves are not,
   as in ``multiscale``)."""
   return jnp.issubdtype(dtype, jnp.inexact)
 
 
-def _initial_leaf(leaf: Any, param: jax.Array, state_dtype: Any) -> jax.Array:
+def _initial_leaf(
+    leaf: Any, param: jax.Array, state_dtype: DTypeLike | None
+) -> jax.Array:
   """One stored chain leaf: a copy of ``leaf`` in the state dtype."""
   if not _is_trainable(param.dtype):
     # Integer and boolean params are left alone: the chain holds zeros of

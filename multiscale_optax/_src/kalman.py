@@ -94,6 +94,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.typing import ArrayLike
+from jax.typing import DTypeLike
 
 from multiscale_optax._src import checks
 from multiscale_optax._src import precision
@@ -412,7 +413,7 @@ def steady_state_kalman(
       residual=jnp.asarray(solved.residual, dtype))
 
 
-def _tolerance(dtype: Any, num_components: int) -> float:
+def _tolerance(dtype: DTypeLike, num_components: int) -> float:
   """The largest relative Riccati residual of a converged solve."""
   return _RESIDUAL_EPS_PER_COMPONENT * num_components * float(
       jnp.finfo(dtype).eps)

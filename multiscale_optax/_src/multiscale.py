@@ -232,7 +232,7 @@ def _group_coefficients(
   return slow_rate, coefficients
 
 
-def _is_trainable(dtype: Any) -> bool:
+def _is_trainable(dtype: DTypeLike) -> bool:
   """Whether a leaf of ``dtype`` is trained (integer and bool leaves are not)."""
   return jnp.issubdtype(dtype, jnp.inexact)
 
@@ -580,7 +580,7 @@ def _check_initial_subweights(
 
 
 def _initial_leaf(
-    param: Any, values: Sequence[Any], state_dtype: Any
+    param: Any, values: Sequence[Any], state_dtype: DTypeLike | None
 ) -> jax.Array:
   """One leaf of a stored subweight at init: zeros or the given values.
 
