@@ -677,8 +677,7 @@ def benna_fusi(
 
   # optax's protocols take any OptState; update_fn takes its own state.
   return optax.GradientTransformationExtraArgs(
-      cast(optax.TransformInitFn, init_fn),
-      cast(optax.TransformUpdateExtraArgsFn, update_fn))
+      init_fn, cast(optax.TransformUpdateExtraArgsFn, update_fn))
 
 
 def _is_trainable(dtype: DTypeLike) -> bool:
