@@ -73,14 +73,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 from typing import NamedTuple
+from typing import cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
+from jax.typing import DTypeLike
 
 from multiscale_optax._src import checks
 from multiscale_optax._src import precision
+from multiscale_optax._src import treedefs
 
 
 class BayesianMultiscaleState(NamedTuple):
@@ -102,7 +106,9 @@ class BayesianMultiscaleState(NamedTuple):
       first update.
   """
 
-  count: jax.Array
+  # The field shadows tuple.count, as in optax's own states (its name is
+  # what inject_hyperparams and users look for).
+  count: jax.Array  # type: ignore[assignment]
   means: tuple[optax.Params, ...]
   variances: tuple[optax.Params, ...]
   log_process_scale: jax.Array
@@ -185,15 +191,15 @@ def _total(values: Sequence[jax.Array]) -> jax.Array:
 
 
 def bayesian_multiscale(
-    decays: Sequence[float] | jax.Array,
-    process_variances: Sequence[float] | jax.Array,
-    noise_variance: float | jax.Array,
+    decays: Sequence[float] | ArrayLike,
+    process_variances: Sequence[float] | ArrayLike,
+    noise_variance: ArrayLike,
     *,
-    initial_variances: Sequence[float] | jax.Array | None = None,
+    initial_variances: Sequence[float] | ArrayLike | None = None,
     learn_prior: bool = False,
     learn_noise_variance: bool = False,
     prior_learning_rate: optax.ScalarOrSchedule = 0.01,
-    state_dtype: Any = None,
+    state_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The Bayesian multiscale learner (a diagonal extended Kalman filter).
 
@@ -367,6 +373,7 @@ def bayesian_multiscale(
       raise ValueError(
           f'The state was initialised for {len(state.means)} subweights, '
           f'but this transformation has {num}.')
+    treedef: treedefs.TreeDef
     grad_leaves, treedef = jax.tree.flatten(updates)
     jacobian_leaves = treedef.flatten_up_to(jacobian)
     mean_leaves = [treedef.flatten_up_to(tree) for tree in state.means]
@@ -514,7 +521,7 @@ def bayesian_multiscale(
         new_vars[i].append(stored_var)
       increments.append(increment.astype(grad.dtype))
     new_state = BayesianMultiscaleState(
-        count=optax.safe_increment(state.count),
+        count=jnp.asarray(optax.safe_increment(state.count)),
         means=tuple(treedef.unflatten(leaves) for leaves in new_means),
         variances=tuple(treedef.unflatten(leaves) for leaves in new_vars),
         log_process_scale=log_process_scale,
@@ -524,7 +531,10 @@ def bayesian_multiscale(
     )
     return treedef.unflatten(increments), new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  # optax's protocols take any OptState and no named extra arguments;
+  # update_fn takes its own state and the observation's extra arguments.
+  return optax.GradientTransformationExtraArgs(
+      init_fn, cast(optax.TransformUpdateExtraArgsFn, update_fn))
 
 
 def _find_state(opt_state: Any) -> BayesianMultiscaleState:
@@ -544,7 +554,7 @@ def _find_state(opt_state: Any) -> BayesianMultiscaleState:
 def get_bayesian_subweights(
     params: optax.Params,
     opt_state: optax.OptState,
-    decays: Sequence[float] | jax.Array | None = None,
+    decays: Sequence[float] | ArrayLike | None = None,
 ) -> BayesianSubweights:
   r"""The belief of a running Bayesian multiscale learner, for plotting.
 

@@ -41,13 +41,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 from typing import NamedTuple
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 from multiscale_optax._src import checks
+
+# The params as the model takes them (e.g. a dict of arrays); the gradient
+# returned has the same type.
+ParamsT = TypeVar('ParamsT', bound=optax.Params)
 
 
 class ObservationInfo(NamedTuple):
@@ -67,8 +73,8 @@ class ObservationInfo(NamedTuple):
 
 
 def _jacobian_rows(
-    function: Callable[[optax.Params], jax.Array], params: optax.Params,
-) -> tuple[jax.Array, Callable[[jax.Array], tuple[optax.Params]], Any]:
+    function: Callable[[ParamsT], jax.Array], params: ParamsT,
+) -> tuple[jax.Array, Callable[[jax.Array], tuple[ParamsT]], Any]:
   outputs, pullback = jax.vjp(function, params)
   count = int(np.prod(outputs.shape))
   basis = jnp.eye(count, dtype=outputs.dtype).reshape(
@@ -78,12 +84,12 @@ def _jacobian_rows(
 
 
 def gaussian_observation(
-    apply_fn: Callable[[optax.Params, Any], jax.Array],
-    params: optax.Params,
+    apply_fn: Callable[[ParamsT, Any], jax.Array],
+    params: ParamsT,
     inputs: Any,
-    targets: jax.Array,
-    noise_variance: float | jax.Array,
-) -> tuple[ObservationInfo, optax.Params, dict[str, Any]]:
+    targets: ArrayLike,
+    noise_variance: ArrayLike,
+) -> tuple[ObservationInfo, ParamsT, dict[str, Any]]:
   r"""Extra arguments of the Bayesian multiscale update for regression.
 
   The model is :math:`y = f(w, x) + v`, :math:`v \sim \mathcal N(0, rI)`
@@ -159,13 +165,13 @@ def gaussian_observation(
 
 
 def categorical_observation(
-    apply_fn: Callable[[optax.Params, Any], jax.Array],
-    params: optax.Params,
+    apply_fn: Callable[[ParamsT, Any], jax.Array],
+    params: ParamsT,
     inputs: Any,
-    labels: jax.Array,
+    labels: ArrayLike,
     *,
     epsilon: float = 1e-3,
-) -> tuple[ObservationInfo, optax.Params, dict[str, Any]]:
+) -> tuple[ObservationInfo, ParamsT, dict[str, Any]]:
   r"""Extra arguments of the Bayesian multiscale update for classification.
 
   ``apply_fn(params, inputs)`` returns logits :math:`f` of shape

@@ -41,14 +41,18 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 from typing import NamedTuple
+from typing import cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
+from jax.typing import DTypeLike
 
 from multiscale_optax._src import checks
 from multiscale_optax._src import precision
+from multiscale_optax._src import treedefs
 
 # Above this condition number of V, the state maps u <-> omega are badly
 # scaled (norm-wise error bound cond(V) * eps, ~0.1 in float32), so
@@ -104,7 +108,9 @@ class BennaFusiState(NamedTuple):
       variable; ``chain[0]`` is :math:`u_1`, which the params track.
   """
 
-  count: jax.Array
+  # The field shadows tuple.count, as in optax's own states (its name is
+  # what inject_hyperparams and users look for).
+  count: jax.Array  # type: ignore[assignment]
   chain: tuple[optax.Params, ...]
 
 
@@ -148,7 +154,8 @@ def benna_fusi_defaults(num_variables: int) -> tuple[np.ndarray, np.ndarray]:
   return 2.0 ** (k - 1.0), 2.0 ** (-k[:-1] - 2.0)
 
 
-def _conductance_entries(conductances: Any, num_variables: int) -> tuple:
+def _conductance_entries(
+    conductances: Any, num_variables: int) -> tuple[Any, ...]:
   empty = (
       isinstance(conductances, Sequence) and not isinstance(
           conductances, str | bytes) and len(conductances) == 0
@@ -188,7 +195,7 @@ def _check_stability(
 
 def _chain_parameters(
     capacities: Any, conductances: Any, leak: Any
-) -> tuple[tuple, tuple, Any, bool]:
+) -> tuple[tuple[Any, ...], tuple[Any, ...], Any, bool]:
   """Validates the chain's parameters; returns entries and concreteness."""
   capacity_entries = checks.vector_entries(capacities, 'capacities')
   conductance_entries = _conductance_entries(
@@ -213,7 +220,8 @@ def _chain_parameters(
   return capacity_entries, conductance_entries, leak, concrete
 
 
-def _as_vector(entries: tuple, original: Any, dtype: Any) -> jax.Array:
+def _as_vector(
+    entries: tuple[Any, ...], original: Any, dtype: DTypeLike) -> jax.Array:
   if isinstance(original, jax.Array):
     return original.astype(dtype)
   if not entries:
@@ -221,7 +229,9 @@ def _as_vector(entries: tuple, original: Any, dtype: Any) -> jax.Array:
   return jnp.stack([jnp.asarray(entry, dtype) for entry in entries])
 
 
-def _symmetric_transition(capacities, conductances, leak, xnp) -> Any:
+def _symmetric_transition(
+    capacities: Any, conductances: Any, leak: Any, xnp: Any) -> Any:
+  # ``xnp`` is numpy or jax.numpy, and the arrays are of that module.
   r"""Γ of eqs. (14)-(15): :math:`B T B^{-1}` with :math:`B^2 = C/C_1`."""
   zero = xnp.zeros((1,), capacities.dtype)
   inflow = xnp.concatenate([zero, conductances])  # g_{k-1}, g_0 = 0
@@ -238,7 +248,7 @@ def _symmetric_transition(capacities, conductances, leak, xnp) -> Any:
 
 
 def _check_representable(
-    eigenvalues: np.ndarray, leak: float, dtype: Any) -> None:
+    eigenvalues: np.ndarray, leak: float, dtype: DTypeLike) -> None:
   """Raises unless the (concrete) decays are finite and distinguishable.
 
   Without a leak exactly one eigenvalue is 1 (the conserved mode); with a
@@ -271,11 +281,11 @@ def _check_representable(
 
 
 def benna_fusi_modes(
-    capacities: Sequence[float] | jax.Array,
-    conductances: Sequence[float] | jax.Array,
+    capacities: Sequence[float] | ArrayLike,
+    conductances: Sequence[float] | ArrayLike,
     *,
-    learning_rate: float | jax.Array = 1.0,
-    leak: float | jax.Array = 0.0,
+    learning_rate: ArrayLike = 1.0,
+    leak: ArrayLike = 0.0,
 ) -> BennaFusiModes:
   r"""Modes of a Benna–Fusi chain: its exact multiscale form (Appendix).
 
@@ -451,13 +461,13 @@ def benna_fusi_modes(
 
 
 def benna_fusi(
-    capacities: Sequence[float] | jax.Array,
-    conductances: Sequence[float] | jax.Array,
+    capacities: Sequence[float] | ArrayLike,
+    conductances: Sequence[float] | ArrayLike,
     *,
     learning_rate: optax.ScalarOrSchedule = 1.0,
     leak: float = 0.0,
     initial_chain: Sequence[optax.Params | None] | None = None,
-    state_dtype: Any = None,
+    state_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The Benna–Fusi synapse (eqs. 2–3) as an optax transformation.
 
@@ -647,6 +657,7 @@ def benna_fusi(
           f'transformation has {num_variables}.')
     rate = (learning_rate(state.count) if callable(learning_rate)
             else learning_rate)
+    treedef: treedefs.TreeDef
     update_leaves, treedef = jax.tree.flatten(updates)
     chain_leaves = [treedef.flatten_up_to(tree) for tree in state.chain]
     increments = []
@@ -659,21 +670,25 @@ def benna_fusi(
       for k, leaf in enumerate(new_stored):
         new_chain_leaves[k].append(leaf)
     new_state = BennaFusiState(
-        count=optax.safe_increment(state.count),
+        count=jnp.asarray(optax.safe_increment(state.count)),
         chain=tuple(treedef.unflatten(leaves) for leaves in new_chain_leaves),
     )
     return treedef.unflatten(increments), new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  # optax's protocols take any OptState; update_fn takes its own state.
+  return optax.GradientTransformationExtraArgs(
+      init_fn, cast(optax.TransformUpdateExtraArgsFn, update_fn))
 
 
-def _is_trainable(dtype: Any) -> bool:
+def _is_trainable(dtype: DTypeLike) -> bool:
   """Whether a leaf of ``dtype`` is trained (integer and bool leaves are not,
   as in ``multiscale``)."""
   return jnp.issubdtype(dtype, jnp.inexact)
 
 
-def _initial_leaf(leaf: Any, param: jax.Array, state_dtype: Any) -> jax.Array:
+def _initial_leaf(
+    leaf: Any, param: jax.Array, state_dtype: DTypeLike | None
+) -> jax.Array:
   """One stored chain leaf: a copy of ``leaf`` in the state dtype."""
   if not _is_trainable(param.dtype):
     # Integer and boolean params are left alone: the chain holds zeros of
@@ -709,11 +724,12 @@ def _initial_leaf(leaf: Any, param: jax.Array, state_dtype: Any) -> jax.Array:
 
 def _matched_to_params(value: Any, params: Any, name: str) -> Any:
   """``value`` (a params-shaped pytree) checked against ``params``."""
-  structure = jax.tree.structure(params)
-  if jax.tree.structure(value) != structure:
+  structure: treedefs.TreeDef = jax.tree.structure(params)
+  value_structure: treedefs.TreeDef = jax.tree.structure(value)
+  if value_structure != structure:
     raise ValueError(
         f'`{name}` must have the tree structure of the params ({structure}), '
-        f'got {jax.tree.structure(value)}.')
+        f'got {value_structure}.')
   paths_and_params = jax.tree_util.tree_flatten_with_path(params)[0]
   for (path, param), leaf in zip(
       paths_and_params, jax.tree.leaves(value), strict=True):

@@ -35,10 +35,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 import optax
 
 from multiscale_optax._src import checks
 from multiscale_optax._src import precision
+from multiscale_optax._src.benna_fusi import BennaFusiModes
 from multiscale_optax._src.benna_fusi import BennaFusiState
 
 # The distance below which two eigenvalues are one mode (see
@@ -116,9 +118,9 @@ def _cluster(values: np.ndarray, tolerance: float) -> list[list[int]]:
 
 
 def from_linear_dynamics(
-    transition: Any,
-    input: Any,
-    readout: Any,
+    transition: npt.ArrayLike,
+    input: npt.ArrayLike,
+    readout: npt.ArrayLike,
     *,
     tolerance: float = _DEFAULT_TOLERANCE,
 ) -> MultiscaleSpec:
@@ -382,7 +384,7 @@ def from_momentum(
 
 
 def from_aggmo(
-    learning_rate: float, betas: Sequence[float] | np.ndarray
+    learning_rate: float, betas: npt.ArrayLike
 ) -> MultiscaleSpec:
   r"""Aggregated momentum (AggMo) as a multiscale learner.
 
@@ -497,14 +499,15 @@ def from_qhm(learning_rate: float, nu: float, beta: float) -> MultiscaleSpec:
   return from_linear_dynamics(transition, gradient, [1.0, 0.0])
 
 
-def _map_matrix(spec: Any, name: str) -> np.ndarray:
+def _map_matrix(
+    spec: MultiscaleSpec | BennaFusiModes, name: str) -> np.ndarray:
   matrix = getattr(spec, name)
   if checks.is_traced(matrix):
     raise TypeError(f'`spec.{name}` must be concrete (not traced).')
   return np.asarray(matrix, np.float64)
 
 
-def _concrete_decays(spec: Any) -> np.ndarray:
+def _concrete_decays(spec: MultiscaleSpec | BennaFusiModes) -> np.ndarray:
   if checks.is_traced(spec.decays):
     raise TypeError('`spec.decays` must be concrete (not traced).')
   return np.asarray(spec.decays, np.float64)
@@ -531,7 +534,7 @@ def _combine(coefficients: np.ndarray, trees: Sequence[Any]) -> Any:
 
 
 def state_to_subweights(
-    spec: MultiscaleSpec | Any,
+    spec: MultiscaleSpec | BennaFusiModes,
     state: BennaFusiState | Sequence[optax.Params],
 ) -> list[optax.Params | None]:
   r"""Subweights :math:`\omega = M s` of an optimizer state, per weight.
@@ -595,7 +598,7 @@ def state_to_subweights(
 
 
 def subweights_to_state(
-    spec: MultiscaleSpec | Any,
+    spec: MultiscaleSpec | BennaFusiModes,
     params: optax.Params,
     subweights: Sequence[optax.Params | None],
 ) -> tuple[optax.Params, ...]:

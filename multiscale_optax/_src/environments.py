@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
-from typing import Any
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
+from jax.typing import DTypeLike
 
 from multiscale_optax._src import checks
 from multiscale_optax._src import kalman
@@ -111,7 +111,7 @@ class OneOverFEnvironment:
   @classmethod
   def from_timescales(
       cls,
-      timescales: Sequence[float] | np.ndarray,
+      timescales: npt.ArrayLike,
       *,
       component_variance: float = 1.0,
       noise_variance: float = 1.0,
@@ -209,7 +209,7 @@ class KalmanFilterPredictions(NamedTuple):
   prediction_variances: jax.Array
 
 
-def _canonical_dtype(dtype: Any) -> str:
+def _canonical_dtype(dtype: DTypeLike) -> str:
   checks.check_float_dtype(dtype, 'dtype')
   return np.dtype(dtype).name
 
@@ -229,7 +229,9 @@ def _sample(
   innovations = innovation_scales * jax.random.normal(
       innovation_key, (num_steps, dim, num), dtype)
 
-  def step(components, innovation):
+  def step(
+      components: jax.Array, innovation: jax.Array
+  ) -> tuple[jax.Array, jax.Array]:
     return decays * components + innovation, jnp.sum(components, axis=-1)
 
   _, parameters = jax.lax.scan(step, initial, innovations)
@@ -249,7 +251,7 @@ def sample_environment(
     key: jax.Array,
     num_steps: int,
     *,
-    dtype: Any = jnp.float32,
+    dtype: DTypeLike = jnp.float32,
 ) -> EnvironmentSample:
   r"""Samples inputs, targets and latent parameters of an environment.
 
@@ -317,7 +319,10 @@ def _filter(
   covariance = jnp.kron(jnp.eye(dim, dtype=dtype), initial_covariance)
   mean = jnp.zeros((dim * num,), dtype)
 
-  def step(carry, observation):
+  def step(
+      carry: tuple[jax.Array, jax.Array],
+      observation: tuple[jax.Array, jax.Array],
+  ) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
     mean, covariance = carry
     inputs_t, target = observation
     # Observation row h_t = x_t (kron) 1_m: y_t = h_t . z_t + v_t.

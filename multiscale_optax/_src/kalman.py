@@ -86,11 +86,15 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 from typing import NamedTuple
+from typing import SupportsFloat
+from typing import cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
+from jax.typing import DTypeLike
 
 from multiscale_optax._src import checks
 from multiscale_optax._src import precision
@@ -286,9 +290,9 @@ def _noise_map(
 
 
 def steady_state_kalman(
-    decays: Sequence[float] | jax.Array,
-    process_variances: Sequence[float] | jax.Array,
-    noise_variance: float | jax.Array,
+    decays: Sequence[float] | ArrayLike,
+    process_variances: Sequence[float] | ArrayLike,
+    noise_variance: ArrayLike,
     *,
     input_dim: int = 1,
     input_normalization: bool = False,
@@ -374,6 +378,8 @@ def steady_state_kalman(
         jnp.asarray(decays, dtype), jnp.asarray(process_variances, dtype),
         jnp.asarray(noise_variance, dtype), int(input_dim),
         bool(input_normalization))
+  # validate() refused complex and boolean values, which ArrayLike admits.
+  real_noise_variance = cast(SupportsFloat, noise_variance)
   # Concrete inputs are solved in float64 whatever the default dtype, so
   # that float32 users get the float64 answer rounded once (a float32
   # solve is off by about eps * q / r: 64% at r = 1e-6). Evaluated now even
@@ -382,7 +388,8 @@ def steady_state_kalman(
     solved = jax.tree.map(np.asarray, _steady_state(
         jnp.asarray(decay_entries, jnp.float64),
         jnp.asarray(variance_entries, jnp.float64),
-        jnp.asarray(float(noise_variance), jnp.float64), int(input_dim),
+        jnp.asarray(float(real_noise_variance), jnp.float64),
+        int(input_dim),
         bool(input_normalization)))
   if not bool(solved.converged):
     raise ValueError(
@@ -393,10 +400,10 @@ def steady_state_kalman(
            if int(input_dim) > 1 else '')
         + '. The problem is too ill-conditioned: the signal-to-noise ratio '
         f'max(process_variances) / noise_variance = '
-        f'{max(variance_entries) / float(noise_variance):.3g} is too high '
-        'for the slowest timescale 1 / (1 - max(decays)) (solves succeed '
-        'for ratios up to 1e8 with timescales up to 1e8 steps). Use a larger '
-        '`noise_variance` or fewer, faster components.')
+        f'{max(variance_entries) / float(real_noise_variance):.3g} is too '
+        'high for the slowest timescale 1 / (1 - max(decays)) (solves '
+        'succeed for ratios up to 1e8 with timescales up to 1e8 steps). Use '
+        'a larger `noise_variance` or fewer, faster components.')
   return SteadyStateKalman(
       gains=jnp.asarray(solved.gains, dtype),
       prior_covariance=jnp.asarray(solved.prior_covariance, dtype),
@@ -406,7 +413,7 @@ def steady_state_kalman(
       residual=jnp.asarray(solved.residual, dtype))
 
 
-def _tolerance(dtype: Any, num_components: int) -> float:
+def _tolerance(dtype: DTypeLike, num_components: int) -> float:
   """The largest relative Riccati residual of a converged solve."""
   return _RESIDUAL_EPS_PER_COMPONENT * num_components * float(
       jnp.finfo(dtype).eps)
@@ -463,9 +470,9 @@ def _steady_state(
 
 
 def kalman_learning_rates(
-    decays: Sequence[float] | jax.Array,
-    process_variances: Sequence[float] | jax.Array,
-    noise_variance: float | jax.Array,
+    decays: Sequence[float] | ArrayLike,
+    process_variances: Sequence[float] | ArrayLike,
+    noise_variance: ArrayLike,
     *,
     input_dim: int = 1,
     input_normalization: bool = False,
@@ -536,9 +543,11 @@ def kalman_learning_rates(
   if not any(checks.is_traced(entry) for entry in (
       *decay_entries, *variance_entries, noise_variance)):
     # Concrete: the float64 rates, rounded once to the default dtype.
+    # validate() refused complex and boolean values, which ArrayLike admits.
+    real_noise_variance = cast(SupportsFloat, noise_variance)
     with jax.enable_x64(True), jax.ensure_compile_time_eval():
       kalman = steady_state_kalman(
-          decay_entries, variance_entries, float(noise_variance),
+          decay_entries, variance_entries, float(real_noise_variance),
           input_dim=input_dim, input_normalization=input_normalization)
       rates = np.asarray(decay_entries) * np.asarray(kalman.gains)
     return jnp.asarray(rates, dtype)
@@ -652,4 +661,6 @@ def scale_by_input_norm() -> optax.GradientTransformationExtraArgs:
 
     return jax.tree.map(scale, updates), state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  # optax's protocols take any OptState; update_fn takes its own state.
+  return optax.GradientTransformationExtraArgs(
+      init_fn, cast(optax.TransformUpdateExtraArgsFn, update_fn))

@@ -17,13 +17,15 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
+from jax.typing import ArrayLike
 
 from multiscale_optax._src import checks
 
 
 def memory_kernel(
-    learning_rates: Sequence[float] | jax.Array,
-    decays: Sequence[float] | jax.Array,
+    learning_rates: Sequence[float] | ArrayLike,
+    decays: Sequence[float] | ArrayLike,
     num_steps: int,
 ) -> jax.Array:
   r"""The impulse response :math:`h_k` of a multiscale learner.
@@ -169,10 +171,10 @@ def _nonnegative_least_squares(
 
 
 def fit_learning_rates(
-    decays: Sequence[float] | np.ndarray,
-    target_kernel: Sequence[float] | np.ndarray,
+    decays: npt.ArrayLike,
+    target_kernel: npt.ArrayLike,
     *,
-    weights: Sequence[float] | np.ndarray | None = None,
+    weights: npt.ArrayLike | None = None,
     nonnegative: bool = False,
 ) -> np.ndarray:
   r"""Learning rates whose memory kernel best matches a target kernel.

@@ -38,15 +38,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 from typing import NamedTuple
+from typing import cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
+from jax.typing import DTypeLike
 
 from multiscale_optax._src import checks
 from multiscale_optax._src import precision
 from multiscale_optax._src import scaled_storage
+from multiscale_optax._src import treedefs
 
 # Below this |decay|, recovering the old subweight from the new one divides by
 # a small number; such subweights use the difference form instead.
@@ -106,7 +110,9 @@ class MultiscaleState(NamedTuple):
       :math:`s`, so it is not lost to the rounding of the stored leaves.
   """
 
-  count: jax.Array
+  # The field shadows tuple.count, as in optax's own states (its name is
+  # what inject_hyperparams and users look for).
+  count: jax.Array  # type: ignore[assignment]
   subweights: tuple[optax.Params, ...]
   layout: SubweightLayout
   scales: tuple[tuple[jax.Array, jax.Array], ...] = ()
@@ -226,7 +232,7 @@ def _group_coefficients(
   return slow_rate, coefficients
 
 
-def _is_trainable(dtype: Any) -> bool:
+def _is_trainable(dtype: DTypeLike) -> bool:
   """Whether a leaf of ``dtype`` is trained (integer and bool leaves are not)."""
   return jnp.issubdtype(dtype, jnp.inexact)
 
@@ -297,12 +303,12 @@ def _leafwise_update(
 
 
 def multiscale(
-    learning_rates: Sequence[float] | jax.Array,
-    decays: Sequence[float] | jax.Array,
+    learning_rates: Sequence[float] | ArrayLike,
+    decays: Sequence[float] | ArrayLike,
     *,
     learning_rate: optax.ScalarOrSchedule = 1.0,
     initial_subweights: Sequence[optax.Params | None] | None = None,
-    state_dtype: Any = None,
+    state_dtype: DTypeLike | None = None,
     scaled_subweights: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The multiscale learner: weights as sums of decaying subweights.
@@ -501,6 +507,7 @@ def multiscale(
         else learning_rate)
     slow_rate, coefficients = _group_coefficients(
         learning_rate_entries, decay_entries, layout)
+    treedef: treedefs.TreeDef
     update_leaves, treedef = jax.tree.flatten(updates)
     update_leaves = [jnp.asarray(update) for update in update_leaves]
     stored_leaves = [
@@ -529,7 +536,7 @@ def multiscale(
       for group_leaves, value in zip(new_stored_leaves, new_stored):
         group_leaves.append(value)
     new_state = MultiscaleState(
-        count=optax.safe_increment(state.count),
+        count=jnp.asarray(optax.safe_increment(state.count)),
         subweights=tuple(
             treedef.unflatten(leaves) for leaves in new_stored_leaves),
         layout=layout,
@@ -537,21 +544,28 @@ def multiscale(
     )
     return treedef.unflatten(increments), new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  # optax's protocols take any OptState (a pytree of arrays and numbers);
+  # these functions take and return their own state, whose static layout
+  # holds None entries that are no OptState to the type checker.
+  return optax.GradientTransformationExtraArgs(
+      cast(optax.TransformInitFn, init_fn),
+      cast(optax.TransformUpdateExtraArgsFn, update_fn))
 
 
 def _check_initial_subweights(
     initial_subweights: Sequence[optax.Params | None], params: optax.Params
 ) -> None:
   """Raises ``ValueError`` unless each given subweight is shaped like params."""
+  param_structure: treedefs.TreeDef
   param_paths, param_structure = jax.tree_util.tree_flatten_with_path(params)
   for index, value in enumerate(initial_subweights):
     if value is None:
       continue
-    if jax.tree.structure(value) != param_structure:
+    structure: treedefs.TreeDef = jax.tree.structure(value)
+    if structure != param_structure:
       raise ValueError(
           f'`initial_subweights[{index}]` must have the structure of the '
-          f'params, {param_structure}, got {jax.tree.structure(value)}.')
+          f'params, {param_structure}, got {structure}.')
     for (path, param), leaf in zip(param_paths, jax.tree.leaves(value)):
       if jnp.shape(leaf) != jnp.shape(param):
         raise ValueError(
@@ -566,7 +580,7 @@ def _check_initial_subweights(
 
 
 def _initial_leaf(
-    param: Any, values: Sequence[Any], state_dtype: Any
+    param: Any, values: Sequence[Any], state_dtype: DTypeLike | None
 ) -> jax.Array:
   """One leaf of a stored subweight at init: zeros or the given values.
 
@@ -603,7 +617,7 @@ def fast_weights(
     fast_decay: float,
     *,
     learning_rate: optax.ScalarOrSchedule = 1.0,
-    state_dtype: Any = None,
+    state_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Fast weights: a permanent slow weight plus a fast, decaying one (§3).
 
@@ -770,6 +784,7 @@ def get_subweights(
 
   # The learner's state decides which leaves it sees: masked ones are
   # MaskedNode there, and the params hold arrays in their place.
+  structure: treedefs.TreeDef
   if state.subweights:
     structure = jax.tree.structure(
         state.subweights[0], is_leaf=_is_masked_node)

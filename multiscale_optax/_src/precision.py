@@ -22,9 +22,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.typing import DTypeLike
 
 
-def compute_dtype(*dtypes: Any) -> Any:
+def compute_dtype(*dtypes: DTypeLike) -> np.dtype[Any]:
   """The dtype in which values of ``dtypes`` are combined: at least float32.
 
   Args:
@@ -37,12 +39,12 @@ def compute_dtype(*dtypes: Any) -> Any:
   return jnp.result_type(jnp.float32, *dtypes)
 
 
-def is_narrower_than_float32(dtype: Any) -> bool:
+def is_narrower_than_float32(dtype: DTypeLike) -> bool:
   """Whether ``dtype`` has fewer mantissa bits than float32."""
   return jnp.finfo(dtype).nmant < jnp.finfo(jnp.float32).nmant
 
 
-def round_to_storage(value: jax.Array, dtype: Any) -> jax.Array:
+def round_to_storage(value: jax.Array, dtype: DTypeLike) -> jax.Array:
   """``value`` rounded to ``dtype``, with a rounding XLA cannot elide.
 
   Args:

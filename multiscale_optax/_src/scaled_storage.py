@@ -39,11 +39,13 @@ to the subweight itself, and it is computed from the *stored* (rounded)
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from multiscale_optax._src import precision
 
@@ -71,7 +73,7 @@ def initial_scale() -> tuple[jax.Array, jax.Array]:
   return jnp.ones([], jnp.float32), jnp.zeros([], jnp.float32)
 
 
-def is_scaled(dtype: Any) -> bool:
+def is_scaled(dtype: DTypeLike) -> bool:
   """Whether a stored leaf of ``dtype`` is multiplied by its scale.
 
   In a state that has scales, every inexact leaf narrower than float64 is
@@ -83,7 +85,8 @@ def is_scaled(dtype: Any) -> bool:
       and jnp.finfo(dtype).nmant < jnp.finfo(jnp.float64).nmant)
 
 
-def needs_scales(dtypes: Any, scaled_subweights: bool) -> bool:
+def needs_scales(
+    dtypes: Iterable[DTypeLike], scaled_subweights: bool) -> bool:
   """Whether a state whose stored leaves have ``dtypes`` keeps scales.
 
   The answer must not depend on whether the params have leaves at all:
