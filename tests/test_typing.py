@@ -15,9 +15,9 @@ import re
 import subprocess
 import sys
 import textwrap
+import tomllib
 
 import pytest
-import tomllib
 
 import multiscale_optax as mso
 
