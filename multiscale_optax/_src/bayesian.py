@@ -149,19 +149,8 @@ def _validate(
     decays: Any, process_variances: Any, noise_variance: Any,
     initial_variances: Any,
 ) -> tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]:
-  decay_entries = checks.vector_entries(decays, 'decays')
-  variance_entries = checks.vector_entries(
-      process_variances, 'process_variances')
-  checks.check_same_length(
-      decay_entries, 'decays', variance_entries, 'process_variances')
-  checks.check_finite(decay_entries, 'decays')
-  checks.check_finite(variance_entries, 'process_variances')
-  checks.check_range(
-      decay_entries, 'decays', low=-1.0, high=1.0, low_inclusive=False,
-      high_inclusive=True)
-  checks.check_range(
-      variance_entries, 'process_variances', low=0.0, high=np.inf,
-      low_inclusive=True, high_inclusive=False)
+  decay_entries, variance_entries = checks.decays_and_process_variances(
+      decays, process_variances, lowest_decay=-1.0)
   checks.check_scalar(
       noise_variance, 'noise_variance', low=0.0, high=np.inf,
       low_inclusive=False, high_inclusive=False)

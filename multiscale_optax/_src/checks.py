@@ -363,3 +363,36 @@ def check_bool(value: Any, name: str) -> bool:
         f'`{name}` must be True or False, got {type(value).__name__} '
         f'{value!r}.')
   return bool(value)
+
+
+def decays_and_process_variances(
+    decays: Any, process_variances: Any, *, lowest_decay: float
+) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+  r"""Validates the AR(1) prior of a drifting environment or learner.
+
+  Args:
+    decays: one finite real in ``(lowest_decay, 1]`` per subweight.
+    process_variances: one finite real :math:`\ge 0` per subweight.
+    lowest_decay: the open lower end of the decays' range.
+
+  Returns:
+    The entries of both (see :func:`vector_entries`).
+
+  Raises:
+    TypeError: either is not a 1-D vector of reals.
+    ValueError: they differ in length, are empty or not 1-D, hold a
+      non-finite value, or a value lies outside its range.
+  """
+  decay_entries = vector_entries(decays, 'decays')
+  variance_entries = vector_entries(process_variances, 'process_variances')
+  check_same_length(
+      decay_entries, 'decays', variance_entries, 'process_variances')
+  check_finite(decay_entries, 'decays')
+  check_finite(variance_entries, 'process_variances')
+  check_range(
+      decay_entries, 'decays', low=lowest_decay, high=1.0,
+      low_inclusive=False, high_inclusive=True)
+  check_range(
+      variance_entries, 'process_variances', low=0.0, high=np.inf,
+      low_inclusive=True, high_inclusive=False)
+  return decay_entries, variance_entries

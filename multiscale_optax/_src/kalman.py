@@ -154,19 +154,8 @@ def validate(
   Raises:
     TypeError, ValueError: as :func:`steady_state_kalman`.
   """
-  decay_entries = checks.vector_entries(decays, 'decays')
-  variance_entries = checks.vector_entries(
-      process_variances, 'process_variances')
-  checks.check_same_length(
-      decay_entries, 'decays', variance_entries, 'process_variances')
-  checks.check_finite(decay_entries, 'decays')
-  checks.check_finite(variance_entries, 'process_variances')
-  checks.check_range(
-      decay_entries, 'decays', low=0.0, high=1.0, low_inclusive=False,
-      high_inclusive=True)
-  checks.check_range(
-      variance_entries, 'process_variances', low=0.0, high=np.inf,
-      low_inclusive=True, high_inclusive=False)
+  decay_entries, variance_entries = checks.decays_and_process_variances(
+      decays, process_variances, lowest_decay=0.0)
   concrete = [d for d in decay_entries if not checks.is_traced(d)]
   if len(set(concrete)) != len(concrete):
     raise ValueError(
