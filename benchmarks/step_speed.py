@@ -23,8 +23,6 @@ update (reading u, J, w, k means and k variances, writing w and the state):
 Usage:
   python benchmarks/step_speed.py            # 1e6, 1e7, 5e7 parameters
   python benchmarks/step_speed.py --sizes 1e6 --rounds 5   # quick check
-  python benchmarks/step_speed.py --sizes 1e6 1e7 \
-      --output benchmarks/results/step_speed_bayesian.json
 """
 
 from __future__ import annotations
