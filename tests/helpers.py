@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 
 import jax
@@ -134,3 +137,26 @@ def max_abs_difference(first, second) -> float:
   differences = jax.tree.leaves(
       jax.tree.map(lambda a, b: jnp.max(jnp.abs(a - b)), first, second))
   return float(max(differences))
+
+
+def run_on_eight_cpu_devices(script: str) -> str:
+  """Runs ``script`` in a fresh Python on an 8-device CPU mesh.
+
+  The device count is fixed when JAX starts, so a sharding test needs its
+  own process. Fails the calling test (with the child's output) unless the
+  script exits 0 and its last line is ``SHARDING-OK``.
+
+  Returns:
+    The script's standard output.
+  """
+  environment = dict(os.environ)
+  environment['XLA_FLAGS'] = (
+      environment.get('XLA_FLAGS', '')
+      + ' --xla_force_host_platform_device_count=8')
+  environment['JAX_PLATFORMS'] = 'cpu'
+  result = subprocess.run(
+      [sys.executable, '-c', script], env=environment, capture_output=True,
+      text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert result.stdout.strip().endswith('SHARDING-OK'), result.stdout
+  return result.stdout

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
+import helpers
 import hypothesis
 import hypothesis.strategies as st
 import jax
@@ -667,13 +665,4 @@ _SHARDING_SCRIPT = textwrap.dedent('''
 def test_state_is_sharded_like_the_params():
   # S is one reduction over the whole network, so the step has one scalar
   # all-reduce; every params-shaped array must keep its param's sharding.
-  environment = dict(os.environ)
-  environment['XLA_FLAGS'] = (
-      environment.get('XLA_FLAGS', '')
-      + ' --xla_force_host_platform_device_count=8')
-  environment['JAX_PLATFORMS'] = 'cpu'
-  result = subprocess.run(
-      [sys.executable, '-c', _SHARDING_SCRIPT], env=environment,
-      capture_output=True, text=True, timeout=300, check=False)
-  assert result.returncode == 0, result.stdout + result.stderr
-  assert 'SHARDING-OK' in result.stdout
+  helpers.run_on_eight_cpu_devices(_SHARDING_SCRIPT)

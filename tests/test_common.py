@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import pathlib
-import subprocess
-import sys
 from collections.abc import Callable
 from collections.abc import Mapping
 from typing import Any
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -813,18 +811,8 @@ def sharding_failures() -> list[str]:
 
 
 def test_state_sharding_follows_the_params_for_every_case():
-  environment = dict(os.environ)
-  environment['XLA_FLAGS'] = (
-      environment.get('XLA_FLAGS', '')
-      + ' --xla_force_host_platform_device_count=8')
-  environment['JAX_PLATFORMS'] = 'cpu'
   tests = pathlib.Path(__file__).parent
-  script = (
+  helpers.run_on_eight_cpu_devices(
       f'import sys; sys.path.insert(0, {str(tests)!r}); import test_common; '
       'failures = test_common.sharding_failures(); '
       "print('\\n'.join(failures) or 'SHARDING-OK')")
-  result = subprocess.run(
-      [sys.executable, '-c', script], env=environment, capture_output=True,
-      text=True, timeout=300, check=False)
-  assert result.returncode == 0, result.stdout + result.stderr
-  assert result.stdout.strip().endswith('SHARDING-OK'), result.stdout

@@ -6,10 +6,9 @@ The check runs in a subprocess because the device count is fixed by
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
+
+import helpers
 
 _SCRIPT = textwrap.dedent('''
     import jax
@@ -94,13 +93,4 @@ _SCRIPT = textwrap.dedent('''
 
 
 def test_subweights_are_sharded_like_their_params_without_gathers():
-  environment = dict(os.environ)
-  environment['XLA_FLAGS'] = (
-      environment.get('XLA_FLAGS', '')
-      + ' --xla_force_host_platform_device_count=8')
-  environment['JAX_PLATFORMS'] = 'cpu'
-  result = subprocess.run(
-      [sys.executable, '-c', _SCRIPT], env=environment, capture_output=True,
-      text=True, timeout=300, check=False)
-  assert result.returncode == 0, result.stdout + result.stderr
-  assert 'SHARDING-OK' in result.stdout
+  helpers.run_on_eight_cpu_devices(_SCRIPT)
