@@ -164,14 +164,8 @@ def _validate(
         variance / (1.0 - decay * decay)
         for decay, variance in zip(decay_entries, variance_entries))
   else:
-    initial_entries = checks.vector_entries(
-        initial_variances, 'initial_variances')
-    checks.check_same_length(
-        decay_entries, 'decays', initial_entries, 'initial_variances')
-    checks.check_finite(initial_entries, 'initial_variances')
-    checks.check_range(
-        initial_entries, 'initial_variances', low=0.0, high=np.inf,
-        low_inclusive=True, high_inclusive=False)
+    initial_entries = checks.initial_variances(
+        initial_variances, decay_entries)
   return decay_entries, variance_entries, initial_entries
 
 

@@ -396,3 +396,29 @@ def decays_and_process_variances(
       variance_entries, 'process_variances', low=0.0, high=np.inf,
       low_inclusive=True, high_inclusive=False)
   return decay_entries, variance_entries
+
+
+def initial_variances(
+    value: Any, decay_entries: Sequence[Any]
+) -> tuple[Any, ...]:
+  r"""Validates given initial variances of an AR(1) prior.
+
+  Args:
+    value: one finite real :math:`\ge 0` per entry of ``decay_entries``.
+    decay_entries: the prior's decays, validated already.
+
+  Returns:
+    The entries of ``value`` (see :func:`vector_entries`).
+
+  Raises:
+    TypeError: ``value`` is not a 1-D vector of reals.
+    ValueError: its length differs from the decays', it is empty or not
+      1-D, or an entry is negative or not finite.
+  """
+  entries = vector_entries(value, 'initial_variances')
+  check_same_length(decay_entries, 'decays', entries, 'initial_variances')
+  check_finite(entries, 'initial_variances')
+  check_range(
+      entries, 'initial_variances', low=0.0, high=np.inf,
+      low_inclusive=True, high_inclusive=False)
+  return entries

@@ -93,15 +93,9 @@ class OneOverFEnvironment:
           0.0 if decay == 1.0 else variance / (1.0 - decay**2)
           for decay, variance in zip(decays, variances, strict=True))
     else:
-      initial = checks.vector_entries(
-          self.initial_variances, 'initial_variances')
-      checks.check_same_length(
-          decays, 'decays', initial, 'initial_variances')
-      checks.check_finite(initial, 'initial_variances')
-      checks.check_range(
-          initial, 'initial_variances', low=0.0, high=np.inf,
-          low_inclusive=True, high_inclusive=False)
-      initial = tuple(float(value) for value in initial)
+      initial = tuple(
+          float(value) for value in checks.initial_variances(
+              self.initial_variances, decays))
     object.__setattr__(self, 'decays', decays)
     object.__setattr__(self, 'process_variances', variances)
     object.__setattr__(self, 'noise_variance', float(self.noise_variance))
