@@ -465,7 +465,8 @@ def test_state_dtype_and_abstract_init():
   opt = mso.bayesian_multiscale([0.9], [0.19], 1.0, state_dtype=jnp.bfloat16)
   state = jax.eval_shape(opt.init, params)
   assert state.means[0]['w'].dtype == jnp.bfloat16
-  assert state.variances[0]['w'].dtype == jnp.bfloat16
+  # The covariance is kept in at least float32 (it must keep relaxing).
+  assert state.variances[0]['w'].dtype == jnp.float32
 
 
 def test_get_bayesian_subweights():

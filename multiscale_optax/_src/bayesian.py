@@ -5,9 +5,9 @@ structured environments", ICLR 2023, derive the multiscale learner of Jones,
 `Learning at Multiple Timescales <https://arxiv.org/abs/2211.10311>`_,
 NeurIPS 2022, as approximate Bayesian inference: each weight is a sum of
 subweights, the prior says every subweight is an AR(1) process, and a Gaussian
-belief that is diagonal over all subweights of all weights is tracked by an
-extended Kalman filter. Its learning rates are not hyperparameters: they are
-the filter's gains, inferred per weight and per step.
+belief over all subweights of all weights is tracked by an extended Kalman
+filter. Its learning rates are not hyperparameters: they are the filter's
+gains, inferred per weight and per step.
 
 The generative model. Let :math:`w_0` be the initial params (the prior mean,
 fixed) and
@@ -25,51 +25,55 @@ keeping :math:`w_0` as a fixed offset lets a network start from its usual
 random initialisation, which breaks the symmetry between hidden units, while
 the subweights, which decay to zero, describe the drift around it.)
 
-The belief before observation :math:`t` is
-:math:`\omega_{i} \sim \mathcal N(\mu_i, v_i)` for every subweight of every
-weight, independent; the params are its mean :math:`w_0 + \sum_i \mu_i`.
-With :math:`J = \partial f/\partial w` at the params (the extended Kalman
+The belief before an observation is Gaussian over all :math:`kP`
+subweights, with means :math:`\mu_i` and covariance
+:math:`\mathrm{diag}(D) - UU^\top` (:math:`U` of rank ``rank``; 0 keeps a
+diagonal); the params are its mean :math:`w_0 + \sum_i \mu_i`. With
+:math:`J = \partial f/\partial w` at the params (the extended Kalman
 filter's linearisation) and the residual :math:`e = y - f`, the exact
-Gaussian update of this belief is a rank-:math:`C` correction of a full
-covariance; keeping its diagonal gives, for one scalar output,
+Gaussian update is computed by the kernel in
+:mod:`multiscale_optax._src.gaussian_belief`: for one scalar output and a
+diagonal belief,
 
 .. math::
 
   S = R + \sum_{\text{weights}} J^2 \sum_i v_i, \qquad
   \mu_i \leftarrow \mu_i + \frac{v_i J e}{S}, \qquad
-  v_i \leftarrow v_i - \frac{(v_i J)^2}{S},
+  v_i \leftarrow v_i - \frac{(v_i J)^2}{S}
 
-and for :math:`C` outputs (:math:`J` of shape :math:`C \times` weights,
-:math:`V_i = \mathrm{diag}(v_i)`)
-
-.. math::
-
-  S = R + \sum_i J V_i J^\top, \qquad
-  \mu_i \leftarrow \mu_i + V_i J^\top S^{-1} e, \qquad
-  v_i \leftarrow v_i - v_i^2\, \mathrm{diag}(J^\top S^{-1} J).
-
-Then the belief is carried to the next step by the prior:
-:math:`\mu_i \leftarrow \gamma_i \mu_i`,
-:math:`v_i \leftarrow \gamma_i^2 v_i + q_i`. :math:`S` is a single
-reduction over the whole network: every weight's step depends on the
-uncertainty of all the others (updating each weight as if it were alone
-over-reacts in proportion to the number of weights, and diverges in the
-10-dimensional benchmark of ``benchmarks/online_1f.py``).
+(the last is the exact posterior's marginal variance, "moment matching";
+``variance_update`` offers two other diagonal rules). Then the belief is
+carried to the next step by the prior: :math:`\mu_i \leftarrow \gamma_i
+\mu_i`, :math:`v_i \leftarrow \gamma_i^2 v_i + q_i` (and
+:math:`U_i \leftarrow \gamma_i U_i`). :math:`S` is a single reduction over
+the whole network: every weight's step depends on the uncertainty of all the
+others (updating each weight as if it were alone over-reacts in proportion
+to the number of weights, and diverges in the 10-dimensional benchmark of
+``benchmarks/online_1f.py``).
 
 In terms of eq. (1) of the NeurIPS paper, subweight :math:`i` decays by
 :math:`\gamma_i` and learns from the gradient :math:`u = -J e / r` of the
 negative log-likelihood :math:`(y - f)^2/(2r)` at rate
 :math:`\alpha_i = \gamma_i v_i r / S` (per weight, per step). With one weight
-and one subweight this is the scalar Kalman filter exactly; with one weight
-and :math:`k` subweights it is the Kalman filter of the sum of AR(1)
-processes with its covariance projected onto the diagonal after every
-observation.
+and one subweight this is the scalar Kalman filter exactly; with rank
+:math:`L \ge kP` it is the joint Kalman filter of all subweights.
 
-Memory: :math:`2k` params-shaped arrays (:math:`\mu_i` and :math:`v_i`).
+Storage. The means :math:`\mu_i` are stored as a double-float32 scale
+times an array (:mod:`multiscale_optax._src.scaled_storage`) wherever their
+dtype is narrower than float64, so they decay at the full rate
+:math:`\gamma_i` in any storage dtype; :math:`D` and :math:`U` describe
+how much has been learned and are stored in at least float32 (a narrower
+variance stops relaxing towards the prior once its per-step change falls
+below half a unit in its last place).
+
+Memory: :math:`k(L + 2)` params-shaped arrays (:math:`\mu_i`, :math:`D_i`
+and the :math:`L` rows of :math:`U_i`).
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
 from typing import NamedTuple
@@ -83,8 +87,9 @@ from jax.typing import ArrayLike
 from jax.typing import DTypeLike
 
 from multiscale_optax._src import checks
+from multiscale_optax._src import gaussian_belief
 from multiscale_optax._src import precision
-from multiscale_optax._src import treedefs
+from multiscale_optax._src import scaled_storage
 
 
 class BayesianMultiscaleState(NamedTuple):
@@ -94,9 +99,17 @@ class BayesianMultiscaleState(NamedTuple):
     count: number of updates applied so far (``int32``).
     means: :math:`\mu_i`, one params-shaped pytree per subweight: the
       predictive means of the subweights for the next example (offsets from
-      the initial params, which are the fixed prior mean).
-    variances: :math:`v_i`, one params-shaped pytree per subweight: their
-      predictive variances.
+      the initial params, which are the fixed prior mean). Where a leaf is
+      narrower than float64 it holds :math:`\mu_i / s_i`
+      (``mean_scales``).
+    variances: :math:`D_i`, one params-shaped pytree per subweight: the
+      diagonal part of the predictive covariance (the predictive variances
+      themselves for a diagonal belief), in at least float32.
+    factors: :math:`U_i`, one pytree per subweight whose leaves have shape
+      ``(rank, *param.shape)``: the low-rank part of the covariance
+      :math:`\mathrm{diag}(D) - UU^\top`; empty for ``rank=0``.
+    mean_scales: per subweight, its scale :math:`s_i` as a float32 pair
+      ``(high, low)`` (see :mod:`multiscale_optax._src.scaled_storage`).
     log_process_scale: :math:`\log c`, a scalar: the process variances in
       use are :math:`c\, q_i`. Zero unless ``learn_prior=True``.
     log_noise_scale: :math:`\log \rho`, a scalar: the observation noise in
@@ -104,6 +117,11 @@ class BayesianMultiscaleState(NamedTuple):
     innovation_variance: the last step's innovation variance :math:`S`
       (for :math:`C` outputs, :math:`\mathrm{tr}(S)/C`); ``nan`` before the
       first update.
+    skipped_observations: how many observations were not finite (a
+      non-finite Jacobian, residual, gradient or observation covariance,
+      or one whose innovation covariance was not positive definite) and so
+      were skipped: for those steps only the prior's prediction was
+      applied (``int32``).
   """
 
   # The field shadows tuple.count, as in optax's own states (its name is
@@ -111,9 +129,12 @@ class BayesianMultiscaleState(NamedTuple):
   count: jax.Array  # type: ignore[assignment]
   means: tuple[optax.Params, ...]
   variances: tuple[optax.Params, ...]
+  factors: tuple[optax.Params, ...]
+  mean_scales: tuple[tuple[jax.Array, jax.Array], ...]
   log_process_scale: jax.Array
   log_noise_scale: jax.Array
   innovation_variance: jax.Array
+  skipped_observations: jax.Array
 
 
 class BayesianSubweights(NamedTuple):
@@ -125,13 +146,16 @@ class BayesianSubweights(NamedTuple):
       given).
     prior_mean: :math:`w_0`, the params minus :math:`\sum_i \mu_i`.
     means: :math:`\mu_i`, one params-shaped pytree per subweight.
-    variances: :math:`v_i`, one params-shaped pytree per subweight.
+    variances: the marginal variances of the subweights,
+      :math:`D_i - \sum_l U_{i,l}^2`, one params-shaped pytree per
+      subweight.
     learning_rates: ``None`` unless ``decays`` was given; else
-      :math:`\gamma_i v_i / S` with :math:`S` the last
-      step's innovation variance, one params-shaped pytree per subweight:
-      the gain of each subweight on the residual :math:`J e` at the next
-      step if its innovation variance equals the last one (for scalar
-      outputs; multiply by :math:`r` for the rate on the gradient).
+      :math:`\gamma_i v_i / S` with :math:`v_i` the marginal variances and
+      :math:`S` the last step's innovation variance, one params-shaped
+      pytree per subweight: the gain of each subweight on the residual
+      :math:`J e` at the next step if its innovation variance equals the
+      last one and the belief is diagonal (for scalar outputs; multiply by
+      :math:`r` for the rate on the gradient).
     process_scale: :math:`c`, the learned scale of the process variances.
     noise_scale: :math:`\rho`, the learned scale of the noise variance.
   """
@@ -145,10 +169,63 @@ class BayesianSubweights(NamedTuple):
   noise_scale: jax.Array
 
 
+def _is_masked(node: Any) -> bool:
+  return isinstance(node, optax.MaskedNode)
+
+
+def _aligned_leaves(reference: Any, tree: Any) -> list[Any]:
+  """The leaves of ``tree`` at the leaves of ``reference``.
+
+  ``tree`` may hold arrays where ``reference`` holds ``optax.MaskedNode``
+  (``optax.masked`` masks the updates but, by default, not the extra
+  arguments); those are dropped.
+  """
+  pairs = jax.tree.map(
+      lambda node, leaf: None if _is_masked(node) else (leaf,),
+      reference, tree, is_leaf=_is_masked)
+  return [pair[0] for pair in jax.tree.leaves(
+      pairs, is_leaf=lambda node: isinstance(node, tuple))]
+
+
+def _is_trainable(dtype: DTypeLike) -> bool:
+  """Whether a leaf of ``dtype`` is learned (integer and bool leaves are not)."""
+  return bool(jnp.issubdtype(dtype, jnp.inexact))
+
+
+def _variance_dtype(param_dtype: DTypeLike, state_dtype: DTypeLike | None):
+  """The dtype of a leaf's variances and factors: at least float32."""
+  return precision.compute_dtype(
+      param_dtype if state_dtype is None else state_dtype)
+
+
+def _leak(decay: Any) -> tuple[Any, Any]:
+  """:math:`(1 - \\gamma, 1 - \\gamma^2)`, in float64 where concrete."""
+  if checks.is_traced(decay):
+    return 1.0 - decay, (1.0 - decay) * (1.0 + decay)
+  decay64 = np.float64(decay)
+  return float(1.0 - decay64), float((1.0 - decay64) * (1.0 + decay64))
+
+
+def _check_decay_dtype(decays: Any) -> None:
+  """Refuses decays that arrive narrower than float32."""
+  values = decays if isinstance(decays, Sequence) else [decays]
+  for value in values:
+    dtype = getattr(value, 'dtype', None)
+    if (dtype is not None and jnp.issubdtype(dtype, jnp.floating)
+        and precision.is_narrower_than_float32(dtype)):
+      raise TypeError(
+          f'`decays` arrived as {jnp.dtype(dtype).name}, which rounds a '
+          'decay such as 0.999 to 1. optax.inject_hyperparams casts '
+          "hyperparameters to the params' dtype: pass "
+          "hyperparam_dtype=jnp.float32, or decays as a list or in "
+          "static_args=('decays',).")
+
+
 def _validate(
     decays: Any, process_variances: Any, noise_variance: Any,
     initial_variances: Any,
 ) -> tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]:
+  _check_decay_dtype(decays)
   decay_entries, variance_entries = checks.decays_and_process_variances(
       decays, process_variances, lowest_decay=-1.0)
   checks.check_scalar(
@@ -161,16 +238,438 @@ def _validate(
             f'`initial_variances` must be given: `decays[{index}]` is 1 (a '
             'random walk), which has no stationary variance.')
     initial_entries = tuple(
-        variance / (1.0 - decay * decay)
-        for decay, variance in zip(decay_entries, variance_entries))
+        variance / leak[1] if checks.is_traced(leak[1])
+        else float(np.float64(variance) / np.float64(leak[1]))
+        for variance, leak in zip(
+            variance_entries, map(_leak, decay_entries)))
+    return decay_entries, variance_entries, initial_entries
+  return decay_entries, variance_entries, checks.initial_variances(
+      initial_variances, decay_entries)
+
+
+def _check_observation_covariance(value: Any, outputs: int | None) -> None:
+  """Shape always; symmetry and positive definiteness where concrete."""
+  shape = tuple(jnp.shape(value))
+  expected = () if outputs is None else (outputs, outputs)
+  if shape != expected:
+    raise ValueError(
+        f'`observation_covariance` must have shape {expected} ('
+        + ('a scalar, for a scalar `residual` or none' if outputs is None
+           else 'N x N for a `residual` of shape (N,)')
+        + f'), got {shape}.')
+  if jnp.iscomplexobj(value):
+    raise TypeError('`observation_covariance` must be real.')
+  if checks.is_traced(value):
+    return
+  matrix = np.asarray(value, dtype=np.float64).reshape(expected or (1, 1))
+  if not np.all(np.isfinite(matrix)):
+    raise ValueError('`observation_covariance` must be finite.')
+  if not np.allclose(matrix, matrix.T, rtol=1e-6, atol=0.0):
+    raise ValueError('`observation_covariance` must be symmetric.')
+  if matrix.size and np.linalg.eigvalsh(matrix)[0] <= 0.0:
+    raise ValueError(
+        '`observation_covariance` must be positive definite (every '
+        f'eigenvalue > 0), got smallest eigenvalue '
+        f'{np.linalg.eigvalsh(matrix)[0]:.3g}.')
+
+
+def _check_state_leaves(
+    state: BayesianMultiscaleState, grad_leaves: list[jax.Array],
+    treedef: Any, num: int, rank: int,
+) -> tuple[list[list[jax.Array]], list[list[jax.Array]],
+           list[list[jax.Array]]]:
+  """The state's leaves, checked against the updates' shapes."""
+  if (len(state.means) != num or len(state.variances) != num
+      or len(state.mean_scales) != num
+      or len(state.factors) != (num if rank else 0)):
+    raise ValueError(
+        f'The state holds {len(state.means)} subweights and '
+        f'{len(state.factors)} factors, but this transformation has {num} '
+        f'subweights of rank {rank}: initialise the state with this '
+        'transformation.')
+  means = [treedef.flatten_up_to(tree) for tree in state.means]
+  variances = [treedef.flatten_up_to(tree) for tree in state.variances]
+  factors = [treedef.flatten_up_to(tree) for tree in state.factors]
+  for position, grad in enumerate(grad_leaves):
+    shape = tuple(grad.shape)
+    for index in range(num):
+      for name, leaves, expected in (
+          ('means', means, shape), ('variances', variances, shape),
+          ('factors', factors, (rank, *shape))):
+        if leaves and tuple(leaves[index][position].shape) != expected:
+          raise ValueError(
+              f'`state.{name}[{index}]` leaf {position} has shape '
+              f'{tuple(leaves[index][position].shape)}, expected '
+              f'{expected}: the state does not belong to these params.')
+  return means, variances, factors
+
+
+def _observation(
+    grad_leaves: list[jax.Array],
+    jacobian_leaves: list[Any],
+    residual: Any,
+    observation_covariance: Any,
+    noise: jax.Array,
+    noise_scale: jax.Array,
+    dtype: Any,
+) -> tuple[gaussian_belief.Observation, jax.Array, jax.Array]:
+  """The observation in the kernel's form, rescaled against overflow.
+
+  Returns the observation, the power of two :math:`m \\ge 1` by which the
+  Jacobian was divided (the residual by :math:`m`, :math:`R` and
+  :math:`J^\\top e` by :math:`m^2`: the Kalman update is invariant to this,
+  and a Jacobian entry of 3e19 no longer overflows when squared in
+  float32), and whether the inputs are finite.
+  """
+  rows = []
+  for grad, jac in zip(grad_leaves, jacobian_leaves):
+    jac = jnp.asarray(jac)
+    if jnp.iscomplexobj(jac):
+      raise TypeError('`jacobian` must be real: bayesian_multiscale '
+                      'tracks a belief over real weights.')
+    rows.append(jac.astype(dtype).reshape(-1, *grad.shape))
+  largest = _max_abs(rows)
+  _, exponent = jnp.frexp(largest)
+  rescale = jnp.where(
+      jnp.isfinite(largest) & (largest > 1.0),
+      jnp.ldexp(jnp.asarray(1.0, dtype), exponent), jnp.asarray(1.0, dtype))
+  rows = [row / rescale for row in rows]
+  outputs = rows[0].shape[0] if rows else 1
+  if observation_covariance is None:
+    covariance = noise * jnp.eye(outputs, dtype=dtype)
   else:
-    initial_entries = checks.initial_variances(
-        initial_variances, decay_entries)
-  return decay_entries, variance_entries, initial_entries
+    covariance = jnp.asarray(observation_covariance, dtype).reshape(
+        outputs, outputs)
+  covariance = noise_scale * covariance / jnp.square(rescale)
+  if residual is None:
+    products = [-noise * grad.astype(dtype) / jnp.square(rescale)
+                for grad in grad_leaves]
+    finite = jnp.isfinite(_max_abs(products))
+    error = None
+  else:
+    error = jnp.asarray(residual, dtype).reshape(outputs) / rescale
+    products = None
+    finite = jnp.all(jnp.isfinite(error))
+  finite = finite & jnp.all(jnp.isfinite(covariance))
+  return gaussian_belief.Observation(
+      rows=rows, covariance=covariance, residual=error,
+      residual_products=products), rescale, finite
 
 
-def _total(values: Sequence[jax.Array]) -> jax.Array:
-  return sum(values[1:], values[0])
+def _max_abs(leaves: Sequence[jax.Array]) -> jax.Array:
+  """The largest magnitude over ``leaves`` (NaN if any entry is NaN)."""
+  largest = jnp.max(jnp.abs(leaves[0]), initial=0.0)
+  for leaf in leaves[1:]:
+    largest = jnp.maximum(largest, jnp.max(jnp.abs(leaf), initial=0.0))
+  return largest
+
+
+class _Prior(NamedTuple):
+  """The hyperparameters of a :func:`bayesian_multiscale` learner."""
+
+  decays: tuple[Any, ...]
+  leaks: tuple[tuple[Any, Any], ...]  # (1 - gamma, 1 - gamma^2)
+  process_variances: tuple[Any, ...]
+  noise_variance: Any
+  rank: int
+  variance_update: str
+  learn_prior: bool
+  learn_noise_variance: bool
+  prior_learning_rate: optax.ScalarOrSchedule
+
+
+def _output_count(
+    grad_leaves: list[jax.Array], jacobian_leaves: list[Any],
+    trainable: list[int], residual: Any, observation_covariance: Any,
+) -> int | None:
+  """``None`` for a scalar observation, else N; checks every shape."""
+  residual_shape = () if residual is None else tuple(jnp.shape(residual))
+  if len(residual_shape) > 1:
+    raise ValueError(
+        '`residual` must be a scalar (one output) or of shape (N,) '
+        f'(N outputs, flattened), got shape {residual_shape}.')
+  outputs = residual_shape[0] if residual_shape else None
+  for position in trainable:
+    grad, jac = grad_leaves[position], jacobian_leaves[position]
+    expected = grad.shape if outputs is None else (outputs, *grad.shape)
+    if tuple(jnp.shape(jac)) != tuple(expected):
+      raise ValueError(
+          f'`jacobian` leaf {position} has shape {tuple(jnp.shape(jac))}, '
+          f'expected {tuple(expected)} (the param\'s shape'
+          + (', after the N outputs of `residual`)' if outputs is not None
+             else '; pass `residual` of shape (N,) for N outputs)'))
+  if observation_covariance is not None:
+    _check_observation_covariance(observation_covariance, outputs)
+  return outputs
+
+
+def _prior_scales(
+    prior: _Prior, state: BayesianMultiscaleState,
+    observation: gaussian_belief.Observation,
+    innovation: gaussian_belief.Innovation, valid: jax.Array, dtype: Any,
+) -> tuple[jax.Array, jax.Array]:
+  """The log prior and noise scales after one observation."""
+  if not prior.learn_prior:
+    return state.log_process_scale, state.log_noise_scale
+  rate = (prior.prior_learning_rate(state.count)
+          if callable(prior.prior_learning_rate)
+          else prior.prior_learning_rate)
+  rate = jnp.asarray(rate, dtype)
+  gradients = gaussian_belief.prior_scale_gradients(observation, innovation)
+  # A hard bound on top of the capped residual: one observation never moves
+  # a scale by more than a factor of 10.
+  bound = float(np.log(10.0))
+
+  def step(log_scale: jax.Array, gradient: jax.Array) -> jax.Array:
+    change = jnp.where(valid, jnp.clip(rate * gradient, -bound, bound), 0.0)
+    return (log_scale.astype(dtype) + change).astype(log_scale.dtype)
+
+  log_noise_scale = state.log_noise_scale
+  if prior.learn_noise_variance:
+    log_noise_scale = step(log_noise_scale, gradients[1])
+  return step(state.log_process_scale, gradients[0]), log_noise_scale
+
+
+def _update(
+    prior: _Prior,
+    updates: optax.Updates,
+    state: BayesianMultiscaleState,
+    jacobian: Any,
+    residual: Any,
+    observation_covariance: Any,
+) -> tuple[optax.Updates, BayesianMultiscaleState]:
+  """One observation and one prediction (see :func:`bayesian_multiscale`)."""
+  if jacobian is None:
+    raise ValueError(
+        'bayesian_multiscale needs the extra argument `jacobian` '
+        '(d prediction / d params), e.g. opt.update(grads, state, params, '
+        'jacobian=J); see mso.gaussian_observation.')
+  num, rank = len(prior.decays), prior.rank
+  grad_leaves, treedef = jax.tree.flatten(updates)
+  try:
+    jacobian_leaves = _aligned_leaves(updates, jacobian)
+  except (ValueError, TypeError) as error:
+    raise ValueError(
+        '`jacobian` must have the structure of the params (one leaf per '
+        f'param): {error}') from error
+  means, variances, factors = _check_state_leaves(
+      state, grad_leaves, treedef, num, rank)
+  trainable = [
+      position for position, grad in enumerate(grad_leaves)
+      if _is_trainable(grad.dtype) and _is_trainable(means[0][position].dtype)]
+  for position in trainable:
+    if jnp.iscomplexobj(grad_leaves[position]):
+      raise TypeError(
+          'bayesian_multiscale tracks a belief over real weights; got a '
+          f'complex gradient leaf {position}.')
+  outputs = _output_count(grad_leaves, jacobian_leaves, trainable, residual,
+                          observation_covariance)
+  if prior.learn_prior and residual is None:
+    raise ValueError(
+        '`learn_prior=True` needs the extra argument `residual` '
+        '(y - prediction).')
+  dtype = precision.compute_dtype(
+      *(grad_leaves[p].dtype for p in trainable),
+      *(leaves[p].dtype for leaves in means + variances for p in trainable),
+      state.log_process_scale.dtype)
+  posterior = None
+  valid = jnp.asarray(False)
+  log_process_scale = state.log_process_scale
+  log_noise_scale = state.log_noise_scale
+  innovation_variance = state.innovation_variance
+  if trainable and outputs != 0:
+    noise_scale = jnp.exp(state.log_noise_scale.astype(dtype))
+    observation, rescale, valid = _observation(
+        [grad_leaves[p] for p in trainable],
+        [jacobian_leaves[p] for p in trainable], residual,
+        observation_covariance, jnp.asarray(prior.noise_variance, dtype),
+        noise_scale, dtype)
+    belief = gaussian_belief.Belief(
+        diagonals=[[leaves[p].astype(dtype) for p in trainable]
+                   for leaves in variances],
+        factors=[[leaves[p].astype(dtype) for p in trainable]
+                 for leaves in factors])
+    innovation = gaussian_belief.innovation(belief, observation)
+    valid = valid & jnp.all(jnp.isfinite(innovation.cholesky))
+    if observation_covariance is not None:
+      valid = valid & jnp.all(jnp.isfinite(
+          jnp.linalg.cholesky(observation.covariance)))
+    posterior = gaussian_belief.condition(
+        belief, observation, innovation, prior.variance_update)
+    log_process_scale, log_noise_scale = _prior_scales(
+        prior, state, observation, innovation, valid, dtype)
+    innovation_variance = jnp.where(
+        valid,
+        (jnp.trace(innovation.covariance) * jnp.square(rescale)
+         / innovation.covariance.shape[0]).astype(innovation_variance.dtype),
+        innovation_variance)
+  increments, new_means, new_variances, new_factors, mean_scales = (
+      _predict_and_store(
+          prior, state, grad_leaves, means, variances, factors, trainable,
+          posterior, valid, jnp.exp(log_process_scale.astype(dtype)), dtype))
+  skipped = jnp.asarray(False) if posterior is None else ~valid
+  new_state = BayesianMultiscaleState(
+      count=jnp.asarray(optax.safe_increment(state.count)),
+      means=tuple(treedef.unflatten(leaves) for leaves in new_means),
+      variances=tuple(treedef.unflatten(leaves) for leaves in new_variances),
+      factors=tuple(treedef.unflatten(leaves) for leaves in new_factors),
+      mean_scales=mean_scales,
+      log_process_scale=log_process_scale,
+      log_noise_scale=log_noise_scale,
+      innovation_variance=innovation_variance,
+      skipped_observations=state.skipped_observations
+      + skipped.astype(jnp.int32),
+  )
+  return treedef.unflatten(increments), new_state
+
+
+def _predict_and_store(
+    prior: _Prior,
+    state: BayesianMultiscaleState,
+    grad_leaves: list[jax.Array],
+    means: list[list[jax.Array]],
+    variances: list[list[jax.Array]],
+    factors: list[list[jax.Array]],
+    trainable: list[int],
+    posterior: gaussian_belief.Posterior | None,
+    valid: jax.Array,
+    process_scale: jax.Array,
+    dtype: Any,
+) -> tuple[list[jax.Array], list[list[jax.Array]], list[list[jax.Array]],
+           list[list[jax.Array]], tuple[tuple[jax.Array, jax.Array], ...]]:
+  r"""Applies the prior's prediction to the posterior and stores it.
+
+  :math:`\mu_i \leftarrow \gamma_i(\mu_i + \Delta\mu_i)`,
+  :math:`D_i \leftarrow D_i - (1 - \gamma_i^2) D_i + c q_i`,
+  :math:`U_i \leftarrow U_i - (1 - \gamma_i) U_i`, each written with
+  :math:`1 - \gamma` (taken in float64 where concrete) so that a decay
+  close to 1 keeps its precision; a mean narrower than float64 decays
+  through its scale. Where the observation was not ``valid`` the prior
+  belief is carried instead of the posterior.
+  """
+  scales, scale_steps = zip(*(
+      scaled_storage.advance_scale(scale, leak[0])
+      for scale, leak in zip(state.mean_scales, prior.leaks)))
+  increments = [jnp.zeros_like(grad) for grad in grad_leaves]
+  new_means = [list(leaves) for leaves in means]
+  new_variances = [list(leaves) for leaves in variances]
+  new_factors = [list(leaves) for leaves in factors]
+  for index, (decay, (leak, variance_leak), process_variance) in enumerate(
+      zip(prior.decays, prior.leaks, prior.process_variances)):
+    decay_c = jnp.asarray(decay, dtype)
+    leak_c = jnp.asarray(leak, dtype)
+    variance_leak_c = jnp.asarray(variance_leak, dtype)
+    noise_c = process_scale * jnp.asarray(process_variance, dtype)
+    for flat, position in enumerate(trainable):
+      shape = grad_leaves[position].shape
+      stored = means[index][position]
+      if posterior is None:
+        step = jnp.zeros(shape, dtype)
+        diagonal = variances[index][position].astype(dtype)
+      else:
+        step = jnp.where(valid, posterior.mean_steps[index][flat], 0.0)
+        diagonal = jnp.where(
+            valid, posterior.diagonals[index][flat],
+            variances[index][position].astype(dtype))
+      if scaled_storage.is_scaled(stored.dtype):
+        new_mean, term = scaled_storage.update_leaf(
+            stored, decay_c, -step, scale_steps[index])
+      else:
+        old = stored.astype(dtype)
+        new_mean = precision.round_to_storage(
+            old - leak_c * old + decay_c * step, stored.dtype)
+        term = new_mean.astype(dtype) - old
+      increments[position] = increments[position] + term
+      new_means[index][position] = new_mean
+      new_variances[index][position] = precision.round_to_storage(
+          diagonal - variance_leak_c * diagonal + noise_c,
+          variances[index][position].dtype)
+      if factors:
+        old_factor = factors[index][position]
+        factor = old_factor.astype(dtype)
+        if posterior is not None:
+          factor = jnp.where(valid, posterior.factors[index][flat], factor)
+        new_factors[index][position] = precision.round_to_storage(
+            factor - leak_c * factor, old_factor.dtype)
+  increments = [
+      increment.astype(grad.dtype)
+      for increment, grad in zip(increments, grad_leaves)]
+  return increments, new_means, new_variances, new_factors, tuple(scales)
+
+
+def _check_rank(rank: Any) -> int:
+  if rank is None:
+    return 0
+  if checks.is_traced(rank):
+    raise TypeError(
+        '`rank` sets the shapes of the state, so it cannot be traced: under '
+        "optax.inject_hyperparams pass static_args=('rank',).")
+  if (isinstance(rank, jax.Array) and rank.ndim == 0
+      and jnp.issubdtype(rank.dtype, jnp.integer)):
+    rank = int(rank)
+  return checks.check_integer(rank, 'rank', low=0)
+
+
+def _check_variance_update(variance_update: Any, rank: int) -> str:
+  if variance_update is None:
+    return 'moment_matching'
+  if variance_update not in gaussian_belief.VARIANCE_UPDATES:
+    raise ValueError(
+        '`variance_update` must be None or one of '
+        f'{", ".join(map(repr, gaussian_belief.VARIANCE_UPDATES))}, got '
+        f'{variance_update!r}.')
+  if rank and variance_update != 'moment_matching':
+    raise ValueError(
+        f'`variance_update={variance_update!r}` applies to a diagonal '
+        f'belief (rank=0), but rank={rank}: a low-rank belief keeps the '
+        'exact marginal variances (moment matching).')
+  return cast(str, variance_update)
+
+
+def _init_state(
+    params: optax.Params, num: int, rank: int, initial_entries: Sequence[Any],
+    state_dtype: DTypeLike | None,
+) -> BayesianMultiscaleState:
+  leaves = jax.tree.leaves(params)
+  for leaf in leaves:
+    if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
+      raise TypeError(
+          'bayesian_multiscale tracks a Gaussian belief over real weights; '
+          f'got a complex param of dtype {leaf.dtype}. Split complex params '
+          'into real and imaginary parts.')
+  scalar_dtype = precision.compute_dtype(*(leaf.dtype for leaf in leaves))
+
+  def mean(param: Any) -> jax.Array:
+    return jnp.zeros_like(
+        param, dtype=state_dtype if _is_trainable(param.dtype) else None)
+
+  def variance(param: Any, value: Any) -> jax.Array:
+    if not _is_trainable(param.dtype):
+      return jnp.zeros_like(param)
+    # full_like keeps each param's sharding, like zeros_like.
+    return jnp.full_like(
+        param, value, dtype=_variance_dtype(param.dtype, state_dtype))
+
+  def factor(param: Any) -> jax.Array:
+    dtype = (_variance_dtype(param.dtype, state_dtype)
+             if _is_trainable(param.dtype) else param.dtype)
+    return jnp.zeros_like(param, dtype=dtype)[None].repeat(rank, axis=0)
+
+  return BayesianMultiscaleState(
+      count=jnp.zeros([], jnp.int32),
+      means=tuple(jax.tree.map(mean, params) for _ in range(num)),
+      variances=tuple(
+          jax.tree.map(lambda param, value=value: variance(param, value),
+                       params)
+          for value in initial_entries),
+      factors=tuple(
+          jax.tree.map(factor, params) for _ in range(num if rank else 0)),
+      mean_scales=tuple(scaled_storage.initial_scale() for _ in range(num)),
+      log_process_scale=jnp.zeros([], scalar_dtype),
+      log_noise_scale=jnp.zeros([], scalar_dtype),
+      innovation_variance=jnp.full([], jnp.nan, scalar_dtype),
+      skipped_observations=jnp.zeros([], jnp.int32),
+  )
 
 
 def bayesian_multiscale(
@@ -179,21 +678,25 @@ def bayesian_multiscale(
     noise_variance: ArrayLike,
     *,
     initial_variances: Sequence[float] | ArrayLike | None = None,
+    rank: int | None = None,
+    variance_update: str | None = None,
     learn_prior: bool = False,
     learn_noise_variance: bool = False,
     prior_learning_rate: optax.ScalarOrSchedule = 0.01,
     state_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""The Bayesian multiscale learner (a diagonal extended Kalman filter).
+  r"""The Bayesian multiscale learner (an extended Kalman filter).
 
   Let :math:`\gamma_i` be ``decays[i]``, :math:`q_i` be
   ``process_variances[i]`` and :math:`r` be ``noise_variance``. Every weight
   is :math:`w = w_0 + \sum_i \omega_i` (:math:`w_0` the initial params, a
   fixed prior mean), every subweight an AR(1) process
   :math:`\omega_i \leftarrow \gamma_i \omega_i + \mathcal N(0, q_i)`, and the
-  state holds a Gaussian belief :math:`\mathcal N(\mu_i, v_i)` per subweight
-  of every weight. Each update observes one example (or a minibatch) and
-  predicts ahead (module docstring for the derivation):
+  state holds a Gaussian belief over all subweights of all weights with
+  means :math:`\mu_i` and covariance :math:`\mathrm{diag}(D) - UU^\top`
+  (:math:`U` of rank :math:`L` = ``rank``). Each update observes one example
+  (or a minibatch) and predicts ahead; for a diagonal belief and one output
+  (module docstring for the general case)
 
   .. math::
 
@@ -213,7 +716,8 @@ def bayesian_multiscale(
   y/\partial w`, both at the params that made the prediction :math:`\hat y`.
   Then :math:`J e = -r\,` ``grads``, so nothing else is needed; the
   residual :math:`e = y - \hat y` may also be passed as ``residual`` (a
-  scalar), and must be where ``learn_prior=True``.
+  scalar), and must be where ``learn_prior=True``. ``observation_covariance``
+  is then a scalar :math:`R` (default :math:`r`).
 
   **Several outputs** (:math:`N` of them: a vector output, a minibatch of
   scalar outputs, or a minibatch of vectors flattened). Pass ``residual``
@@ -221,12 +725,35 @@ def bayesian_multiscale(
   ``(N, *param.shape)``, and optionally ``observation_covariance``
   :math:`R` of shape ``(N, N)`` (default :math:`rI`; block-diagonal for a
   minibatch). ``grads`` is then only used for its structure and dtype. The
-  update is the joint one above with :math:`S` an :math:`N \times N`
-  matrix (Cholesky-factored); it costs :math:`N^2` times the params per
-  step, so for large :math:`N` scan over the examples instead (each a
-  separate update, which also advances the prior by one step per example).
+  update is the joint one with :math:`S` an :math:`N \times N` matrix
+  (Cholesky-factored); it costs :math:`N^2` times the params per step, so
+  for large :math:`N` scan over the examples instead (each a separate
+  update, which also advances the prior by one step per example).
   :func:`gaussian_observation` and :func:`categorical_observation` compute
-  these extra arguments for a model function.
+  these extra arguments for a model function. ``N = 0`` observes nothing.
+
+  **The belief.** ``rank=0`` keeps a diagonal covariance, updated by
+  ``variance_update``:
+
+  * ``'moment_matching'`` (default): the exact posterior's marginal
+    variances, :math:`v_i - v_i^2\, \mathrm{diag}(J^\top S^{-1} J)`;
+  * ``'mean_field'``: each subweight as if it alone explained the
+    observation, :math:`1/v_i \leftarrow 1/v_i + \mathrm{diag}(J^\top
+    R^{-1} J)`;
+  * ``'others_as_noise'``: the other weights' uncertainty counted as
+    observation noise, :math:`1/v_i \leftarrow 1/v_i + b/(1 - s b)` with
+    :math:`b = \mathrm{diag}(J^\top S^{-1} J)` and :math:`s = \sum_i v_i`
+    of the same weight.
+
+  ``rank=L > 0`` keeps :math:`\mathrm{diag}(D) - UU^\top` over all
+  :math:`kP` subweights: an observation appends the :math:`N` columns of
+  :math:`\Sigma H^\top L_S^{-\top}` to :math:`U` and cuts back to the
+  :math:`L` leading directions, keeping the marginal variances exact and the
+  covariance positive definite by construction
+  (:mod:`multiscale_optax._src.gaussian_belief`). With :math:`L \ge kP` it
+  is the joint EKF of all subweights. Memory :math:`k(L + 2)P`; a step
+  costs :math:`O(kP(L + N)^2)` and one :math:`(L + N)`-square
+  eigendecomposition.
 
   **Learning the prior** (``learn_prior=True``). A global scale :math:`c`
   of the process variances (and, with ``learn_noise_variance=True``, a
@@ -250,32 +777,53 @@ def bayesian_multiscale(
   stationary point either way is a calibrated predictive variance,
   :math:`\mathbb E[e^2] = S`. The noise scale is identifiable from the
   process scale only where :math:`\|J\|` varies between examples.
+  Outliers are bounded: the whitened squared residual
+  :math:`\|L_S^{-1}e\|^2` counts for at most :math:`25N` (a 5-sigma
+  residual), so one observation moves :math:`\log c` by at most
+  :math:`12\eta N` (and never by more than :math:`\log 10`), and 24
+  ordinary observations undo it.
+
+  **Bad observations.** A Jacobian, residual, gradient or observation
+  covariance that is not finite, or an innovation covariance that is not
+  positive definite, is skipped: the state gets only the prior's prediction
+  (as for a missing observation), and ``state.skipped_observations`` counts
+  it. Concrete bad values of ``observation_covariance`` are refused with a
+  ``ValueError``.
 
   Args:
-    decays: :math:`\gamma_i \in (-1, 1]`, one per subweight.
+    decays: :math:`\gamma_i \in (-1, 1]`, one per subweight, in at least
+      float32 (:math:`1 - \gamma_i` is taken in float64 where concrete).
     process_variances: :math:`q_i \ge 0`, one per subweight (as in
       :func:`multiscale_optax.kalman_learning_rates`).
     noise_variance: :math:`r > 0`, the observation noise variance of a
       scalar output (the default :math:`R = rI`).
     initial_variances: :math:`v_i` for the first example; default the
       stationary :math:`q_i/(1 - \gamma_i^2)`, required where
-      :math:`\gamma_i = 1`.
+      :math:`\gamma_i = 1`. Read only by ``init``: a list, tuple or NumPy
+      array.
+    rank: :math:`L \ge 0`, the rank of the covariance's low-rank part
+      (``None`` or 0: a diagonal belief). It sets the state's shapes, so
+      under ``optax.inject_hyperparams`` name it in ``static_args``.
+    variance_update: for ``rank=0``, one of ``'moment_matching'`` (the
+      default), ``'mean_field'`` and ``'others_as_noise'`` (above).
     learn_prior: learn the scale :math:`c` of the process variances online
       (above). Needs the ``residual`` extra argument.
     learn_noise_variance: also learn the scale :math:`\rho` of the
       observation noise (only with ``learn_prior=True``).
     prior_learning_rate: :math:`\eta > 0`, a scalar or an
       ``optax.Schedule`` of the step count.
-    state_dtype: dtype of :math:`\mu_i` and :math:`v_i` (``None``: each
-      param's dtype); arithmetic is in at least float32 and updates keep the
-      incoming dtype.
+    state_dtype: dtype of the means :math:`\mu_i` (``None``: each param's
+      dtype; float16, bfloat16, float32 or float64); the covariance is kept
+      in at least float32. Arithmetic is in at least float32 and updates
+      keep the incoming dtype.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
     :class:`BayesianMultiscaleState`.
 
   Raises:
-    TypeError: an argument has the wrong type.
+    TypeError: an argument has the wrong type (complex params, decays
+      narrower than float32, a float8 ``state_dtype``).
     ValueError: lengths differ, a value lies outside its range, or
       ``initial_variances`` is missing where a decay is 1.
 
@@ -299,10 +847,15 @@ def bayesian_multiscale(
   References:
     Jones, Scott, Ren, ElSayed, Hermann, Mayo & Mozer, "Learning in temporally
     structured environments", ICLR 2023. Jones, `Learning at Multiple
-    Timescales <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022.
+    Timescales <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022. Chang,
+    Durán-Martín, Shestopaloff, Jones & Murphy, "Low-rank extended Kalman
+    filtering for online learning of neural networks from streaming data",
+    CoLLAs 2023.
   """
   decay_entries, variance_entries, initial_entries = _validate(
       decays, process_variances, noise_variance, initial_variances)
+  rank = _check_rank(rank)
+  variance_update = _check_variance_update(variance_update, rank)
   learn_prior = checks.check_bool(learn_prior, 'learn_prior')
   learn_noise_variance = checks.check_bool(
       learn_noise_variance, 'learn_noise_variance')
@@ -312,29 +865,21 @@ def bayesian_multiscale(
   if not callable(prior_learning_rate):
     checks.check_scalar(
         prior_learning_rate, 'prior_learning_rate', low=0.0, high=np.inf)
-  checks.check_float_dtype(state_dtype, 'state_dtype')
-  num = len(decay_entries)
+  checks.check_state_dtype(state_dtype, 'state_dtype')
+  prior = _Prior(
+      decays=decay_entries, leaks=tuple(map(_leak, decay_entries)),
+      process_variances=variance_entries, noise_variance=noise_variance,
+      rank=rank, variance_update=variance_update, learn_prior=learn_prior,
+      learn_noise_variance=learn_noise_variance,
+      prior_learning_rate=prior_learning_rate)
+
+  # optax.inject_hyperparams turns a NumPy `initial_variances` into a JAX
+  # array and would let a user change it after init, where it has no effect.
+  initial_is_array = isinstance(initial_variances, jax.Array)
 
   def init_fn(params: optax.Params) -> BayesianMultiscaleState:
-    leaves = jax.tree.leaves(params)
-    scalar_dtype = precision.compute_dtype(*(leaf.dtype for leaf in leaves))
-    means = tuple(
-        optax.tree.zeros_like(params, dtype=state_dtype) for _ in range(num))
-    # full_like keeps each param's sharding, like zeros_like.
-    variances = tuple(
-        jax.tree.map(
-            lambda param, value=value: jnp.full_like(
-                param, value, dtype=state_dtype or param.dtype),
-            params)
-        for value in initial_entries)
-    return BayesianMultiscaleState(
-        count=jnp.zeros([], jnp.int32),
-        means=means,
-        variances=variances,
-        log_process_scale=jnp.zeros([], scalar_dtype),
-        log_noise_scale=jnp.zeros([], scalar_dtype),
-        innovation_variance=jnp.full([], jnp.nan, scalar_dtype),
-    )
+    return _init_state(
+        params, len(decay_entries), rank, initial_entries, state_dtype)
 
   def update_fn(
       updates: optax.Updates,
@@ -347,172 +892,14 @@ def bayesian_multiscale(
       **extra_args: Any,
   ) -> tuple[optax.Updates, BayesianMultiscaleState]:
     del params, extra_args
-    if jacobian is None:
-      raise ValueError(
-          'bayesian_multiscale needs the extra argument `jacobian` '
-          '(d prediction / d params), e.g. opt.update(grads, state, params, '
-          'jacobian=J); see mso.gaussian_observation.')
-    if len(state.means) != num:
-      raise ValueError(
-          f'The state was initialised for {len(state.means)} subweights, '
-          f'but this transformation has {num}.')
-    treedef: treedefs.TreeDef
-    grad_leaves, treedef = jax.tree.flatten(updates)
-    jacobian_leaves = treedef.flatten_up_to(jacobian)
-    mean_leaves = [treedef.flatten_up_to(tree) for tree in state.means]
-    variance_leaves = [treedef.flatten_up_to(tree) for tree in state.variances]
-    dtype = precision.compute_dtype(
-        *(leaf.dtype for leaf in grad_leaves),
-        *(leaf.dtype for leaves in mean_leaves for leaf in leaves),
-        *(leaf.dtype for leaves in variance_leaves for leaf in leaves),
-        state.log_process_scale.dtype)
-    residual_shape = () if residual is None else tuple(jnp.shape(residual))
-    multi_output = len(residual_shape) >= 1
-    if len(residual_shape) > 1:
-      raise ValueError(
-          '`residual` must be a scalar (one output) or of shape (N,) '
-          f'(N outputs, flattened), got shape {residual_shape}.')
-    for position, (grad, jac) in enumerate(zip(grad_leaves, jacobian_leaves)):
-      expected = ((residual_shape[0], *grad.shape) if multi_output
-                  else grad.shape)
-      if tuple(jac.shape) != tuple(expected):
-        raise ValueError(
-            f'`jacobian` leaf {position} has shape {tuple(jac.shape)}, '
-            f'expected {tuple(expected)} (the param\'s shape'
-            + (', after the N outputs of `residual`)' if multi_output
-               else '; pass `residual` of shape (N,) for N outputs)'))
-    if learn_prior and residual is None:
-      raise ValueError(
-          '`learn_prior=True` needs the extra argument `residual` '
-          '(y - prediction).')
-
-    decays_c = [jnp.asarray(decay, dtype) for decay in decay_entries]
-    process_c = [jnp.asarray(value, dtype) for value in variance_entries]
-    noise = jnp.asarray(noise_variance, dtype)
-    noise_scale = jnp.exp(state.log_noise_scale.astype(dtype))
-    jacs = [jac.astype(dtype) for jac in jacobian_leaves]
-    old_means = [[leaf.astype(dtype) for leaf in leaves]
-                 for leaves in mean_leaves]
-    old_vars = [[leaf.astype(dtype) for leaf in leaves]
-                for leaves in variance_leaves]
-    total_vars = [_total([old_vars[i][p] for i in range(num)])
-                  for p in range(len(grad_leaves))]
-
-    if not multi_output:
-      observation = noise if observation_covariance is None else jnp.asarray(
-          observation_covariance, dtype)
-      observation = noise_scale * observation
-      # One reduction over the whole network.
-      explained = _total([jnp.sum(jnp.square(jac) * total)
-                          for jac, total in zip(jacs, total_vars)])
-      innovation = observation + explained
-      if residual is None:
-        weighted_residuals = [-noise * grad.astype(dtype)
-                              for grad in grad_leaves]
-      else:
-        error = jnp.asarray(residual, dtype)
-        weighted_residuals = [jac * error for jac in jacs]
-      inverse = 1.0 / innovation
-      mean_steps = [[v * (je * inverse) for v, je in zip(
-          old_vars[i], weighted_residuals)] for i in range(num)]
-      precision_diagonal = [jnp.square(jac) * inverse for jac in jacs]
-      if learn_prior:
-        normalised = jnp.square(error) * inverse
-        process_gradient = 0.5 * (normalised - 1.0) * explained * inverse
-        noise_gradient = 0.5 * (normalised - 1.0) * observation * inverse
-      mean_innovation = innovation
-    else:
-      error = jnp.asarray(residual, dtype)
-      outputs = error.shape[0]
-      observation = (noise * jnp.eye(outputs, dtype=dtype)
-                     if observation_covariance is None else jnp.asarray(
-                         observation_covariance, dtype))
-      if observation.shape != (outputs, outputs):
-        raise ValueError(
-            f'`observation_covariance` must have shape ({outputs}, '
-            f'{outputs}), got {observation.shape}.')
-      observation = noise_scale * observation
-      flat_jacs = [jac.reshape(outputs, -1) for jac in jacs]
-      explained = _total([
-          (flat * total.reshape(1, -1)) @ flat.T
-          for flat, total in zip(flat_jacs, total_vars)])
-      explained = 0.5 * (explained + explained.T)
-      innovation = observation + explained
-      cholesky = jnp.linalg.cholesky(innovation)
-      solved = jax.scipy.linalg.cho_solve((cholesky, True), error)
-      weighted_residuals = [
-          (solved @ flat).reshape(jac.shape[1:])
-          for flat, jac in zip(flat_jacs, jacs)]
-      mean_steps = [[v * je for v, je in zip(old_vars[i], weighted_residuals)]
-                    for i in range(num)]
-      precision_diagonal = []
-      # L^{-1} J through the N x N inverse factor and a matmul: XLA:CPU's
-      # triangular solve with a wide right-hand side (N x params) is far
-      # slower than the matmul (measured ~300x at N = 10, 4096 params).
-      inverse_cholesky = jax.scipy.linalg.solve_triangular(
-          cholesky, jnp.eye(outputs, dtype=dtype), lower=True)
-      for flat, jac in zip(flat_jacs, jacs):
-        whitened = inverse_cholesky @ flat
-        precision_diagonal.append(
-            jnp.sum(jnp.square(whitened), axis=0).reshape(jac.shape[1:]))
-      if learn_prior:
-        inverse_observation = jax.scipy.linalg.cho_solve(
-            (cholesky, True), observation)
-        noise_trace = jnp.trace(inverse_observation)
-        noise_quadratic = solved @ observation @ solved
-        process_gradient = 0.5 * (
-            solved @ explained @ solved - (outputs - noise_trace))
-        noise_gradient = 0.5 * (noise_quadratic - noise_trace)
-      mean_innovation = jnp.trace(innovation) / outputs
-
-    log_process_scale = state.log_process_scale
-    log_noise_scale = state.log_noise_scale
-    if learn_prior:
-      rate = (prior_learning_rate(state.count)
-              if callable(prior_learning_rate) else prior_learning_rate)
-      rate = jnp.asarray(rate, dtype)
-      log_process_scale = (
-          log_process_scale.astype(dtype) + rate * process_gradient).astype(
-              state.log_process_scale.dtype)
-      if learn_noise_variance:
-        log_noise_scale = (
-            log_noise_scale.astype(dtype) + rate * noise_gradient).astype(
-                state.log_noise_scale.dtype)
-    process_scale = jnp.exp(log_process_scale.astype(dtype))
-
-    increments = []
-    new_means: list[list[jax.Array]] = [[] for _ in range(num)]
-    new_vars: list[list[jax.Array]] = [[] for _ in range(num)]
-    for position, grad in enumerate(grad_leaves):
-      increment = jnp.zeros(grad.shape, dtype)
-      for i in range(num):
-        mean = old_means[i][position]
-        variance = old_vars[i][position]
-        posterior_mean = mean + mean_steps[i][position]
-        # v (1 - v J^2 / S) >= 0 in exact arithmetic (S > v J^2); the clamp
-        # only removes negative rounding.
-        posterior_var = jnp.maximum(
-            variance * (1.0 - variance * precision_diagonal[position]), 0.0)
-        stored_mean = precision.round_to_storage(
-            decays_c[i] * posterior_mean, mean_leaves[i][position].dtype)
-        stored_var = precision.round_to_storage(
-            jnp.square(decays_c[i]) * posterior_var
-            + process_scale * process_c[i],
-            variance_leaves[i][position].dtype)
-        increment = increment + (stored_mean.astype(dtype) - mean)
-        new_means[i].append(stored_mean)
-        new_vars[i].append(stored_var)
-      increments.append(increment.astype(grad.dtype))
-    new_state = BayesianMultiscaleState(
-        count=jnp.asarray(optax.safe_increment(state.count)),
-        means=tuple(treedef.unflatten(leaves) for leaves in new_means),
-        variances=tuple(treedef.unflatten(leaves) for leaves in new_vars),
-        log_process_scale=log_process_scale,
-        log_noise_scale=log_noise_scale,
-        innovation_variance=mean_innovation.astype(
-            state.innovation_variance.dtype),
-    )
-    return treedef.unflatten(increments), new_state
+    if initial_is_array:
+      warnings.warn(
+          '`initial_variances` is read only by init: given as a JAX array '
+          '(as optax.inject_hyperparams passes a NumPy array), a change '
+          'after init has no effect. Pass it as a tuple to keep it static.',
+          stacklevel=2)
+    return _update(prior, updates, state, jacobian, residual,
+                   observation_covariance)
 
   # optax's protocols take any OptState and no named extra arguments;
   # update_fn takes its own state and the observation's extra arguments.
@@ -541,16 +928,18 @@ def get_bayesian_subweights(
 ) -> BayesianSubweights:
   r"""The belief of a running Bayesian multiscale learner, for plotting.
 
-  Reads :math:`\mu_i` and :math:`v_i` from the state, the prior mean
+  Reads :math:`\mu_i` and the marginal variances
+  :math:`v_i = D_i - \sum_l U_{i,l}^2` from the state, the prior mean
   :math:`w_0 = w - \sum_i \mu_i` from the params, and forms the learning
   rates :math:`\gamma_i v_i / S` with the last innovation variance
-  :math:`S`.
+  :math:`S`. Under ``optax.masked``, masked leaves are
+  ``optax.MaskedNode`` in every returned tree.
 
   Args:
     params: the current params.
     opt_state: the state of :func:`bayesian_multiscale`, or of an optax
-      chain (or ``inject_hyperparams`` wrapper) holding exactly one
-      :class:`BayesianMultiscaleState`.
+      chain (or ``inject_hyperparams`` or ``masked`` wrapper) holding
+      exactly one :class:`BayesianMultiscaleState`.
     decays: the decays the learner was built with (the state does not keep
       hyperparameters); needed only for ``learning_rates``.
 
@@ -581,27 +970,51 @@ def get_bayesian_subweights(
         f'`decays` has {len(decay_entries)} entries but the state holds '
         f'{len(state.means)} subweights.')
 
-  def prior_part(param: jax.Array, *means: jax.Array) -> jax.Array:
-    dtype = precision.compute_dtype(param.dtype, *(m.dtype for m in means))
+  def over_state(function: Callable[..., Any], *trees: Any) -> Any:
+    """Maps over the state's leaves; masked leaves stay MaskedNode."""
+    return jax.tree.map(
+        lambda first, *rest: first if _is_masked(first) else function(
+            first, *rest),
+        *trees, is_leaf=_is_masked)
+
+  means = tuple(
+      over_state(
+          lambda leaf, scale=scale: scaled_storage.value_of(
+              leaf, scale).astype(leaf.dtype)
+          if scaled_storage.is_scaled(leaf.dtype) else leaf, tree)
+      for tree, scale in zip(state.means, state.mean_scales))
+
+  def prior_part(first_mean: jax.Array, param: jax.Array,
+                 *other_means: jax.Array) -> jax.Array:
+    parts = (first_mean, *other_means)
+    dtype = precision.compute_dtype(param.dtype, *(m.dtype for m in parts))
     total = param.astype(dtype)
-    for mean in means:
+    for mean in parts:
       total = total - mean.astype(dtype)
     return total.astype(param.dtype)
 
-  prior_mean = jax.tree.map(prior_part, params, *state.means)
+  prior_mean = over_state(prior_part, means[0], params, *means[1:])
+  variances = tuple(state.variances)
+  if state.factors:
+    variances = tuple(
+        over_state(
+            lambda diagonal, factor: diagonal - jnp.sum(
+                jnp.square(factor), axis=0).astype(diagonal.dtype),
+            diagonal_tree, factor_tree)
+        for diagonal_tree, factor_tree in zip(state.variances, state.factors))
   innovation = state.innovation_variance
   rates = None if decay_entries is None else tuple(
-      jax.tree.map(
+      over_state(
           lambda v, decay=decay: (
               decay * v.astype(innovation.dtype) / innovation).astype(
-                  v.dtype), variances)
-      for decay, variances in zip(decay_entries, state.variances))
+                  v.dtype), tree)
+      for decay, tree in zip(decay_entries, variances))
   return BayesianSubweights(
       decays=None if decay_entries is None else tuple(
           jnp.asarray(decay) for decay in decay_entries),
       prior_mean=prior_mean,
-      means=state.means,
-      variances=state.variances,
+      means=means,
+      variances=variances,
       learning_rates=rates,
       process_scale=jnp.exp(state.log_process_scale),
       noise_scale=jnp.exp(state.log_noise_scale),

@@ -1,0 +1,400 @@
+r"""The extended Kalman filter kernel of the Bayesian multiscale learner.
+
+A belief over every subweight of every weight (the state vector :math:`s`
+of :func:`multiscale_optax.bayesian_multiscale`: :math:`k` subweights per
+weight, so :math:`kP` entries for :math:`P` weights) is Gaussian with mean
+:math:`\mu` and covariance
+
+.. math::
+
+  \Sigma = \mathrm{diag}(D) - U U^\top,
+
+:math:`D` a positive vector and :math:`U` a :math:`kP \times L` factor
+(:math:`L` = ``rank``; :math:`L = 0` is the diagonal belief). The
+observation of :math:`N` outputs is linearised around the params,
+:math:`y = H s + v`, :math:`v \sim \mathcal N(0, R)`, with
+:math:`H = [J, J, \dots, J]` (the Jacobian :math:`J` of the outputs with
+respect to the weights, once per subweight, since every weight is the sum of
+its subweights). A scalar output is the case :math:`N = 1`; nothing below
+branches on it.
+
+The functions here are the filter's steps, each on lists of leaves (one
+list per subweight, one array per params leaf, of the param's shape; factors
+``(L, *shape)``; Jacobian rows ``(N, *shape)``), in the compute dtype. Leaves
+keep their shapes (no flattening), so each keeps its param's sharding:
+
+* :func:`innovation`: :math:`S = R + H \Sigma H^\top` and its Cholesky
+  factor, one reduction over the whole network (every weight's step depends
+  on the uncertainty of all the others).
+* :func:`condition`: the Kalman update. The mean moves by
+  :math:`\Sigma H^\top S^{-1} e`; the covariance loses
+  :math:`C C^\top` with :math:`C = \Sigma H^\top L_S^{-\top}`. A low-rank
+  belief appends the :math:`N` columns of :math:`C` to :math:`U` and cuts
+  the :math:`L + N` columns back to :math:`L` by an eigendecomposition of
+  their Gram matrix (:func:`_truncate`); a diagonal belief keeps a diagonal
+  by one of the rules of :data:`VARIANCE_UPDATES`.
+* the prediction (:math:`\mu \leftarrow \gamma\mu`,
+  :math:`D \leftarrow \gamma^2 D + c q`, :math:`U \leftarrow \gamma U`) is
+  exact for this form and is applied by the transformation where it stores
+  the state.
+* :func:`prior_scale_gradients`: the empirical-Bayes step of the log prior
+  and noise scales, with a bounded influence of any one observation.
+
+The structure follows the inference modules of dynamax
+(``inference_ekf.py``) and rebayes (LoFi: Chang, Durán-Martín, Shestopaloff,
+Jones & Murphy, "Low-rank extended Kalman filtering for online learning of
+neural networks from streaming data", CoLLAs 2023).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+# Rules for the diagonal of a belief with rank 0 (see
+# `multiscale_optax.bayesian_multiscale`, argument `variance_update`).
+VARIANCE_UPDATES = ('moment_matching', 'mean_field', 'others_as_noise')
+
+# A whitened squared residual (chi-square with N degrees of freedom when the
+# model is calibrated) counts for at most this many times N in the
+# prior-scale step: a 5-sigma residual of one output. Under a calibrated
+# model the cap moves the expected step by a fraction
+# P(chi2_1 > 25) = 5.7e-7.
+RESIDUAL_CAP = 25.0
+
+
+class Observation(NamedTuple):
+  """One (possibly multi-output) observation, linearised at the params.
+
+  Attributes:
+    rows: per leaf, the Jacobian rows :math:`J` of shape ``(N, n)``.
+    covariance: :math:`R`, ``(N, N)``, in use (noise scale applied).
+    residual: :math:`e`, ``(N,)``, or ``None`` where only
+      :math:`J^\\top e` is known (``residual_products``; ``N = 1``).
+    residual_products: per leaf, :math:`J^\\top e` of shape ``(n,)``, used
+      where ``residual`` is ``None``.
+  """
+
+  rows: list[jax.Array]
+  covariance: jax.Array
+  residual: jax.Array | None
+  residual_products: list[jax.Array] | None
+
+
+class Belief(NamedTuple):
+  """The Gaussian belief :math:`(\\mu, \\mathrm{diag}(D) - UU^\\top)`.
+
+  Attributes:
+    diagonals: :math:`D`, per subweight, per leaf, shape ``(n,)``.
+    factors: :math:`U`, per subweight, per leaf, shape ``(L, n)``; an empty
+      list for a diagonal belief.
+  """
+
+  diagonals: list[list[jax.Array]]
+  factors: list[list[jax.Array]]
+
+
+class Innovation(NamedTuple):
+  """The innovation of an observation under a belief.
+
+  Attributes:
+    covariance: :math:`S = R + H\\Sigma H^\\top`, ``(N, N)``.
+    explained: :math:`H \\Sigma H^\\top`, ``(N, N)``.
+    cholesky: the lower Cholesky factor :math:`L_S` of :math:`S`.
+    projection: :math:`U^\\top H^\\top`, ``(L, N)``, or ``None`` for a
+      diagonal belief.
+  """
+
+  covariance: jax.Array
+  explained: jax.Array
+  cholesky: jax.Array
+  projection: jax.Array | None
+
+
+class Posterior(NamedTuple):
+  """What conditioning on an observation changes.
+
+  Attributes:
+    mean_steps: :math:`\\Sigma H^\\top S^{-1} e`, per subweight, per leaf.
+    diagonals: the new :math:`D`.
+    factors: the new :math:`U` (empty for a diagonal belief).
+  """
+
+  mean_steps: list[list[jax.Array]]
+  diagonals: list[list[jax.Array]]
+  factors: list[list[jax.Array]]
+
+
+def _sum(values: Sequence[jax.Array]) -> jax.Array:
+  return sum(values[1:], values[0])
+
+
+def _inner(first: jax.Array, second: jax.Array) -> jax.Array:
+  """``(X, *shape)`` and ``(Y, *shape)`` to the ``(X, Y)`` inner products."""
+  axes = tuple(range(1, first.ndim))
+  return jnp.tensordot(first, second, axes=(axes, axes))
+
+
+def _combine(matrix: jax.Array, leaves: jax.Array) -> jax.Array:
+  """``(X, Y)`` times ``(Y, *shape)``: ``(X, *shape)`` (or ``(Y,)`` times
+  ``(Y, *shape)``: ``shape``)."""
+  return jnp.tensordot(matrix, leaves, axes=1)
+
+
+def _summed_factors(belief: Belief) -> list[jax.Array]:
+  """Per leaf, :math:`\\sum_i U_i`: the factor's rows seen through H."""
+  return [_sum([factors[leaf] for factors in belief.factors])
+          for leaf in range(len(belief.factors[0]))]
+
+
+def innovation(belief: Belief, observation: Observation) -> Innovation:
+  r"""The innovation covariance :math:`S = R + H \Sigma H^\top`.
+
+  With :math:`H = [J, \dots, J]`,
+  :math:`H\,\mathrm{diag}(D)H^\top = \sum_{\text{leaves}} J\,
+  \mathrm{diag}(\textstyle\sum_i D_i)\, J^\top` and
+  :math:`H U = J \sum_i U_i`.
+
+  Args:
+    belief: the prior belief.
+    observation: the observation.
+
+  Returns:
+    The :class:`Innovation`.
+  """
+  rows = observation.rows
+  totals = [_sum([diagonals[leaf] for diagonals in belief.diagonals])
+            for leaf in range(len(rows))]
+  explained = _sum([_inner(row * total, row)
+                    for row, total in zip(rows, totals)])
+  projection = None
+  if belief.factors:
+    projection = _sum([_inner(factor, row) for factor, row in zip(
+        _summed_factors(belief), rows)])
+    explained = explained - projection.T @ projection
+  explained = 0.5 * (explained + explained.T)
+  covariance = observation.covariance + explained
+  return Innovation(
+      covariance=covariance, explained=explained,
+      cholesky=jnp.linalg.cholesky(covariance), projection=projection)
+
+
+def _precision_diagonals(
+    rows: Sequence[jax.Array], cholesky: jax.Array) -> list[jax.Array]:
+  """Per leaf, :math:`\\mathrm{diag}(J^\\top (LL^\\top)^{-1} J)`."""
+  count = cholesky.shape[0]
+  # L^{-1} J through the N x N inverse factor and a matmul: XLA:CPU's
+  # triangular solve with a wide right-hand side is far slower.
+  inverse = jax.scipy.linalg.solve_triangular(
+      cholesky, jnp.eye(count, dtype=cholesky.dtype), lower=True)
+  return [jnp.sum(jnp.square(_combine(inverse, row)), axis=0)
+          for row in rows]
+
+
+def _diagonal_variances(
+    belief: Belief,
+    observation: Observation,
+    innovation_: Innovation,
+    variance_update: str,
+) -> list[list[jax.Array]]:
+  """The diagonal of a rank-0 belief after an observation."""
+  rows = observation.rows
+  if variance_update == 'mean_field':
+    # Each subweight as if it alone explained the residual:
+    # 1/v <- 1/v + diag(J^T R^{-1} J).
+    information = _precision_diagonals(
+        rows, jnp.linalg.cholesky(observation.covariance))
+    return [[variance / (1.0 + variance * gain)
+             for variance, gain in zip(diagonals, information)]
+            for diagonals in belief.diagonals]
+  precision = _precision_diagonals(rows, innovation_.cholesky)
+  if variance_update == 'moment_matching':
+    # The exact posterior's marginal variances, v - v^2 diag(J^T S^-1 J);
+    # non-negative in exact arithmetic, the clamp removes rounding.
+    return [[jnp.maximum(variance * (1.0 - variance * gain), 0.0)
+             for variance, gain in zip(diagonals, precision)]
+            for diagonals in belief.diagonals]
+  # others_as_noise: the other weights' uncertainty as observation noise,
+  # R_p = S - s_p j j^T with s_p the weight's own prior variance; by
+  # Sherman-Morrison j^T R_p^{-1} j = b / (1 - s_p b), b = j^T S^{-1} j.
+  # s_p b < 1 in exact arithmetic (S > s_p j j^T); the floor removes
+  # rounding.
+  tiny = jnp.finfo(precision[0].dtype).tiny
+  totals = [_sum([diagonals[leaf] for diagonals in belief.diagonals])
+            for leaf in range(len(rows))]
+  information = [gain / jnp.maximum(1.0 - total * gain, tiny)
+                 for gain, total in zip(precision, totals)]
+  return [[variance / (1.0 + variance * gain)
+           for variance, gain in zip(diagonals, information)]
+          for diagonals in belief.diagonals]
+
+
+def _truncate(
+    diagonals: list[list[jax.Array]],
+    stacked: list[list[jax.Array]],
+    rank: int,
+) -> tuple[list[list[jax.Array]], list[list[jax.Array]]]:
+  r"""Cuts :math:`\mathrm{diag}(D) - U_+U_+^\top` back to rank ``rank``.
+
+  :math:`U_+` has :math:`L + N` columns; the eigendecomposition of its Gram
+  matrix :math:`U_+^\top U_+ = V \Lambda V^\top` gives the best rank-
+  :math:`L` part :math:`U = U_+ V_L` (the :math:`L` largest eigenvalues).
+  The dropped columns :math:`U_+ V_\perp` are subtracted from :math:`D` on
+  the diagonal, so the marginal variances stay exact; dropping them adds
+  :math:`u u^\top - \mathrm{diag}(u^2)`, which can be indefinite. The belief
+  stays positive definite by construction: :math:`\mathrm{diag}(D) - UU^\top
+  \succ 0` exactly when the largest eigenvalue :math:`\lambda` of
+  :math:`K = U^\top \mathrm{diag}(D)^{-1} U` is below 1, so where
+  :math:`\lambda > 1 - \delta` the factor is shrunk by
+  :math:`\sqrt{(1 - \delta)/\lambda}` (which only adds variance), with
+  :math:`\delta` a few hundred units of the dtype's epsilon: no direction's
+  variance falls below :math:`\delta` times its diagonal.
+  """
+  dtype = diagonals[0][0].dtype
+  gram = _sum([_inner(leaf, leaf) for leaves in stacked for leaf in leaves])
+  _, vectors = jnp.linalg.eigh(gram)  # ascending eigenvalues
+  dropped_count = gram.shape[0] - rank
+  kept_vectors = vectors[:, dropped_count:]
+  dropped_vectors = vectors[:, :dropped_count]
+  new_diagonals, new_factors = [], []
+  for subweight_diagonals, subweight_stacked in zip(diagonals, stacked):
+    new_diagonals.append([])
+    new_factors.append([])
+    for diagonal, leaf in zip(subweight_diagonals, subweight_stacked):
+      dropped = _combine(dropped_vectors.T, leaf)
+      # D' >= the exact marginal variance > 0; the floor removes rounding.
+      new_diagonals[-1].append(jnp.maximum(
+          diagonal - jnp.sum(jnp.square(dropped), axis=0),
+          jnp.finfo(dtype).eps * diagonal))
+      new_factors[-1].append(_combine(kept_vectors.T, leaf))
+  margin = 256 * jnp.finfo(dtype).eps
+  coupling = _sum([
+      _inner(factor / jnp.maximum(diagonal, jnp.finfo(dtype).tiny), factor)
+      for subweight_diagonals, subweight_factors in zip(
+          new_diagonals, new_factors)
+      for diagonal, factor in zip(subweight_diagonals, subweight_factors)])
+  largest = jnp.linalg.eigvalsh(coupling)[-1]
+  shrink = jnp.sqrt(jnp.minimum(
+      1.0, (1.0 - margin) / jnp.maximum(largest, jnp.finfo(dtype).tiny)))
+  new_factors = [[factor * shrink for factor in factors]
+                 for factors in new_factors]
+  return new_diagonals, new_factors
+
+
+def condition(
+    belief: Belief,
+    observation: Observation,
+    innovation_: Innovation,
+    variance_update: str,
+) -> Posterior:
+  r"""The Kalman update of a belief on one observation.
+
+  .. math::
+
+    \Delta\mu = \Sigma H^\top S^{-1} e, \qquad
+    \Sigma \leftarrow \Sigma - C C^\top, \quad C = \Sigma H^\top L_S^{-\top},
+
+  with :math:`\Sigma H^\top = D \circ H^\top - U (U^\top H^\top)` computed
+  without forming :math:`\Sigma`. A low-rank belief keeps :math:`C` as new
+  columns of :math:`U` (then :func:`_truncate`); a diagonal one applies
+  ``variance_update``.
+
+  Args:
+    belief: the prior belief.
+    observation: the observation.
+    innovation_: :func:`innovation` of both.
+    variance_update: one of :data:`VARIANCE_UPDATES` (diagonal belief).
+
+  Returns:
+    The :class:`Posterior`.
+  """
+  rows = observation.rows
+  count = innovation_.cholesky.shape[0]
+  if observation.residual is not None:
+    solved = jax.scipy.linalg.cho_solve(
+        (innovation_.cholesky, True), observation.residual)
+    gains = [_combine(solved, row) for row in rows]
+  else:
+    solved = None
+    gains = [product / innovation_.covariance[0, 0]
+             for product in observation.residual_products or ()]
+  mean_steps = [[variance * gain for variance, gain in zip(diagonals, gains)]
+                for diagonals in belief.diagonals]
+  if not belief.factors:
+    return Posterior(
+        mean_steps=mean_steps,
+        diagonals=_diagonal_variances(
+            belief, observation, innovation_, variance_update),
+        factors=[])
+  assert innovation_.projection is not None
+  if solved is not None:
+    coupling = innovation_.projection @ solved
+  else:
+    coupling = _sum([_inner(factor, gain[None])[:, 0] for factor, gain in zip(
+        _summed_factors(belief), gains)])
+  mean_steps = [[step - _combine(coupling, factor)
+                 for step, factor in zip(steps, factors)]
+                for steps, factors in zip(mean_steps, belief.factors)]
+  inverse = jax.scipy.linalg.solve_triangular(
+      innovation_.cholesky, jnp.eye(count, dtype=innovation_.cholesky.dtype),
+      lower=True)
+  whitened = [_combine(inverse, row) for row in rows]
+  # U^T H^T L_S^{-T}: how each new column reads the old factor.
+  projected = innovation_.projection @ inverse.T
+  stacked = [[jnp.concatenate(
+      [factor, diagonal[None] * white - _combine(projected.T, factor)])
+              for diagonal, factor, white in zip(diagonals, factors, whitened)]
+             for diagonals, factors in zip(belief.diagonals, belief.factors)]
+  rank = belief.factors[0][0].shape[0]
+  diagonals, factors = _truncate(belief.diagonals, stacked, rank)
+  return Posterior(mean_steps=mean_steps, diagonals=diagonals,
+                   factors=factors)
+
+
+def prior_scale_gradients(
+    observation: Observation, innovation_: Innovation,
+) -> tuple[jax.Array, jax.Array]:
+  r"""Gradients of :math:`\log \mathcal N(e; 0, S)` in the log scales.
+
+  .. math::
+
+    g_c = \tfrac12\big(a^\top (S - R) a - \mathrm{tr}(S^{-1}(S - R))\big),
+    \qquad
+    g_\rho = \tfrac12\big(a^\top R a - \mathrm{tr}(S^{-1} R)\big),
+    \qquad a = S^{-1} e,
+
+  with :math:`\partial S/\partial \log c \approx S - R` and
+  :math:`\partial S/\partial \log \rho = R`. Robust to outliers: where the
+  whitened squared residual :math:`z = \|L_S^{-1} e\|^2` exceeds
+  :data:`RESIDUAL_CAP` :math:`\cdot N`, :math:`e` is shrunk to that bound
+  (a Huber-type rule), so one observation raises a log scale by at most
+  :math:`\tfrac{\eta}{2}(25 - 1) N` and the per-observation fall of
+  :math:`\tfrac{\eta}{2} N` undoes it in 24 observations.
+
+  Args:
+    observation: the observation (``residual`` required).
+    innovation_: its :func:`innovation`.
+
+  Returns:
+    ``(g_c, g_rho)``.
+  """
+  assert observation.residual is not None
+  count = observation.residual.shape[0]
+  cholesky = innovation_.cholesky
+  whitened = jax.scipy.linalg.solve_triangular(
+      cholesky, observation.residual, lower=True)
+  squared = jnp.sum(jnp.square(whitened))
+  cap = RESIDUAL_CAP * count
+  shrink = jnp.sqrt(cap / jnp.maximum(squared, cap))
+  solved = jax.scipy.linalg.cho_solve(
+      (cholesky, True), observation.residual) * shrink
+  noise_trace = jnp.trace(jax.scipy.linalg.cho_solve(
+      (cholesky, True), observation.covariance))
+  process_gradient = 0.5 * (
+      solved @ innovation_.explained @ solved - (count - noise_trace))
+  noise_gradient = 0.5 * (
+      solved @ observation.covariance @ solved - noise_trace)
+  return process_gradient, noise_gradient
