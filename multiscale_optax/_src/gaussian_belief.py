@@ -354,6 +354,36 @@ def condition(
                    factors=factors)
 
 
+def _shrink_factor(
+    residual: jax.Array, cholesky: jax.Array, cap: jax.Array) -> jax.Array:
+  r""":math:`\min(1, \sqrt{cap/z})` with :math:`z = \|L_S^{-1}e\|^2`."""
+  whitened = jax.scipy.linalg.solve_triangular(cholesky, residual, lower=True)
+  squared = jnp.sum(jnp.square(whitened))
+  return jnp.sqrt(cap / jnp.maximum(squared, cap))
+
+
+def clip_residual(
+    observation: Observation, innovation_: Innovation, threshold: float,
+) -> Observation:
+  r"""The observation with its residual shrunk to a whitened norm bound.
+
+  Where :math:`z = \|L_S^{-1} e\|^2 > t^2 N` (``threshold`` :math:`= t`
+  standard deviations per output), :math:`e` is scaled by
+  :math:`\sqrt{t^2 N/z}`: the Huber-type outlier-robust Kalman update
+  (Durán-Martín, Altamirano, Shestopaloff, Sánchez-Betancourt, Knoblauch,
+  Jones, Briol & Murphy, "Outlier-robust Kalman filtering through
+  generalised Bayes", ICML 2024). Under a calibrated model :math:`z` is
+  chi-square with :math:`N` degrees of freedom, so a threshold of 5 changes
+  one observation in about :math:`2 \cdot 10^6` (for :math:`N = 1`).
+  """
+  assert observation.residual is not None
+  count = observation.residual.shape[0]
+  shrink = _shrink_factor(
+      observation.residual, innovation_.cholesky,
+      jnp.asarray(threshold ** 2 * count, innovation_.cholesky.dtype))
+  return observation._replace(residual=observation.residual * shrink)
+
+
 def prior_scale_gradients(
     observation: Observation, innovation_: Innovation,
 ) -> tuple[jax.Array, jax.Array]:
@@ -384,11 +414,8 @@ def prior_scale_gradients(
   assert observation.residual is not None
   count = observation.residual.shape[0]
   cholesky = innovation_.cholesky
-  whitened = jax.scipy.linalg.solve_triangular(
-      cholesky, observation.residual, lower=True)
-  squared = jnp.sum(jnp.square(whitened))
-  cap = RESIDUAL_CAP * count
-  shrink = jnp.sqrt(cap / jnp.maximum(squared, cap))
+  shrink = _shrink_factor(observation.residual, cholesky,
+                          jnp.asarray(RESIDUAL_CAP * count, cholesky.dtype))
   solved = jax.scipy.linalg.cho_solve(
       (cholesky, True), observation.residual) * shrink
   noise_trace = jnp.trace(jax.scipy.linalg.cho_solve(
