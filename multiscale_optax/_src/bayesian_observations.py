@@ -390,7 +390,8 @@ def categorical_observation(
       float32, :math:`2.8 \times 10^{-14}` in float64, which
       keeps the update finite while :math:`\lambda_{\max}(H V H^\top)`
       stays below about :math:`\epsilon/(4u)` (:math:`u` the unit
-      roundoff; about 500 at the default in float32). Checked, unused
+      roundoff; about 4000 at the default, 64 at the floor, in float32;
+      measured NaNs begin near :math:`\epsilon/(2u)`). Checked, unused
       otherwise.
     fisher: ``'exact'``, ``'sampled'`` or ``'empirical'`` (above).
     key: a ``jax.random`` key, required with ``fisher='sampled'`` (draws
