@@ -34,12 +34,23 @@ probability :math:`p_c \ll \epsilon` that occurs gets a step shrunk by
 guard against the linearisation of the softmax, which is poor there. It also
 keeps every eigenvalue of :math:`S` at least :math:`\epsilon`, so its
 Cholesky factorisation is well defined in float32.
+
+Two cheaper observation models are available:
+``fisher='sampled'`` (one row per example: the gradient of the log-likelihood
+of a label drawn from the model, a Monte-Carlo Fisher as in Jones, Chang &
+Murphy, "Bayesian online natural gradient (BONG)", NeurIPS 2024) and
+``fisher='empirical'`` (the observed label's gradient; Kunstner, Balles &
+Hennig, "Limitations of the empirical Fisher approximation for natural
+gradient descent", NeurIPS 2019, on its bias); for regression,
+``fisher='sampled'`` observes random projections of the outputs. The docs
+page *Observation models* derives them and compares their costs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from typing import Literal
 from typing import NamedTuple
 from typing import TypeVar
 
@@ -50,10 +61,19 @@ import optax
 from jax.typing import ArrayLike
 
 from multiscale_optax._src import checks
+from multiscale_optax._src import precision
 
 # The params as the model takes them (e.g. a dict of arrays); the gradient
 # returned has the same type.
 ParamsT = TypeVar('ParamsT', bound=optax.Params)
+
+# Smallest allowed `epsilon` of categorical_observation, in machine epsilons
+# of the dtype R is computed in (2**7 * 2**-23 ~ 1.5e-5 in float32). Below
+# it, rounding alone (of p - p^2 near p = 1 here, of J V J^T in the filter)
+# moves the eigenvalue of S along the all-ones direction, which is epsilon
+# in exact arithmetic, below zero: in float32 with saturated logits (+-50)
+# epsilon = 1e-7 gave NaN updates in 1 of 20 draws and 1e-9 in 17 of 20.
+_EPSILON_FLOOR_ULPS = 128
 
 
 class ObservationInfo(NamedTuple):
@@ -72,15 +92,40 @@ class ObservationInfo(NamedTuple):
   predictions: jax.Array
 
 
-def _jacobian_rows(
-    function: Callable[[ParamsT], jax.Array], params: ParamsT,
-) -> tuple[jax.Array, Callable[[jax.Array], tuple[ParamsT]], Any]:
-  outputs, pullback = jax.vjp(function, params)
-  count = int(np.prod(outputs.shape))
-  basis = jnp.eye(count, dtype=outputs.dtype).reshape(
-      (count, *outputs.shape))
-  (rows,) = jax.vmap(pullback)(basis)
-  return outputs, pullback, rows
+def _check_fisher(fisher: Any, allowed: tuple[str, ...]) -> str:
+  if not isinstance(fisher, str):
+    raise TypeError(
+        f'`fisher` must be one of {", ".join(map(repr, allowed))}, got '
+        f'{type(fisher).__name__} {fisher!r}.')
+  if fisher not in allowed:
+    raise ValueError(
+        f'`fisher` must be one of {", ".join(map(repr, allowed))}, got '
+        f'{fisher!r}.')
+  return fisher
+
+
+def _check_key(key: Any, fisher: str) -> None:
+  if fisher == 'sampled' and key is None:
+    raise ValueError(
+        "`fisher='sampled'` needs `key` (a jax.random key) to draw the "
+        'sampled observations; pass e.g. key=jax.random.key(0), split per '
+        'step.')
+
+
+def _epsilon_floor(dtype: Any) -> float:
+  """The smallest ``epsilon`` of ``categorical_observation`` for ``dtype``.
+
+  In exact arithmetic the filter's S has eigenvalue epsilon along the
+  all-ones direction of each example; in floating point that eigenvalue is
+  off by about u * lambda_max(H V H^T) (u the unit roundoff), so epsilon
+  must exceed it for the Cholesky factorisation of S to exist.
+  """
+  resolved = precision.compute_dtype(dtype)
+  return float(_EPSILON_FLOOR_ULPS * jnp.finfo(resolved).eps)
+
+
+def _unit_rows(count: int, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+  return jnp.eye(count, dtype=dtype).reshape((count, *shape))
 
 
 def gaussian_observation(
@@ -89,6 +134,10 @@ def gaussian_observation(
     inputs: Any,
     targets: ArrayLike,
     noise_variance: ArrayLike,
+    *,
+    fisher: Literal['exact', 'sampled'] = 'exact',
+    key: jax.Array | None = None,
+    projections: int = 1,
 ) -> tuple[ObservationInfo, ParamsT, dict[str, Any]]:
   r"""Extra arguments of the Bayesian multiscale update for regression.
 
@@ -102,6 +151,25 @@ def gaussian_observation(
   and :math:`R = rI_N`. ``grads`` is the gradient of the negative
   log-likelihood :math:`\sum (y - f)^2/(2r)`.
 
+  With ``fisher='sampled'`` the :math:`N` outputs are replaced by
+  :math:`K` = ``projections`` random combinations of them. Let
+  :math:`\Omega` be :math:`K \times N` with independent entries
+  :math:`\pm 1/\sqrt K` (Rademacher); the extra arguments are
+
+  .. math::
+
+    H = \Omega J, \qquad e' = \Omega (y - f), \qquad R' = r I_K,
+
+  so that :math:`\mathbb E_\Omega[H^\top R'^{-1} H] = J^\top J / r` (the
+  Fisher matrix) and :math:`\mathbb E_\Omega[H^\top R'^{-1} e'] = J^\top
+  (y - f)/r` (the log-likelihood gradient): a Monte-Carlo Fisher, as for
+  :func:`categorical_observation`. It costs :math:`K` backward passes and a
+  :math:`K \times K` solve in the update instead of :math:`N` and
+  :math:`N \times N`, so it pays for many outputs (:math:`K \ll N`); it
+  applies to this isotropic noise :math:`rI`. Under the model the noise
+  part of :math:`e'` has variance :math:`rN/K` per entry, not :math:`r`:
+  with ``learn_prior=True`` the learned scales absorb that factor.
+
   Args:
     apply_fn: ``apply_fn(params, inputs)`` returns predictions of the same
       shape as ``targets``.
@@ -109,15 +177,29 @@ def gaussian_observation(
     inputs: passed to ``apply_fn``.
     targets: :math:`y`.
     noise_variance: :math:`r > 0`.
+    fisher: ``'exact'`` (all :math:`N` outputs) or ``'sampled'``
+      (:math:`K` random projections of them).
+    key: a ``jax.random`` key, required with ``fisher='sampled'`` (draws
+      :math:`\Omega`); ignored otherwise.
+    projections: :math:`K \ge 1`, the number of random projections with
+      ``fisher='sampled'``.
 
   Returns:
     ``(info, grads, extra)``: an :class:`ObservationInfo` (loss and
     predictions), the gradient of the negative log-likelihood, and the
     dict of extra arguments for ``opt.update(grads, state, params,
     **extra)``. Computing the Jacobian costs :math:`N` backward passes
-    (vectorised with ``jax.vmap``).
+    (vectorised with ``jax.vmap``), or :math:`K` with ``'sampled'``.
+
+  Raises:
+    TypeError: ``fisher`` is not a string, or ``projections`` not an int.
+    ValueError: ``noise_variance`` is not positive and finite, ``fisher``
+      is not ``'exact'`` or ``'sampled'``, ``key`` is missing for
+      ``'sampled'``, ``projections < 1``, or the predictions' shape differs
+      from the targets'.
 
   Examples:
+    >>> import jax
     >>> import jax.numpy as jnp
     >>> import optax
     >>> import multiscale_optax as mso
@@ -132,17 +214,27 @@ def gaussian_observation(
     >>> params = optax.apply_updates(params, updates)
     >>> print(float(info.loss), sorted(extra))
     0.5 ['jacobian', 'observation_covariance', 'residual']
+    >>> _, _, sketch = mso.gaussian_observation(
+    ...     apply_fn, params, jnp.ones((50, 3)), jnp.ones(50), 1.0,
+    ...     fisher='sampled', key=jax.random.key(0), projections=4)
+    >>> print(sketch['jacobian']['w'].shape, sketch['residual'].shape)
+    (4, 3) (4,)
 
   References:
     Jones, Scott, Ren, ElSayed, Hermann, Mayo & Mozer, "Learning in temporally
-    structured environments", ICLR 2023.
+    structured environments", ICLR 2023. Jones, Chang & Murphy, "Bayesian
+    online natural gradient (BONG)", NeurIPS 2024. Woodruff, "Sketching as
+    a tool for numerical linear algebra", Foundations and Trends in
+    Theoretical Computer Science, 2014.
   """
   checks.check_scalar(
       noise_variance, 'noise_variance', low=0.0, high=np.inf,
       low_inclusive=False, high_inclusive=False)
+  fisher = _check_fisher(fisher, ('exact', 'sampled'))
+  _check_key(key, fisher)
+  projections = checks.check_integer(projections, 'projections', low=1)
   targets = jnp.asarray(targets)
-  predictions, pullback, rows = _jacobian_rows(
-      lambda p: apply_fn(p, inputs), params)
+  predictions, pullback = jax.vjp(lambda p: apply_fn(p, inputs), params)
   if predictions.shape != targets.shape:
     raise ValueError(
         f'`apply_fn(params, inputs)` returned shape {predictions.shape}, but '
@@ -152,16 +244,59 @@ def gaussian_observation(
   (grads,) = pullback(-residual / noise)
   loss = 0.5 * jnp.sum(jnp.square(residual)) / noise
   info = ObservationInfo(loss=loss, predictions=predictions)
+  count = residual.size
+  if fisher == 'sampled':
+    # Omega: K x N, entries +-1/sqrt(K), so that E[Omega^T Omega] = I_N.
+    directions = jax.random.rademacher(
+        key, (projections, count), dtype=predictions.dtype) / np.sqrt(
+            projections)
+    (rows,) = jax.vmap(pullback)(
+        directions.reshape((projections, *predictions.shape)))
+    return info, grads, {
+        'jacobian': rows,
+        'residual': directions @ residual.reshape(count),
+        'observation_covariance': noise * jnp.eye(
+            projections, dtype=noise.dtype)}
+  (rows,) = jax.vmap(pullback)(
+      _unit_rows(count, predictions.shape, predictions.dtype))
   if residual.ndim == 0:
     jacobian = jax.tree.map(lambda row: row[0], rows)
     return info, grads, {
         'jacobian': jacobian, 'residual': residual,
         'observation_covariance': noise}
-  count = residual.size
   return info, grads, {
       'jacobian': rows,
       'residual': residual.reshape(count),
       'observation_covariance': noise * jnp.eye(count, dtype=noise.dtype)}
+
+
+def _check_labels(labels: jax.Array, classes: int) -> None:
+  if checks.is_traced(labels) or labels.size == 0:
+    return
+  values = np.asarray(labels)
+  bad = values[(values < 0) | (values >= classes)]
+  if bad.size:
+    raise ValueError(
+        f'`labels` must lie in [0, {classes}) (the {classes} classes of the '
+        f'logits), got {bad.ravel()[:5].tolist()}'
+        + (' among others.' if bad.size > 5 else '.'))
+
+
+def _per_example_rows(
+    pullback: Callable[[jax.Array], tuple[ParamsT]],
+    cotangents: jax.Array,
+    batch_shape: tuple[int, ...],
+    dtype: Any,
+) -> ParamsT:
+  """One backward pass per example: row n pulls back example n's cotangent.
+
+  ``cotangents`` has the logits' shape ``(*batch_shape, C)``; the pullback
+  is vmapped over the examples, never over the classes.
+  """
+  examples = int(np.prod(batch_shape))
+  selectors = _unit_rows(examples, batch_shape, cotangents.dtype)[..., None]
+  (rows,) = jax.vmap(pullback)((selectors * cotangents[None]).astype(dtype))
+  return rows
 
 
 def categorical_observation(
@@ -171,44 +306,111 @@ def categorical_observation(
     labels: ArrayLike,
     *,
     epsilon: float = 1e-3,
+    fisher: Literal['exact', 'sampled', 'empirical'] = 'exact',
+    key: jax.Array | None = None,
 ) -> tuple[ObservationInfo, ParamsT, dict[str, Any]]:
   r"""Extra arguments of the Bayesian multiscale update for classification.
 
   ``apply_fn(params, inputs)`` returns logits :math:`f` of shape
   ``(*batch, C)`` and ``labels`` are integer classes of shape ``batch``
-  (``()`` for one example). With :math:`p = \mathrm{softmax}(f)` and
-  :math:`y` the one-hot labels, the extra arguments are the EKF's
-  (generalised Gauss–Newton form, module docstring)
+  (``()`` for one example), :math:`B` examples in all. Let
+  :math:`p = \mathrm{softmax}(f)`, :math:`y` the one-hot labels and
+  :math:`J = \partial f/\partial w`. ``grads`` is the gradient of the
+  cross-entropy :math:`-\sum \log p_y` in every mode.
+
+  ``fisher='exact'`` (default): the EKF's generalised Gauss–Newton form
+  (module docstring), over the :math:`N = BC` outputs (:math:`R`
+  block-diagonal over the examples; :math:`B\,C` backward passes):
 
   .. math::
 
     H = \frac{\partial p}{\partial w}
-      = (\mathrm{diag}(p) - pp^\top)\, \frac{\partial f}{\partial w}, \qquad
+      = (\mathrm{diag}(p) - pp^\top)\, J, \qquad
     e = y - p, \qquad
-    R = \mathrm{diag}(p) - pp^\top + \epsilon I,
+    R = \mathrm{diag}(p) - pp^\top + \epsilon I.
 
-  flattened over the :math:`N = B\,C` outputs (:math:`R` block-diagonal over
-  the examples). ``grads`` is the gradient of the cross-entropy
-  :math:`-\sum \log p_y`.
+  ``fisher='sampled'``: one row per example (:math:`N = B`, :math:`B`
+  backward passes, a :math:`B \times B` solve). Draw
+  :math:`\hat y_n \sim \mathrm{Categorical}(p_n)` with ``key`` and let
+  :math:`g_n = \nabla_w \log p_n(\hat y_n) = J_n^\top(e_{\hat y_n} - p_n)`;
+  then
+
+  .. math::
+
+    H_n = g_n^\top, \qquad
+    e_n = \frac{[\hat y_n = y_n]}{p_n(y_n)} - 1, \qquad
+    R = I_B.
+
+  :math:`H^\top R^{-1} H = \sum_n g_n g_n^\top` is the one-sample
+  Monte-Carlo Fisher (:math:`\mathbb E_{\hat y}[g g^\top] = J^\top
+  (\mathrm{diag}(p) - pp^\top) J`), and :math:`H^\top R^{-1} e = \sum_n g_n
+  e_n` is an unbiased estimate of the observed labels' log-likelihood
+  gradient :math:`\sum_n J_n^\top (y_n - p_n)`, so the mean moves along the
+  natural gradient in expectation. No :math:`N` scalars can reproduce a
+  gradient outside the span of the :math:`g_n` exactly; of the unbiased
+  choices :math:`e_n = [\hat y_n = y_n]/p_n(y_n) + c` this :math:`c = -1`
+  has the smallest second moment and :math:`\mathbb E_y[e_n] = 0` (derived
+  in the docs page *Observation models*). Under the model the noise part
+  of :math:`e_n` has variance :math:`1/p_n(\hat y_n) - 1`, not
+  :math:`R_n = 1` (equal on average over :math:`\hat y` for two classes,
+  :math:`C - 1` on average for :math:`C`): with ``learn_prior=True`` the
+  learned process scale is biased upwards for :math:`C > 2`. The step is
+  heavy-tailed: a rare label that is both observed and drawn (probability
+  :math:`p_n(y_n)`) gets weight :math:`1/p_n(y_n) - 1`.
+
+  ``fisher='empirical'``: :math:`H_n = \nabla_w \log p_n(y_n)^\top`, the
+  observed label's gradient, :math:`e_n = 1`, :math:`R = I_B`
+  (:math:`B` backward passes): :math:`H^\top R^{-1} e` is exactly the
+  log-likelihood gradient, but :math:`H^\top R^{-1} H` is the empirical
+  Fisher, which is not the Fisher: it vanishes on examples the model
+  already fits and is large where it errs, so it can distort the step
+  (Kunstner, Balles & Hennig 2019). Its residual is constant, so
+  ``learn_prior=True`` drives the process scale down; do not combine them.
+
+  Labels outside :math:`[0, C)` are refused where they are concrete
+  (``ValueError``). Traced labels (under ``jax.jit`` or ``jax.vmap``)
+  cannot be checked: there an out-of-range label has an all-zero one-hot,
+  and its example gets a NaN residual (all its :math:`C` entries with
+  ``'exact'``), a NaN loss, and no contribution to ``grads`` or to the
+  sampled or empirical rows. The filter's guard against non-finite
+  observations (in :func:`multiscale_optax.bayesian_multiscale`) then
+  skips it instead of learning from a label that is not there.
 
   Args:
     apply_fn: ``apply_fn(params, inputs)`` returns logits of shape
       ``(*labels.shape, C)``.
     params: the params at which to predict.
     inputs: passed to ``apply_fn``.
-    labels: integer class labels.
-    epsilon: :math:`\epsilon > 0`, the noise floor (module docstring: it
-      makes :math:`S` invertible without changing the update along the
-      all-ones direction, and damps steps on classes with
-      :math:`p_c \ll \epsilon`).
+    labels: integer class labels in :math:`[0, C)`.
+    epsilon: :math:`\epsilon`, the noise floor of ``'exact'`` (module
+      docstring: it makes :math:`S` invertible without changing the update
+      along the all-ones direction, and damps steps on classes with
+      :math:`p_c \ll \epsilon`); at least 128 machine epsilons of the
+      logits' dtype (at least float32): :math:`1.53 \times 10^{-5}` in
+      float32, :math:`2.8 \times 10^{-14}` in float64, which
+      keeps the update finite while :math:`\lambda_{\max}(H V H^\top)`
+      stays below about :math:`\epsilon/(4u)` (:math:`u` the unit
+      roundoff; about 4000 at the default, 64 at the floor, in float32;
+      measured NaNs begin near :math:`\epsilon/(2u)`). Checked, unused
+      otherwise.
+    fisher: ``'exact'``, ``'sampled'`` or ``'empirical'`` (above).
+    key: a ``jax.random`` key, required with ``fisher='sampled'`` (draws
+      :math:`\hat y`); ignored otherwise.
 
   Returns:
     ``(info, grads, extra)``: an :class:`ObservationInfo` (cross-entropy
     and class probabilities), the cross-entropy's gradient, and the dict
     of extra arguments for ``opt.update(grads, state, params, **extra)``.
-    Computing :math:`H` costs :math:`N` backward passes.
+
+  Raises:
+    TypeError: ``labels`` are not integers, or ``fisher`` is not a string.
+    ValueError: ``epsilon`` lies below its floor (``epsilon`` above) or is
+      not finite, ``fisher`` is not one of the three, ``key`` is missing for
+      ``'sampled'``, a concrete label lies outside :math:`[0, C)`, or the
+      logits' shape is not ``(*labels.shape, C)``.
 
   Examples:
+    >>> import jax
     >>> import jax.numpy as jnp
     >>> import optax
     >>> import multiscale_optax as mso
@@ -223,16 +425,26 @@ def categorical_observation(
     >>> params = optax.apply_updates(params, updates)
     >>> print(extra['jacobian']['w'].shape, extra['residual'].shape)
     (3, 4, 3) (3,)
+    >>> _, _, sampled = mso.categorical_observation(
+    ...     apply_fn, params, jnp.ones((5, 4)), jnp.arange(5) % 3,
+    ...     fisher='sampled', key=jax.random.key(0))
+    >>> print(sampled['jacobian']['w'].shape, sampled['residual'].shape)
+    (5, 4, 3) (5,)
 
   References:
     Ollivier, "Online natural gradient as a Kalman filter", Electronic
     Journal of Statistics, 2018. Chang et al., "Low-rank extended Kalman
     filtering for online learning of neural networks from streaming data",
-    CoLLAs 2023.
+    CoLLAs 2023. Jones, Chang & Murphy, "Bayesian online natural gradient
+    (BONG)", NeurIPS 2024. Kunstner, Balles & Hennig, "Limitations of the
+    empirical Fisher approximation for natural gradient descent", NeurIPS
+    2019.
   """
   checks.check_scalar(
       epsilon, 'epsilon', low=0.0, high=np.inf, low_inclusive=False,
       high_inclusive=False)
+  fisher = _check_fisher(fisher, ('exact', 'sampled', 'empirical'))
+  _check_key(key, fisher)
   labels = jnp.asarray(labels)
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise TypeError(
@@ -244,27 +456,62 @@ def categorical_observation(
         f'(*labels.shape, C) = ({", ".join(map(str, labels.shape))}'
         f'{", " if labels.shape else ""}C).')
   classes = logits.shape[-1]
-  probabilities = jax.nn.softmax(logits, axis=-1)
-  count = probabilities.size
-  basis = jnp.eye(count, dtype=logits.dtype).reshape(
-      (count, *logits.shape))
-  # Row n of H pulls back (diag(p) - p p^T) e_n through the logits.
-  cotangents = basis * probabilities - probabilities * jnp.sum(
-      basis * probabilities, axis=-1, keepdims=True)
-  (rows,) = jax.vmap(logits_pullback)(cotangents)
+  _check_labels(labels, classes)
+  floor = _epsilon_floor(logits.dtype)
+  if not checks.is_traced(epsilon) and float(epsilon) < floor:
+    raise ValueError(
+        f'`epsilon` must lie in [{floor:.3g}, inf) for {logits.dtype} '
+        f'logits (128 machine epsilons: below it rounding makes S '
+        f'indefinite and the update NaN), got {float(epsilon)}.')
+  dtype = precision.compute_dtype(logits.dtype)
+  wide_logits = logits.astype(dtype)
+  probabilities = jax.nn.softmax(wide_logits, axis=-1)
+  log_probabilities = jax.nn.log_softmax(wide_logits, axis=-1)
+  valid = (labels >= 0) & (labels < classes)
   onehot = jax.nn.one_hot(labels, classes, dtype=probabilities.dtype)
-  log_probabilities = jax.nn.log_softmax(logits, axis=-1)
-  loss = -jnp.sum(onehot * log_probabilities)
-  (grads,) = logits_pullback(probabilities - onehot)
-  residual = (onehot - probabilities).reshape(-1)
-  flat = probabilities.reshape(-1, classes)
-  examples = flat.shape[0]
-  blocks = (jax.vmap(jnp.diag)(flat) - flat[:, :, None] * flat[:, None, :]
-            + epsilon * jnp.eye(classes, dtype=flat.dtype))
-  covariance = jnp.einsum(
-      'bij,bd->bidj', blocks, jnp.eye(examples, dtype=flat.dtype)).reshape(
-          examples * classes, examples * classes)
+  # An invalid (traced) label has an all-zero one-hot: its NLL is NaN.
+  loss = -jnp.sum(onehot * log_probabilities) + jnp.where(
+      jnp.all(valid), 0.0, jnp.nan).astype(dtype)
+  observed_scores = jnp.where(valid[..., None], onehot - probabilities, 0.0)
+  (grads,) = logits_pullback((-observed_scores).astype(logits.dtype))
   info = ObservationInfo(loss=loss, predictions=probabilities)
+  examples = labels.size
+
+  if fisher == 'exact':
+    count = probabilities.size
+    basis = _unit_rows(count, logits.shape, dtype)
+    # Row n of H pulls back (diag(p) - p p^T) e_n through the logits.
+    cotangents = basis * probabilities - probabilities * jnp.sum(
+        basis * probabilities, axis=-1, keepdims=True)
+    (rows,) = jax.vmap(logits_pullback)(cotangents.astype(logits.dtype))
+    residual = jnp.where(
+        valid[..., None], onehot - probabilities, jnp.nan).reshape(-1)
+    flat = probabilities.reshape(-1, classes)
+    blocks = (jax.vmap(jnp.diag)(flat) - flat[:, :, None] * flat[:, None, :]
+              + epsilon * jnp.eye(classes, dtype=flat.dtype))
+    covariance = jnp.einsum(
+        'bij,bd->bidj', blocks, jnp.eye(examples, dtype=flat.dtype)).reshape(
+            examples * classes, examples * classes)
+    return info, grads, {
+        'jacobian': rows, 'residual': residual,
+        'observation_covariance': covariance}
+
+  if fisher == 'sampled':
+    drawn = jax.random.categorical(key, wide_logits, axis=-1)
+    scores = jax.nn.one_hot(drawn, classes, dtype=dtype) - probabilities
+    scores = jnp.where(valid[..., None], scores, 0.0)
+    observed_log_probability = jnp.take_along_axis(
+        log_probabilities, jnp.where(valid, labels, 0)[..., None],
+        axis=-1)[..., 0]
+    # [y_hat = y] / p(y) - 1, with 1/p - 1 = expm1(-log p) accurate near 1.
+    residual = jnp.where(
+        drawn == labels, jnp.expm1(-observed_log_probability), -1.0)
+  else:
+    scores = observed_scores
+    residual = jnp.ones(labels.shape, dtype)
+  rows = _per_example_rows(
+      logits_pullback, scores, labels.shape, logits.dtype)
+  residual = jnp.where(valid, residual, jnp.nan).reshape(examples)
   return info, grads, {
-      'jacobian': rows, 'residual': residual,
-      'observation_covariance': covariance}
+      'jacobian': rows, 'residual': residual.astype(dtype),
+      'observation_covariance': jnp.eye(examples, dtype=dtype)}

@@ -1,0 +1,396 @@
+"""Tests of the observation models in ``bayesian_observations``.
+
+Equivalences run in float64; Monte-Carlo checks compare a mean over many
+keys with the exact expectation, within six standard errors computed
+exactly (the sampled label takes only C values, so its moments are sums).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import multiscale_optax as mso
+
+FISHERS = ('exact', 'sampled', 'empirical')
+
+
+def apply_mlp(params, inputs):
+  return jnp.tanh(inputs @ params['w1']) @ params['w2'] + params['b']
+
+
+def small_params(dtype=None):
+  return {'w1': jnp.asarray([[0.3, -0.2], [0.5, 0.1], [-0.4, 0.7]], dtype),
+          'w2': jnp.asarray([[1.0, -0.5, 0.2], [0.3, 0.8, -1.1]], dtype),
+          'b': jnp.asarray([0.1, -0.2, 0.05], dtype)}
+
+
+def small_inputs(dtype=None):
+  return jnp.asarray([[1.0, -2.0, 0.5], [0.2, 0.4, -1.0]], dtype)
+
+
+def flat(tree, leading=0):
+  leaves = jax.tree.leaves(tree)
+  return jnp.concatenate(
+      [leaf.reshape((*leaf.shape[:leading], -1)) for leaf in leaves], -1)
+
+
+def observe(fisher='exact', key=None, labels=(2, 0), **kwargs):
+  return mso.categorical_observation(
+      apply_mlp, small_params(), small_inputs(), jnp.asarray(labels),
+      fisher=fisher, key=key, **kwargs)
+
+
+# Values of the implementation before `fisher` existed (commit 82a54b8),
+# printed to 17 digits. The same float64 operations run now; 1e-13 allows
+# a reassociation of the sums of at most 6 terms of size ~1.
+def test_exact_mode_reproduces_the_previous_values():
+  with jax.enable_x64(True):
+    info, grads, extra = observe(epsilon=1e-3)
+    np.testing.assert_allclose(info.loss, 1.9667519299062008, atol=1e-13)
+    np.testing.assert_allclose(extra['residual'], [
+        -0.20303555944969212, -0.42959751177656075, 0.6326330712262529,
+        0.6191530937330082, -0.08759014270640406, -0.5315629510266041],
+                               atol=1e-13)
+    np.testing.assert_allclose(extra['jacobian']['w1'][:, 1, 0], [
+        -0.18552154909889945, 0.23499537483151156, -0.04947382573261214,
+        0.05643216039385133, -0.021995812775453837, -0.03443634761839748],
+                               atol=1e-13)
+    np.testing.assert_allclose(
+        extra['observation_covariance'][[0, 1, 3, 4], [0, 2, 3, 5]],
+        [0.16281212104864265, -0.15781991851019878, 0.23680254025385297,
+         -0.04655967473785753], atol=1e-13)
+    np.testing.assert_allclose(grads['w2'][1], [
+        0.36405285234586227, -0.07439865341915025, -0.289654198926712],
+                               atol=1e-13)
+    assert extra['residual'].shape == (6,)
+    assert extra['observation_covariance'].shape == (6, 6)
+
+
+def test_gaussian_exact_mode_reproduces_the_previous_values():
+  with jax.enable_x64(True):
+    targets = jnp.asarray([[0.5, -1.0, 2.0], [0.0, 1.0, -0.5]])
+    info, grads, extra = mso.gaussian_observation(
+        apply_mlp, small_params(), small_inputs(), targets, 0.5)
+    expected_jacobian = jax.jacrev(
+        lambda p: apply_mlp(p, small_inputs()).reshape(-1))(small_params())
+    for name, rows in extra['jacobian'].items():
+      np.testing.assert_allclose(rows, expected_jacobian[name], atol=1e-13)
+    residual = (targets - apply_mlp(small_params(), small_inputs()))
+    np.testing.assert_allclose(extra['residual'], residual.reshape(-1),
+                               atol=1e-13)
+    np.testing.assert_allclose(extra['observation_covariance'],
+                               0.5 * np.eye(6), atol=0)
+    np.testing.assert_allclose(
+        info.loss, np.sum(np.square(residual)) / 1.0, atol=1e-13)
+    assert set(grads) == set(small_params())
+
+
+@pytest.mark.parametrize('fisher', FISHERS)
+@pytest.mark.parametrize('bad', [3, -1, 7])
+def test_concrete_out_of_range_labels_are_refused(fisher, bad):
+  with pytest.raises(ValueError, match=r'`labels` must lie in \[0, 3\)'):
+    observe(fisher, jax.random.key(0), labels=(0, bad))
+
+
+@pytest.mark.parametrize('fisher', FISHERS)
+def test_traced_out_of_range_label_gives_a_nan_residual_and_no_gradient(
+    fisher):
+  with jax.enable_x64(True):
+    labels = jnp.asarray([2, 7])
+    info, grads, extra = jax.jit(
+        lambda labels, key: mso.categorical_observation(
+            apply_mlp, small_params(), small_inputs(), labels,
+            fisher=fisher, key=key))(labels, jax.random.key(1))
+    classes = 3
+    per_example = (classes if fisher == 'exact' else 1)
+    residual = np.asarray(extra['residual']).reshape(2, per_example)
+    assert np.all(np.isfinite(residual[0]))
+    assert np.all(np.isnan(residual[1]))
+    assert np.isnan(info.loss)
+    # grads is the cross-entropy gradient of the valid example alone.
+    expected = jax.grad(lambda p: -jax.nn.log_softmax(
+        apply_mlp(p, small_inputs()[:1]))[0, 2])(small_params())
+    for name in expected:
+      np.testing.assert_allclose(grads[name], expected[name], atol=1e-13)
+    if fisher != 'exact':
+      rows = flat(extra['jacobian'], leading=1)
+      np.testing.assert_array_equal(rows[1], 0.0)
+    assert np.all(np.isfinite(flat(extra['jacobian'], leading=1)))
+    assert np.all(np.isfinite(extra['observation_covariance']))
+
+
+def test_epsilon_below_the_dtype_floor_is_refused():
+  with pytest.raises(ValueError, match=r'`epsilon` must lie in \[1\.53e-05'):
+    mso.categorical_observation(
+        apply_mlp, small_params(jnp.float32), small_inputs(jnp.float32),
+        jnp.asarray([0, 1]), epsilon=1e-7)
+  with jax.enable_x64(True):
+    # float64's floor is 128 * 2.2e-16: 1e-9 is allowed there.
+    mso.categorical_observation(
+        apply_mlp, small_params(), small_inputs(), jnp.asarray([0, 1]),
+        epsilon=1e-9)
+    with pytest.raises(ValueError, match='`epsilon`'):
+      mso.categorical_observation(
+          apply_mlp, small_params(), small_inputs(), jnp.asarray([0, 1]),
+          epsilon=1e-15)
+
+
+def _innovation_is_positive_definite(extra, variance):
+  rows = flat(extra['jacobian'], leading=1)
+  innovation = extra['observation_covariance'] + variance * rows @ rows.T
+  return bool(jnp.all(jnp.isfinite(jnp.linalg.cholesky(
+      0.5 * (innovation + innovation.T)))))
+
+
+@pytest.mark.parametrize('epsilon', [1.53e-5, 1e-4, 1e-3, 1e-1])
+def test_every_allowed_epsilon_is_finite_on_saturated_float32_logits(
+    epsilon):
+  # Logits ~ +-50: before the floor, epsilon = 1e-7 gave NaN updates in 1
+  # draw of these 20 and 1e-9 in 17. The prior variance is 0.01 / (1 -
+  # 0.99^2) ~ 0.5, so lambda_max(H V H^T) ~ 2 here, far below the
+  # epsilon / (4u) ~ 64 the floor allows.
+  opt = mso.bayesian_multiscale([0.99], [0.01], 1.0)
+  observe_fn = jax.jit(mso.categorical_observation, static_argnums=0)
+  update = jax.jit(opt.update)
+  for seed in range(20):
+    key_w, key_x, key_y = jax.random.split(jax.random.key(seed), 3)
+    params = {'w': jax.random.normal(key_w, (16, 10)) * 50 / 4}
+    inputs = jax.random.normal(key_x, (4, 16))
+    labels = jax.random.randint(key_y, (4,), 0, 10)
+    _, grads, extra = observe_fn(
+        lambda p, x: x @ p['w'], params, inputs, labels, epsilon=epsilon)
+    state = opt.init(params)
+    updates, new_state = update(grads, state, params, **extra)
+    assert np.all(np.isfinite(updates['w'])), seed
+    assert _innovation_is_positive_definite(extra, 0.01 / (1 - 0.99**2))
+    # Once the filter skips non-finite observations, a skip must not hide
+    # a failed factorisation.
+    assert int(getattr(new_state, 'skipped_observations', 0)) == 0
+
+
+def _exact_moments(fisher_key_count=4000):
+  """Exact Fisher, exact E[g e], and their per-entry standard deviations."""
+  params, inputs = small_params(), small_inputs()
+  labels = jnp.asarray([2, 0])
+  logits = apply_mlp(params, inputs)
+  probabilities = jax.nn.softmax(logits, axis=-1)
+  jacobian = flat(jax.jacrev(lambda p: apply_mlp(p, inputs))(params), 2)
+  fisher = jnp.zeros((jacobian.shape[-1],) * 2)
+  fisher_square = jnp.zeros_like(fisher)
+  gradient = jnp.zeros(jacobian.shape[-1])
+  gradient_square = jnp.zeros_like(gradient)
+  for n in range(2):
+    outer = jnp.zeros_like(fisher)
+    outer_square = jnp.zeros_like(fisher)
+    weighted = jnp.zeros_like(gradient)
+    weighted_square = jnp.zeros_like(gradient)
+    for drawn in range(3):
+      score = jacobian[n].T @ (jnp.eye(3)[drawn] - probabilities[n])
+      residual = (drawn == labels[n]) / probabilities[n, labels[n]] - 1.0
+      chance = probabilities[n, drawn]
+      outer += chance * jnp.outer(score, score)
+      outer_square += chance * jnp.outer(score, score)**2
+      weighted += chance * score * residual
+      weighted_square += chance * (score * residual)**2
+    fisher += outer
+    fisher_square += outer_square - outer**2
+    gradient += weighted
+    gradient_square += weighted_square - weighted**2
+  standard_error = (jnp.sqrt(fisher_square / fisher_key_count),
+                    jnp.sqrt(gradient_square / fisher_key_count))
+  return jacobian, probabilities, fisher, gradient, standard_error
+
+
+def test_sampled_fisher_averages_to_the_exact_fisher():
+  count = 4000
+  with jax.enable_x64(True):
+    jacobian, probabilities, fisher, gradient, (fisher_se, gradient_se) = (
+        _exact_moments(count))
+    # The exact Fisher J^T (diag p - p p^T) J, and the exact mode's
+    # H^T R^-1 H, which differs from it by at most epsilon |J|^2.
+    direct = sum(
+        jacobian[n].T @ (jnp.diag(probabilities[n]) - jnp.outer(
+            probabilities[n], probabilities[n])) @ jacobian[n]
+        for n in range(2))
+    np.testing.assert_allclose(fisher, direct, atol=1e-13)
+    _, _, exact = observe('exact', epsilon=1e-10)
+    rows = flat(exact['jacobian'], 1)
+    exact_fisher = rows.T @ jnp.linalg.solve(
+        exact['observation_covariance'], rows)
+    bound = 1e-10 * float(jnp.sum(jacobian**2))
+    np.testing.assert_allclose(exact_fisher, direct, atol=bound + 1e-12)
+    # The observed labels' log-likelihood gradient.
+    observed = jnp.asarray([2, 0])
+    onehot = jax.nn.one_hot(observed, 3)
+    observed_gradient = sum(jacobian[n].T @ (onehot[n] - probabilities[n])
+                            for n in range(2))
+    np.testing.assert_allclose(gradient, observed_gradient, atol=1e-13)
+
+    def estimates(key):
+      _, _, extra = observe('sampled', key)
+      rows = flat(extra['jacobian'], 1)
+      precision = jnp.linalg.inv(extra['observation_covariance'])
+      return (rows.T @ precision @ rows,
+              rows.T @ precision @ extra['residual'])
+
+    sampled_fisher, sampled_gradient = jax.jit(jax.vmap(estimates))(
+        jax.random.split(jax.random.key(3), count))
+    assert np.all(np.abs(sampled_fisher.mean(0) - exact_fisher)
+                  <= 6 * fisher_se + bound + 1e-12)
+    assert np.all(np.abs(sampled_gradient.mean(0) - observed_gradient)
+                  <= 6 * gradient_se + 1e-12)
+    # The bound is not vacuous: one draw is far off.
+    assert np.max(np.abs(sampled_fisher[0] - exact_fisher)) > 20 * np.max(
+        fisher_se)
+
+
+@pytest.mark.parametrize('shape', [(), (5,), (2, 3)])
+@pytest.mark.parametrize('fisher', ['sampled', 'empirical'])
+def test_one_row_per_example(shape, fisher):
+  examples = int(np.prod(shape))
+  params = {'w': jnp.ones((4, 3)) * 0.1}
+  inputs = jnp.ones((*shape, 4))
+  labels = jnp.zeros(shape, jnp.int32)
+  _, _, extra = jax.jit(
+      lambda key: mso.categorical_observation(
+          lambda p, x: x @ p['w'], params, inputs, labels, fisher=fisher,
+          key=key))(jax.random.key(0))
+  assert extra['jacobian']['w'].shape == (examples, 4, 3)
+  assert extra['residual'].shape == (examples,)
+  assert extra['observation_covariance'].shape == (examples, examples)
+
+
+def test_sampled_rows_are_gradients_of_a_drawn_label():
+  with jax.enable_x64(True):
+    _, _, extra = observe('sampled', jax.random.key(4))
+    rows = flat(extra['jacobian'], 1)
+    candidates = [
+        flat(jax.grad(lambda p, n=n, c=c: jax.nn.log_softmax(
+            apply_mlp(p, small_inputs()))[n, c])(small_params()))
+        for n in range(2) for c in range(3)]
+    for n in range(2):
+      distances = [float(jnp.max(jnp.abs(rows[n] - candidates[3 * n + c])))
+                   for c in range(3)]
+      assert min(distances) < 1e-13
+
+
+def test_empirical_rows_give_the_observed_gradient_exactly():
+  with jax.enable_x64(True):
+    _, grads, extra = observe('empirical')
+    rows = flat(extra['jacobian'], 1)
+    np.testing.assert_array_equal(extra['residual'], [1.0, 1.0])
+    np.testing.assert_array_equal(extra['observation_covariance'], np.eye(2))
+    np.testing.assert_allclose(rows.T @ extra['residual'], -flat(grads),
+                               atol=1e-13)
+
+
+def test_sampled_needs_a_key_and_fisher_is_checked():
+  with pytest.raises(ValueError, match='`key`'):
+    observe('sampled')
+  with pytest.raises(ValueError, match='`fisher` must be one of'):
+    observe('monte-carlo')
+  with pytest.raises(TypeError, match='`fisher`'):
+    observe(None)
+  with pytest.raises(ValueError, match='`fisher` must be one of'):
+    mso.gaussian_observation(
+        apply_mlp, small_params(), small_inputs(), jnp.zeros((2, 3)), 1.0,
+        fisher='empirical')
+  with pytest.raises(ValueError, match='`key`'):
+    mso.gaussian_observation(
+        apply_mlp, small_params(), small_inputs(), jnp.zeros((2, 3)), 1.0,
+        fisher='sampled')
+  with pytest.raises(ValueError, match='`projections`'):
+    mso.gaussian_observation(
+        apply_mlp, small_params(), small_inputs(), jnp.zeros((2, 3)), 1.0,
+        fisher='sampled', key=jax.random.key(0), projections=0)
+
+
+@pytest.mark.parametrize('fisher', FISHERS)
+def test_sampled_stream_learns_a_linear_rule(fisher):
+  # Softmax regression on a fixed linear rule, one example per step: the
+  # online accuracy over the second half must beat chance (1/3) by far
+  # (0.91-0.95 measured for three key seeds; the binomial standard error
+  # over 150 examples is 0.02).
+  key_x, key_w = jax.random.split(jax.random.key(20))
+  inputs = jax.random.normal(key_x, (300, 4))
+  labels = jnp.argmax(inputs @ (jax.random.normal(key_w, (4, 3)) * 3.0), -1)
+  opt = mso.bayesian_multiscale(
+      [0.99, 0.999], [0.01 * (1 - 0.99**2), 0.1 * (1 - 0.999**2)], 1.0)
+
+  def step(carry, observation):
+    params, state = carry
+    x, label, key = observation
+    info, grads, extra = mso.categorical_observation(
+        lambda p, x: x @ p['w'], params, x, label, fisher=fisher, key=key)
+    updates, state = opt.update(grads, state, params, **extra)
+    correct = jnp.argmax(info.predictions) == label
+    return (optax.apply_updates(params, updates), state), correct
+
+  params = {'w': jnp.zeros((4, 3))}
+  keys = jax.random.split(jax.random.key(0), 300)
+  (params, _), correct = jax.jit(
+      lambda carry, data: jax.lax.scan(step, carry, data))(
+          (params, opt.init(params)), (inputs, labels, keys))
+  assert np.all(np.isfinite(params['w']))
+  assert float(jnp.mean(correct[150:])) > 0.8
+
+
+def test_gaussian_projections_average_to_the_exact_fisher():
+  count = 4000
+  with jax.enable_x64(True):
+    targets = jnp.asarray([[0.5, -1.0, 2.0], [0.0, 1.0, -0.5]])
+    noise = 0.5
+    _, _, exact = mso.gaussian_observation(
+        apply_mlp, small_params(), small_inputs(), targets, noise)
+    jacobian = flat(exact['jacobian'], 1)
+    fisher = jacobian.T @ jacobian / noise
+    gradient = jacobian.T @ exact['residual'] / noise
+
+    def estimates(key):
+      _, _, extra = mso.gaussian_observation(
+          apply_mlp, small_params(), small_inputs(), targets, noise,
+          fisher='sampled', key=key, projections=2)
+      rows = flat(extra['jacobian'], 1)
+      precision = jnp.linalg.inv(extra['observation_covariance'])
+      return (rows.T @ precision @ rows,
+              rows.T @ precision @ extra['residual'])
+
+    sampled_fisher, sampled_gradient = jax.jit(jax.vmap(estimates))(
+        jax.random.split(jax.random.key(5), count))
+    assert sampled_fisher.shape[1:] == fisher.shape
+    # One projection estimates (J^T J)_ij by (w.a)(w.b), a = J[:, i],
+    # b = J[:, j], w Rademacher: its variance is the sum over pairs m < n
+    # of (a_m b_n + a_n b_m)^2 = |a|^2 |b|^2 + (a.b)^2 - 2 sum a_m^2 b_m^2;
+    # the K = 2 projections and the draws average it.
+    def standard_error(left, right):
+      variance = (jnp.sum(left**2, 0)[:, None] * jnp.sum(right**2, 0)[None]
+                  + (left.T @ right)**2 - 2 * (left.T**2) @ (right**2))
+      return jnp.sqrt(jnp.maximum(variance, 0.0) / (2 * count)) / noise
+
+    fisher_se = standard_error(jacobian, jacobian)
+    gradient_se = standard_error(jacobian, exact['residual'][:, None])[:, 0]
+    assert np.all(np.abs(sampled_fisher.mean(0) - fisher)
+                  <= 6 * fisher_se + 1e-12)
+    assert np.all(np.abs(sampled_gradient.mean(0) - gradient)
+                  <= 6 * gradient_se + 1e-12)
+    # The bound is not vacuous: one draw is far off.
+    assert np.max(np.abs(sampled_fisher[0] - fisher)) > 20 * np.max(
+        fisher_se)
+
+
+def test_gaussian_projections_shrink_the_solve_and_run_under_jit():
+  params = {'w': jnp.ones(3) * 0.1}
+  inputs = jnp.ones((50, 3))
+  _, grads, extra = jax.jit(
+      lambda key: mso.gaussian_observation(
+          lambda p, x: x @ p['w'], params, inputs, jnp.ones(50), 1.0,
+          fisher='sampled', key=key, projections=4))(jax.random.key(0))
+  assert extra['jacobian']['w'].shape == (4, 3)
+  assert extra['observation_covariance'].shape == (4, 4)
+  opt = mso.bayesian_multiscale([0.9], [0.19], 1.0)
+  updates, _ = jax.jit(opt.update)(grads, opt.init(params), params, **extra)
+  assert np.all(np.isfinite(updates['w']))
