@@ -48,7 +48,7 @@ def test_scalar_observation_covariance_must_be_a_scalar(covariance):
   opt = mso.bayesian_multiscale([0.9], [0.19], 1.0)
   params = jnp.zeros(3)
   state = opt.init(params)
-  with pytest.raises(ValueError, match='observation_covariance.*shape'):
+  with pytest.raises(ValueError, match=r'observation_covariance.*shape'):
     opt.update(jnp.ones(3), state, params, jacobian=jnp.ones(3),
                residual=jnp.asarray(1.0), observation_covariance=covariance)
 
@@ -191,14 +191,14 @@ def test_outlier_threshold_makes_the_update_robust(sigmas):
   # observation makes (5 sigma), a few per cent of loss over 200 steps.
   assert losses[_AFTER].mean() < 1.15 * baseline_losses[_AFTER].mean()
   # Without an outlier the threshold (5 sigma) leaves the filter exact.
-  exact_scales, exact_losses = _run(targets, inputs, learn_prior=True)
+  _, exact_losses = _run(targets, inputs, learn_prior=True)
   np.testing.assert_allclose(exact_losses, baseline_losses, rtol=1e-5)
 
 
 def test_outlier_threshold_needs_the_residual():
   opt = mso.bayesian_multiscale([0.9], [0.19], 1.0, outlier_threshold=5.0)
   params = jnp.zeros(2)
-  with pytest.raises(ValueError, match='outlier_threshold.*residual'):
+  with pytest.raises(ValueError, match=r'outlier_threshold.*residual'):
     opt.update(jnp.zeros(2), opt.init(params), params, jacobian=jnp.ones(2))
   with pytest.raises(ValueError, match='outlier_threshold'):
     mso.bayesian_multiscale([0.9], [0.19], 1.0, outlier_threshold=0.0)
@@ -332,7 +332,7 @@ def test_injected_decays_in_bfloat16_are_refused_with_the_remedy():
   params = jnp.zeros(2, jnp.bfloat16)
   injected = optax.inject_hyperparams(mso.bayesian_multiscale)(
       np.asarray([0.5, 0.999]), np.asarray([0.75, 0.002]), 1.0)
-  with pytest.raises(TypeError, match='hyperparam_dtype=jnp.float32'):
+  with pytest.raises(TypeError, match=r'hyperparam_dtype=jnp\.float32'):
     injected.init(params)
   with pytest.raises(TypeError, match='hyperparam_dtype'):
     jax.jit(injected.init)(params)
@@ -394,7 +394,7 @@ def test_injected_initial_variances_warn_that_changes_have_no_effect():
       initial_variances=np.asarray([2.0]))
   params = jnp.zeros(2)
   state = injected.init(params)
-  with pytest.warns(UserWarning, match='initial_variances.*read only by init'):
+  with pytest.warns(UserWarning, match=r'initial_variances.*read only by init'):
     injected.update(jnp.zeros(2), state, params, jacobian=jnp.zeros(2))
   static = optax.inject_hyperparams(
       mso.bayesian_multiscale, static_args=('initial_variances',))(
