@@ -81,8 +81,9 @@ class Case:
     stored_field: the state field holding params-shaped pytrees, or
       ``None`` for a transformation without params-shaped state.
     static_args: hyperparameters ``inject_hyperparams`` must keep static.
-    extra_args: keyword arguments ``update`` needs (arrays in float64; cast
-      to the gradients' dtype).
+    extra_args: keyword arguments ``update`` needs (arrays in float64, or
+      functions of the params returning pytrees of them; cast to the
+      gradients' dtype).
     runtime_changes: hyperparameters to change at run time, with new
       values that keep the state's layout.
     decay_changes: decays to change at run time (checked against eq. 1).
@@ -116,9 +117,13 @@ class Case:
         self.factory, static_args=self.static_args)(
             **{**self.hyperparams, **overrides})
 
-  def update_kwargs(self, dtype: Any) -> dict[str, Any]:
+  def update_kwargs(self, dtype: Any, params: Any = None) -> dict[str, Any]:
+    """The extra arguments for ``params`` (default ``_params(dtype)``)."""
+    params = _params(dtype) if params is None else params
     return {
-        name: jnp.asarray(value, dtype)
+        name: jax.tree.map(
+            lambda leaf: jnp.asarray(leaf, dtype),
+            value(params) if callable(value) else value)
         for name, value in self.extra_args.items()}
 
   def __str__(self) -> str:
@@ -143,6 +148,14 @@ _BENNA_FUSI = dict(
     rate_name='learning_rate', state_dtype_name='state_dtype',
     stored_field='chain', init_reads_params=True)
 _INPUTS = {'inputs': np.asarray([0.5, -1.5, 2.0])}
+
+
+def _jacobian(params):
+  """A fixed Jacobian shaped like ``params`` for the Bayesian learner (its
+  grads are then the gradient term -r J e of the observation)."""
+  return jax.tree.map(
+      lambda leaf: 0.5 * np.cos(np.arange(np.size(leaf)) + 1.0).reshape(
+          np.shape(leaf)), params)
 
 CASES = (
     Case('multiscale_merged_decays', mso.multiscale, dict(
@@ -209,8 +222,29 @@ CASES = (
              decays=np.asarray([1.0, 0.9]), **{MULTISCALE_RATE: 0.5}),
          extra_args=_INPUTS, runtime_changes={MULTISCALE_RATE: 0.25},
          **{**_MULTISCALE, 'eq1': None}),
-    # bayesian_multiscale (branch `bayes`) joins the suite here, as one more
-    # Case(...) entry.
+    Case('bayesian_multiscale', mso.bayesian_multiscale, dict(
+        decays=np.asarray([1.0, 0.9]), process_variances=np.asarray(
+            [1e-3, 0.019]), noise_variance=1.0,
+        initial_variances=(1.0, 0.1)),
+         state_dtype_name='state_dtype', stored_field='means',
+         static_args=('initial_variances',),
+         extra_args={'jacobian': _jacobian},
+         runtime_changes={'noise_variance': 0.5,
+                          'process_variances': np.asarray([2e-3, 0.01])}),
+    Case('bayesian_multiscale_rank2_learned_prior',
+         mso.bayesian_multiscale, dict(
+             decays=np.asarray([1.0, 0.9]), process_variances=np.asarray(
+                 [1e-3, 0.019]), noise_variance=1.0,
+             initial_variances=(1.0, 0.1), rank=2, learn_prior=True,
+             prior_learning_rate=0.05),
+         rate_name='prior_learning_rate', state_dtype_name='state_dtype',
+         stored_field='means', static_args=('initial_variances', 'rank'),
+         extra_args={'jacobian': _jacobian, 'residual': np.asarray(0.7)},
+         runtime_changes={'noise_variance': 0.5,
+                          'prior_learning_rate': 0.1},
+         no_convergence=(
+             'the residual is given, so the update does not follow the '
+             'gradient of a loss')),
 )
 
 _WITH_RATE = [case for case in CASES if case.rate_name is not None]
@@ -259,9 +293,15 @@ def _run(optimizer, params, gradients, update_kwargs, state=None,
 def _magnitude(*trees) -> float:
   """1 + the largest absolute floating value in ``trees``."""
   return 1.0 + max(
-      float(np.max(np.abs(np.asarray(leaf, np.float64))))
-      for leaf in jax.tree.leaves(trees)
+      _largest_finite(leaf) for leaf in jax.tree.leaves(trees)
       if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating))
+
+
+def _largest_finite(leaf) -> float:
+  """The largest finite magnitude in ``leaf`` (a state may hold a NaN
+  marker, e.g. the innovation variance before the first observation)."""
+  values = np.abs(np.asarray(leaf, np.float64))
+  return float(np.max(values[np.isfinite(values)], initial=0.0))
 
 
 def _storage_rounding(state) -> float:
@@ -271,8 +311,7 @@ def _storage_rounding(state) -> float:
   the neighbouring representable number: it moves by at most this much.
   """
   return sum(
-      float(jnp.finfo(leaf.dtype).eps)
-      * float(np.max(np.abs(np.asarray(leaf, np.float64)), initial=0.0))
+      float(jnp.finfo(leaf.dtype).eps) * _largest_finite(leaf)
       for leaf in jax.tree.leaves(state)
       if jnp.issubdtype(leaf.dtype, jnp.floating))
 
@@ -783,7 +822,7 @@ def sharding_failures() -> list[str]:
         failures.append(f'{case.name} {when}: param {name} {leaf.sharding}')
 
   optimizers = [case.make() for case in CASES]
-  kwargs = [case.update_kwargs(jnp.float32) for case in CASES]
+  kwargs = [case.update_kwargs(jnp.float32, params) for case in CASES]
 
   # One function updates every case, so that the check compiles twice in
   # all (with and without donation) rather than twice per case.
