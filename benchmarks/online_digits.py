@@ -289,30 +289,29 @@ def families(config: Config) -> list[Family]:
              'fast weights on raw gradients: 1/4 of the rate permanent, '
              '3/4 fast with timescale 20'),
   ]
-  if hasattr(mso, 'bayesian_multiscale'):
-    timescales = (f'{BAYES_TIMESCALES[0]:g}..{BAYES_TIMESCALES[1]:g} steps '
-                  f'({BAYES_TIMESCALES[2]} log-spaced)')
-    result += [
-        Family('vd_ekf', _bayesian(
-            config.batch, tuned='permanent_process_variance',
-            timescales=False), VD_EKF_PROCESS_VARIANCES,
-               'single-timescale diagonal EKF: bayesian_multiscale with one '
-               'random-walk subweight (initial variance 2/64), grid: its '
-               'process variance per example; categorical observation, one '
-               'example at a time', observation='categorical'),
-        Family('bayesian_multiscale', _bayesian(config.batch),
-               BAYES_DRIFT_VARIANCES,
-               'bayesian_multiscale, one prior for all streams: permanent '
-               f'part (initial variance 2/64) + timescales {timescales}, '
-               'equal variances; grid: total drift variance, ONE value '
-               'chosen for all streams on the tuning seeds',
-               observation='categorical', shared_choice=True),
-        Family('bayesian_multiscale_learned', _bayesian(
-            config.batch, learn_prior=True), (BAYES_LEARNED_START,) * 2,
-               'the same prior family, no tuning: total drift variance '
-               f'{BAYES_LEARNED_START:g} at the start, its scale learned '
-               'online (learn_prior=True)', observation='categorical'),
-    ]
+  timescales = (f'{BAYES_TIMESCALES[0]:g}..{BAYES_TIMESCALES[1]:g} steps '
+                f'({BAYES_TIMESCALES[2]} log-spaced)')
+  result += [
+      Family('vd_ekf', _bayesian(
+          config.batch, tuned='permanent_process_variance',
+          timescales=False), VD_EKF_PROCESS_VARIANCES,
+             'single-timescale diagonal EKF: bayesian_multiscale with one '
+             'random-walk subweight (initial variance 2/64), grid: its '
+             'process variance per example; categorical observation, one '
+             'example at a time', observation='categorical'),
+      Family('bayesian_multiscale', _bayesian(config.batch),
+             BAYES_DRIFT_VARIANCES,
+             'bayesian_multiscale, one prior for all streams: permanent '
+             f'part (initial variance 2/64) + timescales {timescales}, '
+             'equal variances; grid: total drift variance, ONE value '
+             'chosen for all streams on the tuning seeds',
+             observation='categorical', shared_choice=True),
+      Family('bayesian_multiscale_learned', _bayesian(
+          config.batch, learn_prior=True), (BAYES_LEARNED_START,) * 2,
+             'the same prior family, no tuning: total drift variance '
+             f'{BAYES_LEARNED_START:g} at the start, its scale learned '
+             'online (learn_prior=True)', observation='categorical'),
+  ]
   if hasattr(mso, 'benna_fusi'):
     result.append(Family(
         'benna_fusi_adam', _benna_fusi_adam(), adam_range,

@@ -48,10 +48,6 @@ templates_path = ['_templates']
 exclude_patterns = ['_build', 'Thumbs.db', '.DS_Store', '**.ipynb_checkpoints']
 source_suffix = {'.rst': 'restructuredtext', '.md': 'myst-nb',
                  '.ipynb': 'myst-nb'}
-# Pages that other work adds; until a page exists, its toctree entry in
-# index.md is dropped (see _drop_missing_optional_pages). Every other toctree
-# entry must exist, or the build fails.
-OPTIONAL_PAGES = ('bayesian_multiscale', 'scaling_out')
 
 # -- autodoc / autosummary ---------------------------------------------------
 
@@ -99,17 +95,5 @@ def _skip_namedtuple_fields(app, what, name, obj, skip, options):
   return skip
 
 
-def _drop_missing_optional_pages(app, docname, source):
-  """Removes index.md's toctree lines for optional pages not written yet."""
-  if docname != 'index':
-    return
-  missing = [name for name in OPTIONAL_PAGES
-             if not any((DOCS_DIR / f'{name}{suffix}').exists()
-                        for suffix in source_suffix)]
-  source[0] = '\n'.join(
-      line for line in source[0].split('\n') if line.strip() not in missing)
-
-
 def setup(app):
   app.connect('autodoc-skip-member', _skip_namedtuple_fields)
-  app.connect('source-read', _drop_missing_optional_pages)

@@ -171,6 +171,8 @@ def _table_problems(site) -> list[str]:
   return problems
 
 
+@pytest.mark.docs
+@pytest.mark.notebooks
 def test_site_builds_and_its_pages_hold_together(tmp_path):
   # One build for all checks: a module fixture would build once per
   # pytest-xdist worker, concurrently, into the same docs/ source tree.
