@@ -78,6 +78,9 @@ napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 add_module_names = False
+# The page contents list a class's members as `count`, not
+# `BayesianMultiscaleState.count` (long names were cut off there).
+toc_object_entries_show_parents = 'hide'
 
 # -- MyST / myst-nb ----------------------------------------------------------
 
