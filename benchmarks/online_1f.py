@@ -538,41 +538,90 @@ def format_table(result):
   return '\n'.join(lines)
 
 
+# Plain names for the figure's rows (the JSON keeps the benchmark's names).
+PLOT_NAMES = {
+    'multiscale (Kalman rates)': 'multiscale, Kalman rates',
+    'multiscale (Kalman rates, plain LMS)': 'multiscale, Kalman rates, plain LMS',
+    'multiscale (generic, 1 scale tuned)': 'multiscale, generic, 1 scale tuned',
+    'Bayesian multiscale (true prior)': 'Bayesian multiscale, true prior',
+    'Bayesian multiscale (prior learned, start q x10)':
+        'Bayesian, prior learned from 10× q',
+    'Bayesian multiscale (prior learned, start q x0.1)':
+        'Bayesian, prior learned from 0.1× q',
+    'Bayesian multiscale (prior + noise learned, start q x10)':
+        'Bayesian, prior + noise learned from 10× q',
+    'Bayesian multiscale (prior + noise learned, start q x0.1)':
+        'Bayesian, prior + noise learned from 0.1× q',
+    'Bayesian multiscale (per-weight S, ablation)':
+        'Bayesian, per-weight S (ablation)',
+    'SGD': 'SGD (tuned)',
+    'SGD (normalised, NLMS)': 'normalised SGD (tuned)',
+    'SGD + momentum': 'SGD + momentum (tuned)',
+    'Adam': 'Adam (tuned)',
+    'sliding window LS': 'sliding-window least squares (tuned)',
+    'RLS (forgetting)': 'RLS with forgetting (tuned)',
+}
+# (colour, marker) per kind of learner, explained in the legend.
+PLOT_KINDS = (
+    ('multiscale', 'tab:red', 'o', 'multiscale learner'),
+    ('Bayesian', 'tab:blue', 's', 'Bayesian multiscale (no tuning)'),
+    ('', '0.35', 'D', 'tuned baseline'),
+)
+
+
 def plot(results, path):
+  """Draws the figure from ``results``, the JSON's ``results`` list."""
   import matplotlib
 
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+  from matplotlib.lines import Line2D
 
   columns = min(2, len(results))
   rows = -(-len(results) // columns)
   fig, axes = plt.subplots(
-      rows, columns, figsize=(6.5 * columns, 3.6 * rows), squeeze=False)
+      rows, columns, figsize=(5.4 * columns, 4.6 * rows), squeeze=False,
+      sharey=True)
   for axis in axes.ravel()[len(results):]:
     axis.set_visible(False)
+  # One row per learner in any panel, in one order, so panels share labels.
+  names = list(dict.fromkeys(
+      name for result in results for name, row in result['rows'].items()
+      if not name.startswith('Kalman filter') and row['ratio_mean']))
   for axis, result in zip(axes.ravel(), results, strict=False):
-    names = [n for n, row in result['rows'].items()
-             if not n.startswith('Kalman filter') and row['ratio_mean']]
-    means = np.asarray([result['rows'][n]['ratio_mean'] for n in names])
-    sds = [result['rows'][n]['ratio_sd'] for n in names]
-    colors = ['tab:blue' if n.startswith('Bayesian') else 'tab:red'
-              if n.startswith('multiscale') else 'tab:gray' for n in names]
-    axis.barh(range(len(names)), means - 1.0, left=1.0, xerr=sds,
-              color=colors)
-    right = max(1.1, min(2.0, means.max() * 1.08))
-    for position, mean in enumerate(means):
-      axis.text(min(mean, right) + 0.005 * right, position, f'{mean:.3f}',
-                va='center', fontsize=7)
+    shown = [(position, name) for position, name in enumerate(names)
+             if (result['rows'].get(name) or {}).get('ratio_mean')]
+    means = np.asarray([result['rows'][n]['ratio_mean'] for _, n in shown])
+    right = max(1.1, min(2.0, means.max() * 1.1))
     axis.axvline(1.0, color='k', lw=1)
-    axis.set_yticks(range(len(names)), names, fontsize=7)
-    axis.invert_yaxis()
-    axis.set_xlim(0.99, right * 1.04)
-    axis.set_xlabel('excess loss / Kalman filter (1 = Bayes-optimal)',
-                    fontsize=8)
-    axis.set_title(f"{result['label']}: d={result['input_dim']}, "
-                   f"m={len(result['timescales'])}, "
-                   f"r={result['noise_variance']:g}", fontsize=9)
-  fig.tight_layout()
+    for position, name in shown:
+      mean = result['rows'][name]['ratio_mean']
+      sd = result['rows'][name]['ratio_sd']
+      _, color, marker, _ = next(
+          kind for kind in PLOT_KINDS if name.startswith(kind[0]))
+      # A marker, not a bar from 1: a ratio of 1.000 stays visible.
+      axis.errorbar(min(mean, right), position, xerr=sd, fmt=marker,
+                    color=color, markersize=6, capsize=2)
+      axis.text(min(mean + sd, right) + 0.012 * (right - 0.99), position,
+                f'{mean:.3f}', va='center', fontsize=9)
+    axis.set_yticks(range(len(names)),
+                    [PLOT_NAMES.get(n, n) for n in names], fontsize=9)
+    axis.set_ylim(len(names) - 0.5, -0.5)
+    axis.set_xlim(0.99, right * 1.06)
+    axis.grid(axis='y', color='0.92', lw=0.6)
+    axis.tick_params(axis='x', labelsize=9)
+    axis.set_xlabel('excess loss / Kalman filter\'s (1 = Bayes-optimal)',
+                    fontsize=10)
+    axis.set_title(f"{'input' if result['input_dim'] == 1 else 'inputs'} "
+                   f"d = {result['input_dim']}, "
+                   f"{len(result['timescales'])} timescales, "
+                   f"noise variance r = {result['noise_variance']:g}",
+                   fontsize=10)
+  handles = [Line2D([], [], color=color, marker=marker, linestyle='',
+                    label=label) for _, color, marker, label in PLOT_KINDS]
+  fig.legend(handles=handles, loc='lower center', ncols=len(handles),
+             fontsize=10, frameon=False)
+  fig.tight_layout(rect=(0, 0.05 / rows, 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)
 

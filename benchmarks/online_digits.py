@@ -289,30 +289,29 @@ def families(config: Config) -> list[Family]:
              'fast weights on raw gradients: 1/4 of the rate permanent, '
              '3/4 fast with timescale 20'),
   ]
-  if hasattr(mso, 'bayesian_multiscale'):
-    timescales = (f'{BAYES_TIMESCALES[0]:g}..{BAYES_TIMESCALES[1]:g} steps '
-                  f'({BAYES_TIMESCALES[2]} log-spaced)')
-    result += [
-        Family('vd_ekf', _bayesian(
-            config.batch, tuned='permanent_process_variance',
-            timescales=False), VD_EKF_PROCESS_VARIANCES,
-               'single-timescale diagonal EKF: bayesian_multiscale with one '
-               'random-walk subweight (initial variance 2/64), grid: its '
-               'process variance per example; categorical observation, one '
-               'example at a time', observation='categorical'),
-        Family('bayesian_multiscale', _bayesian(config.batch),
-               BAYES_DRIFT_VARIANCES,
-               'bayesian_multiscale, one prior for all streams: permanent '
-               f'part (initial variance 2/64) + timescales {timescales}, '
-               'equal variances; grid: total drift variance, ONE value '
-               'chosen for all streams on the tuning seeds',
-               observation='categorical', shared_choice=True),
-        Family('bayesian_multiscale_learned', _bayesian(
-            config.batch, learn_prior=True), (BAYES_LEARNED_START,) * 2,
-               'the same prior family, no tuning: total drift variance '
-               f'{BAYES_LEARNED_START:g} at the start, its scale learned '
-               'online (learn_prior=True)', observation='categorical'),
-    ]
+  timescales = (f'{BAYES_TIMESCALES[0]:g}..{BAYES_TIMESCALES[1]:g} steps '
+                f'({BAYES_TIMESCALES[2]} log-spaced)')
+  result += [
+      Family('vd_ekf', _bayesian(
+          config.batch, tuned='permanent_process_variance',
+          timescales=False), VD_EKF_PROCESS_VARIANCES,
+             'single-timescale diagonal EKF: bayesian_multiscale with one '
+             'random-walk subweight (initial variance 2/64), grid: its '
+             'process variance per example; categorical observation, one '
+             'example at a time', observation='categorical'),
+      Family('bayesian_multiscale', _bayesian(config.batch),
+             BAYES_DRIFT_VARIANCES,
+             'bayesian_multiscale, one prior for all streams: permanent '
+             f'part (initial variance 2/64) + timescales {timescales}, '
+             'equal variances; grid: total drift variance, ONE value '
+             'chosen for all streams on the tuning seeds',
+             observation='categorical', shared_choice=True),
+      Family('bayesian_multiscale_learned', _bayesian(
+          config.batch, learn_prior=True), (BAYES_LEARNED_START,) * 2,
+             'the same prior family, no tuning: total drift variance '
+             f'{BAYES_LEARNED_START:g} at the start, its scale learned '
+             'online (learn_prior=True)', observation='categorical'),
+  ]
   if hasattr(mso, 'benna_fusi'):
     result.append(Family(
         'benna_fusi_adam', _benna_fusi_adam(), adam_range,
@@ -897,33 +896,61 @@ def comparison_with_best(results) -> str:
   return '\n'.join(lines)
 
 
-def plot(results, config, path):
+# The figure's learners, with plain names and a (colour, line style) each;
+# the tables on the docs page list every learner.
+PLOT_FAMILIES = {
+    'sgd': ('SGD', 'tab:gray', '--'),
+    'adam': ('Adam', 'tab:orange', '--'),
+    'adam_b1_0': ('Adam without momentum', 'tab:brown', ':'),
+    'multiscale_adam': ('multiscale-Adam', 'tab:red', '-'),
+    'benna_fusi_adam': ('Benna–Fusi (Adam)', 'tab:purple', '-.'),
+    'vd_ekf': ('diagonal EKF, one timescale', 'tab:green', '--'),
+    'bayesian_multiscale': ('Bayesian multiscale', 'tab:blue', '-'),
+}
+PLOT_MODELS = {'mlp': 'MLP', 'cnn': 'CNN'}
+PLOT_STREAMS = {'recurring': 'recurring tasks', 'one_over_f': '1/f drift'}
+
+
+def plot(saved, path):
+  """Draws the figure from ``saved``, the JSON this script writes."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  models = list(results)
+  results, config = saved['results'], saved['config']
+  models = [model for model in PLOT_MODELS if model in results]
   fig, axes = plt.subplots(
-      len(models), len(STREAMS), figsize=(5 * len(STREAMS), 3.4 * len(models)),
-      squeeze=False, sharey=True)
-  window = 25
+      len(models), len(PLOT_STREAMS), figsize=(10, 3.3 * len(models) + 0.8),
+      squeeze=False, sharey=True, sharex=True)
   for row, model in enumerate(models):
-    for col, kind in enumerate(STREAMS):
+    for col, kind in enumerate(PLOT_STREAMS):
       axis = axes[row, col]
-      for name, entry in results[model][kind].items():
-        curve = np.convolve(
-            np.asarray(entry['curve']), np.ones(window) / window, 'valid')
-        axis.plot(np.arange(len(curve)) + window, curve, label=name,
-                  linewidth=1.6 if 'multiscale' in name else 0.9)
+      for name, (label, color, style) in PLOT_FAMILIES.items():
+        entry = results[model][kind].get(name)
+        if entry is None:
+          continue
+        key = next(key for key in entry if key.startswith('curve_mean_per_'))
+        bin_steps = int(key.removeprefix('curve_mean_per_').split('_')[0])
+        curve = 100 * np.asarray(entry[key])
+        axis.plot(bin_steps * (np.arange(len(curve)) + 0.5), curve,
+                  color=color, linestyle=style, label=label,
+                  linewidth=2.0 if style == '-' else 1.4)
       if kind == 'recurring':
-        for boundary in range(config.block, config.steps, config.block):
-          axis.axvline(boundary, color='0.85', linewidth=0.5, zorder=0)
-      axis.set_title(f'{model}, {kind}')
-      axis.set_xlabel('step')
+        for boundary in range(config['block'], config['steps'],
+                              config['block']):
+          axis.axvline(boundary, color='0.88', linewidth=0.6, zorder=0)
+      axis.set_title(f'{PLOT_MODELS[model]}, {PLOT_STREAMS[kind]}',
+                     fontsize=12)
+      axis.tick_params(labelsize=10)
+      if row == len(models) - 1:
+        axis.set_xlabel('step', fontsize=11)
       if col == 0:
-        axis.set_ylabel(f'online accuracy ({window}-step mean)')
-  axes[0, -1].legend(fontsize=7, loc='lower right')
-  fig.tight_layout()
+        axis.set_ylabel(f'online accuracy (%, {bin_steps}-step mean)',
+                        fontsize=11)
+  handles, labels = axes[0, 0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc='lower center', ncols=4, fontsize=10,
+             frameon=False)
+  fig.tight_layout(rect=(0, 0.6 / fig.get_figheight(), 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
@@ -998,7 +1025,8 @@ def main(argv=None):
         'comparison_vs_best_baseline': comparison_with_best(results).split(
             '\n'),
     }, file, indent=1)
-  plot(results, config, RESULTS / f'online_digits{suffix}.png')
+  plot(json.loads((RESULTS / f'online_digits{suffix}.json').read_text()),
+       RESULTS / f'online_digits{suffix}.png')
   print(f'wrote {RESULTS}/online_digits{suffix}.json and .png')
 
 

@@ -12,6 +12,7 @@ executes every notebook in ``notebooks/`` (``_ext/gallery.py``).
 
 from __future__ import annotations
 
+import importlib.util
 import pathlib
 import sys
 
@@ -48,10 +49,6 @@ templates_path = ['_templates']
 exclude_patterns = ['_build', 'Thumbs.db', '.DS_Store', '**.ipynb_checkpoints']
 source_suffix = {'.rst': 'restructuredtext', '.md': 'myst-nb',
                  '.ipynb': 'myst-nb'}
-# Pages that other work adds; until a page exists, its toctree entry in
-# index.md is dropped (see _drop_missing_optional_pages). Every other toctree
-# entry must exist, or the build fails.
-OPTIONAL_PAGES = ('bayesian_multiscale', 'scaling_out')
 
 # -- autodoc / autosummary ---------------------------------------------------
 
@@ -61,10 +58,29 @@ autodoc_typehints = 'description'
 autodoc_typehints_description_target = 'documented_params'
 autodoc_member_order = 'bysource'
 autodoc_preserve_defaults = True
+# Show the aliases the signatures are written with, not their expansions
+# (jax's ArrayLike is an 8-member union; optax's ScalarOrSchedule a union with
+# a Callable). The package's modules use `from __future__ import annotations`,
+# so autodoc sees the annotations as written (api_reference.py makes an alias
+# inside a union show its name too). ArrayLike and DTypeLike are jax.typing's.
+autodoc_type_aliases = {
+    'ArrayLike': 'ArrayLike',
+    'npt.ArrayLike': 'numpy.typing.ArrayLike',
+    'optax.ScalarOrSchedule': 'optax.ScalarOrSchedule',
+    'optax.Params': 'optax.Params',
+    'optax.Updates': 'optax.Updates',
+    'optax.OptState': 'optax.OptState',
+    'optax.Schedule': 'optax.Schedule',
+    'DTypeLike': 'DTypeLike',
+}
+autodoc_typehints_format = 'short'
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 add_module_names = False
+# The page contents list a class's members as `count`, not
+# `BayesianMultiscaleState.count` (long names were cut off there).
+toc_object_entries_show_parents = 'hide'
 
 # -- MyST / myst-nb ----------------------------------------------------------
 
@@ -77,11 +93,25 @@ nb_execution_raise_on_error = True
 nb_execution_timeout = 300
 nb_merge_streams = True
 
+# -- Maths -------------------------------------------------------------------
+
+# MathJax ships with the pages, so that they render maths offline and a build
+# never loads a script from a CDN: the `docs` and `test` extras install
+# sphinx-mathjax-offline, a PyPI package holding MathJax 3.2.2, and its
+# `static/mathjax/` is copied into `_static/mathjax/`.
+_MATHJAX_PACKAGE = importlib.util.find_spec('sphinx-mathjax-offline')
+if _MATHJAX_PACKAGE is None or _MATHJAX_PACKAGE.origin is None:
+  raise ImportError(
+      "MathJax for the docs is missing: pip install -e '.[docs]' "
+      '(it installs sphinx-mathjax-offline)')
+MATHJAX_STATIC = pathlib.Path(_MATHJAX_PACKAGE.origin).parent / 'static'
+mathjax_path = 'mathjax/tex-chtml.js'
+
 # -- HTML --------------------------------------------------------------------
 
 html_theme = 'sphinx_book_theme'
 html_title = f'multiscale_optax {release}'
-html_static_path = ['_static']
+html_static_path = ['_static', str(MATHJAX_STATIC)]
 html_css_files = ['custom.css']
 html_theme_options = {
     'show_toc_level': 2,
@@ -99,17 +129,5 @@ def _skip_namedtuple_fields(app, what, name, obj, skip, options):
   return skip
 
 
-def _drop_missing_optional_pages(app, docname, source):
-  """Removes index.md's toctree lines for optional pages not written yet."""
-  if docname != 'index':
-    return
-  missing = [name for name in OPTIONAL_PAGES
-             if not any((DOCS_DIR / f'{name}{suffix}').exists()
-                        for suffix in source_suffix)]
-  source[0] = '\n'.join(
-      line for line in source[0].split('\n') if line.strip() not in missing)
-
-
 def setup(app):
   app.connect('autodoc-skip-member', _skip_namedtuple_fields)
-  app.connect('source-read', _drop_missing_optional_pages)

@@ -3,9 +3,10 @@
 One Sphinx build (``sphinx-build -W``, warnings as errors, notebooks
 executed) into a temporary directory, then checks on its HTML: every name in
 ``multiscale_optax.__all__`` has an API page with its anchor, every internal
-link and image resolves, every gallery notebook shows a figure, math is
-marked up for MathJax, and the benchmark tables show the numbers of their
-JSON files. The Python snippets on the pages run as written.
+link and image resolves, every gallery notebook shows a figure, maths is
+marked up for MathJax, MathJax is served with the site (no page loads an
+external script) and, where a Chromium is installed, typesets the maths
+offline, and the benchmark tables show the numbers of their JSON files. The Python snippets on the pages run as written.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import html.parser
 import json
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import urllib.parse
@@ -136,17 +138,63 @@ def _gallery_problems(site, pages) -> list[str]:
   return problems
 
 
-def _math_problems(site) -> list[str]:
+_SCRIPT_SOURCE = re.compile(r'<script[^>]*\bsrc="([^"]+)"', re.I)
+
+
+def _math_problems(site, pages) -> list[str]:
+  """Maths is marked up, and MathJax is served with the pages, not a CDN."""
   text = (site / '_autosummary' / 'multiscale_optax.multiscale.html'
           ).read_text(encoding='utf-8')
   problems = []
-  if 'mathjax' not in text.lower():
-    problems.append('no MathJax on the API pages')
   if not re.search(r'class="math[^"]*">\s*\\\[', text):
     problems.append('no display math on the multiscale page')
   if not re.search(r'class="math[^"]*">\\\(', text):
     problems.append('no inline math on the multiscale page')
+  mathjax = [source for source in _SCRIPT_SOURCE.findall(text)
+             if 'mathjax' in source.lower()]
+  if not mathjax:
+    problems.append('the API pages load no MathJax')
+  for path in pages:
+    for source in _SCRIPT_SOURCE.findall(path.read_text(encoding='utf-8')):
+      parts = urllib.parse.urlsplit(source)
+      if parts.scheme or parts.netloc:
+        problems.append(f'{path.relative_to(site)} loads an external script: '
+                        f'{source}')
+  page = site / '_autosummary' / 'multiscale_optax.multiscale.html'
+  for source in mathjax:
+    script = (page.parent / urllib.parse.urlsplit(source).path).resolve()
+    if not script.is_file() or 'MathJax' not in script.read_text(
+        encoding='utf-8', errors='replace'):
+      problems.append(f'{source}: not a MathJax script shipped with the site')
+  fonts = site / '_static' / 'mathjax' / 'output' / 'chtml' / 'fonts'
+  if not any(fonts.rglob('*.woff')):
+    problems.append('MathJax fonts are not shipped with the site')
   return problems
+
+
+def _chromium() -> str | None:
+  return next((found for name in ('chromium', 'chromium-browser',
+                                  'google-chrome') if (found := shutil.which(
+                                      name))), None)
+
+
+def _rendered_math_problems(site) -> list[str]:
+  """In a browser, offline, MathJax typesets the page's maths."""
+  browser = _chromium()
+  if browser is None:
+    return []  # The static checks above still ran; no browser to render.
+  page = site / '_autosummary' / 'multiscale_optax.multiscale.html'
+  result = subprocess.run(
+      [browser, '--headless', '--no-sandbox', '--disable-gpu',
+       # No network: a script from a CDN would fail to load.
+       '--proxy-server=127.0.0.1:9', '--proxy-bypass-list=<-loopback>',
+       '--virtual-time-budget=15000', '--dump-dom', page.as_uri()],
+      capture_output=True, text=True, timeout=120, check=False)
+  containers = result.stdout.count('<mjx-container')
+  if containers < 2:
+    return [f'MathJax typeset {containers} formulas on {page.name} offline '
+            f'(browser exit {result.returncode})']
+  return []
 
 
 def _table_problems(site) -> list[str]:
@@ -171,6 +219,8 @@ def _table_problems(site) -> list[str]:
   return problems
 
 
+@pytest.mark.docs
+@pytest.mark.notebooks
 def test_site_builds_and_its_pages_hold_together(tmp_path):
   # One build for all checks: a module fixture would build once per
   # pytest-xdist worker, concurrently, into the same docs/ source tree.
@@ -178,8 +228,8 @@ def test_site_builds_and_its_pages_hold_together(tmp_path):
   _build(site, tmp_path / 'doctrees')
   pages = _parse(site)
   problems = (_api_problems(site, pages) + _link_problems(site, pages)
-              + _gallery_problems(site, pages) + _math_problems(site)
-              + _table_problems(site))
+              + _gallery_problems(site, pages) + _math_problems(site, pages)
+              + _rendered_math_problems(site) + _table_problems(site))
   assert not problems, '\n'.join(problems)
 
 
@@ -227,6 +277,18 @@ _DATA = {'results': [{'size': 10, 'rows': {'a b': {'x': 0.25}}},
 def test_benchmark_paths(template, expected):
   text, missing = benchmark_tables.render(_DATA, template)
   assert (text, missing) == (expected, [])
+
+
+def test_benchmark_labels_and_null_cells():
+  data = {'names': ['slow(1)', 'tau=1e+00'], 'flags': [True, False],
+          'mean': None, 'sd': None}
+  labels = {'slow(1)': 'permanent', 'True': 'yes', 'False': 'no'}
+  assert benchmark_tables.render(data, '{/names/0} {/names/1}',
+                                 labels=labels) == ('permanent tau=1e+00', [])
+  assert benchmark_tables.render(data, '{/flags/0}/{/flags/1}',
+                                 labels=labels) == ('yes/no', [])
+  # "– ± –" says one thing twice.
+  assert benchmark_tables.render(data, '{/mean:.2f} ± {/sd:.2f}') == ('–', [])
 
 
 def test_benchmark_paths_report_missing_and_ambiguous_values():

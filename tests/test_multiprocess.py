@@ -166,6 +166,7 @@ def _single_process_run() -> tuple[dict[str, np.ndarray], float]:
            for path, leaf in leaves}, smallest_denominator)
 
 
+@pytest.mark.multiprocess
 def test_two_processes_match_one_and_resume_bit_exactly(tmp_path):
   _run_job('train', tmp_path)
   _run_job('resume', tmp_path)
@@ -205,6 +206,7 @@ def test_two_processes_match_one_and_resume_bit_exactly(tmp_path):
   assert trained["['opt_state'][1].count"] == worker.TOTAL_STEPS
 
 
+@pytest.mark.multiprocess
 def test_a_failing_process_ends_the_job_at_once(tmp_path):
   # Process 1 raises right after joining; process 0 goes on into training and
   # would wait for it in the first collective.

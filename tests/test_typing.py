@@ -138,6 +138,7 @@ def _mypy(*paths, cache):
       check=False)
 
 
+@pytest.mark.typing
 def test_mypy_is_clean_on_the_package_and_on_user_code(tmp_path, mypy_cache):
   script = tmp_path / 'user_script.py'
   script.write_text(_USER_SCRIPT)
@@ -146,6 +147,7 @@ def test_mypy_is_clean_on_the_package_and_on_user_code(tmp_path, mypy_cache):
   assert 'Success: no issues found' in result.stdout, result.stdout
 
 
+@pytest.mark.typing
 def test_mypy_reports_every_misuse(tmp_path, mypy_cache):
   script = tmp_path / 'misuse.py'
   script.write_text(_MISUSE_SCRIPT)

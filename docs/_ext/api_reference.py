@@ -3,7 +3,13 @@
 Every public name gets an autosummary entry and its own page, grouped by the
 private module that defines it, so a name added to ``__all__`` appears in the
 reference without editing any list here. Modules without a title below take
-the first line of their docstring.
+the first line of their docstring. Each section ends with its module's
+docstring (derivations the members' docstrings refer to as "the module
+docstring"; those words become a link to it).
+
+Summaries in the tables are each docstring's first paragraph, its one-line
+summary: autosummary's default, the first sentence, cut summaries at
+abbreviations such as "(eqs. 2–3)".
 """
 
 from __future__ import annotations
@@ -11,9 +17,14 @@ from __future__ import annotations
 import importlib
 import inspect
 import pathlib
+import re
+from collections.abc import Sequence
+from typing import Any
 
 from sphinx.application import Sphinx
 from sphinx.config import Config
+from sphinx.ext import autosummary
+from sphinx.util import inspect as sphinx_inspect
 
 PACKAGE = 'multiscale_optax'
 GENERATED_PAGE = 'api.rst'
@@ -47,6 +58,11 @@ def _module_title(module_name: str) -> str:
     return SECTION_TITLES[short]
   doc = inspect.getdoc(importlib.import_module(module_name)) or short
   return doc.strip().splitlines()[0].rstrip('.')
+
+
+def module_label(module_name: str) -> str:
+  """The label of a module's section on the API page."""
+  return 'api-module-' + module_name.rsplit('.', 1)[-1]
 
 
 def _section_key(module_name: str) -> tuple[int, str]:
@@ -87,10 +103,13 @@ def api_page_source() -> str:
     members = sorted(
         groups[module_name],
         key=lambda name: (_source_line(getattr(package, name)), name))
-    lines += [section, '-' * len(section), '', '.. autosummary::',
+    lines += [f'.. _{module_label(module_name)}:', '',
+              section, '-' * len(section), '', '.. autosummary::',
               '   :toctree: _autosummary', '   :nosignatures:', '']
     lines += [f'   {name}' for name in members]
-    lines.append('')
+    lines += ['', f'.. automodule:: {module_name}', '   :no-index:', '',
+              f'.. currentmodule:: {PACKAGE}', '']
+  return '\n'.join(lines)
   return '\n'.join(lines)
 
 
@@ -103,9 +122,42 @@ def _write_api_page(app: Sphinx, config: Config) -> None:
     page.write_text(source, encoding='utf-8')
 
 
+def first_paragraph(doc: Sequence[str], settings: Any) -> str:
+  """A docstring's first paragraph, whole (autosummary's summary)."""
+  del settings
+  paragraph: list[str] = []
+  for line in doc:
+    if line.strip():
+      paragraph.append(line.strip())
+    elif paragraph:
+      break
+  return ' '.join(paragraph)
+
+
+_MODULE_DOCSTRING = re.compile(r'\bmodule docstring\b')
+
+
+def _link_module_docstring(app: Sphinx, what: str, name: str, obj: object,
+                           options: object, lines: list[str]) -> None:
+  """Makes "module docstring" in a member's docstring a link to that text."""
+  del app, name, options
+  if what == 'module':
+    return
+  label = module_label(_defining_module(obj))
+  lines[:] = [_MODULE_DOCSTRING.sub(f':ref:`module docstring <{label}>`', line)
+              for line in lines]
+
+
 def setup(app: Sphinx) -> dict[str, object]:
   # config-inited runs before Sphinx lists the source files and before
   # autosummary (builder-inited) scans them for entries to generate.
   app.connect('config-inited', _write_api_page)
+  app.connect('autodoc-process-docstring', _link_module_docstring)
+  # autosummary looks the function up in its module at each call.
+  autosummary.extract_summary = first_paragraph
+  # An autodoc_type_aliases alias inside a union (`Sequence[float] |
+  # ArrayLike`) is shown by its repr, "TypeAliasForwardRef('ArrayLike')";
+  # show its name, as Sphinx does for an alias alone.
+  sphinx_inspect.TypeAliasForwardRef.__repr__ = lambda self: self.name
   return {'version': '1.0', 'parallel_read_safe': True,
           'parallel_write_safe': True}

@@ -17,6 +17,9 @@ The ``benchmark-table`` directive takes a file (relative to
     median ms: "{median_ms:.2f}"
     GB/s: "{achieved_GBps:.1f} ({fraction_of_axpy_bandwidth:.0%})"
   missing: "–"                # text for absent values (default: error)
+  labels:                     # shown instead of a value's text (optional)
+    True: "yes"
+    "tau=1e+00": "$\\tau = 1$"
   ```
 
 A cell template is a Python format string whose fields are paths into the
@@ -25,7 +28,10 @@ JSON: ``/``-separated keys, list indices (``0`` or ``[0]``) and list selectors
 ``/`` is absolute; otherwise it follows ``base``. ``*`` in a path stands for
 the row id; ``{@label}`` and ``{@id}`` are the row's label and id. Values can
 be scaled with a ``*N:`` prefix to the format spec (``{accuracy:*100:.1f}``),
-``{values:len}`` is a list's length, and ``null`` shows as ``–``.
+``{values:len}`` is a list's length, and ``null`` shows as ``–``; a cell all
+of whose values are ``null`` (``{mean} ± {sd}``) is a single ``–``. ``labels``
+maps a formatted value (a raw key such as ``slow(1)``, or ``True``) to the
+text shown for it.
 
 The ``bench`` role puts one number into prose:
 ``{bench}`step_speed.json {/results/[size=50000000]/axpy_GBps:.1f}```.
@@ -114,11 +120,14 @@ def resolve(data: Any, path: str) -> Any:
 class _PathFormatter(string.Formatter):
   """Formats a template whose fields are JSON paths."""
 
-  def __init__(self, data: Any, base: str, row_id: str, label: str):
+  def __init__(self, data: Any, base: str, row_id: str, label: str,
+               labels: dict[str, str] | None = None):
     super().__init__()
     self.data, self.base, self.row_id, self.label = data, base, row_id, label
+    self.labels = labels or {}
     self.missing: list[str] = []
     self.found: list[str] = []
+    self.values: list[Any] = []
 
   def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
     del args, kwargs
@@ -131,6 +140,8 @@ class _PathFormatter(string.Formatter):
     path = path.replace('*', self.row_id)
     value = resolve(self.data, path)
     (self.missing if value is _MISSING else self.found).append(path)
+    if value is not _MISSING:
+      self.values.append(value)
     return value, field_name
 
   def format_field(self, value: Any, format_spec: str) -> str:
@@ -144,24 +155,30 @@ class _PathFormatter(string.Formatter):
       return '–'
     if format_spec == 'len':
       return str(len(value))
-    return format(value, format_spec)
+    text = format(value, format_spec)
+    return self.labels.get(text, text)
 
 
-def _render(data: Any, template: str, base: str, row_id: str,
-            label: str) -> tuple[str, list[str], list[str]]:
-  formatter = _PathFormatter(data, base, row_id, label)
+def _render(data: Any, template: str, base: str, row_id: str, label: str,
+            labels: dict[str, str] | None = None,
+            ) -> tuple[str, list[str], list[str]]:
+  formatter = _PathFormatter(data, base, row_id, label, labels)
   try:
     text = formatter.format(template)
   except (TypeError, ValueError, KeyError) as error:
     raise BenchmarkDataError(
         f'cannot format {template!r} for row {row_id!r}: {error}') from error
+  # "{mean} ± {sd}" with both null reads "– ± –": one dash says it.
+  if formatter.values and all(value is None for value in formatter.values):
+    text = '–'
   return text, formatter.missing, formatter.found
 
 
 def render(data: Any, template: str, *, base: str = '', row_id: str = '',
-           label: str = '') -> tuple[str, list[str]]:
+           label: str = '', labels: dict[str, str] | None = None,
+           ) -> tuple[str, list[str]]:
   """The formatted template and the paths it found missing."""
-  text, missing, _ = _render(data, template, base, row_id, label)
+  text, missing, _ = _render(data, template, base, row_id, label, labels)
   return text, missing
 
 
@@ -184,7 +201,7 @@ class BenchmarkTable(SphinxDirective):
     spec = yaml.safe_load('\n'.join(self.content)) or {}
     if not isinstance(spec, dict) or 'columns' not in spec:
       raise BenchmarkDataError('the body must be YAML with a "columns" key')
-    unknown = set(spec) - {'base', 'rows', 'columns', 'missing'}
+    unknown = set(spec) - {'base', 'rows', 'columns', 'missing', 'labels'}
     if unknown:
       raise BenchmarkDataError(f'unknown keys {sorted(unknown)}')
     return spec
@@ -213,13 +230,15 @@ class BenchmarkTable(SphinxDirective):
     columns = [(str(header), str(template))
                for header, template in spec['columns'].items()]
     missing_text = spec.get('missing')
+    labels = {str(key): str(text)
+              for key, text in (spec.get('labels') or {}).items()}
     rows = []
     cells: list[list[str]] = []
     missing_cells: list[tuple[int, int, list[str]]] = []
     for row_id, label in self._rows(data, spec):
       optional = row_id.startswith('?')
       row_id = row_id.removeprefix('?')
-      rendered = [_render(data, template, base, row_id, label)
+      rendered = [_render(data, template, base, row_id, label, labels)
                   for _, template in columns]
       # An optional row appears once its benchmark has written any value.
       if optional and not any(found for _, _, found in rendered):

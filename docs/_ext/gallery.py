@@ -2,8 +2,8 @@
 
 At ``config-inited`` every notebook in ``notebooks/`` is copied to
 ``docs/gallery/`` (a build product, ignored by git) and ``gallery/index.md``
-is written with one entry per notebook: its title, its first paragraph and
-its committed figure. myst-nb then executes each copy once per build
+is written with one entry per notebook, in ``READING_ORDER``: its title, a
+blurb saying what it does (``_summary``) and its committed figure. myst-nb then executes each copy once per build
 (``nb_execution_mode = 'force'`` in ``conf.py``), so every page shows the
 outputs and figures of the code as it is now.
 
@@ -36,8 +36,39 @@ def _write_if_changed(path: pathlib.Path, text: str) -> None:
     path.write_text(text, encoding='utf-8')
 
 
+# The order a reader meets the notebooks in: the quickstart first, then the
+# paper's sections in order, then the Bayesian learner. Notebooks not listed
+# follow, by file name.
+READING_ORDER = (
+    'quickstart',
+    'fast_weights',
+    'momentum_as_fast_weights',
+    'benna_fusi_modes',
+    'online_1f',
+    'bayesian_multiscale',
+)
+_THIS_NOTEBOOK = re.compile(r'(?:^|(?<=[.!?]\s))This notebook\b')
+
+
+def _reading_key(stem: str) -> tuple[int, str]:
+  order = list(READING_ORDER)
+  return (order.index(stem) if stem in order else len(order), stem)
+
+
+def _is_sentence(paragraph: str) -> bool:
+  """Prose that ends a sentence: not code, not maths, not cut at a colon."""
+  return (not paragraph.startswith(('```', '$$', '|', '>', '1.', '-', '*'))
+          and paragraph.rstrip().endswith(('.', '!', '?', ')')))
+
+
 def _summary(notebook: nbformat.NotebookNode) -> tuple[str, str]:
-  """The notebook's title and first prose paragraph."""
+  """The notebook's title and the blurb the gallery shows for it.
+
+  The blurb is the paragraph that says what the notebook does ("This
+  notebook ...") where it ends a sentence, else the first paragraph of prose
+  that ends a sentence; never a paragraph that stops at a colon before an
+  equation or a list.
+  """
   for cell in notebook.cells:
     if cell.cell_type != 'markdown':
       continue
@@ -45,12 +76,15 @@ def _summary(notebook: nbformat.NotebookNode) -> tuple[str, str]:
     if not lines or not lines[0].startswith('# '):
       continue
     title = lines[0][2:].strip()
-    paragraphs = [paragraph.strip() for paragraph in
+    paragraphs = [' '.join(paragraph.split()) for paragraph in
                   '\n'.join(lines[1:]).strip().split('\n\n')
                   if paragraph.strip()]
+    for paragraph in paragraphs:
+      if _THIS_NOTEBOOK.search(paragraph) and _is_sentence(paragraph):
+        return title, paragraph
     # A paragraph that only cites the paper says nothing about the notebook.
-    prose = [paragraph for paragraph in paragraphs
-             if not (paragraph.startswith('Jones,') and len(paragraph) < 160)]
+    prose = [paragraph for paragraph in paragraphs if _is_sentence(paragraph)
+             and not (paragraph.startswith('Jones,') and len(paragraph) < 160)]
     return title, (prose or paragraphs or [''])[0]
   raise ValueError('a gallery notebook must start with a "# Title" cell')
 
@@ -85,7 +119,8 @@ def _prepare(app: Sphinx, config: Config) -> None:
   gallery.mkdir(exist_ok=True)
   entries = []
   wanted = set()
-  for source in sorted(notebook_dir.glob('*.ipynb')):
+  for source in sorted(notebook_dir.glob('*.ipynb'),
+                      key=lambda path: _reading_key(path.stem)):
     text = source.read_text(encoding='utf-8')
     notebook = nbformat.reads(text, as_version=4)
     title, summary = _summary(notebook)
