@@ -90,6 +90,7 @@ from multiscale_optax._src import checks
 from multiscale_optax._src import gaussian_belief
 from multiscale_optax._src import precision
 from multiscale_optax._src import scaled_storage
+from multiscale_optax._src import treedefs
 
 
 class BayesianMultiscaleState(NamedTuple):
@@ -192,7 +193,8 @@ def _is_trainable(dtype: DTypeLike) -> bool:
   return bool(jnp.issubdtype(dtype, jnp.inexact))
 
 
-def _variance_dtype(param_dtype: DTypeLike, state_dtype: DTypeLike | None):
+def _variance_dtype(
+    param_dtype: DTypeLike, state_dtype: DTypeLike | None) -> np.dtype[Any]:
   """The dtype of a leaf's variances and factors: at least float32."""
   return precision.compute_dtype(
       param_dtype if state_dtype is None else state_dtype)
@@ -275,7 +277,7 @@ def _check_observation_covariance(value: Any, outputs: int | None) -> None:
 
 def _check_state_leaves(
     state: BayesianMultiscaleState, grad_leaves: list[jax.Array],
-    treedef: Any, num: int, rank: int,
+    treedef: treedefs.TreeDef, num: int, rank: int,
 ) -> tuple[list[list[jax.Array]], list[list[jax.Array]],
            list[list[jax.Array]]]:
   """The state's leaves, checked against the updates' shapes."""
@@ -446,6 +448,7 @@ def _update(
         '(d prediction / d params), e.g. opt.update(grads, state, params, '
         'jacobian=J); see mso.gaussian_observation.')
   num, rank = len(prior.decays), prior.rank
+  treedef: treedefs.TreeDef
   grad_leaves, treedef = jax.tree.flatten(updates)
   grad_leaves = [jnp.asarray(leaf) for leaf in grad_leaves]
   try:

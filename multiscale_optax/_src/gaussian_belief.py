@@ -259,7 +259,8 @@ def _truncate(
   dropped_count = gram.shape[0] - rank
   kept_vectors = vectors[:, dropped_count:]
   dropped_vectors = vectors[:, :dropped_count]
-  new_diagonals, new_factors = [], []
+  new_diagonals: list[list[jax.Array]] = []
+  new_factors: list[list[jax.Array]] = []
   for subweight_diagonals, subweight_stacked in zip(diagonals, stacked):
     new_diagonals.append([])
     new_factors.append([])
