@@ -532,6 +532,44 @@ def _update(
   return treedef.unflatten(increments), new_state
 
 
+def _mean_step(
+    stored: jax.Array, step: jax.Array, decay: jax.Array, leak: jax.Array,
+    scale_step: scaled_storage.ScaleStep, dtype: Any,
+    read_after_update: bool,
+) -> tuple[jax.Array, jax.Array]:
+  r"""One mean's :math:`\mu' = \gamma(\mu + \Delta\mu)`: stored, increment.
+
+  A mean narrower than the compute dtype is rounded on storage, and its
+  increment is the change of the value actually stored. Otherwise the
+  increment is written so that XLA can update the donated state in place
+  (on XLA:CPU, an output that reads another input which is overwritten in
+  place costs a copy of that input): with ``read_after_update`` (a concrete
+  decay :math:`|\gamma| \ge 1/2`) it is read from the new mean and the
+  step alone, :math:`\mu' - \mu = \Delta\mu - \frac{1 - \gamma}{\gamma}
+  \mu'`; else it is
+  :math:`\gamma\Delta\mu - (1 - \gamma)\mu`.
+  """
+  scaled = scaled_storage.is_scaled(stored.dtype)
+  if stored.dtype != dtype:
+    if scaled:
+      return scaled_storage.update_leaf(stored, decay, -step, scale_step)
+    old = stored.astype(dtype)
+    new = precision.round_to_storage(old - leak * old + decay * step,
+                                     stored.dtype)
+    return new, new.astype(dtype) - old
+  if scaled:
+    change, new_scale, factor = (value.astype(dtype) for value in scale_step)
+    # m' = f m + (gamma / s') d, and s' m' - s m = (s' f - s) m + gamma d.
+    new = stored * factor + (decay / new_scale) * step
+    new_value, old_term = new_scale * new, change * stored
+  else:
+    new = stored - leak * stored + decay * step
+    new_value, old_term = new, -leak * stored
+  if read_after_update:
+    return new, step - (leak / decay) * new_value
+  return new, old_term + decay * step
+
+
 def _predict_and_store(
     prior: _Prior,
     state: BayesianMultiscaleState,
@@ -580,14 +618,12 @@ def _predict_and_store(
         diagonal = jnp.where(
             valid, posterior.diagonals[index][flat],
             variances[index][position].astype(dtype))
-      if scaled_storage.is_scaled(stored.dtype):
-        new_mean, term = scaled_storage.update_leaf(
-            stored, decay_c, -step, scale_steps[index])
-      else:
-        old = stored.astype(dtype)
-        new_mean = precision.round_to_storage(
-            old - leak_c * old + decay_c * step, stored.dtype)
-        term = new_mean.astype(dtype) - old
+      read_after_update = (
+          not checks.is_traced(decay) and abs(decay) >= 0.5
+          and stored.dtype == dtype and posterior is not None)
+      new_mean, term = _mean_step(
+          stored, step, decay_c, leak_c, scale_steps[index], dtype,
+          read_after_update)
       increments[position] = increments[position] + term
       new_means[index][position] = new_mean
       new_variances[index][position] = precision.round_to_storage(

@@ -134,6 +134,10 @@ def _sum(values: Sequence[jax.Array]) -> jax.Array:
 
 def _inner(first: jax.Array, second: jax.Array) -> jax.Array:
   """``(X, *shape)`` and ``(Y, *shape)`` to the ``(X, Y)`` inner products."""
+  if first.shape[0] == 1 and second.shape[0] == 1:
+    # An elementwise product and a sum, which XLA fuses with the operands'
+    # producers (a dot would make it write them out first).
+    return jnp.sum(first * second).reshape(1, 1)
   axes = tuple(range(1, first.ndim))
   return jnp.tensordot(first, second, axes=(axes, axes))
 
@@ -141,6 +145,10 @@ def _inner(first: jax.Array, second: jax.Array) -> jax.Array:
 def _combine(matrix: jax.Array, leaves: jax.Array) -> jax.Array:
   """``(X, Y)`` times ``(Y, *shape)``: ``(X, *shape)`` (or ``(Y,)`` times
   ``(Y, *shape)``: ``shape``)."""
+  if leaves.shape[0] == 1:
+    column = matrix[..., 0]
+    return column.reshape(column.shape + (1,) * (leaves.ndim - 1)) * (
+        leaves[0])
   return jnp.tensordot(matrix, leaves, axes=1)
 
 
