@@ -90,6 +90,7 @@ from multiscale_optax._src import checks
 from multiscale_optax._src import gaussian_belief
 from multiscale_optax._src import precision
 from multiscale_optax._src import scaled_storage
+from multiscale_optax._src import subweight_state
 from multiscale_optax._src import treedefs
 
 
@@ -187,10 +188,6 @@ def _aligned_leaves(reference: Any, tree: Any) -> list[Any]:
   return [pair[0] for pair in jax.tree.leaves(
       pairs, is_leaf=lambda node: isinstance(node, tuple))]
 
-
-def _is_trainable(dtype: DTypeLike) -> bool:
-  """Whether a leaf of ``dtype`` is learned (integer and bool leaves are not)."""
-  return bool(jnp.issubdtype(dtype, jnp.inexact))
 
 
 def _variance_dtype(
@@ -461,7 +458,8 @@ def _update(
       state, grad_leaves, treedef, num, rank)
   trainable = [
       position for position, grad in enumerate(grad_leaves)
-      if _is_trainable(grad.dtype) and _is_trainable(means[0][position].dtype)]
+      if subweight_state.is_trainable(grad.dtype)
+      and subweight_state.is_trainable(means[0][position].dtype)]
   for position in trainable:
     if jnp.iscomplexobj(grad_leaves[position]):
       raise TypeError(
@@ -686,10 +684,12 @@ def _init_state(
 
   def mean(param: Any) -> jax.Array:
     return jnp.zeros_like(
-        param, dtype=state_dtype if _is_trainable(param.dtype) else None)
+        param,
+        dtype=state_dtype if subweight_state.is_trainable(param.dtype)
+        else None)
 
   def variance(param: Any, value: Any) -> jax.Array:
-    if not _is_trainable(param.dtype):
+    if not subweight_state.is_trainable(param.dtype):
       return jnp.zeros_like(param)
     # full_like keeps each param's sharding, like zeros_like.
     return jnp.full_like(
@@ -697,7 +697,7 @@ def _init_state(
 
   def factor(param: Any) -> jax.Array:
     dtype = (_variance_dtype(param.dtype, state_dtype)
-             if _is_trainable(param.dtype) else param.dtype)
+             if subweight_state.is_trainable(param.dtype) else param.dtype)
     return jnp.zeros_like(param, dtype=dtype)[None].repeat(rank, axis=0)
 
   return BayesianMultiscaleState(
@@ -973,20 +973,6 @@ def bayesian_multiscale(
       init_fn, cast(optax.TransformUpdateExtraArgsFn, update_fn))
 
 
-def _find_state(opt_state: Any) -> BayesianMultiscaleState:
-  found = [
-      node for node in jax.tree.leaves(
-          opt_state,
-          is_leaf=lambda node: isinstance(node, BayesianMultiscaleState))
-      if isinstance(node, BayesianMultiscaleState)
-  ]
-  if len(found) != 1:
-    raise ValueError(
-        '`opt_state` must contain exactly one BayesianMultiscaleState, found '
-        f'{len(found)}.')
-  return found[0]
-
-
 def get_bayesian_subweights(
     params: optax.Params,
     opt_state: optax.OptState,
@@ -1026,7 +1012,7 @@ def get_bayesian_subweights(
     Jones, Scott, Ren, ElSayed, Hermann, Mayo & Mozer, "Learning in temporally
     structured environments", ICLR 2023.
   """
-  state = _find_state(opt_state)
+  state = subweight_state.find_state(opt_state, BayesianMultiscaleState)
   if decays is None:
     decay_entries = None
   else:
