@@ -42,7 +42,7 @@ diagonal belief,
   v_i \leftarrow v_i - \frac{(v_i J)^2}{S}
 
 (the last is the exact posterior's marginal variance, "moment matching";
-``variance_update`` offers three other diagonal rules). Then the belief is
+``variance_update`` offers two other diagonal rules). Then the belief is
 carried to the next step by the prior: :math:`\mu_i \leftarrow \gamma_i
 \mu_i`, :math:`v_i \leftarrow \gamma_i^2 v_i + q_i` (and
 :math:`U_i \leftarrow \gamma_i U_i`). :math:`S` is a single reduction over
@@ -790,9 +790,6 @@ def bayesian_multiscale(
     observation noise, :math:`1/v_i \leftarrow 1/v_i + b/(1 - s b)` with
     :math:`b = \mathrm{diag}(J^\top S^{-1} J)` and :math:`s = \sum_i v_i`
     of the same weight.
-  * ``'weight_marginal'``: every subweight of a weight shrinks by the
-    factor that keeps the weight's own marginal variance exact,
-    :math:`v_i \leftarrow v_i (1 - s b)`.
 
   ``rank=L > 0`` keeps :math:`\mathrm{diag}(D) - UU^\top` over all
   :math:`kP` subweights: an observation appends the :math:`N` columns of
@@ -864,8 +861,7 @@ def bayesian_multiscale(
       (``None`` or 0: a diagonal belief). It sets the state's shapes, so
       under ``optax.inject_hyperparams`` name it in ``static_args``.
     variance_update: for ``rank=0``, one of ``'moment_matching'`` (the
-      default), ``'mean_field'``, ``'others_as_noise'`` and
-      ``'weight_marginal'`` (above).
+      default), ``'mean_field'`` and ``'others_as_noise'`` (above).
     learn_prior: learn the scale :math:`c` of the process variances online
       (above). Needs the ``residual`` extra argument.
     learn_noise_variance: also learn the scale :math:`\rho` of the
