@@ -60,11 +60,12 @@ def scalar_kalman(decay, process_variance, noise_variance, initial_variance,
 
 
 def diagonal_reference(decays, process, noise, initial, jacobians, targets,
-                       covariance=None):
+                       covariance=None, rule='others_as_noise'):
   """Literal NumPy form of the diagonal EKF for a linear model y = J w.
 
-  ``jacobians``: (steps, C, P); ``targets``: (steps, C). Returns the
-  predictions (steps, C) and the final means and variances (k, P).
+  ``jacobians``: (steps, C, P); ``targets``: (steps, C); ``rule``: the
+  ``variance_update``. Returns the predictions (steps, C) and the final
+  means and variances (k, P).
   """
   k = len(decays)
   num = jacobians.shape[-1]
@@ -83,11 +84,19 @@ def diagonal_reference(decays, process, noise, initial, jacobians, targets,
     inverse = np.linalg.inv(innovation)
     error = y - prediction
     new_means, new_variances = np.empty_like(means), np.empty_like(variances)
+    precision = np.diag(jac.T @ inverse @ jac)
+    totals = variances.sum(axis=0)
     for i in range(k):
       gain = np.diag(variances[i]) @ jac.T @ inverse
       posterior_mean = means[i] + gain @ error
-      posterior_var = variances[i] - variances[i] ** 2 * np.diag(
-          jac.T @ inverse @ jac)
+      if rule == 'moment_matching':
+        posterior_var = variances[i] - variances[i] ** 2 * precision
+      elif rule == 'mean_field':
+        posterior_var = 1.0 / (1.0 / variances[i] + np.diag(
+            jac.T @ np.linalg.inv(noise_matrix) @ jac))
+      else:
+        posterior_var = 1.0 / (
+            1.0 / variances[i] + precision / (1.0 - totals * precision))
       new_means[i] = decays[i] * posterior_mean
       new_variances[i] = decays[i] ** 2 * posterior_var + process[i]
     means, variances = new_means, new_variances
@@ -113,6 +122,7 @@ def traced_scalar_run(decays, process, noise, initial, inputs, targets):
   return run_scalar(opt, inputs, targets, noise)[0]
 
 
+@pytest.mark.filterwarnings('ignore:`initial_variances` is read only')
 @hypothesis.settings(max_examples=15, deadline=None)
 @hypothesis.given(
     decay=st.floats(-0.99, 1.0),
@@ -137,7 +147,9 @@ def test_scalar_kalman_property(decay, process, noise, initial, seed):
 
 
 @pytest.mark.parametrize('with_residual', [False, True])
-def test_k_timescales_match_literal_reference(with_residual):
+@pytest.mark.parametrize(
+    'rule', ['others_as_noise', 'moment_matching', 'mean_field'])
+def test_k_timescales_match_literal_reference(with_residual, rule):
   with jax.enable_x64(True):
     decays = [0.3, 0.9, 0.99, 1.0]
     process = [0.5, 0.1, 0.02, 0.001]
@@ -146,12 +158,13 @@ def test_k_timescales_match_literal_reference(with_residual):
     inputs = jax.random.normal(key_x, (50, 1), jnp.float64)
     targets = jax.random.normal(key_y, (50,), jnp.float64)
     opt = mso.bayesian_multiscale(
-        decays, process, 0.8, initial_variances=initial)
+        decays, process, 0.8, initial_variances=initial,
+        variance_update=rule)
     predictions, params, state = run_scalar(
         opt, inputs, targets, 0.8, with_residual=with_residual)
     expected, means, variances = diagonal_reference(
         decays, process, 0.8, initial, np.asarray(inputs)[:, None, :],
-        np.asarray(targets)[:, None])
+        np.asarray(targets)[:, None], rule=rule)
     np.testing.assert_allclose(predictions, expected[:, 0], atol=TIGHT)
     np.testing.assert_allclose(
         np.stack(state.means)[:, :], means, atol=TIGHT)
@@ -183,6 +196,7 @@ def multi_output_run(decays, process, noise, jacobians, targets, covariance):
   return predictions, state.variances
 
 
+@pytest.mark.filterwarnings('ignore:`initial_variances` is read only')
 @hypothesis.settings(max_examples=10, deadline=None)
 @hypothesis.given(
     decays=st.lists(st.floats(-0.9, 0.999), min_size=1, max_size=3),
