@@ -94,6 +94,8 @@ def diagonal_reference(decays, process, noise, initial, jacobians, targets,
       elif rule == 'mean_field':
         posterior_var = 1.0 / (1.0 / variances[i] + np.diag(
             jac.T @ np.linalg.inv(noise_matrix) @ jac))
+      elif rule == 'weight_marginal':
+        posterior_var = variances[i] * (1.0 - totals * precision)
       else:
         posterior_var = 1.0 / (
             1.0 / variances[i] + precision / (1.0 - totals * precision))
@@ -148,7 +150,8 @@ def test_scalar_kalman_property(decay, process, noise, initial, seed):
 
 @pytest.mark.parametrize('with_residual', [False, True])
 @pytest.mark.parametrize(
-    'rule', ['others_as_noise', 'moment_matching', 'mean_field'])
+    'rule', ['others_as_noise', 'moment_matching', 'mean_field',
+             'weight_marginal'])
 def test_k_timescales_match_literal_reference(with_residual, rule):
   with jax.enable_x64(True):
     decays = [0.3, 0.9, 0.99, 1.0]

@@ -225,6 +225,8 @@ def _diagonal_reference(rule, decays, process, noise, jacobians, targets):
       variances = variances - (variances * jac) ** 2 / innovation
     elif rule == 'mean_field':
       variances = 1.0 / (1.0 / variances + jac * jac / noise)
+    elif rule == 'weight_marginal':
+      variances = variances * (1.0 - totals * jac * jac / innovation)
     else:
       others = innovation - jac * jac * totals
       variances = 1.0 / (1.0 / variances + jac * jac / others)
@@ -235,7 +237,7 @@ def _diagonal_reference(rule, decays, process, noise, jacobians, targets):
 
 
 @pytest.mark.parametrize('rule', ['moment_matching', 'mean_field',
-                                  'others_as_noise'])
+                                  'others_as_noise', 'weight_marginal'])
 def test_diagonal_rules_follow_their_formulas(rule):
   decays, process, noise = [0.95, 0.6], [0.0975, 0.64], 0.3
   with jax.enable_x64(True):

@@ -42,7 +42,7 @@ diagonal belief,
   v_i \leftarrow v_i - \frac{(v_i J)^2}{S}
 
 (the last is the exact posterior's marginal variance, "moment matching";
-``variance_update`` chooses among three diagonal rules, by default one that
+``variance_update`` chooses among four diagonal rules, by default one that
 counts the other weights' uncertainty as observation noise). Then the belief is
 carried to the next step by the prior: :math:`\mu_i \leftarrow \gamma_i
 \mu_i`, :math:`v_i \leftarrow \gamma_i^2 v_i + q_i` (and
@@ -793,6 +793,10 @@ def bayesian_multiscale(
     counted as observation noise, :math:`1/v_i \leftarrow 1/v_i + b/(1 - s b)` with
     :math:`b = \mathrm{diag}(J^\top S^{-1} J)` and :math:`s = \sum_i v_i`
     of the same weight.
+  * ``'weight_marginal'``: every subweight of a weight shrinks by the
+    factor that keeps the weight's own marginal variance exact,
+    :math:`v_i \leftarrow v_i (1 - s b)` (measured the weakest of the four;
+    kept so that published results reproduce).
 
   ``rank=L > 0`` keeps :math:`\mathrm{diag}(D) - UU^\top` over all
   :math:`kP` subweights: an observation appends the :math:`N` columns of
@@ -864,8 +868,8 @@ def bayesian_multiscale(
       (``None`` or 0: a diagonal belief). It sets the state's shapes, so
       under ``optax.inject_hyperparams`` name it in ``static_args``.
     variance_update: for ``rank=0``, one of ``'others_as_noise'`` (the
-      default, chosen by measurement), ``'moment_matching'`` and
-      ``'mean_field'`` (above).
+      default, chosen by measurement), ``'moment_matching'``,
+      ``'mean_field'`` and ``'weight_marginal'`` (above).
     learn_prior: learn the scale :math:`c` of the process variances online
       (above). Needs the ``residual`` extra argument.
     learn_noise_variance: also learn the scale :math:`\rho` of the
