@@ -135,7 +135,7 @@ PRIOR_NOISE_VARIANCE = (15.0 / ANGLE_UNIT_DEGREES) ** 2
 # Tuning grids (log-spaced endpoints, points).
 SGD_RATES = (1e-4, 1.0, 9)
 ADAM_RATES = (1e-5, 1e-1, 9)
-PROCESS_VARIANCES = (1e-10, 1e-4, 7)
+PROCESS_VARIANCES = (1e-9, 1e-2, 8)
 FULL_EKF_NAME = 'full EKF'
 
 
