@@ -73,8 +73,11 @@ Streams and initial params are paired across learners (same seeds).
 
 Usage::
 
-  python benchmarks/online_rotation.py          # 3000 steps, 2 tuning + 3 test seeds
-  python benchmarks/online_rotation.py --full   # 10000 steps, 3 + 8 seeds, more rows
+  python benchmarks/online_rotation.py         # 3000 steps, 2 + 3 seeds
+  python benchmarks/online_rotation.py --full  # 10000 steps, 3 + 8 seeds
+
+(tuning + test seeds; ``--full`` adds LoFi ranks 1, 5, 20 and tunes the
+full EKF).
 
 Writes ``benchmarks/results/online_rotation.json`` and ``.png``
 (``online_rotation_full.*`` with ``--full``).
@@ -326,7 +329,7 @@ def squared_errors_degrees(predictions, targets):
 def summarise(errors, window):
   """Per-seed RMSE (degrees) at the end and overall, and the curve."""
   steps = errors.shape[-1]
-  start = int(round(steps * (1.0 - FINAL_FRACTION)))
+  start = round(steps * (1.0 - FINAL_FRACTION))
   final = np.sqrt(errors[:, start:].mean(axis=1))
   overall = np.sqrt(errors.mean(axis=1))
   finite = bool(np.all(np.isfinite(final)) and np.all(np.isfinite(overall)))
