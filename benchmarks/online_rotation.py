@@ -53,6 +53,10 @@ one line there):
   weights may move from their initialisation by about its own spread),
   started from the stationary variances; observation noise :math:`r =
   (15^\circ/45^\circ)^2 = 1/9` (a guess of the attainable error);
+* ``Bayesian multiscale (prior scale tuned)``: the same with all its
+  variances multiplied by one factor tuned like the baselines'
+  hyperparameters (added after the first run, to separate the prior's
+  scale from its shape);
 * ``diagonal EKF (1 timescale)``: the same learner with :math:`k = 1`, a
   random walk (:math:`\gamma = 1`) started from variance :math:`V`, its
   process variance :math:`q` tuned;
@@ -138,7 +142,8 @@ PRIOR_NOISE_VARIANCE = (15.0 / ANGLE_UNIT_DEGREES) ** 2
 # Tuning grids (log-spaced endpoints, points).
 SGD_RATES = (1e-4, 1.0, 9)
 ADAM_RATES = (1e-5, 1e-1, 9)
-PROCESS_VARIANCES = (1e-9, 1e-2, 8)
+PROCESS_VARIANCES = (1e-9, 1e-1, 9)
+PRIOR_SCALES = (1e-2, 1e2, 9)
 FULL_EKF_NAME = 'full EKF'
 
 
@@ -237,22 +242,31 @@ def prior() -> dict[str, np.ndarray]:
           'stationary_variances': stationary}
 
 
-def bayesian(**options: Any) -> Learner:
+def bayesian(tuned: bool = False, **options: Any) -> Learner:
   """``mso.bayesian_multiscale`` with the generic prior; ``options`` go to
-  it unchanged (e.g. ``rank=``, ``variance_update=`` where supported)."""
+  it unchanged (e.g. ``rank=``, ``variance_update=`` where supported). With
+  ``tuned``, all its variances (process and initial) are multiplied by a
+  factor ``prior_scale`` tuned on the grid ``PRIOR_SCALES``; the shape of
+  the prior and :math:`r` stay fixed."""
   values = prior()
 
   def build(hyper):
-    del hyper
+    scale = hyper['prior_scale'] if tuned else 1.0
     return mso.bayesian_multiscale(
-        values['decays'], values['process_variances'], PRIOR_NOISE_VARIANCE,
-        initial_variances=values['stationary_variances'], **options)
+        values['decays'], scale * jnp.asarray(values['process_variances']),
+        PRIOR_NOISE_VARIANCE,
+        initial_variances=scale * jnp.asarray(
+            values['stationary_variances']), **options)
 
   described = ', '.join(f'{key}={value!r}' for key, value in options.items())
-  return Learner(build, jacobian=True, note=(
-      f'generic prior, timescales {PRIOR_TIMESCALES}, s_i = V tau_i / sum '
-      f'tau, V = {PRIOR_TOTAL_VARIANCE:g}, r = {PRIOR_NOISE_VARIANCE:g}'
-      + (f'; {described}' if described else '')))
+  return Learner(
+      build, {'prior_scale': _log_grid(PRIOR_SCALES)} if tuned else None,
+      'prior_scale' if tuned else None, jacobian=True, note=(
+          f'generic prior, timescales {PRIOR_TIMESCALES}, s_i = V tau_i / '
+          f'sum tau, V = {PRIOR_TOTAL_VARIANCE:g}, r = '
+          f'{PRIOR_NOISE_VARIANCE:g}' + (', variances x prior_scale (tuned)'
+                                         if tuned else '')
+          + (f'; {described}' if described else '')))
 
 
 def _log_grid(endpoints):
@@ -283,6 +297,7 @@ def learners(full: bool) -> dict[str, Learner]:
           {'learning_rate': adam_rates.ravel(), 'b1': betas.ravel()},
           'learning_rate'),
       'Bayesian multiscale (generic prior)': bayesian(),
+      'Bayesian multiscale (prior scale tuned)': bayesian(tuned=True),
       'diagonal EKF (1 timescale)': Learner(
           lambda hyper: mso.bayesian_multiscale(
               [1.0], [hyper['process_variance']], PRIOR_NOISE_VARIANCE,
@@ -438,34 +453,49 @@ def plot(results, window, path, title):
 
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+  from matplotlib import ticker
 
   kinds = list(results)
-  fig, axes = plt.subplots(1, len(kinds), figsize=(6.2 * len(kinds), 4.4),
+  fig, axes = plt.subplots(1, len(kinds), figsize=(6.2 * len(kinds), 5.6),
                            sharey=True, squeeze=False)
   names = list(results[kinds[0]])
-  colors = plt.get_cmap('tab10').colors
+  # tab10 without its grey, which marks the context rows.
+  colors = [color for index, color in enumerate(
+      plt.get_cmap('tab10').colors) if index != 7]
   styles = ('-', '--', '-.', ':')
   for col, kind in enumerate(kinds):
     axis = axes[0, col]
+    learner_index = 0
     for index, name in enumerate(names):
       curve = results[kind][name]['curve_rmse_deg']
       if curve is None:
         continue
       steps = (np.arange(len(curve)) + 0.5) * window
-      context = results[kind][name]['kind'] == 'context'
+      if results[kind][name]['kind'] == 'context':
+        axis.plot(steps, curve, label=name, color='0.6',
+                  linestyle=styles[index % 2], linewidth=1.0)
+        continue
       axis.plot(steps, curve, label=name,
-                color='0.55' if context else colors[index % len(colors)],
-                linestyle=styles[index % len(styles)],
-                linewidth=1.0 if context else 1.7)
+                color=colors[learner_index % len(colors)],
+                linestyle=styles[learner_index % len(styles)],
+                linewidth=1.7)
+      learner_index += 1
     axis.set_title(f'{kind} angle', fontsize=10)
     axis.set_xlabel('step')
-    axis.grid(alpha=0.3)
+    axis.set_yscale('log')
+    axis.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.yaxis.set_major_formatter(ticker.ScalarFormatter())
+    axis.yaxis.set_minor_formatter(ticker.NullFormatter())
+    axis.grid(alpha=0.3, which='both')
     if col == 0:
       axis.set_ylabel(f'RMSE (degrees, {window}-step windows, '
                       'mean over test seeds)')
-  axes[0, -1].legend(fontsize=7.5, loc='upper right')
+  handles, labels = axes[0, 0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc='lower center', ncol=3, fontsize=8,
+             frameon=False)
   fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
+  rows = -(-len(handles) // 3)
+  fig.tight_layout(rect=(0, 0.045 * rows + 0.02, 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)
 

@@ -25,6 +25,7 @@ def tiny_grids(monkeypatch):
   monkeypatch.setattr(online_rotation, 'SGD_RATES', (1e-2, 1e-1, 2))
   monkeypatch.setattr(online_rotation, 'ADAM_RATES', (1e-3, 1e-2, 2))
   monkeypatch.setattr(online_rotation, 'PROCESS_VARIANCES', (1e-6, 1e-4, 2))
+  monkeypatch.setattr(online_rotation, 'PRIOR_SCALES', (0.1, 1.0, 2))
 
 
 def test_tiny_run_writes_finite_results(tmp_path, tiny_grids):
