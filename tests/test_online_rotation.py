@@ -78,13 +78,14 @@ def test_streams_are_rotated_digits_with_the_angle_as_target():
   images = online_rotation.load_images()
   with jax.enable_x64(True):
     streams = online_rotation.make_streams('ou', [3], 5, images)
-  rng = np.random.default_rng([3, online_rotation.STREAMS.index('ou')])
-  angles = online_rotation.angle_process('ou', rng, 5)
+    rng = np.random.default_rng([3, online_rotation.STREAMS.index('ou')])
+    angles = online_rotation.angle_process('ou', rng, 5)
+    indices = rng.integers(len(images), size=5)
+    expected = online_rotation.online_digits.rotate_images(
+        images[indices[0]], np.deg2rad(angles[0]))
+  assert streams.inputs.dtype == np.float64
   np.testing.assert_allclose(
       streams.targets[0], angles / online_rotation.ANGLE_UNIT_DEGREES)
-  indices = rng.integers(len(images), size=5)
-  expected = online_rotation.online_digits.rotate_images(
-      images[indices[0]], np.deg2rad(angles[0]))
   np.testing.assert_allclose(streams.inputs[0, 0], expected, atol=1e-12)
 
 
