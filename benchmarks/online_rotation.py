@@ -84,7 +84,10 @@ Usage::
   python benchmarks/online_rotation.py --full  # 10000 steps, 3 + 8 seeds
 
 (tuning + test seeds; ``--full`` adds LoFi ranks 1, 5, 20 and tunes the
-full EKF).
+full EKF). ``--streams ou --ou-timescale 30`` runs a faster OU angle alone
+(per-step changes of ~12 degrees instead of ~4, so that the previous angle
+is no longer a near-optimal prediction), written to
+``online_rotation_ou30.*``.
 
 Writes ``benchmarks/results/online_rotation.json`` and ``.png``
 (``online_rotation_full.*`` with ``--full``).
@@ -175,9 +178,9 @@ class RotationStream(NamedTuple):
 
 
 def angle_process(kind: str, rng: np.random.Generator, steps: int,
-                  ) -> np.ndarray:
+                  ou_timescale: float = OU_TIMESCALE) -> np.ndarray:
   """The clipped angle in degrees, ``(steps,)`` (module docstring)."""
-  timescales = {'ou': (OU_TIMESCALE,),
+  timescales = {'ou': (ou_timescale,),
                 'one_over_f': ONE_OVER_F_TIMESCALES}[kind]
   radians = online_digits.rotation_angles(
       rng, steps, timescales=timescales, sd_degrees=ANGLE_SD_DEGREES)
@@ -190,13 +193,14 @@ def load_images() -> np.ndarray:
 
 
 def make_streams(kind: str, seeds: list[int], steps: int,
-                 images: np.ndarray) -> RotationStream:
+                 images: np.ndarray, ou_timescale: float = OU_TIMESCALE,
+                 ) -> RotationStream:
   """The streams of ``seeds`` stacked on a leading axis."""
   config = teacher.TeacherConfig(layer_sizes=LAYER_SIZES)
   streams = []
   for seed in seeds:
     rng = np.random.default_rng([seed, STREAMS.index(kind)])
-    angles = angle_process(kind, rng, steps)
+    angles = angle_process(kind, rng, steps, ou_timescale)
     indices = rng.integers(len(images), size=steps)
     rotated = jax.vmap(online_digits.rotate_images)(
         jnp.asarray(images[indices]), jnp.deg2rad(jnp.asarray(angles)))
@@ -375,8 +379,10 @@ def summarise(errors, window):
 def run_stream(kind, args, images, table):
   tuning_seeds = list(range(1000, 1000 + args.tuning_seeds))
   test_seeds = list(range(args.test_seeds))
-  tuning = make_streams(kind, tuning_seeds, args.steps, images)
-  test = make_streams(kind, test_seeds, args.steps, images)
+  tuning = make_streams(kind, tuning_seeds, args.steps, images,
+                        args.ou_timescale)
+  test = make_streams(kind, test_seeds, args.steps, images,
+                      args.ou_timescale)
   rows, tuned = {}, {}
   targets = np.asarray(test.targets)
   context = {
@@ -515,6 +521,9 @@ def main(argv=None):
                       help='steps per point of the RMSE curve')
   parser.add_argument('--streams', default=','.join(STREAMS),
                       help='comma-separated subset of ' + ','.join(STREAMS))
+  parser.add_argument('--ou-timescale', type=float, default=OU_TIMESCALE,
+                      help='timescale (steps) of the OU angle; another '
+                      'value adds it to the output name')
   parser.add_argument('--skip', default='',
                       help='comma-separated learner names to leave out')
   parser.add_argument('--output', default=None,
@@ -545,8 +554,10 @@ def main(argv=None):
   log('')
   log(format_table(results))
   log(f'\ntotal time {seconds:.1f} s')
+  variant = ('' if args.ou_timescale == OU_TIMESCALE
+             else f'_ou{args.ou_timescale:g}')
   stem = args.output or ('online_rotation_full' if args.full
-                         else 'online_rotation')
+                         else 'online_rotation') + variant
   RESULTS.mkdir(parents=True, exist_ok=True)
   values = prior()
   payload = {
@@ -559,7 +570,7 @@ def main(argv=None):
           'angle_unit_degrees': ANGLE_UNIT_DEGREES,
           'angle_sd_degrees': ANGLE_SD_DEGREES,
           'angle_clip_degrees': ANGLE_CLIP_DEGREES,
-          'ou_timescale': OU_TIMESCALE,
+          'ou_timescale': args.ou_timescale,
           'one_over_f_timescales': list(ONE_OVER_F_TIMESCALES),
           'final_fraction': FINAL_FRACTION,
           'prior': {key: np.asarray(value).tolist()
