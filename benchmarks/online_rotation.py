@@ -57,6 +57,12 @@ one line there):
   variances multiplied by one factor tuned like the baselines'
   hyperparameters (added after the first run, to separate the prior's
   scale from its shape);
+* ``Bayesian multiscale (equal variances)``: the same timescales, total
+  variance and :math:`r` with equal stationary variances :math:`s_i = V/k`
+  (process variances :math:`\propto 1/\tau_i`: the shape of the angle's
+  own :math:`1/f` drift, and of the generic prior of
+  ``benchmarks/trump_approval.py``), not tuned; also added after the first
+  run;
 * ``diagonal EKF (1 timescale)``: the same learner with :math:`k = 1`, a
   random walk (:math:`\gamma = 1`) started from variance :math:`V`, its
   process variance :math:`q` tuned;
@@ -239,23 +245,29 @@ class Learner:
   note: str = ''
 
 
-def prior() -> dict[str, np.ndarray]:
-  """The generic prior's decays, process and stationary variances."""
+def prior(shape: str = 'timescale') -> dict[str, np.ndarray]:
+  """The generic prior's decays, process and stationary variances:
+  stationary variances proportional to the timescale (``'timescale'``, the
+  prior fixed before the first run) or equal (``'equal'``, process
+  variances :math:`\\propto 1/\\tau`), summing to ``PRIOR_TOTAL_VARIANCE``."""
   timescales = np.asarray(PRIOR_TIMESCALES)
   decays = np.exp(-1.0 / timescales)
-  stationary = PRIOR_TOTAL_VARIANCE * timescales / timescales.sum()
+  weights = {'timescale': timescales,
+             'equal': np.ones_like(timescales)}[shape]
+  stationary = PRIOR_TOTAL_VARIANCE * weights / weights.sum()
   return {'timescales': timescales, 'decays': decays,
           'process_variances': stationary * (1.0 - decays**2),
           'stationary_variances': stationary}
 
 
-def bayesian(tuned: bool = False, **options: Any) -> Learner:
+def bayesian(tuned: bool = False, shape: str = 'timescale',
+             **options: Any) -> Learner:
   """``mso.bayesian_multiscale`` with the generic prior; ``options`` go to
   it unchanged (e.g. ``rank=``, ``variance_update=`` where supported). With
   ``tuned``, all its variances (process and initial) are multiplied by a
   factor ``prior_scale`` tuned on the grid ``PRIOR_SCALES``; the shape of
-  the prior and :math:`r` stay fixed."""
-  values = prior()
+  the prior and :math:`r` stay fixed. ``shape``: as :func:`prior`."""
+  values = prior(shape)
 
   def build(hyper):
     scale = hyper['prior_scale'] if tuned else 1.0
@@ -269,8 +281,9 @@ def bayesian(tuned: bool = False, **options: Any) -> Learner:
   return Learner(
       build, {'prior_scale': _log_grid(PRIOR_SCALES)} if tuned else None,
       'prior_scale' if tuned else None, jacobian=True, note=(
-          f'generic prior, timescales {PRIOR_TIMESCALES}, s_i = V tau_i / '
-          f'sum tau, V = {PRIOR_TOTAL_VARIANCE:g}, r = '
+          f'generic prior, timescales {PRIOR_TIMESCALES}, '
+          + ('s_i = V tau_i / sum tau' if shape == 'timescale'
+             else 's_i = V / k') + f', V = {PRIOR_TOTAL_VARIANCE:g}, r = '
           f'{PRIOR_NOISE_VARIANCE:g}' + (', variances x prior_scale (tuned)'
                                          if tuned else '')
           + (f'; {described}' if described else '')))
@@ -305,6 +318,7 @@ def learners(full: bool) -> dict[str, Learner]:
           'learning_rate'),
       'Bayesian multiscale (generic prior)': bayesian(),
       'Bayesian multiscale (prior scale tuned)': bayesian(tuned=True),
+      'Bayesian multiscale (equal variances)': bayesian(shape='equal'),
       'diagonal EKF (1 timescale)': Learner(
           lambda hyper: mso.bayesian_multiscale(
               [1.0], [hyper['process_variance']], PRIOR_NOISE_VARIANCE,
