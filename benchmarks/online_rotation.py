@@ -154,8 +154,8 @@ PRIOR_NOISE_VARIANCE = (15.0 / ANGLE_UNIT_DEGREES) ** 2
 # Tuning grids (log-spaced endpoints, points).
 SGD_RATES = (1e-4, 1.0, 9)
 ADAM_RATES = (1e-5, 1e-1, 9)
-PROCESS_VARIANCES = (1e-9, 1e-1, 9)
-PRIOR_SCALES = (1e-2, 1e2, 9)
+PROCESS_VARIANCES = (1e-9, 1.0, 10)
+PRIOR_SCALES = (1e-2, 1e3, 11)
 FULL_EKF_NAME = 'full EKF'
 
 
