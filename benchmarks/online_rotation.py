@@ -91,8 +91,9 @@ Usage::
 
 (tuning + test seeds; ``--full`` adds LoFi ranks 1, 5, 20 and tunes the
 full EKF). ``--streams ou --ou-timescale 30`` runs a faster OU angle alone
-(per-step changes of ~12 degrees instead of ~4, so that the previous angle
-is no longer a near-optimal prediction), written to
+(root-mean-square change per step :math:`45^\circ\sqrt{2(1 - \rho)}
+\approx 45^\circ\sqrt{2/\tau}`: 12 degrees instead of 4, so that the
+previous angle is a weaker prediction), written to
 ``online_rotation_ou30.*``.
 
 Writes ``benchmarks/results/online_rotation.json`` and ``.png``
