@@ -6,7 +6,7 @@ learning of neural networks from streaming data", CoLLAs 2023): every step
 one of scikit-learn's 1797 ``load_digits`` images (8x8, pixels / 16, drawn
 uniformly with replacement) is rotated about its centre by an angle
 :math:`\theta_t` (exact bilinear rotation, zero outside:
-``online_digits.rotate_images``), and a tanh MLP 64-32-1 (2145 params,
+``online_digits.rotate_images``), and a tanh MLP 64-32-1 (2113 params,
 initialised :math:`\mathcal N(0, 1/\mathrm{fan\_in})` as
 ``_drifting_teacher.init_params``) predicts :math:`y_t = \theta_t /
 45^\circ`. The angle drifts, so the input distribution does:
@@ -70,7 +70,7 @@ one line there):
   :math:`\sigma_0^2 = V`, :math:`q` tuned; rank 10 (and 1, 5, 20 with
   ``--full``);
 * ``full EKF``: ``_lofi.full_ekf``, the same model with the full
-  :math:`2145 \times 2145` covariance (:math:`O(P^2)` per step, 37 MB of
+  :math:`2113 \times 2113` covariance (:math:`O(P^2)` per step, 36 MB of
   float64 state). Small enough for a CPU: one 500-step stream, jitted,
   float64, on the shared 2-core machine took 6.7 ms per step, against 0.47
   ms for LoFi rank 10 (1.7 ms at rank 20), 0.05 ms for the diagonal
@@ -297,6 +297,7 @@ def _log_grid(endpoints):
 
 def learners(full: bool) -> dict[str, Learner]:
   """``name -> Learner``, in table order."""
+  size = teacher.TeacherConfig(layer_sizes=LAYER_SIZES).num_params
   process = {'process_variance': _log_grid(PROCESS_VARIANCES)}
   adam_rates, betas = np.meshgrid(_log_grid(ADAM_RATES), [0.0, 0.9],
                                   indexing='ij')
@@ -336,7 +337,7 @@ def learners(full: bool) -> dict[str, Learner]:
           process_variance=hyper['process_variance']),
       process, 'process_variance', jacobian=True,
       reuse=None if full else 'LoFi (rank 10)',
-      note='full 2145 x 2145 covariance, gamma = 1, sigma0^2 = V'
+      note=f'full {size} x {size} covariance, gamma = 1, sigma0^2 = V'
            + (', q tuned' if full else ', q of LoFi (rank 10)'))
   return table
 
