@@ -1,0 +1,618 @@
+r"""Online regression of a drifting rotation angle from digits images.
+
+A stream like the rotated-digits regression of LoFi (Chang, Durán-Martín,
+Shestopaloff, Jones & Murphy, "Low-rank extended Kalman filtering for online
+learning of neural networks from streaming data", CoLLAs 2023): every step
+one of scikit-learn's 1797 ``load_digits`` images (8x8, pixels / 16, drawn
+uniformly with replacement) is rotated about its centre by an angle
+:math:`\theta_t` (exact bilinear rotation, zero outside:
+``online_digits.rotate_images``), and a tanh MLP 64-32-1 (2113 params,
+initialised :math:`\mathcal N(0, 1/\mathrm{fan\_in})` as
+``_drifting_teacher.init_params``) predicts :math:`y_t = \theta_t /
+45^\circ`. The angle drifts, so the input distribution does:
+
+* ``ou``: an Ornstein–Uhlenbeck process sampled every step, i.e. one AR(1)
+  :math:`\theta_{t+1} = \rho\theta_t + \mathcal N(0, s(1 - \rho^2))`,
+  :math:`\rho = e^{-1/\tau}`, :math:`\tau` = ``OU_TIMESCALE`` steps,
+  stationary sd ``ANGLE_SD_DEGREES``;
+* ``one_over_f``: :math:`1/f` noise, a sum of AR(1) processes with
+  log-spaced timescales ``ONE_OVER_F_TIMESCALES`` and equal stationary
+  variances summing to the same :math:`s` (the convention of
+  ``mso.OneOverFEnvironment.from_timescales``: each component's spectral
+  density at low frequency, :math:`\approx 2 s_j\tau_j`, is proportional to
+  its timescale, and the sum is :math:`\propto 1/f` between
+  :math:`1/\tau_{max}` and :math:`1/\tau_{min}`);
+
+both started from the stationary distribution and clipped to
+:math:`\pm` ``ANGLE_CLIP_DEGREES``.
+
+Online protocol (progressive validation): predict :math:`\hat y_t`, score
+:math:`(\hat y_t - y_t)^2`, then learn from :math:`(x_t, y_t)`; one example
+per step, the whole stream in one ``jax.lax.scan``
+(``_drifting_teacher.run_online``), float64. Reported: the RMSE in degrees,
+:math:`45^\circ \sqrt{\overline{(\hat y_t - y_t)^2}}`, over the last 20% of
+the stream (``final``) and over all of it (``all``), mean ± sd over test
+seeds, and its windowed curve over time (mean squared error over test seeds
+and ``--window`` steps). Context rows, no learning: predicting 0° (the
+angle's mean) and predicting the previous step's angle.
+
+Learners (registry :func:`learners`: name -> :class:`Learner`; a new row,
+e.g. ``bayesian(rank=10)`` once ``bayesian_multiscale`` takes ``rank=``, is
+one line there):
+
+* ``SGD``, ``Adam``: learning rate (and Adam's :math:`\beta_1 \in \{0,
+  0.9\}`) tuned;
+* ``Bayesian multiscale (generic prior)``: ``mso.bayesian_multiscale`` with
+  ONE prior, chosen before running and not tuned (``PRIOR_*`` constants):
+  :math:`k = 5` subweights per weight with timescales :math:`\tau_i = 1, 10,
+  10^2, 10^3, 10^4` steps (:math:`\gamma_i = e^{-1/\tau_i}`), stationary
+  variances proportional to the timescale, :math:`s_i = V\tau_i/\sum_j
+  \tau_j` (so equal process variances :math:`q_i = s_i(1 - \gamma_i^2)
+  \approx 2V/\sum_j\tau_j`, most prior variance in the slow subweights),
+  total :math:`V = 1/64` (the first layer's initialisation variance: the
+  weights may move from their initialisation by about its own spread),
+  started from the stationary variances; observation noise :math:`r =
+  (15^\circ/45^\circ)^2 = 1/9` (a guess of the attainable error);
+* ``Bayesian multiscale (prior scale tuned)``: the same with all its
+  variances multiplied by one factor tuned like the baselines'
+  hyperparameters (added after the first run, to separate the prior's
+  scale from its shape);
+* ``Bayesian multiscale (equal variances)``: the same timescales, total
+  variance and :math:`r` with equal stationary variances :math:`s_i = V/k`
+  (process variances :math:`\propto 1/\tau_i`: the shape of the angle's
+  own :math:`1/f` drift, and of the generic prior of
+  ``benchmarks/trump_approval.py``), not tuned; also added after the first
+  run;
+* ``diagonal EKF (1 timescale)``: the same learner with :math:`k = 1`, a
+  random walk (:math:`\gamma = 1`) started from variance :math:`V`, its
+  process variance :math:`q` tuned;
+* ``LoFi (rank L)``: ``_lofi.lofi`` (Chang et al. 2023), :math:`\gamma = 1`,
+  :math:`\sigma_0^2 = V`, :math:`q` tuned; rank 10 (and 1, 5, 20 with
+  ``--full``);
+* ``full EKF``: ``_lofi.full_ekf``, the same model with the full
+  :math:`2113 \times 2113` covariance (:math:`O(P^2)` per step, 36 MB of
+  float64 state). Small enough for a CPU: one 500-step stream, jitted,
+  float64, on the shared 2-core machine took 6.7 ms per step, against 0.47
+  ms for LoFi rank 10 (1.7 ms at rank 20), 0.05 ms for the diagonal
+  Bayesian learner (:math:`k = 5`) and 0.006 ms for SGD. By default it
+  reuses the :math:`q` tuned for LoFi rank 10 (its own tuning grid would
+  cost several minutes per stream); ``--full`` tunes it.
+
+All EKF-type learners use the same :math:`r` and :math:`V`. Tuning: grid
+search on separate tuning seeds by the mean squared error over the whole
+stream, then a finer grid between the best point's neighbours
+(``online_teacher.tune``); a value at the edge of its grid is flagged.
+Streams and initial params are paired across learners (same seeds).
+
+Usage::
+
+  python benchmarks/online_rotation.py         # 3000 steps, 2 + 3 seeds
+  python benchmarks/online_rotation.py --full  # 10000 steps, 3 + 8 seeds
+
+(tuning + test seeds; ``--full`` adds LoFi ranks 1, 5, 20 and tunes the
+full EKF). ``--streams ou --ou-timescale 30`` runs a faster OU angle alone
+(root-mean-square change per step :math:`45^\circ\sqrt{2(1 - \rho)}
+\approx 45^\circ\sqrt{2/\tau}`: 12 degrees instead of 4, so that the
+previous angle is a weaker prediction), written to
+``online_rotation_ou30.*``.
+
+Writes ``benchmarks/results/online_rotation.json`` and ``.png``
+(``online_rotation_full.*`` with ``--full``).
+
+References:
+  Chang, Durán-Martín, Shestopaloff, Jones & Murphy, CoLLAs 2023 (LoFi);
+  Jones, Scott, Ren, ElSayed, Hermann, Mayo & Mozer, "Learning in temporally
+  structured environments", ICLR 2023 (the Bayesian multiscale learner).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+from typing import NamedTuple
+
+import jax
+
+jax.config.update('jax_enable_x64', True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+
+import multiscale_optax as mso  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _drifting_teacher as teacher  # noqa: E402
+import _lofi  # noqa: E402
+import online_digits  # noqa: E402
+import online_teacher  # noqa: E402
+
+RESULTS = pathlib.Path(__file__).resolve().parent / 'results'
+# New streams go at the end: a stream's random draws are seeded by its index.
+STREAMS = ('ou', 'one_over_f')
+LAYER_SIZES = (64, 32, 1)
+ANGLE_UNIT_DEGREES = 45.0  # y = angle / 45 degrees
+ANGLE_SD_DEGREES = 45.0
+ANGLE_CLIP_DEGREES = 90.0
+OU_TIMESCALE = 300.0
+ONE_OVER_F_TIMESCALES = tuple(float(t) for t in np.geomspace(1.0, 1e3, 7))
+FINAL_FRACTION = 0.2
+
+# The generic prior of the Bayesian multiscale learner (module docstring),
+# fixed before the first run.
+PRIOR_TIMESCALES = tuple(float(t) for t in np.geomspace(1.0, 1e4, 5))
+PRIOR_TOTAL_VARIANCE = 1.0 / LAYER_SIZES[0]
+PRIOR_NOISE_VARIANCE = (15.0 / ANGLE_UNIT_DEGREES) ** 2
+# Tuning grids (log-spaced endpoints, points).
+SGD_RATES = (1e-4, 1.0, 9)
+ADAM_RATES = (1e-5, 1e-1, 9)
+PROCESS_VARIANCES = (1e-9, 1.0, 10)
+PRIOR_SCALES = (1e-2, 1e3, 11)
+FULL_EKF_NAME = 'full EKF'
+
+
+def log(message: str) -> None:
+  print(message, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# The stream.
+
+
+class RotationStream(NamedTuple):
+  """One seed's stream (field names as ``online_teacher`` expects).
+
+  Attributes:
+    initial_params: the MLP's initialisation, every learner's start.
+    inputs: rotated images, ``(T, 64)``.
+    targets: :math:`y_t = \\theta_t/45^\\circ`, ``(T,)``.
+    outputs: the same (the angle is observed without noise).
+  """
+
+  initial_params: Any
+  inputs: jax.Array
+  targets: jax.Array
+  outputs: jax.Array
+
+
+def angle_process(kind: str, rng: np.random.Generator, steps: int,
+                  ou_timescale: float = OU_TIMESCALE) -> np.ndarray:
+  """The clipped angle in degrees, ``(steps,)`` (module docstring)."""
+  timescales = {'ou': (ou_timescale,),
+                'one_over_f': ONE_OVER_F_TIMESCALES}[kind]
+  radians = online_digits.rotation_angles(
+      rng, steps, timescales=timescales, sd_degrees=ANGLE_SD_DEGREES)
+  return np.clip(np.rad2deg(radians), -ANGLE_CLIP_DEGREES,
+                 ANGLE_CLIP_DEGREES)
+
+
+def load_images() -> np.ndarray:
+  return load_digits().data / 16.0
+
+
+def make_streams(kind: str, seeds: list[int], steps: int,
+                 images: np.ndarray, ou_timescale: float = OU_TIMESCALE,
+                 ) -> RotationStream:
+  """The streams of ``seeds`` stacked on a leading axis."""
+  config = teacher.TeacherConfig(layer_sizes=LAYER_SIZES)
+  streams = []
+  for seed in seeds:
+    rng = np.random.default_rng([seed, STREAMS.index(kind)])
+    angles = angle_process(kind, rng, steps, ou_timescale)
+    indices = rng.integers(len(images), size=steps)
+    rotated = jax.vmap(online_digits.rotate_images)(
+        jnp.asarray(images[indices]), jnp.deg2rad(jnp.asarray(angles)))
+    params = teacher.init_params(
+        config, jax.random.key(int(rng.integers(2**31))))
+    targets = jnp.asarray(angles / ANGLE_UNIT_DEGREES)
+    streams.append(RotationStream(params, rotated, targets, targets))
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *streams)
+
+
+# ---------------------------------------------------------------------------
+# Learners.
+
+
+@dataclasses.dataclass(frozen=True)
+class Learner:
+  """A registry entry.
+
+  Attributes:
+    build: tuned hyperparameters (a dict of scalars, traced) -> optimizer.
+    grid: hyperparameter name -> grid values, or ``None`` (not tuned).
+    refine_key: the hyperparameter refined after the coarse grid.
+    jacobian: the EKF contract (``jacobian``, ``residual`` and the
+      negative log-likelihood gradient with :math:`r`), else plain
+      gradients of :math:`(y - \\hat y)^2/2`.
+    reuse: take the tuned hyperparameters of this learner instead of tuning
+      (``grid`` then ignored).
+    note: how it is configured, for the JSON.
+  """
+
+  build: Callable[[dict[str, jax.Array]], optax.GradientTransformation]
+  grid: dict[str, np.ndarray] | None = None
+  refine_key: str | None = None
+  jacobian: bool = False
+  reuse: str | None = None
+  note: str = ''
+
+
+def prior(shape: str = 'timescale') -> dict[str, np.ndarray]:
+  """The generic prior's decays, process and stationary variances:
+  stationary variances proportional to the timescale (``'timescale'``, the
+  prior fixed before the first run) or equal (``'equal'``, process
+  variances :math:`\\propto 1/\\tau`), summing to ``PRIOR_TOTAL_VARIANCE``."""
+  timescales = np.asarray(PRIOR_TIMESCALES)
+  decays = np.exp(-1.0 / timescales)
+  weights = {'timescale': timescales,
+             'equal': np.ones_like(timescales)}[shape]
+  stationary = PRIOR_TOTAL_VARIANCE * weights / weights.sum()
+  return {'timescales': timescales, 'decays': decays,
+          'process_variances': stationary * (1.0 - decays**2),
+          'stationary_variances': stationary}
+
+
+def bayesian(tuned: bool = False, shape: str = 'timescale',
+             **options: Any) -> Learner:
+  """``mso.bayesian_multiscale`` with the generic prior; ``options`` go to
+  it unchanged (e.g. ``rank=``, ``variance_update=`` where supported). With
+  ``tuned``, all its variances (process and initial) are multiplied by a
+  factor ``prior_scale`` tuned on the grid ``PRIOR_SCALES``; the shape of
+  the prior and :math:`r` stay fixed. ``shape``: as :func:`prior`."""
+  values = prior(shape)
+
+  def build(hyper):
+    scale = hyper['prior_scale'] if tuned else 1.0
+    return mso.bayesian_multiscale(
+        values['decays'], scale * jnp.asarray(values['process_variances']),
+        PRIOR_NOISE_VARIANCE,
+        initial_variances=scale * jnp.asarray(
+            values['stationary_variances']), **options)
+
+  described = ', '.join(f'{key}={value!r}' for key, value in options.items())
+  return Learner(
+      build, {'prior_scale': _log_grid(PRIOR_SCALES)} if tuned else None,
+      'prior_scale' if tuned else None, jacobian=True, note=(
+          f'generic prior, timescales {PRIOR_TIMESCALES}, '
+          + ('s_i = V tau_i / sum tau' if shape == 'timescale'
+             else 's_i = V / k') + f', V = {PRIOR_TOTAL_VARIANCE:g}, r = '
+          f'{PRIOR_NOISE_VARIANCE:g}' + (', variances x prior_scale (tuned)'
+                                         if tuned else '')
+          + (f'; {described}' if described else '')))
+
+
+def _log_grid(endpoints):
+  low, high, count = endpoints
+  return np.geomspace(low, high, count)
+
+
+def learners(full: bool) -> dict[str, Learner]:
+  """``name -> Learner``, in table order."""
+  size = teacher.TeacherConfig(layer_sizes=LAYER_SIZES).num_params
+  process = {'process_variance': _log_grid(PROCESS_VARIANCES)}
+  adam_rates, betas = np.meshgrid(_log_grid(ADAM_RATES), [0.0, 0.9],
+                                  indexing='ij')
+
+  def lofi(rank):
+    return Learner(
+        lambda hyper: _lofi.lofi(
+            rank, PRIOR_TOTAL_VARIANCE, PRIOR_NOISE_VARIANCE,
+            process_variance=hyper['process_variance']),
+        process, 'process_variance', jacobian=True,
+        note=f'rank {rank}, gamma = 1, sigma0^2 = V, r as the prior, q tuned')
+
+  table = {
+      'SGD': Learner(
+          lambda hyper: optax.sgd(hyper['learning_rate']),
+          {'learning_rate': _log_grid(SGD_RATES)}, 'learning_rate'),
+      'Adam': Learner(
+          lambda hyper: optax.adam(hyper['learning_rate'], b1=hyper['b1']),
+          {'learning_rate': adam_rates.ravel(), 'b1': betas.ravel()},
+          'learning_rate'),
+      'Bayesian multiscale (generic prior)': bayesian(),
+      'Bayesian multiscale (prior scale tuned)': bayesian(tuned=True),
+      'Bayesian multiscale (equal variances)': bayesian(shape='equal'),
+      'diagonal EKF (1 timescale)': Learner(
+          lambda hyper: mso.bayesian_multiscale(
+              [1.0], [hyper['process_variance']], PRIOR_NOISE_VARIANCE,
+              initial_variances=[PRIOR_TOTAL_VARIANCE]),
+          process, 'process_variance', jacobian=True,
+          note='bayesian_multiscale with k = 1, a random walk from '
+               'variance V, r as the prior, q tuned'),
+  }
+  for rank in (1, 5, 10, 20) if full else (10,):
+    table[f'LoFi (rank {rank})'] = lofi(rank)
+  table[FULL_EKF_NAME] = Learner(
+      lambda hyper: _lofi.full_ekf(
+          PRIOR_TOTAL_VARIANCE, PRIOR_NOISE_VARIANCE,
+          process_variance=hyper['process_variance']),
+      process, 'process_variance', jacobian=True,
+      reuse=None if full else 'LoFi (rank 10)',
+      note=f'full {size} x {size} covariance, gamma = 1, sigma0^2 = V'
+           + (', q tuned' if full else ', q of LoFi (rank 10)'))
+  return table
+
+
+def make_predict(learner: Learner):
+  """``predict(hyper, stream)``: the online predictions of one stream."""
+
+  def predict(hyper, stream):
+    predictions, _ = teacher.run_online(
+        teacher.mlp_apply, stream.initial_params, learner.build(hyper),
+        stream.inputs, stream.targets,
+        noise_variance=PRIOR_NOISE_VARIANCE if learner.jacobian else 1.0,
+        pass_jacobian=learner.jacobian)
+    return predictions
+  return predict
+
+
+# ---------------------------------------------------------------------------
+# Scores.
+
+
+def squared_errors_degrees(predictions, targets):
+  return np.square(ANGLE_UNIT_DEGREES * (np.asarray(predictions)
+                                         - np.asarray(targets)))
+
+
+def summarise(errors, window):
+  """Per-seed RMSE (degrees) at the end and overall, and the curve."""
+  steps = errors.shape[-1]
+  start = round(steps * (1.0 - FINAL_FRACTION))
+  final = np.sqrt(errors[:, start:].mean(axis=1))
+  overall = np.sqrt(errors.mean(axis=1))
+  finite = bool(np.all(np.isfinite(final)) and np.all(np.isfinite(overall)))
+  bins = steps // window
+  curve = np.sqrt(errors[:, :bins * window].reshape(
+      errors.shape[0], bins, window).mean(axis=(0, 2)))
+
+  def value(array, reduce):
+    return float(reduce(array)) if finite else None
+
+  return {
+      'rmse_final_deg_mean': value(final, np.mean),
+      'rmse_final_deg_sd': value(final, lambda a: np.std(a, ddof=1)
+                                 if a.size > 1 else 0.0),
+      'rmse_all_deg_mean': value(overall, np.mean),
+      'rmse_all_deg_sd': value(overall, lambda a: np.std(a, ddof=1)
+                               if a.size > 1 else 0.0),
+      'per_seed_rmse_final_deg': final.tolist(),
+      'per_seed_rmse_all_deg': overall.tolist(),
+      'diverged_seeds': int(np.sum(~np.isfinite(final))),
+      'curve_rmse_deg': curve.tolist() if finite else None,
+  }
+
+
+def run_stream(kind, args, images, table):
+  tuning_seeds = list(range(1000, 1000 + args.tuning_seeds))
+  test_seeds = list(range(args.test_seeds))
+  tuning = make_streams(kind, tuning_seeds, args.steps, images,
+                        args.ou_timescale)
+  test = make_streams(kind, test_seeds, args.steps, images,
+                      args.ou_timescale)
+  rows, tuned = {}, {}
+  targets = np.asarray(test.targets)
+  context = {
+      'predict 0 deg (no learning)': np.zeros_like(targets),
+      'predict the previous angle (no learning)': np.concatenate(
+          [np.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1),
+  }
+  for name, predictions in context.items():
+    rows[name] = summarise(squared_errors_degrees(predictions, targets),
+                           args.window)
+    rows[name].update(kind='context', hyperparameters=None, seconds=0.0)
+  for name, learner in table.items():
+    tic = time.perf_counter()
+    predict = make_predict(learner)
+    hyper = None
+    chosen = None
+    if learner.reuse is not None:
+      hyper = dict(tuned[learner.reuse], reused_from=learner.reuse)
+      chosen = {key: jnp.asarray(value)
+                for key, value in tuned[learner.reuse].items()
+                if key != 'warning'}
+    elif learner.grid is not None:
+      grid = {key: jnp.asarray(value) for key, value in learner.grid.items()}
+      best, edge = online_teacher.tune(predict, grid, learner.refine_key,
+                                       tuning)
+      tuned[name] = dict(best)
+      hyper = dict(best)
+      if edge:
+        hyper['warning'] = f'{learner.refine_key} at the edge of its grid'
+      chosen = jax.tree.map(jnp.asarray, best)
+    predictions = jax.jit(
+        lambda streams, chosen=chosen, predict=predict:
+        online_teacher.predict_all(predict, chosen, streams))(test)
+    predictions = np.asarray(predictions)
+    rows[name] = summarise(squared_errors_degrees(predictions, targets),
+                           args.window)
+    rows[name].update(kind='learner', hyperparameters=hyper,
+                      seconds=time.perf_counter() - tic, note=learner.note)
+    log(f'  {kind:<10s} {name:<42s} final RMSE '
+        f"{_format(rows[name], 'final')} deg  "
+        f"({rows[name]['seconds']:.1f} s)")
+  return rows
+
+
+def _format(row, which):
+  if row[f'rmse_{which}_deg_mean'] is None:
+    return f"diverged ({row['diverged_seeds']} seeds)"
+  return (f"{row[f'rmse_{which}_deg_mean']:.2f} ± "
+          f"{row[f'rmse_{which}_deg_sd']:.2f}")
+
+
+def format_table(results) -> str:
+  kinds = list(results)
+  header = ['learner'] + [f'{kind}: {which} (deg)' for kind in kinds
+                          for which in ('final 20%', 'all steps')] + ['tuned']
+  lines = ['| ' + ' | '.join(header) + ' |',
+           '|' + '---|' * len(header)]
+  for name in results[kinds[0]]:
+    cells = [name]
+    for kind in kinds:
+      row = results[kind][name]
+      cells += [_format(row, 'final'), _format(row, 'all')]
+    tuned = []
+    for kind in kinds:
+      hyper = results[kind][name]['hyperparameters']
+      if hyper:
+        tuned.append(kind + ': ' + ', '.join(
+            f'{key}={value:.3g}' if isinstance(value, float)
+            else f'{key}={value}' for key, value in hyper.items()))
+    cells.append('; '.join(tuned) or '-')
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def plot(results, window, path, title):
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  from matplotlib import ticker
+
+  kinds = list(results)
+  fig, axes = plt.subplots(1, len(kinds), figsize=(6.2 * len(kinds), 5.6),
+                           sharey=True, squeeze=False)
+  names = list(results[kinds[0]])
+  # tab10 without its grey, which marks the context rows.
+  colors = [color for index, color in enumerate(
+      plt.get_cmap('tab10').colors) if index != 7]
+  styles = ('-', '--', '-.', ':')
+  for col, kind in enumerate(kinds):
+    axis = axes[0, col]
+    learner_index = 0
+    for index, name in enumerate(names):
+      curve = results[kind][name]['curve_rmse_deg']
+      if curve is None:
+        continue
+      steps = (np.arange(len(curve)) + 0.5) * window
+      if results[kind][name]['kind'] == 'context':
+        axis.plot(steps, curve, label=name, color='0.6',
+                  linestyle=styles[index % 2], linewidth=1.0)
+        continue
+      axis.plot(steps, curve, label=name,
+                color=colors[learner_index % len(colors)],
+                linestyle=styles[learner_index % len(styles)],
+                linewidth=1.7)
+      learner_index += 1
+    axis.set_title(f'{kind} angle', fontsize=10)
+    axis.set_xlabel('step')
+    axis.set_yscale('log')
+    axis.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.yaxis.set_major_formatter(ticker.ScalarFormatter())
+    axis.yaxis.set_minor_formatter(ticker.NullFormatter())
+    axis.grid(alpha=0.3, which='both')
+    if col == 0:
+      axis.set_ylabel(f'RMSE (degrees, {window}-step windows, '
+                      'mean over test seeds)')
+  handles, labels = axes[0, 0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc='lower center', ncol=3, fontsize=8,
+             frameon=False)
+  fig.suptitle(title, fontsize=10)
+  rows = -(-len(handles) // 3)
+  fig.tight_layout(rect=(0, 0.045 * rows + 0.02, 1, 1))
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--full', action='store_true',
+                      help='longer streams, more seeds, more LoFi ranks, the '
+                      'full EKF tuned')
+  parser.add_argument('--steps', type=int, default=None)
+  parser.add_argument('--tuning-seeds', type=int, default=None)
+  parser.add_argument('--test-seeds', type=int, default=None)
+  parser.add_argument('--window', type=int, default=None,
+                      help='steps per point of the RMSE curve')
+  parser.add_argument('--streams', default=','.join(STREAMS),
+                      help='comma-separated subset of ' + ','.join(STREAMS))
+  parser.add_argument('--ou-timescale', type=float, default=OU_TIMESCALE,
+                      help='timescale (steps) of the OU angle; another '
+                      'value adds it to the output name')
+  parser.add_argument('--skip', default='',
+                      help='comma-separated learner names to leave out')
+  parser.add_argument('--output', default=None,
+                      help='file stem under benchmarks/results')
+  args = parser.parse_args(argv)
+  if args.steps is None:
+    args.steps = 10_000 if args.full else 3000
+  if args.tuning_seeds is None:
+    args.tuning_seeds = 3 if args.full else 2
+  if args.test_seeds is None:
+    args.test_seeds = 8 if args.full else 3
+  if args.window is None:
+    args.window = max(args.steps // 30, 1)
+  skip = {name for name in args.skip.split(',') if name}
+  table = {name: learner for name, learner in learners(args.full).items()
+           if name not in skip}
+  for name, learner in table.items():
+    if learner.reuse is not None and learner.reuse not in table:
+      raise ValueError(f'{name!r} reuses {learner.reuse!r}, which is skipped')
+  kinds = args.streams.split(',')
+  log(f'online rotation benchmark, jax {jax.__version__} on '
+      f'{jax.devices()[0].platform}: {args.tuning_seeds} tuning + '
+      f'{args.test_seeds} test seeds x {args.steps} steps, streams {kinds}')
+  started = time.perf_counter()
+  images = load_images()
+  results = {kind: run_stream(kind, args, images, table) for kind in kinds}
+  seconds = time.perf_counter() - started
+  log('')
+  log(format_table(results))
+  log(f'\ntotal time {seconds:.1f} s')
+  variant = ('' if args.ou_timescale == OU_TIMESCALE
+             else f'_ou{args.ou_timescale:g}')
+  stem = args.output or ('online_rotation_full' if args.full
+                         else 'online_rotation') + variant
+  RESULTS.mkdir(parents=True, exist_ok=True)
+  values = prior()
+  payload = {
+      'config': {
+          'steps': args.steps, 'tuning_seeds': args.tuning_seeds,
+          'test_seeds': args.test_seeds, 'window': args.window,
+          'streams': kinds, 'layer_sizes': list(LAYER_SIZES),
+          'num_params': teacher.TeacherConfig(
+              layer_sizes=LAYER_SIZES).num_params,
+          'angle_unit_degrees': ANGLE_UNIT_DEGREES,
+          'angle_sd_degrees': ANGLE_SD_DEGREES,
+          'angle_clip_degrees': ANGLE_CLIP_DEGREES,
+          'ou_timescale': args.ou_timescale,
+          'one_over_f_timescales': list(ONE_OVER_F_TIMESCALES),
+          'final_fraction': FINAL_FRACTION,
+          'prior': {key: np.asarray(value).tolist()
+                    for key, value in values.items()}
+          | {'total_variance': PRIOR_TOTAL_VARIANCE,
+             'noise_variance': PRIOR_NOISE_VARIANCE},
+          'dtype': 'float64',
+          'metric': 'RMSE in degrees of the online predictions (predicted '
+                    'before learning from the example); final: last '
+                    f'{FINAL_FRACTION:.0%} of the stream',
+          'seconds': seconds,
+          'command': ' '.join(['python', *sys.argv]),
+      },
+      'machine': {'platform': platform.platform(),
+                  'cpu_count': os.cpu_count(), 'jax': jax.__version__,
+                  'optax': optax.__version__,
+                  'backend': jax.default_backend()},
+      'streams': {kind: {'rows': rows} for kind, rows in results.items()},
+  }
+  (RESULTS / f'{stem}.json').write_text(json.dumps(payload, indent=1))
+  plot(results, args.window, RESULTS / f'{stem}.png',
+       f'rotated digits, angle / 45 deg regressed by a {LAYER_SIZES} tanh MLP'
+       f', {args.test_seeds} test seeds x {args.steps} steps')
+  log(f'wrote {RESULTS / (stem + ".json")} and {RESULTS / (stem + ".png")}')
+  return payload
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,98 @@
+"""Smoke test of ``benchmarks/online_rotation.py`` and checks of its stream.
+
+A tiny configuration (one stream of 40 steps, two-point grids) runs every
+code path of the benchmark, the learner registry included, and writes the
+JSON and PNG; the numbers must be finite and the JSON must have the
+documented layout.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+sys.path.insert(
+    0, str(pathlib.Path(__file__).resolve().parent.parent / 'benchmarks'))
+# The benchmark (and online_teacher, which it imports) switches float64 on
+# globally, as a script should; the test session keeps its own setting and
+# each test here runs the benchmark inside ``jax.enable_x64(True)``.
+_X64 = jax.config.jax_enable_x64
+import online_rotation  # noqa: E402
+
+jax.config.update('jax_enable_x64', _X64)
+
+
+@pytest.fixture
+def tiny_grids(monkeypatch):
+  monkeypatch.setattr(online_rotation, 'SGD_RATES', (1e-2, 1e-1, 2))
+  monkeypatch.setattr(online_rotation, 'ADAM_RATES', (1e-3, 1e-2, 2))
+  monkeypatch.setattr(online_rotation, 'PROCESS_VARIANCES', (1e-6, 1e-4, 2))
+  monkeypatch.setattr(online_rotation, 'PRIOR_SCALES', (0.1, 1.0, 2))
+
+
+def test_tiny_run_writes_finite_results(tmp_path, tiny_grids):
+  stem = tmp_path / 'rotation'
+  with jax.enable_x64(True):
+    payload = online_rotation.main([
+        '--steps', '40', '--tuning-seeds', '1', '--test-seeds', '2',
+        '--window', '10', '--streams', 'one_over_f', '--output', str(stem)])
+  written = json.loads(stem.with_suffix('.json').read_text())
+  assert written == json.loads(json.dumps(payload))
+  assert stem.with_suffix('.png').stat().st_size > 0
+  assert {'config', 'machine', 'streams'} <= set(written)
+  assert written['config']['num_params'] == 64 * 32 + 32 + 32 + 1
+  assert set(written['streams']) == {'one_over_f'}
+  names = set(online_rotation.learners(full=False))
+  for kind, entry in written['streams'].items():
+    rows = entry['rows']
+    assert names <= set(rows), kind
+    for name, row in rows.items():
+      for key in ('rmse_final_deg_mean', 'rmse_final_deg_sd',
+                  'rmse_all_deg_mean', 'rmse_all_deg_sd'):
+        assert np.isfinite(row[key]) and row[key] >= 0, (kind, name, key)
+      assert len(row['per_seed_rmse_final_deg']) == 2
+      assert len(row['curve_rmse_deg']) == 4
+      assert np.all(np.isfinite(row['curve_rmse_deg']))
+      assert row['diverged_seeds'] == 0
+    assert rows[online_rotation.FULL_EKF_NAME]['hyperparameters'][
+        'reused_from'] == 'LoFi (rank 10)'
+
+
+def test_angles_are_clipped_and_drift_at_the_stated_scale():
+  rng = np.random.default_rng(0)
+  for kind in online_rotation.STREAMS:
+    angles = online_rotation.angle_process(kind, rng, 20_000)
+    assert np.abs(angles).max() <= online_rotation.ANGLE_CLIP_DEGREES
+    # Stationary sd 45 degrees before clipping at 2 sd: the clipped sd is
+    # a little lower; the OU's effective sample size here is ~30 (sd of
+    # the estimate ~10%), hence the loose bounds.
+    assert 25.0 < angles.std() < 55.0, kind
+
+
+def test_streams_are_rotated_digits_with_the_angle_as_target():
+  images = online_rotation.load_images()
+  with jax.enable_x64(True):
+    streams = online_rotation.make_streams('ou', [3], 5, images)
+    rng = np.random.default_rng([3, online_rotation.STREAMS.index('ou')])
+    angles = online_rotation.angle_process('ou', rng, 5)
+    indices = rng.integers(len(images), size=5)
+    expected = online_rotation.online_digits.rotate_images(
+        images[indices[0]], np.deg2rad(angles[0]))
+  assert streams.inputs.dtype == np.float64
+  np.testing.assert_allclose(
+      streams.targets[0], angles / online_rotation.ANGLE_UNIT_DEGREES)
+  np.testing.assert_allclose(streams.inputs[0, 0], expected, atol=1e-12)
+
+
+def test_the_generic_prior_has_variances_proportional_to_timescale():
+  prior = online_rotation.prior()
+  ratio = prior['stationary_variances'] / prior['timescales']
+  np.testing.assert_allclose(ratio, ratio[0], rtol=1e-12)
+  np.testing.assert_allclose(prior['stationary_variances'].sum(),
+                             online_rotation.PRIOR_TOTAL_VARIANCE,
+                             rtol=1e-12)
