@@ -36,8 +36,7 @@ seeds, and its windowed curve over time (mean squared error over test seeds
 and ``--window`` steps). Context rows, no learning: predicting 0° (the
 angle's mean) and predicting the previous step's angle.
 
-Learners (registry :func:`learners`: name -> :class:`Learner`; a new row,
-e.g. ``bayesian(rank=10)`` once ``bayesian_multiscale`` takes ``rank=``, is
+Learners (registry :func:`learners`: name -> :class:`Learner`; a new row is
 one line there):
 
 * ``SGD``, ``Adam``: learning rate (and Adam's :math:`\beta_1 \in \{0,
@@ -53,10 +52,13 @@ one line there):
   weights may move from their initialisation by about its own spread),
   started from the stationary variances; observation noise :math:`r =
   (15^\circ/45^\circ)^2 = 1/9` (a guess of the attainable error);
+* ``Bayesian multiscale (generic prior, ...)``: the same prior with another
+  belief: ``variance_update='moment_matching'`` or ``'mean_field'`` (the
+  plain row uses the library's default diagonal rule), or ``rank=10``;
 * ``Bayesian multiscale (prior scale tuned)``: the same with all its
   variances multiplied by one factor tuned like the baselines'
   hyperparameters (added after the first run, to separate the prior's
-  scale from its shape);
+  scale from its shape), also with ``rank=10``;
 * ``Bayesian multiscale (equal variances)``: the same timescales, total
   variance and :math:`r` with equal stationary variances :math:`s_i = V/k`
   (process variances :math:`\propto 1/\tau_i`: the shape of the angle's
@@ -319,7 +321,14 @@ def learners(full: bool) -> dict[str, Learner]:
           {'learning_rate': adam_rates.ravel(), 'b1': betas.ravel()},
           'learning_rate'),
       'Bayesian multiscale (generic prior)': bayesian(),
+      'Bayesian multiscale (generic prior, moment matching)': bayesian(
+          variance_update='moment_matching'),
+      'Bayesian multiscale (generic prior, mean field)': bayesian(
+          variance_update='mean_field'),
+      'Bayesian multiscale (generic prior, rank 10)': bayesian(rank=10),
       'Bayesian multiscale (prior scale tuned)': bayesian(tuned=True),
+      'Bayesian multiscale (prior scale tuned, rank 10)': bayesian(
+          tuned=True, rank=10),
       'Bayesian multiscale (equal variances)': bayesian(shape='equal'),
       'diagonal EKF (1 timescale)': Learner(
           lambda hyper: mso.bayesian_multiscale(
