@@ -32,8 +32,20 @@ Learners:
 * ``VD-EKF (1 timescale)``: ``mso.bayesian_multiscale`` with one subweight,
   a random walk (:math:`\gamma = 1`) with process variance :math:`q` tuned,
   starting from the prior's total variance :math:`k v`;
+* ``LoFi (1 timescale, rank 10)``: the low-rank EKF of Chang et al. (2023),
+  ``benchmarks/_lofi.py``: one random walk per weight (:math:`\gamma = 1`),
+  a diagonal-plus-rank-10 precision, its process variance :math:`q` and
+  initial variance tuned (equal rank to the rank-10 Bayesian row; its state,
+  11 arrays per weight, is about that of the diagonal Bayesian learner);
 * ``Bayesian multiscale (true prior)``: ``mso.bayesian_multiscale`` with the
-  teacher's decays, process variances and noise variance; no tuning;
+  teacher's decays, process variances and noise variance, the library's
+  default belief; no tuning;
+* ``Bayesian multiscale (true prior, diagonal, ...)``: the same with each
+  diagonal ``variance_update`` (moment matching, mean field, others as
+  noise) named explicitly;
+* ``Bayesian multiscale (true prior, rank L)``, :math:`L` = 1, 5, 10, 20:
+  the covariance :math:`\mathrm{diag}(D) - UU^\top` over all :math:`kP`
+  subweights (``rank=L``; :math:`L \ge kP` is the full EKF);
 * ``Bayesian multiscale (prior scale tuned)``: the same with the process
   variances scaled by a factor tuned like the baselines' hyperparameters
   (the best prior for the diagonal approximation need not be the true one);
@@ -49,6 +61,11 @@ Learners:
 
 Tuning: grid search on separate tuning seeds, then a finer grid between the
 best point's neighbours; a tuned value at the edge of its grid is flagged.
+
+Each row of the JSON also gives the learner's ``kind`` (reference, tuned
+baseline, Bayesian), its ``belief`` (timescales, rank, ``variance_update``)
+and ``state_arrays_per_param``, the optimizer state's floats per weight
+(from ``optimizer.init``; for the references, their covariance and means).
 
 Usage::
 
@@ -157,8 +174,12 @@ def tune(predict, grid, refine_key, streams, grid_batch=None):
   """Grid search, then a finer grid in ``refine_key`` around the best."""
   best = grid_search(predict, grid, streams, grid_batch)
   coarse = np.asarray(grid[refine_key])
-  # Edge of the refined parameter's range (the others are small sets).
-  edge = bool(best[refine_key] in (coarse.min(), coarse.max()))
+  # Parameters at the edge of their ranges (those with 3 or more values;
+  # a choice between two values, such as Adam's b1, is not a range).
+  edge = [key for key in grid
+          if len(np.unique(np.asarray(grid[key]))) >= 3
+          and float(best[key]) in (np.min(np.asarray(grid[key])),
+                                   np.max(np.asarray(grid[key])))]
   finer = {key: jnp.full(9, best[key]) for key in grid}
   finer[refine_key] = jnp.asarray(refine_log(coarse, float(best[refine_key])))
   best = grid_search(predict, finer, streams, grid_batch)
@@ -281,7 +302,7 @@ def learners(config):
                                   indexing='ij')
   lofi_q, lofi_v0 = np.meshgrid(
       np.geomspace(1e-9, 1e-1, 11),
-      total_variance * np.asarray([0.1, 0.3, 1.0, 3.0]), indexing='ij')
+      total_variance * np.geomspace(1e-3, 3.0, 8), indexing='ij')
   table = {
       'SGD': (lambda hyper, stream: run_optimizer(
           optax.sgd(hyper['learning_rate']), stream),
@@ -389,7 +410,7 @@ def run(config, args):
       best, edge = tune(predict, grid, refine_key, tuning)
       hyper = dict(best)
       if edge:
-        hyper['warning'] = f'{refine_key} at the edge of its grid'
+        hyper['warning'] = f"{', '.join(edge)} at the edge of the grid"
       chosen = jax.tree.map(jnp.asarray, best)
     else:
       chosen = None
@@ -488,7 +509,7 @@ def plot(rows, path, title):
   means = np.asarray([rows[name]['ratio_to_ekf_mean'] for name in names])
   sds = np.asarray([rows[name]['ratio_to_ekf_sd'] for name in names])
   colors = [color_of(rows[name]) for name in names]
-  fig, axis = plt.subplots(figsize=(7.5, 1.2 + 0.24 * len(names)))
+  fig, axis = plt.subplots(figsize=(9.0, 1.2 + 0.24 * len(names)))
   axis.barh(range(len(names)), means - 1.0, left=1.0, xerr=sds,
             color=colors)
   for position, mean in enumerate(means):
