@@ -27,6 +27,10 @@ is a further reduction over U, counted in XLA's figure but not here).
 Every row also reports the optimizer state's size in float32 arrays per
 parameter (``state_arrays_per_param``, from ``optimizer.init``).
 
+All optimizers' params and states are held at once (round robin): with
+the low-rank rows that is about 162 float32 arrays per parameter, 32 GB at
+5e7 parameters. ``results/step_speed.json`` records its command.
+
 Usage:
   python benchmarks/step_speed.py            # 1e6, 1e7, 5e7 parameters
   python benchmarks/step_speed.py --sizes 1e6 --rounds 5   # quick check
