@@ -42,7 +42,7 @@ diagonal belief,
   v_i \leftarrow v_i - \frac{(v_i J)^2}{S}
 
 (the last is the exact posterior's marginal variance, "moment matching";
-``variance_update`` offers two other diagonal rules). Then the belief is
+``variance_update`` offers three other diagonal rules). Then the belief is
 carried to the next step by the prior: :math:`\mu_i \leftarrow \gamma_i
 \mu_i`, :math:`v_i \leftarrow \gamma_i^2 v_i + q_i` (and
 :math:`U_i \leftarrow \gamma_i U_i`). :math:`S` is a single reduction over
@@ -90,6 +90,8 @@ from multiscale_optax._src import checks
 from multiscale_optax._src import gaussian_belief
 from multiscale_optax._src import precision
 from multiscale_optax._src import scaled_storage
+from multiscale_optax._src import subweight_state
+from multiscale_optax._src import treedefs
 
 
 class BayesianMultiscaleState(NamedTuple):
@@ -187,12 +189,9 @@ def _aligned_leaves(reference: Any, tree: Any) -> list[Any]:
       pairs, is_leaf=lambda node: isinstance(node, tuple))]
 
 
-def _is_trainable(dtype: DTypeLike) -> bool:
-  """Whether a leaf of ``dtype`` is learned (integer and bool leaves are not)."""
-  return bool(jnp.issubdtype(dtype, jnp.inexact))
 
-
-def _variance_dtype(param_dtype: DTypeLike, state_dtype: DTypeLike | None):
+def _variance_dtype(
+    param_dtype: DTypeLike, state_dtype: DTypeLike | None) -> np.dtype[Any]:
   """The dtype of a leaf's variances and factors: at least float32."""
   return precision.compute_dtype(
       param_dtype if state_dtype is None else state_dtype)
@@ -275,7 +274,7 @@ def _check_observation_covariance(value: Any, outputs: int | None) -> None:
 
 def _check_state_leaves(
     state: BayesianMultiscaleState, grad_leaves: list[jax.Array],
-    treedef: Any, num: int, rank: int,
+    treedef: treedefs.TreeDef, num: int, rank: int,
 ) -> tuple[list[list[jax.Array]], list[list[jax.Array]],
            list[list[jax.Array]]]:
   """The state's leaves, checked against the updates' shapes."""
@@ -446,6 +445,7 @@ def _update(
         '(d prediction / d params), e.g. opt.update(grads, state, params, '
         'jacobian=J); see mso.gaussian_observation.')
   num, rank = len(prior.decays), prior.rank
+  treedef: treedefs.TreeDef
   grad_leaves, treedef = jax.tree.flatten(updates)
   grad_leaves = [jnp.asarray(leaf) for leaf in grad_leaves]
   try:
@@ -458,7 +458,8 @@ def _update(
       state, grad_leaves, treedef, num, rank)
   trainable = [
       position for position, grad in enumerate(grad_leaves)
-      if _is_trainable(grad.dtype) and _is_trainable(means[0][position].dtype)]
+      if subweight_state.is_trainable(grad.dtype)
+      and subweight_state.is_trainable(means[0][position].dtype)]
   for position in trainable:
     if jnp.iscomplexobj(grad_leaves[position]):
       raise TypeError(
@@ -529,6 +530,44 @@ def _update(
   return treedef.unflatten(increments), new_state
 
 
+def _mean_step(
+    stored: jax.Array, step: jax.Array, decay: jax.Array, leak: jax.Array,
+    scale_step: scaled_storage.ScaleStep, dtype: Any,
+    read_after_update: bool,
+) -> tuple[jax.Array, jax.Array]:
+  r"""One mean's :math:`\mu' = \gamma(\mu + \Delta\mu)`: stored, increment.
+
+  A mean narrower than the compute dtype is rounded on storage, and its
+  increment is the change of the value actually stored. Otherwise the
+  increment is written so that XLA can update the donated state in place
+  (on XLA:CPU, an output that reads another input which is overwritten in
+  place costs a copy of that input): with ``read_after_update`` (a concrete
+  decay :math:`|\gamma| \ge 1/2`) it is read from the new mean and the
+  step alone, :math:`\mu' - \mu = \Delta\mu - \frac{1 - \gamma}{\gamma}
+  \mu'`; else it is
+  :math:`\gamma\Delta\mu - (1 - \gamma)\mu`.
+  """
+  scaled = scaled_storage.is_scaled(stored.dtype)
+  if stored.dtype != dtype:
+    if scaled:
+      return scaled_storage.update_leaf(stored, decay, -step, scale_step)
+    old = stored.astype(dtype)
+    new = precision.round_to_storage(old - leak * old + decay * step,
+                                     stored.dtype)
+    return new, new.astype(dtype) - old
+  if scaled:
+    change, new_scale, factor = (value.astype(dtype) for value in scale_step)
+    # m' = f m + (gamma / s') d, and s' m' - s m = (s' f - s) m + gamma d.
+    new = stored * factor + (decay / new_scale) * step
+    new_value, old_term = new_scale * new, change * stored
+  else:
+    new = stored - leak * stored + decay * step
+    new_value, old_term = new, -leak * stored
+  if read_after_update:
+    return new, step - (leak / decay) * new_value
+  return new, old_term + decay * step
+
+
 def _predict_and_store(
     prior: _Prior,
     state: BayesianMultiscaleState,
@@ -577,14 +616,12 @@ def _predict_and_store(
         diagonal = jnp.where(
             valid, posterior.diagonals[index][flat],
             variances[index][position].astype(dtype))
-      if scaled_storage.is_scaled(stored.dtype):
-        new_mean, term = scaled_storage.update_leaf(
-            stored, decay_c, -step, scale_steps[index])
-      else:
-        old = stored.astype(dtype)
-        new_mean = precision.round_to_storage(
-            old - leak_c * old + decay_c * step, stored.dtype)
-        term = new_mean.astype(dtype) - old
+      read_after_update = (
+          not checks.is_traced(decay) and abs(decay) >= 0.5
+          and stored.dtype == dtype and posterior is not None)
+      new_mean, term = _mean_step(
+          stored, step, decay_c, leak_c, scale_steps[index], dtype,
+          read_after_update)
       increments[position] = increments[position] + term
       new_means[index][position] = new_mean
       new_variances[index][position] = precision.round_to_storage(
@@ -647,10 +684,12 @@ def _init_state(
 
   def mean(param: Any) -> jax.Array:
     return jnp.zeros_like(
-        param, dtype=state_dtype if _is_trainable(param.dtype) else None)
+        param,
+        dtype=state_dtype if subweight_state.is_trainable(param.dtype)
+        else None)
 
   def variance(param: Any, value: Any) -> jax.Array:
-    if not _is_trainable(param.dtype):
+    if not subweight_state.is_trainable(param.dtype):
       return jnp.zeros_like(param)
     # full_like keeps each param's sharding, like zeros_like.
     return jnp.full_like(
@@ -658,7 +697,7 @@ def _init_state(
 
   def factor(param: Any) -> jax.Array:
     dtype = (_variance_dtype(param.dtype, state_dtype)
-             if _is_trainable(param.dtype) else param.dtype)
+             if subweight_state.is_trainable(param.dtype) else param.dtype)
     return jnp.zeros_like(param, dtype=dtype)[None].repeat(rank, axis=0)
 
   return BayesianMultiscaleState(
@@ -751,6 +790,9 @@ def bayesian_multiscale(
     observation noise, :math:`1/v_i \leftarrow 1/v_i + b/(1 - s b)` with
     :math:`b = \mathrm{diag}(J^\top S^{-1} J)` and :math:`s = \sum_i v_i`
     of the same weight.
+  * ``'weight_marginal'``: every subweight of a weight shrinks by the
+    factor that keeps the weight's own marginal variance exact,
+    :math:`v_i \leftarrow v_i (1 - s b)`.
 
   ``rank=L > 0`` keeps :math:`\mathrm{diag}(D) - UU^\top` over all
   :math:`kP` subweights: an observation appends the :math:`N` columns of
@@ -822,7 +864,8 @@ def bayesian_multiscale(
       (``None`` or 0: a diagonal belief). It sets the state's shapes, so
       under ``optax.inject_hyperparams`` name it in ``static_args``.
     variance_update: for ``rank=0``, one of ``'moment_matching'`` (the
-      default), ``'mean_field'`` and ``'others_as_noise'`` (above).
+      default), ``'mean_field'``, ``'others_as_noise'`` and
+      ``'weight_marginal'`` (above).
     learn_prior: learn the scale :math:`c` of the process variances online
       (above). Needs the ``residual`` extra argument.
     learn_noise_variance: also learn the scale :math:`\rho` of the
@@ -934,20 +977,6 @@ def bayesian_multiscale(
       init_fn, cast(optax.TransformUpdateExtraArgsFn, update_fn))
 
 
-def _find_state(opt_state: Any) -> BayesianMultiscaleState:
-  found = [
-      node for node in jax.tree.leaves(
-          opt_state,
-          is_leaf=lambda node: isinstance(node, BayesianMultiscaleState))
-      if isinstance(node, BayesianMultiscaleState)
-  ]
-  if len(found) != 1:
-    raise ValueError(
-        '`opt_state` must contain exactly one BayesianMultiscaleState, found '
-        f'{len(found)}.')
-  return found[0]
-
-
 def get_bayesian_subweights(
     params: optax.Params,
     opt_state: optax.OptState,
@@ -987,7 +1016,7 @@ def get_bayesian_subweights(
     Jones, Scott, Ren, ElSayed, Hermann, Mayo & Mozer, "Learning in temporally
     structured environments", ICLR 2023.
   """
-  state = _find_state(opt_state)
+  state = subweight_state.find_state(opt_state, BayesianMultiscaleState)
   if decays is None:
     decay_entries = None
   else:

@@ -92,7 +92,7 @@ class ObservationInfo(NamedTuple):
   predictions: jax.Array
 
 
-def _check_fisher(fisher: Any, allowed: tuple[str, ...]) -> str:
+def _check_fisher(fisher: Any, allowed: tuple[str, ...]) -> None:
   if not isinstance(fisher, str):
     raise TypeError(
         f'`fisher` must be one of {", ".join(map(repr, allowed))}, got '
@@ -101,10 +101,9 @@ def _check_fisher(fisher: Any, allowed: tuple[str, ...]) -> str:
     raise ValueError(
         f'`fisher` must be one of {", ".join(map(repr, allowed))}, got '
         f'{fisher!r}.')
-  return fisher
 
 
-def _check_key(key: Any, fisher: str) -> None:
+def _check_key(key: jax.Array | None, fisher: str) -> None:
   if fisher == 'sampled' and key is None:
     raise ValueError(
         "`fisher='sampled'` needs `key` (a jax.random key) to draw the "
@@ -230,7 +229,7 @@ def gaussian_observation(
   checks.check_scalar(
       noise_variance, 'noise_variance', low=0.0, high=np.inf,
       low_inclusive=False, high_inclusive=False)
-  fisher = _check_fisher(fisher, ('exact', 'sampled'))
+  _check_fisher(fisher, ('exact', 'sampled'))
   _check_key(key, fisher)
   projections = checks.check_integer(projections, 'projections', low=1)
   targets = jnp.asarray(targets)
@@ -247,6 +246,7 @@ def gaussian_observation(
   count = residual.size
   if fisher == 'sampled':
     # Omega: K x N, entries +-1/sqrt(K), so that E[Omega^T Omega] = I_N.
+    assert key is not None  # _check_key
     directions = jax.random.rademacher(
         key, (projections, count), dtype=predictions.dtype) / np.sqrt(
             projections)
@@ -443,7 +443,7 @@ def categorical_observation(
   checks.check_scalar(
       epsilon, 'epsilon', low=0.0, high=np.inf, low_inclusive=False,
       high_inclusive=False)
-  fisher = _check_fisher(fisher, ('exact', 'sampled', 'empirical'))
+  _check_fisher(fisher, ('exact', 'sampled', 'empirical'))
   _check_key(key, fisher)
   labels = jnp.asarray(labels)
   if not jnp.issubdtype(labels.dtype, jnp.integer):
@@ -497,6 +497,7 @@ def categorical_observation(
         'observation_covariance': covariance}
 
   if fisher == 'sampled':
+    assert key is not None  # _check_key
     drawn = jax.random.categorical(key, wide_logits, axis=-1)
     scores = jax.nn.one_hot(drawn, classes, dtype=dtype) - probabilities
     scores = jnp.where(valid[..., None], scores, 0.0)

@@ -52,6 +52,7 @@ from jax.typing import DTypeLike
 
 from multiscale_optax._src import checks
 from multiscale_optax._src import precision
+from multiscale_optax._src import subweight_state
 from multiscale_optax._src import treedefs
 
 # Above this condition number of V, the state maps u <-> omega are badly
@@ -611,8 +612,9 @@ def benna_fusi(
       update: jax.Array, stored: list[jax.Array], rate: Any
   ) -> tuple[jax.Array, list[jax.Array]]:
     """One leaf's increment of u_1 and its new chain u_1..u_n."""
-    if not (_is_trainable(update.dtype)
-            and all(_is_trainable(leaf.dtype) for leaf in stored)):
+    if not (subweight_state.is_trainable(update.dtype)
+            and all(subweight_state.is_trainable(leaf.dtype)
+                    for leaf in stored)):
       # Integer and boolean leaves (counters, masks) are left alone.
       return jnp.zeros_like(update), stored
     compute_dtype = precision.compute_dtype(
@@ -680,17 +682,11 @@ def benna_fusi(
       init_fn, cast(optax.TransformUpdateExtraArgsFn, update_fn))
 
 
-def _is_trainable(dtype: DTypeLike) -> bool:
-  """Whether a leaf of ``dtype`` is trained (integer and bool leaves are not,
-  as in ``multiscale``)."""
-  return jnp.issubdtype(dtype, jnp.inexact)
-
-
 def _initial_leaf(
     leaf: Any, param: jax.Array, state_dtype: DTypeLike | None
 ) -> jax.Array:
   """One stored chain leaf: a copy of ``leaf`` in the state dtype."""
-  if not _is_trainable(param.dtype):
+  if not subweight_state.is_trainable(param.dtype):
     # Integer and boolean params are left alone: the chain holds zeros of
     # their dtype, which never change (as in multiscale).
     return jnp.zeros_like(param)

@@ -56,7 +56,8 @@ import jax.numpy as jnp
 
 # Rules for the diagonal of a belief with rank 0 (see
 # `multiscale_optax.bayesian_multiscale`, argument `variance_update`).
-VARIANCE_UPDATES = ('moment_matching', 'mean_field', 'others_as_noise')
+VARIANCE_UPDATES = (
+    'moment_matching', 'mean_field', 'others_as_noise', 'weight_marginal')
 
 # A whitened squared residual (chi-square with N degrees of freedom when the
 # model is calibrated) counts for at most this many times N in the
@@ -134,6 +135,10 @@ def _sum(values: Sequence[jax.Array]) -> jax.Array:
 
 def _inner(first: jax.Array, second: jax.Array) -> jax.Array:
   """``(X, *shape)`` and ``(Y, *shape)`` to the ``(X, Y)`` inner products."""
+  if first.shape[0] == 1 and second.shape[0] == 1:
+    # An elementwise product and a sum, which XLA fuses with the operands'
+    # producers (a dot would make it write them out first).
+    return jnp.sum(first * second).reshape(1, 1)
   axes = tuple(range(1, first.ndim))
   return jnp.tensordot(first, second, axes=(axes, axes))
 
@@ -141,6 +146,10 @@ def _inner(first: jax.Array, second: jax.Array) -> jax.Array:
 def _combine(matrix: jax.Array, leaves: jax.Array) -> jax.Array:
   """``(X, Y)`` times ``(Y, *shape)``: ``(X, *shape)`` (or ``(Y,)`` times
   ``(Y, *shape)``: ``shape``)."""
+  if leaves.shape[0] == 1:
+    column = matrix[..., 0]
+    return column.reshape(column.shape + (1,) * (leaves.ndim - 1)) * (
+        leaves[0])
   return jnp.tensordot(matrix, leaves, axes=1)
 
 
@@ -217,14 +226,21 @@ def _diagonal_variances(
     return [[jnp.maximum(variance * (1.0 - variance * gain), 0.0)
              for variance, gain in zip(diagonals, precision)]
             for diagonals in belief.diagonals]
+  totals = [_sum([diagonals[leaf] for diagonals in belief.diagonals])
+            for leaf in range(len(rows))]
+  if variance_update == 'weight_marginal':
+    # Every subweight of a weight shrinks by the factor of the weight's own
+    # exact marginal variance, s - s^2 diag(J^T S^-1 J), so the weight's
+    # variance (the sum over its subweights) stays exact.
+    return [[variance * jnp.maximum(1.0 - total * gain, 0.0)
+             for variance, gain, total in zip(diagonals, precision, totals)]
+            for diagonals in belief.diagonals]
   # others_as_noise: the other weights' uncertainty as observation noise,
   # R_p = S - s_p j j^T with s_p the weight's own prior variance; by
   # Sherman-Morrison j^T R_p^{-1} j = b / (1 - s_p b), b = j^T S^{-1} j.
   # s_p b < 1 in exact arithmetic (S > s_p j j^T); the floor removes
   # rounding.
   tiny = jnp.finfo(precision[0].dtype).tiny
-  totals = [_sum([diagonals[leaf] for diagonals in belief.diagonals])
-            for leaf in range(len(rows))]
   information = [gain / jnp.maximum(1.0 - total * gain, tiny)
                  for gain, total in zip(precision, totals)]
   return [[variance / (1.0 + variance * gain)
@@ -259,7 +275,8 @@ def _truncate(
   dropped_count = gram.shape[0] - rank
   kept_vectors = vectors[:, dropped_count:]
   dropped_vectors = vectors[:, :dropped_count]
-  new_diagonals, new_factors = [], []
+  new_diagonals: list[list[jax.Array]] = []
+  new_factors: list[list[jax.Array]] = []
   for subweight_diagonals, subweight_stacked in zip(diagonals, stacked):
     new_diagonals.append([])
     new_factors.append([])

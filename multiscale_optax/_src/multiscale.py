@@ -50,6 +50,7 @@ from jax.typing import DTypeLike
 from multiscale_optax._src import checks
 from multiscale_optax._src import precision
 from multiscale_optax._src import scaled_storage
+from multiscale_optax._src import subweight_state
 from multiscale_optax._src import treedefs
 
 # Below this |decay|, recovering the old subweight from the new one divides by
@@ -232,10 +233,6 @@ def _group_coefficients(
   return slow_rate, coefficients
 
 
-def _is_trainable(dtype: DTypeLike) -> bool:
-  """Whether a leaf of ``dtype`` is trained (integer and bool leaves are not)."""
-  return jnp.issubdtype(dtype, jnp.inexact)
-
 
 def _leafwise_update(
     update: jax.Array,
@@ -259,8 +256,8 @@ def _leafwise_update(
     scale_steps: per stored subweight, its scale's step, or ``None`` for a
       state without scales.
   """
-  if not (_is_trainable(update.dtype)
-          and all(_is_trainable(leaf.dtype) for leaf in stored)):
+  if not (subweight_state.is_trainable(update.dtype)
+          and all(subweight_state.is_trainable(leaf.dtype) for leaf in stored)):
     # Integer and boolean leaves (counters, masks) are left alone.
     return jnp.zeros_like(update), list(stored)
   compute_dtype = precision.compute_dtype(
@@ -588,7 +585,7 @@ def _initial_leaf(
   the caller passed as ``initial_subweights``.
   """
   param_dtype = jnp.result_type(param)
-  if not _is_trainable(param_dtype):
+  if not subweight_state.is_trainable(param_dtype):
     # Integer and boolean params are left alone (see the docstring).
     return jnp.zeros_like(param)
   dtype = param_dtype if state_dtype is None else jnp.dtype(state_dtype)
@@ -683,29 +680,6 @@ def fast_weights(
   )
 
 
-def _is_multiscale_state(node: Any) -> bool:
-  return isinstance(node, MultiscaleState)
-
-
-def _find_multiscale_state(opt_state: Any) -> MultiscaleState:
-  found = [
-      (path, node) for path, node in jax.tree_util.tree_flatten_with_path(
-          opt_state, is_leaf=_is_multiscale_state)[0]
-      if isinstance(node, MultiscaleState)
-  ]
-  if len(found) != 1:
-    places = ', '.join(
-        f'opt_state{jax.tree_util.keystr(path)}' for path, _ in found)
-    hint = (
-        f' (at {places}); pass the part of the state that holds the one you '
-        'want, e.g. opt_state.inner_states[label] for optax.multi_transform'
-    ) if found else ''
-    raise ValueError(
-        '`opt_state` must contain exactly one MultiscaleState, found '
-        f'{len(found)}{hint}.')
-  return found[0][1]
-
-
 def get_subweights(
     params: optax.Params, opt_state: optax.OptState
 ) -> MultiscaleSubweights:
@@ -758,7 +732,7 @@ def get_subweights(
     Jones, `Learning at Multiple Timescales
     <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022, §3 and Figure 1.
   """
-  state = _find_multiscale_state(opt_state)
+  state = subweight_state.find_state(opt_state, MultiscaleState)
   scales = state.scales or (None,) * len(state.subweights)
 
   def value_of(leaf: jax.Array, scale: Any) -> jax.Array:
@@ -771,8 +745,9 @@ def get_subweights(
     if any(_is_masked_node(leaf) for leaf in (param, *stored)):
       return (optax.MaskedNode(),) * (1 + len(stored))
     param = jnp.asarray(param)
-    if not (_is_trainable(param.dtype)
-            and all(_is_trainable(leaf.dtype) for leaf in stored)):
+    if not (subweight_state.is_trainable(param.dtype)
+            and all(subweight_state.is_trainable(leaf.dtype)
+                    for leaf in stored)):
       return (param, *stored)
     values = [value_of(leaf, scale) for leaf, scale in zip(stored, scales)]
     total = param.astype(precision.compute_dtype(param.dtype, *(
