@@ -36,7 +36,8 @@ Learners:
 * the Bayesian multiscale learner with the true prior and each belief of
   ``bayesian_multiscale``: a diagonal covariance with each
   ``variance_update`` (``moment_matching``, ``mean_field``,
-  ``others_as_noise``), and a diagonal-minus-low-rank covariance of rank 10
+  ``others_as_noise``, ``weight_marginal``), and a diagonal-minus-low-rank
+  covariance of rank 10
   (the exact joint Kalman filter where :math:`kd \le 10`);
 * ``SGD``, ``SGD + momentum``, ``Adam`` (learning rate, and momentum, tuned);
   for :math:`d \ge 3` also ``SGD (normalised, NLMS)``, SGD chained after
@@ -94,7 +95,8 @@ BAYES_PRIOR_LEARNING_RATE = 0.01
 
 # The beliefs of the Bayesian learner with the true prior reported besides
 # the default: each diagonal ``variance_update``, and one low rank.
-VARIANCE_UPDATES = ('moment_matching', 'mean_field', 'others_as_noise')
+VARIANCE_UPDATES = ('moment_matching', 'mean_field', 'others_as_noise',
+                    'weight_marginal')
 BAYES_RANK = 10
 
 

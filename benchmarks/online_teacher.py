@@ -42,7 +42,7 @@ Learners:
   default belief; no tuning;
 * ``Bayesian multiscale (true prior, diagonal, ...)``: the same with each
   diagonal ``variance_update`` (moment matching, mean field, others as
-  noise) named explicitly;
+  noise, weight marginal) named explicitly;
 * ``Bayesian multiscale (true prior, rank L)``, :math:`L` = 1, 5, 10, 20:
   the covariance :math:`\mathrm{diag}(D) - UU^\top` over all :math:`kP`
   subweights (``rank=L``; :math:`L \ge kP` is the full EKF);
@@ -186,7 +186,8 @@ def tune(predict, grid, refine_key, streams, grid_batch=None):
   return jax.tree.map(lambda leaf: np.asarray(leaf).item(), best), edge
 
 
-VARIANCE_UPDATES = ('moment_matching', 'mean_field', 'others_as_noise')
+VARIANCE_UPDATES = ('moment_matching', 'mean_field', 'others_as_noise',
+                    'weight_marginal')
 BAYES_RANKS = (1, 5, 10, 20)
 LOFI_RANK = 10
 

@@ -38,8 +38,9 @@ start at zero for the linear model, at a scaled normal draw for the MLP):
   :math:`\sigma^2` tuned; the permanent part made a random walk with its
   process variance tuned;
 * the generic-prior row with learned scales again with each belief of
-  ``bayesian_multiscale``: the three diagonal ``variance_update`` rules
-  (``moment_matching``, ``mean_field``, ``others_as_noise``) and a
+  ``bayesian_multiscale``: the four diagonal ``variance_update`` rules
+  (``moment_matching``, ``mean_field``, ``others_as_noise``,
+  ``weight_marginal``) and a
   diagonal-minus-low-rank covariance of rank 1, 5 and 10;
 * ``bayesian_multiscale (default prior)``: the prior a user would pick
   without looking at the data, fixed before it was first run here and the
@@ -136,7 +137,8 @@ GENERIC_TIMESCALES = tuple(float(t) for t in np.geomspace(1.0, 1000.0, 7))
 DIFFUSE_VARIANCE = 1e6
 # The beliefs the generic prior is run with (``bayesian_multiscale``'s
 # ``variance_update`` at rank 0, and low ranks).
-VARIANCE_UPDATES = ('moment_matching', 'mean_field', 'others_as_noise')
+VARIANCE_UPDATES = ('moment_matching', 'mean_field', 'others_as_noise',
+                    'weight_marginal')
 GENERIC_RANKS = (1, 5, 10)
 # The default prior (module docstring), for standardised features and
 # targets: timescales 10^(0, 0.5, ..., 4) steps.
