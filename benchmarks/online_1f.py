@@ -33,6 +33,12 @@ Learners:
   the noise variance's scale, ``learn_noise_variance=True``); and, as an
   ablation, the same equations with the innovation variance S computed per
   weight instead of once for the whole model;
+* the Bayesian multiscale learner with the true prior and each belief of
+  ``bayesian_multiscale``: a diagonal covariance with each
+  ``variance_update`` (``moment_matching``, ``mean_field``,
+  ``others_as_noise``, ``weight_marginal``), and a diagonal-minus-low-rank
+  covariance of rank 10
+  (the exact joint Kalman filter where :math:`kd \le 10`);
 * ``SGD``, ``SGD + momentum``, ``Adam`` (learning rate, and momentum, tuned);
   for :math:`d \ge 3` also ``SGD (normalised, NLMS)``, SGD chained after
   ``scale_by_input_norm()`` like the multiscale learners;
@@ -85,6 +91,21 @@ WINDOW_RIDGE = 1e-6
 # Step size of the online empirical-Bayes scale of the process variances
 # (fixed once; 0.003 and 0.01 gave the same ratios within 0.002).
 BAYES_PRIOR_LEARNING_RATE = 0.01
+
+
+# The beliefs of the Bayesian learner with the true prior reported besides
+# the default: each diagonal ``variance_update``, and one low rank.
+VARIANCE_UPDATES = ('moment_matching', 'mean_field', 'others_as_noise',
+                    'weight_marginal')
+BAYES_RANK = 10
+
+
+def bayes_name(variance_update=None, rank=None):
+  """The row of the Bayesian learner with the true prior and this belief."""
+  if rank:
+    return f'Bayesian multiscale (true prior, rank {rank})'
+  return ('Bayesian multiscale (true prior, diagonal, '
+          f"{variance_update.replace('_', ' ')})")
 
 
 def log(message: str) -> None:
@@ -393,24 +414,38 @@ def run_setting(dim, timescales, noise_variance, args, label):
   # a prior whose process variances are off by 10x, with their scale learned
   # online), on the same m log-spaced timescales.
   bayesian = {
-      'Bayesian multiscale (true prior)': (1.0, False, False),
-      'Bayesian multiscale (prior learned, start q x10)': (10.0, True, False),
-      'Bayesian multiscale (prior learned, start q x0.1)': (0.1, True, False),
+      'Bayesian multiscale (true prior)': (1.0, False, False, {}),
+      **{bayes_name(update): (1.0, False, False,
+                              {'variance_update': update})
+         for update in VARIANCE_UPDATES},
+      bayes_name(rank=BAYES_RANK): (1.0, False, False,
+                                    {'rank': BAYES_RANK}),
+      'Bayesian multiscale (prior learned, start q x10)': (
+          10.0, True, False, {}),
+      'Bayesian multiscale (prior learned, start q x0.1)': (
+          0.1, True, False, {}),
       'Bayesian multiscale (prior + noise learned, start q x10)': (
-          10.0, True, True),
+          10.0, True, True, {}),
       'Bayesian multiscale (prior + noise learned, start q x0.1)': (
-          0.1, True, True),
+          0.1, True, True, {}),
   }
-  for name, (factor, learn, learn_noise) in bayesian.items():
+  for name, (factor, learn, learn_noise, belief) in bayesian.items():
     tic = time.perf_counter()
     optimizer = mso.bayesian_multiscale(
         decays, factor * process, noise_variance, learn_prior=learn,
         learn_noise_variance=learn_noise,
-        prior_learning_rate=BAYES_PRIOR_LEARNING_RATE)
+        prior_learning_rate=BAYES_PRIOR_LEARNING_RATE, **belief)
     predictions, scales, noise_scales = jax.jit(jax.vmap(
         lambda x, y, optimizer=optimizer: run_bayesian(optimizer, x, y)))(
             test.inputs, test.targets)
-    hyper = {'tuned': 'none', 'process_variances': f'true x {factor:g}'}
+    hyper = {'tuned': 'none', 'process_variances': f'true x {factor:g}',
+             'rank': belief.get('rank', 0),
+             'variance_update': belief.get('variance_update',
+                                           'library default')}
+    if belief.get('rank'):
+      del hyper['variance_update']
+      # rank >= k d keeps the full covariance: the exact Kalman filter.
+      hyper['full_rank'] = belief['rank'] >= len(decays) * dim
     if learn:
       hyper['prior_learning_rate'] = BAYES_PRIOR_LEARNING_RATE
       hyper['learned_q_over_true_q'] = float(
@@ -554,6 +589,9 @@ PLOT_NAMES = {
         'Bayesian, prior + noise learned from 0.1× q',
     'Bayesian multiscale (per-weight S, ablation)':
         'Bayesian, per-weight S (ablation)',
+    **{bayes_name(update): 'Bayesian, true prior, diagonal, '
+       + update.replace('_', ' ') for update in VARIANCE_UPDATES},
+    bayes_name(rank=BAYES_RANK): f'Bayesian, true prior, rank {BAYES_RANK}',
     'SGD': 'SGD (tuned)',
     'SGD (normalised, NLMS)': 'normalised SGD (tuned)',
     'SGD + momentum': 'SGD + momentum (tuned)',
@@ -564,6 +602,8 @@ PLOT_NAMES = {
 # (colour, marker) per kind of learner, explained in the legend.
 PLOT_KINDS = (
     ('multiscale', 'tab:red', 'o', 'multiscale learner'),
+    ('Bayesian multiscale (true prior, rank', 'tab:purple', '^',
+     'Bayesian multiscale, low rank (no tuning)'),
     ('Bayesian', 'tab:blue', 's', 'Bayesian multiscale (no tuning)'),
     ('', '0.35', 'D', 'tuned baseline'),
 )

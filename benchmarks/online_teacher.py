@@ -32,8 +32,20 @@ Learners:
 * ``VD-EKF (1 timescale)``: ``mso.bayesian_multiscale`` with one subweight,
   a random walk (:math:`\gamma = 1`) with process variance :math:`q` tuned,
   starting from the prior's total variance :math:`k v`;
+* ``LoFi (1 timescale, rank 10)``: the low-rank EKF of Chang et al. (2023),
+  ``benchmarks/_lofi.py``: one random walk per weight (:math:`\gamma = 1`),
+  a diagonal-plus-rank-10 precision, its process variance :math:`q` and
+  initial variance tuned (equal rank to the rank-10 Bayesian row; its state,
+  11 arrays per weight, is about that of the diagonal Bayesian learner);
 * ``Bayesian multiscale (true prior)``: ``mso.bayesian_multiscale`` with the
-  teacher's decays, process variances and noise variance; no tuning;
+  teacher's decays, process variances and noise variance, the library's
+  default belief; no tuning;
+* ``Bayesian multiscale (true prior, diagonal, ...)``: the same with each
+  diagonal ``variance_update`` (moment matching, mean field, others as
+  noise, weight marginal) named explicitly;
+* ``Bayesian multiscale (true prior, rank L)``, :math:`L` = 1, 5, 10, 20:
+  the covariance :math:`\mathrm{diag}(D) - UU^\top` over all :math:`kP`
+  subweights (``rank=L``; :math:`L \ge kP` is the full EKF);
 * ``Bayesian multiscale (prior scale tuned)``: the same with the process
   variances scaled by a factor tuned like the baselines' hyperparameters
   (the best prior for the diagonal approximation need not be the true one);
@@ -49,6 +61,11 @@ Learners:
 
 Tuning: grid search on separate tuning seeds, then a finer grid between the
 best point's neighbours; a tuned value at the edge of its grid is flagged.
+
+Each row of the JSON also gives the learner's ``kind`` (reference, tuned
+baseline, Bayesian), its ``belief`` (timescales, rank, ``variance_update``)
+and ``state_arrays_per_param``, the optimizer state's floats per weight
+(from ``optimizer.init``; for the references, their covariance and means).
 
 Usage::
 
@@ -88,6 +105,7 @@ import multiscale_optax as mso  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _drifting_teacher as teacher  # noqa: E402
+import _lofi  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).parent / 'results'
 EKF_NAME = 'full EKF (reference)'
@@ -156,56 +174,108 @@ def tune(predict, grid, refine_key, streams, grid_batch=None):
   """Grid search, then a finer grid in ``refine_key`` around the best."""
   best = grid_search(predict, grid, streams, grid_batch)
   coarse = np.asarray(grid[refine_key])
-  # Edge of the refined parameter's range (the others are small sets).
-  edge = bool(best[refine_key] in (coarse.min(), coarse.max()))
+  # Parameters at the edge of their ranges (those with 3 or more values;
+  # a choice between two values, such as Adam's b1, is not a range).
+  edge = [key for key in grid
+          if len(np.unique(np.asarray(grid[key]))) >= 3
+          and float(best[key]) in (np.min(np.asarray(grid[key])),
+                                   np.max(np.asarray(grid[key])))]
   finer = {key: jnp.full(9, best[key]) for key in grid}
   finer[refine_key] = jnp.asarray(refine_log(coarse, float(best[refine_key])))
   best = grid_search(predict, finer, streams, grid_batch)
   return jax.tree.map(lambda leaf: np.asarray(leaf).item(), best), edge
 
 
+VARIANCE_UPDATES = ('moment_matching', 'mean_field', 'others_as_noise',
+                    'weight_marginal')
+BAYES_RANKS = (1, 5, 10, 20)
+LOFI_RANK = 10
+
+
+def bayes_name(variance_update=None, rank=None):
+  """The row of the Bayesian learner with the true prior and this belief."""
+  if rank:
+    return f'Bayesian multiscale (true prior, rank {rank})'
+  return ('Bayesian multiscale (true prior, diagonal, '
+          f"{variance_update.replace('_', ' ')})")
+
+
+def state_arrays_per_param(optimizer, params):
+  """Floats of ``optimizer``'s state per param (counts and scalars too)."""
+  shapes = jax.eval_shape(optimizer.init, params)
+  size = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes))
+  return size / sum(leaf.size for leaf in jax.tree.leaves(params))
+
+
 def learners(config):
-  """``name -> (predict(hyper, stream), grid or None, refine_key)``."""
+  """``name -> (predict(hyper, stream), grid or None, refine_key, meta)``.
+
+  ``meta`` describes the learner for the results table: its ``kind``, its
+  ``belief`` (for Bayesian learners and references) and ``optimizer(hyper)``,
+  which builds the optax transformation (for the state's size).
+  """
   decays = config.decays
   process = config.process_variances
   noise = config.noise_variance
   timescales = np.asarray(config.timescales)
   total_variance = float(np.sum(config.stationary_variances))
 
-  def multiscale(hyper, stream):
+  def multiscale_optimizer(hyper):
     shape = jnp.asarray(timescales) ** hyper['power']
     rates = hyper['scale'] * shape / jnp.sum(shape)
-    return run_optimizer(mso.multiscale(rates, decays), stream)
+    return mso.multiscale(rates, decays)
+
+  def multiscale(hyper, stream):
+    return run_optimizer(multiscale_optimizer(hyper), stream)
+
+  def vd_ekf_optimizer(hyper):
+    return mso.bayesian_multiscale([1.0], [hyper['process_variance']], noise,
+                                   initial_variances=[total_variance])
 
   def vd_ekf(hyper, stream):
-    return run_optimizer(
-        mso.bayesian_multiscale([1.0], [hyper['process_variance']], noise,
-                                initial_variances=[total_variance]),
-        stream, noise, jacobian=True)
+    return run_optimizer(vd_ekf_optimizer(hyper), stream, noise,
+                         jacobian=True)
+
+  def lofi_optimizer(hyper):
+    return _lofi.lofi(LOFI_RANK, hyper['initial_variance'], noise,
+                      process_variance=hyper['process_variance'])
+
+  def lofi(hyper, stream):
+    return run_optimizer(lofi_optimizer(hyper), stream, noise,
+                         jacobian=True)
+
+  def bayes_optimizer(scale, **options):
+    # The stationary initial variances, passed explicitly: the library
+    # computes its default only for concrete process variances, and
+    # ``scale`` is traced while tuning.
+    return lambda hyper: mso.bayesian_multiscale(
+        decays, scale * process, noise, initial_variances=tuple(
+            scale * value for value in config.stationary_variances),
+        **options)
 
   def bayes(scale, **options):
     def predict(hyper, stream):
       del hyper
-      return run_optimizer(
-          mso.bayesian_multiscale(decays, scale * process, noise,
-                                  **options),
-          stream, noise, jacobian=True)
+      return run_optimizer(bayes_optimizer(scale, **options)(None), stream,
+                           noise, jacobian=True)
     return predict
 
   def bayes_tuned(hyper, stream):
     return bayes(hyper['prior_scale'])(None, stream)
 
+  def bayes_learned_optimizer(factor):
+    return lambda hyper: mso.bayesian_multiscale(
+        decays, factor * process, noise,
+        initial_variances=factor * config.stationary_variances,
+        learn_prior=True)
+
   def bayes_learned(factor):
     def predict(hyper, stream):
       del hyper
-      optimizer = mso.bayesian_multiscale(
-          decays, factor * process, noise,
-          initial_variances=factor * config.stationary_variances,
-          learn_prior=True)
       predictions, scales = teacher.run_online(
-          teacher.mlp_apply, stream.initial_params, optimizer,
-          stream.inputs, stream.targets, noise_variance=noise,
-          pass_jacobian=True,
+          teacher.mlp_apply, stream.initial_params,
+          bayes_learned_optimizer(factor)(None), stream.inputs,
+          stream.targets, noise_variance=noise, pass_jacobian=True,
           keep_state=lambda params, state: jnp.exp(state.log_process_scale))
       # The process variances in use are factor * c * q: report factor * c,
       # the learned scale relative to the truth (1 is the true prior).
@@ -219,35 +289,82 @@ def learners(config):
         config.stationary_variances, noise, stream.inputs,
         stream.targets).predictions
 
+  def meta(kind, optimizer=None, **belief):
+    return {'kind': kind, 'optimizer': optimizer, 'belief': belief or None}
+
+  num = len(timescales)
+  default = {'timescales': num, 'rank': 0,
+             'variance_update': 'library default'}
   rates = np.geomspace(1e-4, 1.0, 17)
   powers = np.asarray([-1.0, -0.5, -0.25, 0.0, 0.25, 0.5])
   scale, power = np.meshgrid(np.geomspace(1e-3, 3.0, 15), powers,
                              indexing='ij')
   adam_rates, betas = np.meshgrid(np.geomspace(1e-5, 0.1, 17), [0.0, 0.9],
                                   indexing='ij')
+  lofi_q, lofi_v0 = np.meshgrid(
+      np.geomspace(1e-9, 1e-1, 11),
+      total_variance * np.geomspace(1e-3, 3.0, 8), indexing='ij')
   table = {
       'SGD': (lambda hyper, stream: run_optimizer(
           optax.sgd(hyper['learning_rate']), stream),
-              {'learning_rate': jnp.asarray(rates)}, 'learning_rate'),
+              {'learning_rate': jnp.asarray(rates)}, 'learning_rate',
+              meta('tuned baseline',
+                   lambda hyper: optax.sgd(hyper['learning_rate']))),
       'Adam': (lambda hyper, stream: run_optimizer(
           optax.adam(hyper['learning_rate'], b1=hyper['b1']), stream),
                {'learning_rate': jnp.asarray(adam_rates.ravel()),
-                'b1': jnp.asarray(betas.ravel())}, 'learning_rate'),
+                'b1': jnp.asarray(betas.ravel())}, 'learning_rate',
+               meta('tuned baseline', lambda hyper: optax.adam(
+                   hyper['learning_rate'], b1=hyper['b1']))),
       'multiscale (fixed rates)': (
           multiscale, {'scale': jnp.asarray(scale.ravel()),
-                       'power': jnp.asarray(power.ravel())}, 'scale'),
+                       'power': jnp.asarray(power.ravel())}, 'scale',
+          meta('tuned baseline', multiscale_optimizer)),
       'VD-EKF (1 timescale)': (
           vd_ekf, {'process_variance': jnp.asarray(
-              np.geomspace(1e-9, 1e-1, 11))}, 'process_variance'),
-      BAYES_NAME: (bayes(1.0), None, None),
-      'Bayesian multiscale (prior scale tuned)': (
-          bayes_tuned, {'prior_scale': jnp.asarray(
-              np.geomspace(0.03, 3.0, 9))}, 'prior_scale'),
+              np.geomspace(1e-9, 1e-1, 11))}, 'process_variance',
+          meta('tuned baseline', vd_ekf_optimizer, timescales=1, rank=0,
+               variance_update='library default', decay=1.0)),
+      f'LoFi (1 timescale, rank {LOFI_RANK})': (
+          lofi, {'process_variance': jnp.asarray(lofi_q.ravel()),
+                 'initial_variance': jnp.asarray(lofi_v0.ravel())},
+          'process_variance',
+          meta('tuned baseline', lofi_optimizer, timescales=1,
+               rank=LOFI_RANK, covariance='precision diag + low rank',
+               decay=1.0)),
+      BAYES_NAME: (bayes(1.0), None, None,
+                   meta('Bayesian', bayes_optimizer(1.0), **default)),
   }
+  for update in VARIANCE_UPDATES:
+    table[bayes_name(update)] = (
+        bayes(1.0, variance_update=update), None, None,
+        meta('Bayesian', bayes_optimizer(1.0, variance_update=update),
+             timescales=num, rank=0, variance_update=update))
+  for rank in BAYES_RANKS:
+    table[bayes_name(rank=rank)] = (
+        bayes(1.0, rank=rank), None, None,
+        meta('Bayesian', bayes_optimizer(1.0, rank=rank), timescales=num,
+             rank=rank, covariance='diag - low rank'))
+  table['Bayesian multiscale (prior scale tuned)'] = (
+      bayes_tuned, {'prior_scale': jnp.asarray(
+          np.geomspace(0.03, 3.0, 9))}, 'prior_scale',
+      meta('Bayesian', lambda hyper: bayes_optimizer(
+          hyper['prior_scale'])(None), **default))
   for factor in (10.0, 0.1):
     table[f'Bayesian multiscale (learned prior, x{factor:g} start)'] = (
-        bayes_learned(factor), None, None)
-  table[BLOCK_NAME] = (blockwise, None, None)
+        bayes_learned(factor), None, None,
+        meta('Bayesian', bayes_learned_optimizer(factor), **default))
+  size = config.num_params * num
+  table[BLOCK_NAME] = (
+      blockwise, None, None,
+      meta('reference', timescales=num,
+           covariance='k x k block per weight',
+           state_arrays_per_param=num * num + num))
+  table[EKF_NAME] = (
+      None, None, None,
+      meta('reference', timescales=num, covariance='full',
+           state_arrays_per_param=(size * size + size)
+           / config.num_params))
   return table
 
 
@@ -280,14 +397,21 @@ def run(config, args):
           test)
   report(EKF_NAME, ekf, tic=tic)
 
-  for name, (predict, grid, refine_key) in learners(config).items():
+  table = learners(config)
+  params = test.initial_params
+  example = jax.tree.map(lambda leaf: leaf[0], params)
+  described = {}
+  for name, (predict, grid, refine_key, meta) in table.items():
+    described[name] = {'kind': meta['kind'], 'belief': meta['belief']}
+    if predict is None:
+      continue
     tic = time.perf_counter()
     hyper = None
     if grid is not None:
       best, edge = tune(predict, grid, refine_key, tuning)
       hyper = dict(best)
       if edge:
-        hyper['warning'] = f'{refine_key} at the edge of its grid'
+        hyper['warning'] = f"{', '.join(edge)} at the edge of the grid"
       chosen = jax.tree.map(jnp.asarray, best)
     else:
       chosen = None
@@ -298,6 +422,13 @@ def run(config, args):
       hyper = {key: np.asarray(value).tolist()
                for key, value in extra.items()}
     report(name, predictions, hyper, tic)
+    if meta['optimizer'] is not None:
+      described[name]['state_arrays_per_param'] = state_arrays_per_param(
+          meta['optimizer'](best if grid is not None else None), example)
+  for name, (_, _, _, meta) in table.items():
+    if meta['optimizer'] is None and meta['belief'] is not None:
+      described[name]['state_arrays_per_param'] = meta['belief'].pop(
+          'state_arrays_per_param')
 
   reference = excess[EKF_NAME]
   bayes = excess[BAYES_NAME]
@@ -307,6 +438,7 @@ def run(config, args):
     ratios = values / reference
     difference = values - bayes
     rows[name] = {
+        **described[name],
         'excess_error_mean': float(values.mean()) if finite else None,
         'excess_error_sd': float(values.std(ddof=1)) if finite else None,
         'target_error_mean': float(target[name].mean()) if finite else None,
@@ -354,6 +486,19 @@ def format_table(rows, num_seeds):
   return '\n'.join(lines)
 
 
+def color_of(row):
+  """Bar colour: diagonal Bayesian, low-rank Bayesian, reference, LoFi,
+  other tuned baselines."""
+  belief = row.get('belief') or {}
+  if row.get('kind') == 'Bayesian':
+    return 'tab:purple' if belief.get('rank') else 'tab:red'
+  if row.get('kind') == 'reference':
+    return 'tab:green'
+  if belief.get('rank'):
+    return 'tab:blue'
+  return 'tab:gray'
+
+
 def plot(rows, path, title):
   import matplotlib
 
@@ -364,9 +509,8 @@ def plot(rows, path, title):
            if name != EKF_NAME and row['ratio_to_ekf_mean'] is not None]
   means = np.asarray([rows[name]['ratio_to_ekf_mean'] for name in names])
   sds = np.asarray([rows[name]['ratio_to_ekf_sd'] for name in names])
-  colors = ['tab:red' if name.startswith('Bayesian') else 'tab:gray'
-            for name in names]
-  fig, axis = plt.subplots(figsize=(7.5, 3.6))
+  colors = [color_of(rows[name]) for name in names]
+  fig, axis = plt.subplots(figsize=(9.0, 1.2 + 0.24 * len(names)))
   axis.barh(range(len(names)), means - 1.0, left=1.0, xerr=sds,
             color=colors)
   for position, mean in enumerate(means):

@@ -18,7 +18,18 @@ multiscale 4k + 3 arrays). The Bayesian multiscale learner
 params-shaped pytree) needs two passes, a reduction over the whole network
 for the innovation variance S (reading J and the k variances) and then the
 update (reading u, J, w, k means and k variances, writing w and the state):
-5k + 5 arrays.
+5k + 5 arrays. With a covariance of rank L (``bayesian_k*_rank*``,
+diag(D) - U U^T, k(L + 2) state arrays) the reduction
+also reads the kL rows of U, and the update reads and writes them:
+k(3L + 5) + 5 arrays (the truncation's Gram matrix of the extended factor
+is a further reduction over U, counted in XLA's figure but not here).
+
+Every row also reports the optimizer state's size in float32 arrays per
+parameter (``state_arrays_per_param``, from ``optimizer.init``).
+
+All optimizers' params and states are held at once (round robin): with
+the low-rank rows that is about 162 float32 arrays per parameter, 32 GB at
+5e7 parameters. ``results/step_speed.json`` records its command.
 
 Usage:
   python benchmarks/step_speed.py            # 1e6, 1e7, 5e7 parameters
@@ -29,9 +40,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import platform
 import statistics
+import sys
 import time
 
 import jax
@@ -42,6 +55,8 @@ import optax
 import multiscale_optax as mso
 
 NUM_LEAVES = 4
+# Ranks of the low-rank Bayesian rows (k = 1 and 4 subweights each).
+BAYES_RANKS = (1, 5, 10)
 RESULTS = pathlib.Path(__file__).parent / 'results'
 
 
@@ -82,14 +97,18 @@ def _optimizers() -> dict[str, tuple[optax.GradientTransformation, int]]:
     # Reads u, J, w and 2k state arrays, writes w and 2k state arrays, plus
     # one earlier pass over J and the k variances for the reduction S.
     optimizers[f'bayesian_k{num}'] = (_bayesian_with(num), 5 * num + 5)
+    for rank in BAYES_RANKS:
+      optimizers[f'bayesian_k{num}_rank{rank}'] = (
+          _bayesian_with(num, rank), num * (3 * rank + 5) + 5)
   return optimizers
 
 
-def _bayesian_with(num: int) -> optax.GradientTransformation:
+def _bayesian_with(num: int, rank: int | None = None
+                   ) -> optax.GradientTransformation:
   timescales = mso.log_spaced_timescales(10.0, 1e4, num)
   decays = mso.decays_from_timescales(timescales)
   return mso.bayesian_multiscale(
-      decays.tolist(), (1e-6 * (1.0 - decays**2)).tolist(), 1.0)
+      decays.tolist(), (1e-6 * (1.0 - decays**2)).tolist(), 1.0, rank=rank)
 
 
 def _make_step(optimizer, needs_jacobian=False):
@@ -122,9 +141,13 @@ def measure(size: int, rounds: int) -> dict:
   grads = _pytree(size, 1e-3)
   runners = {}
   xla_bytes = {}
+  state_arrays = {}
   for name, (optimizer, _) in optimizers.items():
     params = _pytree(size, 1.0)
     state = optimizer.init(params)
+    state_arrays[name] = sum(
+        leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state)
+    ) / (4 * size)
     step = _make_step(optimizer, name.startswith('bayesian'))
     compiled = step.lower(params, state, grads).compile()
     cost = compiled.cost_analysis()
@@ -160,6 +183,7 @@ def measure(size: int, rounds: int) -> dict:
         'median_ms': 1e3 * seconds,
         'ratio_to_momentum': seconds / reference,
         'ratio_to_adam': seconds / adam,
+        'state_arrays_per_param': state_arrays[name],
         'minimal_arrays_moved': arrays,
         'achieved_GBps': bandwidth,
         'fraction_of_axpy_bandwidth': bandwidth / axpy_bandwidth,
@@ -181,6 +205,8 @@ def main() -> None:
   device = jax.devices()[0]
   print(f'device: {device.platform} ({device.device_kind}), '
         f'{jax.device_count()} device(s), jax {jax.__version__}')
+  load_before = os.getloadavg()
+  started = time.perf_counter()
   results = []
   for size in args.sizes:
     result = measure(int(size), args.rounds)
@@ -189,14 +215,15 @@ def main() -> None:
           f'{result["axpy_GBps"]:.1f} GB/s')
     print(f'{"optimizer":<20}{"median ms":>11}{"x momentum":>12}{"x adam":>8}'
           f'{"min arrays":>12}{"GB/s":>8}{"of axpy":>9}'
-          f'{"XLA arrays":>12}{"GB/s":>8}{"of axpy":>9}')
+          f'{"XLA arrays":>12}{"GB/s":>8}{"of axpy":>9}{"state":>7}')
     for name, row in result['optimizers'].items():
       print(f'{name:<20}{row["median_ms"]:>11.2f}'
             f'{row["ratio_to_momentum"]:>12.3f}{row["ratio_to_adam"]:>8.2f}'
             f'{row["minimal_arrays_moved"]:>12d}{row["achieved_GBps"]:>8.1f}'
             f'{row["fraction_of_axpy_bandwidth"]:>9.0%}'
             f'{row["xla_arrays_moved"]:>12.1f}{row["xla_traffic_GBps"]:>8.1f}'
-            f'{row["xla_traffic_fraction_of_axpy"]:>9.0%}')
+            f'{row["xla_traffic_fraction_of_axpy"]:>9.0%}'
+            f'{row["state_arrays_per_param"]:>7.1f}')
   args.output.parent.mkdir(parents=True, exist_ok=True)
   args.output.write_text(json.dumps({
       'device': {'platform': device.platform, 'kind': device.device_kind,
@@ -204,6 +231,15 @@ def main() -> None:
       'jax_version': jax.__version__,
       'optax_version': optax.__version__,
       'host': platform.node(),
+      'machine': {
+          'platform': platform.platform(), 'processor': platform.machine(),
+          'cpu_count': os.cpu_count(),
+          'load_average_1_5_15_min_before': list(load_before),
+          'load_average_1_5_15_min_after': list(os.getloadavg()),
+          'note': 'other jobs may share the machine: see the load averages',
+      },
+      'seconds': time.perf_counter() - started,
+      'command': ' '.join(['python', *sys.argv]),
       'numpy_version': np.__version__,
       'rounds': args.rounds,
       'results': results,

@@ -37,6 +37,33 @@ start at zero for the linear model, at a scaled normal draw for the MLP):
   scales learned online (no tuning); the same prior with nothing learned;
   :math:`\sigma^2` tuned; the permanent part made a random walk with its
   process variance tuned;
+* the generic-prior row with learned scales again with each belief of
+  ``bayesian_multiscale``: the four diagonal ``variance_update`` rules
+  (``moment_matching``, ``mean_field``, ``others_as_noise``,
+  ``weight_marginal``) and a
+  diagonal-minus-low-rank covariance of rank 1, 5 and 10;
+* ``bayesian_multiscale (default prior)``: the prior a user would pick
+  without looking at the data, fixed before it was first run here and the
+  same for any dataset (rank 0 with the library's default
+  ``variance_update``, and rank 10):
+
+  - the targets are standard-scaled online as river's
+    ``preprocessing.TargetStandardScaler`` does: the prediction is
+    :math:`m + s f(x)` with the running mean :math:`m` and standard
+    deviation :math:`s` (population variance; :math:`s = 1` while it is 0)
+    of the targets *before* the example, and the model learns
+    :math:`(y - m)/s` with statistics that include it. So every quantity
+    below is in units of standardised features and targets;
+  - every weight is a random-walk permanent part plus 9 AR(1) subweights
+    with timescales :math:`\tau_i = 10^{0, 0.5, \dots, 4}` steps;
+  - process variances :math:`q_i = c/\tau_i` (so the stationary variances
+    :math:`q_i/(1 - \gamma_i^2)` are nearly equal, a 1/f profile); the
+    permanent part has :math:`q_0 = c/10^4` (the slowest timescale's) and
+    starts with the slowest subweight's stationary variance;
+  - :math:`c` makes the initial variances (the nine stationary ones plus the
+    permanent part's) sum to 1, a standardised feature's weight of order 1;
+  - noise variance :math:`r = 1` (that of a standardised target); nothing
+    learned online.
 * ``vd_ekf``: the single-timescale diagonal EKF, ``bayesian_multiscale``
   with one random-walk subweight (initial variance :math:`10^6`), its process
   variance :math:`q` tuned (only :math:`q/r` matters for the linear model).
@@ -108,6 +135,15 @@ RIVER_LINEAR_REGRESSION_RATE = 0.02
 # timescales from 1 to 1000 steps and equal stationary variances.
 GENERIC_TIMESCALES = tuple(float(t) for t in np.geomspace(1.0, 1000.0, 7))
 DIFFUSE_VARIANCE = 1e6
+# The beliefs the generic prior is run with (``bayesian_multiscale``'s
+# ``variance_update`` at rank 0, and low ranks).
+VARIANCE_UPDATES = ('moment_matching', 'mean_field', 'others_as_noise',
+                    'weight_marginal')
+GENERIC_RANKS = (1, 5, 10)
+# The default prior (module docstring), for standardised features and
+# targets: timescales 10^(0, 0.5, ..., 4) steps.
+DEFAULT_TIMESCALES = tuple(float(t) for t in np.logspace(0.0, 4.0, 9))
+DEFAULT_RANKS = (0, 10)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +284,10 @@ class Learner:
   grid: tuple[float, float] | float
   note: str
   make_step: Callable[[Callable, jax.Array], tuple[Callable, Callable]]
+  # The Bayesian learner's belief and prior, for the results table.
+  belief: dict[str, Any] | None = None
+  # Whether the targets are standard-scaled online (module docstring).
+  scale_targets: bool = False
 
 
 def _optax_learner(name, build, grid, note):
@@ -273,7 +313,8 @@ def _bayesian_learner(name, grid, note, *, tuned='drift_variance',
                       timescales=GENERIC_TIMESCALES, drift_variance=1.0,
                       permanent_process_variance=0.0,
                       permanent_variance=DIFFUSE_VARIANCE, noise_variance=1.0,
-                      learn_prior=True, prior_learning_rate=0.01):
+                      learn_prior=True, prior_learning_rate=0.01,
+                      rank=None, variance_update=None):
   r"""``bayesian_multiscale`` with a permanent part and decaying subweights.
 
   Every weight is :math:`w_0 + \omega_0 + \sum_{i=1}^k \omega_i`:
@@ -284,7 +325,8 @@ def _bayesian_learner(name, grid, note, *, tuned='drift_variance',
   1/f profile), :math:`\sigma^2` = ``drift_variance``. The hyperparameter
   (grid point or fixed value) replaces the argument named by ``tuned``.
   With ``learn_prior``, the scales of the process variances and of the noise
-  variance are learned online (empirical Bayes).
+  variance are learned online (empirical Bayes). ``rank`` and
+  ``variance_update`` choose the belief (``None``: the library's default).
   """
   decays = np.concatenate([[1.0], np.exp(-1.0 / np.asarray(timescales))])
   count = max(len(timescales), 1)
@@ -303,15 +345,62 @@ def _bayesian_learner(name, grid, note, *, tuned='drift_variance',
     optimizer = mso.bayesian_multiscale(
         decays, process, noise_variance, initial_variances=initial,
         learn_prior=learn_prior, learn_noise_variance=learn_prior,
-        prior_learning_rate=prior_learning_rate)
+        prior_learning_rate=prior_learning_rate, rank=rank,
+        variance_update=variance_update)
+    return optimizer.init, _bayesian_step(optimizer, apply_fn,
+                                          noise_variance)
+  belief = {'rank': rank or 0,
+            'variance_update': variance_update or 'library default',
+            'timescales': list(timescales), 'permanent_part': True,
+            'learned_scales': learn_prior}
+  return Learner(name, grid, note, make_step, belief)
 
-    def step(params, opt_state, learn_input, target):
-      _, grads, extra = mso.gaussian_observation(
-          apply_fn, params, learn_input, target, noise_variance)
-      updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
-      return optax.apply_updates(params, updates), opt_state
-    return optimizer.init, step
-  return Learner(name, grid, note, make_step)
+
+def _bayesian_step(optimizer, apply_fn, noise_variance):
+  def step(params, opt_state, learn_input, target):
+    _, grads, extra = mso.gaussian_observation(
+        apply_fn, params, learn_input, target, noise_variance)
+    updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
+    return optax.apply_updates(params, updates), opt_state
+  return step
+
+
+def default_prior() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Decays, process variances and initial variances of the default prior
+  (module docstring): permanent random walk first, then the AR(1) parts."""
+  timescales = np.asarray(DEFAULT_TIMESCALES)
+  ar_decays = np.exp(-1.0 / timescales)
+  slowest = np.max(timescales)
+  # Unscaled (c = 1): q_i = 1 / tau_i; the permanent part's q and initial
+  # variance are the slowest subweight's.
+  process = np.concatenate([[1.0 / slowest], 1.0 / timescales])
+  stationary = (1.0 / timescales) / (1.0 - ar_decays**2)
+  initial = np.concatenate([[stationary[np.argmax(timescales)]], stationary])
+  scale = 1.0 / np.sum(initial)
+  decays = np.concatenate([[1.0], ar_decays])
+  return decays, scale * process, scale * initial
+
+
+def _default_prior_learner(rank):
+  decays, process, initial = default_prior()
+
+  def make_step(apply_fn, hyper):
+    del hyper
+    optimizer = mso.bayesian_multiscale(
+        decays, process, 1.0, initial_variances=initial, rank=rank)
+    return optimizer.init, _bayesian_step(optimizer, apply_fn, 1.0)
+  belief = {'rank': rank, 'variance_update': 'library default',
+            'timescales': list(DEFAULT_TIMESCALES), 'permanent_part': True,
+            'permanent_part_random_walk': True,
+            'process_variances': process.tolist(),
+            'initial_variances': initial.tolist(), 'noise_variance': 1.0,
+            'targets': 'standard-scaled online', 'learned_scales': False}
+  return Learner(
+      f'bayesian_multiscale (default prior, rank {rank})', 1.0,
+      'default prior fixed a priori (module docstring): targets scaled '
+      'online, random-walk permanent part + 9 timescales 1..1e4 steps, '
+      'q_i = c / tau_i, initial variances summing to 1, r = 1, nothing '
+      'learned', make_step, belief, scale_targets=True)
 
 
 def learners() -> list[Learner]:
@@ -328,6 +417,17 @@ def learners() -> list[Learner]:
           'generic prior, no tuning: permanent part (initial variance 1e6) '
           '+ 7 timescales 1..1000 steps, total drift variance 1, r = 1; '
           'process and noise scales learned online (rate 0.01)'),
+      *[_bayesian_learner(
+          f'bayesian_multiscale (generic prior, learned scales, '
+          f"{update.replace('_', ' ')})", 1.0,
+          f'the generic prior with learned scales, diagonal belief, '
+          f'variance_update={update!r}', variance_update=update)
+        for update in VARIANCE_UPDATES],
+      *[_bayesian_learner(
+          f'bayesian_multiscale (generic prior, learned scales, rank {rank})',
+          1.0, f'the generic prior with learned scales, rank {rank}',
+          rank=rank) for rank in GENERIC_RANKS],
+      *[_default_prior_learner(rank) for rank in DEFAULT_RANKS],
       _bayesian_learner(
           'bayesian_multiscale (generic prior, fixed)', 1.0,
           'the same generic prior, nothing learned', learn_prior=False),
@@ -357,6 +457,13 @@ def make_runner(learner: Learner, model: str, stream: Stream, hidden: int):
   learn_inputs = jnp.asarray(stream.learn_inputs)
   targets = jnp.asarray(stream.targets)
   num_features = predict_inputs.shape[1]
+  if learner.scale_targets:
+    before, after = target_scaling(stream.targets)
+  else:
+    identity = (np.zeros_like(stream.targets), np.ones_like(stream.targets))
+    before = after = identity
+  before = tuple(map(jnp.asarray, before))
+  after = tuple(map(jnp.asarray, after))
 
   def single(hyper, key):
     init, step = learner.make_step(apply_fn, hyper)
@@ -364,17 +471,40 @@ def make_runner(learner: Learner, model: str, stream: Stream, hidden: int):
 
     def body(carry, example):
       params, opt_state = carry
-      predict_input, learn_input, target = example
-      prediction = apply_fn(params, predict_input)
-      params, opt_state = step(params, opt_state, learn_input, target)
+      predict_input, learn_input, target, (m0, s0), (m1, s1) = example
+      prediction = m0 + s0 * apply_fn(params, predict_input)
+      params, opt_state = step(params, opt_state, learn_input,
+                               (target - m1) / s1)
       return (params, opt_state), prediction
 
     _, predictions = jax.lax.scan(
-        body, (params, init(params)), (predict_inputs, learn_inputs, targets))
+        body, (params, init(params)),
+        (predict_inputs, learn_inputs, targets, before, after))
     return predictions
 
   over_keys = jax.vmap(single, in_axes=(None, 0))
   return jax.jit(jax.vmap(over_keys, in_axes=(0, None)))
+
+
+def target_scaling(targets: np.ndarray):
+  """Running (mean, sd) of the targets before and including each example.
+
+  As river's ``TargetStandardScaler``: population variance, and sd 1 while
+  the variance is 0. Returns ``((mean, sd) before, (mean, sd) after)``,
+  each of shape ``(n,)``.
+  """
+  targets = np.asarray(targets, np.float64)
+  mean, sd = np.empty_like(targets), np.empty_like(targets)
+  running, squares = 0.0, 0.0  # Welford's running mean and sum of squares
+  for index, target in enumerate(targets):
+    delta = target - running
+    running += delta / (index + 1)
+    squares += delta * (target - running)
+    mean[index] = running
+    sd[index] = np.sqrt(squares / (index + 1)) if squares > 0.0 else 1.0
+  before_mean = np.concatenate([[0.0], mean[:-1]])
+  before_sd = np.concatenate([[1.0], sd[:-1]])
+  return (before_mean, before_sd), (mean, sd)
 
 
 # ---------------------------------------------------------------------------
@@ -414,6 +544,8 @@ def evaluate(learner: Learner, model: str, stream: Stream,
   best = int(np.argmin(full.mean(axis=1)))
   return {
       'note': learner.note,
+      'belief': learner.belief,
+      'diverged': bool(not np.all(np.isfinite(full))),
       'seeds': list(seeds),
       'grid': grid.tolist() if tuned else None,
       'mae_per_grid_point': full.mean(axis=1).tolist(),

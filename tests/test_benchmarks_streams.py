@@ -169,3 +169,38 @@ def test_mae_is_infinite_for_a_diverged_run():
   targets = np.array([1.0, 1.0])
   np.testing.assert_array_equal(
       trump_approval._mae(predictions, targets), [np.inf, 0.5])
+
+
+def test_target_scaling_is_the_running_mean_and_sd_of_past_targets():
+  targets = np.random.default_rng(0).normal(40.0, 3.0, 50)
+  targets[1] = targets[0]  # a zero variance after two examples: sd 1
+  (mean0, sd0), (mean1, sd1) = trump_approval.target_scaling(targets)
+  for index in range(targets.size):
+    seen = targets[:index + 1]
+    expected_sd = np.std(seen) if np.std(seen) > 0 else 1.0
+    # Welford's recursion against numpy's two-pass formulas on values ~40:
+    # rounding only (relative 1e-12).
+    np.testing.assert_allclose(mean1[index], np.mean(seen), rtol=1e-12)
+    np.testing.assert_allclose(sd1[index], expected_sd, rtol=1e-10)
+  assert (mean0[0], sd0[0]) == (0.0, 1.0)
+  np.testing.assert_array_equal(mean0[1:], mean1[:-1])
+  np.testing.assert_array_equal(sd0[1:], sd1[:-1])
+  assert sd1[1] == 1.0
+
+
+def test_default_prior_is_the_one_the_docstring_states():
+  decays, process, initial = trump_approval.default_prior()
+  timescales = np.asarray(trump_approval.DEFAULT_TIMESCALES)
+  np.testing.assert_allclose(timescales, 10.0 ** np.arange(0.0, 4.5, 0.5),
+                             rtol=1e-12)
+  assert decays[0] == 1.0
+  np.testing.assert_allclose(decays[1:], np.exp(-1.0 / timescales),
+                             rtol=1e-12)
+  # q_i proportional to 1 / tau_i; the random walk has the slowest one's.
+  products = process[1:] * timescales
+  np.testing.assert_allclose(products, products[0], rtol=1e-12)
+  np.testing.assert_allclose(process[0], process[-1], rtol=1e-12)
+  np.testing.assert_allclose(
+      initial[1:], process[1:] / (1.0 - decays[1:] ** 2), rtol=1e-12)
+  np.testing.assert_allclose(initial[0], initial[-1], rtol=1e-12)
+  np.testing.assert_allclose(np.sum(initial), 1.0, rtol=1e-12)

@@ -191,3 +191,27 @@ def test_blockwise_ekf_with_one_timescale_is_bayesian_multiscale():
         pass_jacobian=True)
     np.testing.assert_allclose(predictions, blockwise.predictions, rtol=0,
                                atol=FLOAT64_TOLERANCE)
+
+
+def test_bayesian_multiscale_at_full_rank_is_the_joint_ekf_on_an_mlp():
+  # rank >= kP keeps the whole covariance: on the (nonlinear) teacher both
+  # linearise at the same mean each step, so the predictions agree up to
+  # rounding (measured 4e-16 here; FLOAT64_TOLERANCE as above).
+  with jax.enable_x64(True):
+    config = teacher.TeacherConfig(layer_sizes=(3, 2, 1),
+                                   timescales=(1.0, 16.0))
+    stream = teacher.sample_stream(config, jax.random.key(7), 200)
+    size = len(config.timescales) * config.num_params
+    ekf = teacher.joint_ekf_predictions(
+        teacher.mlp_apply, stream.initial_params, config.decays,
+        config.process_variances, config.stationary_variances,
+        config.noise_variance, stream.inputs, stream.targets)
+    optimizer = mso.bayesian_multiscale(
+        config.decays, config.process_variances, config.noise_variance,
+        rank=size)
+    predictions, _ = teacher.run_online(
+        teacher.mlp_apply, stream.initial_params, optimizer, stream.inputs,
+        stream.targets, noise_variance=config.noise_variance,
+        pass_jacobian=True)
+    np.testing.assert_allclose(predictions, ekf.predictions, rtol=0,
+                               atol=FLOAT64_TOLERANCE)
