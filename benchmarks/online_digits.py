@@ -250,9 +250,11 @@ def _bayesian(batch, tuned='drift_variance', timescales=True,
     initial = jnp.concatenate([
         jnp.full((1,), BAYES_PERMANENT_VARIANCE),
         drift * jnp.ones(len(decays) - 1)])
+    # The diagonal rule these rows were measured with (the library's
+    # default then), so that the committed results reproduce.
     return mso.bayesian_multiscale(
         decays, process, 1.0, initial_variances=initial,
-        learn_prior=learn_prior)
+        learn_prior=learn_prior, variance_update='moment_matching')
   return build
 
 

@@ -140,6 +140,11 @@ DIFFUSE_VARIANCE = 1e6
 VARIANCE_UPDATES = ('moment_matching', 'mean_field', 'others_as_noise',
                     'weight_marginal')
 GENERIC_RANKS = (1, 5, 10)
+
+# The diagonal rule the committed results of the rows that do not name one
+# were measured with (the library's default then; the default is now
+# 'others_as_noise', which has rows of its own), so that they reproduce.
+MEASURED_DIAGONAL_RULE = 'moment_matching'
 # The default prior (module docstring), for standardised features and
 # targets: timescales 10^(0, 0.5, ..., 4) steps.
 DEFAULT_TIMESCALES = tuple(float(t) for t in np.logspace(0.0, 4.0, 9))
@@ -346,11 +351,13 @@ def _bayesian_learner(name, grid, note, *, tuned='drift_variance',
         decays, process, noise_variance, initial_variances=initial,
         learn_prior=learn_prior, learn_noise_variance=learn_prior,
         prior_learning_rate=prior_learning_rate, rank=rank,
-        variance_update=variance_update)
+        variance_update=variance_update or (
+            None if rank else MEASURED_DIAGONAL_RULE))
     return optimizer.init, _bayesian_step(optimizer, apply_fn,
                                           noise_variance)
   belief = {'rank': rank or 0,
-            'variance_update': variance_update or 'library default',
+            'variance_update': variance_update or (
+                None if rank else MEASURED_DIAGONAL_RULE),
             'timescales': list(timescales), 'permanent_part': True,
             'learned_scales': learn_prior}
   return Learner(name, grid, note, make_step, belief)
@@ -387,9 +394,11 @@ def _default_prior_learner(rank):
   def make_step(apply_fn, hyper):
     del hyper
     optimizer = mso.bayesian_multiscale(
-        decays, process, 1.0, initial_variances=initial, rank=rank)
+        decays, process, 1.0, initial_variances=initial, rank=rank,
+        variance_update=None if rank else MEASURED_DIAGONAL_RULE)
     return optimizer.init, _bayesian_step(optimizer, apply_fn, 1.0)
-  belief = {'rank': rank, 'variance_update': 'library default',
+  belief = {'rank': rank,
+            'variance_update': None if rank else MEASURED_DIAGONAL_RULE,
             'timescales': list(DEFAULT_TIMESCALES), 'permanent_part': True,
             'permanent_part_random_walk': True,
             'process_variances': process.tolist(),

@@ -490,3 +490,16 @@ def test_masked_with_and_without_masked_extra_args(compatible):
   belief = mso.get_bayesian_subweights(params, state, [0.5])
   assert isinstance(belief.means[0]['frozen'], optax.MaskedNode)
   np.testing.assert_allclose(belief.variances[0]['w'], 0.25 * 0.75 + 0.75)
+
+
+def test_traced_process_variances_with_concrete_decays_give_the_default():
+  # The stationary initial variance q / (1 - gamma^2) with q traced (a
+  # prior scale tuned under jit) and gamma concrete.
+  params = jnp.zeros(2)
+
+  @jax.jit
+  def initial(scale):
+    opt = mso.bayesian_multiscale([0.5], scale * jnp.asarray([0.75]), 1.0)
+    return opt.init(params).variances[0]
+
+  np.testing.assert_allclose(initial(2.0), 2.0, rtol=1e-6)

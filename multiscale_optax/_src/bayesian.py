@@ -238,7 +238,8 @@ def _validate(
             f'`initial_variances` must be given: `decays[{index}]` is 1 (a '
             'random walk), which has no stationary variance.')
     initial_entries = tuple(
-        variance / leak[1] if checks.is_traced(leak[1])
+        variance / leak[1]
+        if checks.is_traced(leak[1]) or checks.is_traced(variance)
         else float(np.float64(variance) / np.float64(leak[1]))
         for variance, leak in zip(
             variance_entries, map(_leak, decay_entries)))
