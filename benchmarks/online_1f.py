@@ -84,6 +84,9 @@ import optax  # noqa: E402
 
 import multiscale_optax as mso  # noqa: E402
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _beliefs  # noqa: E402
+
 RESULTS = pathlib.Path(__file__).parent / 'results'
 GENERIC_TIMESCALES = mso.log_spaced_timescales(1.0, 1e4, 9)
 GENERIC_POWER = 1.0 / 3.0
@@ -95,21 +98,8 @@ BAYES_PRIOR_LEARNING_RATE = 0.01
 
 # The beliefs of the Bayesian learner with the true prior reported besides
 # the default: each diagonal ``variance_update``, and one low rank.
-VARIANCE_UPDATES = ('moment_matching', 'mean_field', 'others_as_noise',
-                    'weight_marginal')
-# The diagonal rule the committed results of the rows that do not name one
-# were measured with (the library's default then; the default is now
-# 'others_as_noise', which has rows of its own), so that they reproduce.
-MEASURED_DIAGONAL_RULE = 'moment_matching'
 BAYES_RANK = 10
 
-
-def bayes_name(variance_update=None, rank=None):
-  """The row of the Bayesian learner with the true prior and this belief."""
-  if rank:
-    return f'Bayesian multiscale (true prior, rank {rank})'
-  return ('Bayesian multiscale (true prior, diagonal, '
-          f"{variance_update.replace('_', ' ')})")
 
 
 def log(message: str) -> None:
@@ -419,10 +409,10 @@ def run_setting(dim, timescales, noise_variance, args, label):
   # online), on the same m log-spaced timescales.
   bayesian = {
       'Bayesian multiscale (true prior)': (1.0, False, False, {}),
-      **{bayes_name(update): (1.0, False, False,
+      **{_beliefs.bayes_name(update): (1.0, False, False,
                               {'variance_update': update})
-         for update in VARIANCE_UPDATES},
-      bayes_name(rank=BAYES_RANK): (1.0, False, False,
+         for update in _beliefs.VARIANCE_UPDATES},
+      _beliefs.bayes_name(rank=BAYES_RANK): (1.0, False, False,
                                     {'rank': BAYES_RANK}),
       'Bayesian multiscale (prior learned, start q x10)': (
           10.0, True, False, {}),
@@ -436,7 +426,7 @@ def run_setting(dim, timescales, noise_variance, args, label):
   for name, (factor, learn, learn_noise, belief) in bayesian.items():
     tic = time.perf_counter()
     if not belief.get('rank'):
-      belief = {'variance_update': MEASURED_DIAGONAL_RULE, **belief}
+      belief = {'variance_update': _beliefs.MEASURED_DIAGONAL_RULE, **belief}
     optimizer = mso.bayesian_multiscale(
         decays, factor * process, noise_variance, learn_prior=learn,
         learn_noise_variance=learn_noise,
@@ -594,9 +584,10 @@ PLOT_NAMES = {
         'Bayesian, prior + noise learned from 0.1× q',
     'Bayesian multiscale (per-weight S, ablation)':
         'Bayesian, per-weight S (ablation)',
-    **{bayes_name(update): 'Bayesian, true prior, diagonal, '
-       + update.replace('_', ' ') for update in VARIANCE_UPDATES},
-    bayes_name(rank=BAYES_RANK): f'Bayesian, true prior, rank {BAYES_RANK}',
+    **{_beliefs.bayes_name(update): 'Bayesian, true prior, diagonal, '
+       + update.replace('_', ' ') for update in _beliefs.VARIANCE_UPDATES},
+    _beliefs.bayes_name(rank=BAYES_RANK):
+        f'Bayesian, true prior, rank {BAYES_RANK}',
     'SGD': 'SGD (tuned)',
     'SGD (normalised, NLMS)': 'normalised SGD (tuned)',
     'SGD + momentum': 'SGD + momentum (tuned)',

@@ -104,6 +104,7 @@ import optax  # noqa: E402
 import multiscale_optax as mso  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _beliefs  # noqa: E402
 import _drifting_teacher as teacher  # noqa: E402
 import _lofi  # noqa: E402
 
@@ -186,22 +187,9 @@ def tune(predict, grid, refine_key, streams, grid_batch=None):
   return jax.tree.map(lambda leaf: np.asarray(leaf).item(), best), edge
 
 
-VARIANCE_UPDATES = ('moment_matching', 'mean_field', 'others_as_noise',
-                    'weight_marginal')
-# The diagonal rule the committed results of the rows that do not name one
-# were measured with (the library's default then; the default is now
-# 'others_as_noise', which has rows of its own), so that they reproduce.
-MEASURED_DIAGONAL_RULE = 'moment_matching'
 BAYES_RANKS = (1, 5, 10, 20)
 LOFI_RANK = 10
 
-
-def bayes_name(variance_update=None, rank=None):
-  """The row of the Bayesian learner with the true prior and this belief."""
-  if rank:
-    return f'Bayesian multiscale (true prior, rank {rank})'
-  return ('Bayesian multiscale (true prior, diagonal, '
-          f"{variance_update.replace('_', ' ')})")
 
 
 def state_arrays_per_param(optimizer, params):
@@ -233,9 +221,10 @@ def learners(config):
     return run_optimizer(multiscale_optimizer(hyper), stream)
 
   def vd_ekf_optimizer(hyper):
-    return mso.bayesian_multiscale([1.0], [hyper['process_variance']], noise,
-                                   initial_variances=[total_variance],
-                                   variance_update=MEASURED_DIAGONAL_RULE)
+    return mso.bayesian_multiscale(
+        [1.0], [hyper['process_variance']], noise,
+        initial_variances=[total_variance],
+        variance_update=_beliefs.MEASURED_DIAGONAL_RULE)
 
   def vd_ekf(hyper, stream):
     return run_optimizer(vd_ekf_optimizer(hyper), stream, noise,
@@ -254,7 +243,7 @@ def learners(config):
     # computes its default only for concrete process variances, and
     # ``scale`` is traced while tuning.
     if not options.get('rank'):
-      options = {'variance_update': MEASURED_DIAGONAL_RULE, **options}
+      options = {'variance_update': _beliefs.MEASURED_DIAGONAL_RULE, **options}
     return lambda hyper: mso.bayesian_multiscale(
         decays, scale * process, noise, initial_variances=tuple(
             scale * value for value in config.stationary_variances),
@@ -274,7 +263,7 @@ def learners(config):
     return lambda hyper: mso.bayesian_multiscale(
         decays, factor * process, noise,
         initial_variances=factor * config.stationary_variances,
-        learn_prior=True, variance_update=MEASURED_DIAGONAL_RULE)
+        learn_prior=True, variance_update=_beliefs.MEASURED_DIAGONAL_RULE)
 
   def bayes_learned(factor):
     def predict(hyper, stream):
@@ -301,7 +290,7 @@ def learners(config):
 
   num = len(timescales)
   default = {'timescales': num, 'rank': 0,
-             'variance_update': MEASURED_DIAGONAL_RULE}
+             'variance_update': _beliefs.MEASURED_DIAGONAL_RULE}
   rates = np.geomspace(1e-4, 1.0, 17)
   powers = np.asarray([-1.0, -0.5, -0.25, 0.0, 0.25, 0.5])
   scale, power = np.meshgrid(np.geomspace(1e-3, 3.0, 15), powers,
@@ -331,7 +320,7 @@ def learners(config):
           vd_ekf, {'process_variance': jnp.asarray(
               np.geomspace(1e-9, 1e-1, 11))}, 'process_variance',
           meta('tuned baseline', vd_ekf_optimizer, timescales=1, rank=0,
-               variance_update=MEASURED_DIAGONAL_RULE, decay=1.0)),
+               variance_update=_beliefs.MEASURED_DIAGONAL_RULE, decay=1.0)),
       f'LoFi (1 timescale, rank {LOFI_RANK})': (
           lofi, {'process_variance': jnp.asarray(lofi_q.ravel()),
                  'initial_variance': jnp.asarray(lofi_v0.ravel())},
@@ -342,13 +331,13 @@ def learners(config):
       BAYES_NAME: (bayes(1.0), None, None,
                    meta('Bayesian', bayes_optimizer(1.0), **default)),
   }
-  for update in VARIANCE_UPDATES:
-    table[bayes_name(update)] = (
+  for update in _beliefs.VARIANCE_UPDATES:
+    table[_beliefs.bayes_name(update)] = (
         bayes(1.0, variance_update=update), None, None,
         meta('Bayesian', bayes_optimizer(1.0, variance_update=update),
              timescales=num, rank=0, variance_update=update))
   for rank in BAYES_RANKS:
-    table[bayes_name(rank=rank)] = (
+    table[_beliefs.bayes_name(rank=rank)] = (
         bayes(1.0, rank=rank), None, None,
         meta('Bayesian', bayes_optimizer(1.0, rank=rank), timescales=num,
              rank=rank, covariance='diag - low rank'))

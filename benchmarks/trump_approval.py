@@ -117,6 +117,9 @@ import optax
 
 import multiscale_optax as mso
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _beliefs
+
 RESULTS = pathlib.Path(__file__).resolve().parent / 'results'
 
 # river's published progressive-validation MAE on TrumpApproval (river's
@@ -137,14 +140,8 @@ GENERIC_TIMESCALES = tuple(float(t) for t in np.geomspace(1.0, 1000.0, 7))
 DIFFUSE_VARIANCE = 1e6
 # The beliefs the generic prior is run with (``bayesian_multiscale``'s
 # ``variance_update`` at rank 0, and low ranks).
-VARIANCE_UPDATES = ('moment_matching', 'mean_field', 'others_as_noise',
-                    'weight_marginal')
 GENERIC_RANKS = (1, 5, 10)
 
-# The diagonal rule the committed results of the rows that do not name one
-# were measured with (the library's default then; the default is now
-# 'others_as_noise', which has rows of its own), so that they reproduce.
-MEASURED_DIAGONAL_RULE = 'moment_matching'
 # The default prior (module docstring), for standardised features and
 # targets: timescales 10^(0, 0.5, ..., 4) steps.
 DEFAULT_TIMESCALES = tuple(float(t) for t in np.logspace(0.0, 4.0, 9))
@@ -352,12 +349,12 @@ def _bayesian_learner(name, grid, note, *, tuned='drift_variance',
         learn_prior=learn_prior, learn_noise_variance=learn_prior,
         prior_learning_rate=prior_learning_rate, rank=rank,
         variance_update=variance_update or (
-            None if rank else MEASURED_DIAGONAL_RULE))
+            None if rank else _beliefs.MEASURED_DIAGONAL_RULE))
     return optimizer.init, _bayesian_step(optimizer, apply_fn,
                                           noise_variance)
   belief = {'rank': rank or 0,
             'variance_update': variance_update or (
-                None if rank else MEASURED_DIAGONAL_RULE),
+                None if rank else _beliefs.MEASURED_DIAGONAL_RULE),
             'timescales': list(timescales), 'permanent_part': True,
             'learned_scales': learn_prior}
   return Learner(name, grid, note, make_step, belief)
@@ -395,10 +392,11 @@ def _default_prior_learner(rank):
     del hyper
     optimizer = mso.bayesian_multiscale(
         decays, process, 1.0, initial_variances=initial, rank=rank,
-        variance_update=None if rank else MEASURED_DIAGONAL_RULE)
+        variance_update=None if rank else _beliefs.MEASURED_DIAGONAL_RULE)
     return optimizer.init, _bayesian_step(optimizer, apply_fn, 1.0)
   belief = {'rank': rank,
-            'variance_update': None if rank else MEASURED_DIAGONAL_RULE,
+            'variance_update': (
+                None if rank else _beliefs.MEASURED_DIAGONAL_RULE),
             'timescales': list(DEFAULT_TIMESCALES), 'permanent_part': True,
             'permanent_part_random_walk': True,
             'process_variances': process.tolist(),
@@ -431,7 +429,7 @@ def learners() -> list[Learner]:
           f"{update.replace('_', ' ')})", 1.0,
           f'the generic prior with learned scales, diagonal belief, '
           f'variance_update={update!r}', variance_update=update)
-        for update in VARIANCE_UPDATES],
+        for update in _beliefs.VARIANCE_UPDATES],
       *[_bayesian_learner(
           f'bayesian_multiscale (generic prior, learned scales, rank {rank})',
           1.0, f'the generic prior with learned scales, rank {rank}',
