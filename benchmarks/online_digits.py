@@ -314,11 +314,10 @@ def families(config: Config) -> list[Family]:
              f'{BAYES_LEARNED_START:g} at the start, its scale learned '
              'online (learn_prior=True)', observation='categorical'),
   ]
-  if hasattr(mso, 'benna_fusi'):
-    result.append(Family(
-        'benna_fusi_adam', _benna_fusi_adam(), adam_range,
-        'scale_by_adam -> multiscale_optax.benna_fusi, '
-        'benna_fusi_defaults(6) chain'))
+  result.append(Family(
+      'benna_fusi_adam', _benna_fusi_adam(), adam_range,
+      'scale_by_adam -> multiscale_optax.benna_fusi, '
+      'benna_fusi_defaults(6) chain'))
   if config.ablations:
     result += [
         Family('ms_adam_slow_half', _multiscale_adam(slow_share=0.5),
