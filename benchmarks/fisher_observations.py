@@ -1,0 +1,217 @@
+r"""Bayesian learning at the cost of one backward pass: the Fisher modes.
+
+``mso.categorical_observation(..., fisher=...)`` gives the Bayesian
+multiscale learner one of three observations of a classifier's example:
+``'exact'`` (the generalised Gauss-Newton EKF: one Jacobian row per class,
+:math:`C` backward passes and a :math:`C \times C` solve), ``'sampled'``
+(one row, the gradient of :math:`\log p(\hat y)` for a label drawn from the
+model's predictive: one backward pass, a scalar solve) and ``'empirical'``
+(one row, the observed label's gradient). This benchmark runs the three side
+by side with Adam on the digits streams of ``online_digits.py``, one example
+per step (batch 1), the whole stream in one ``jax.lax.scan``, and reports
+
+* online accuracy (the prediction for each example made before learning
+  from it), mean ± sd over test seeds, on each stream (recurring tasks,
+  1/f task switches, stationary, drifting rotation);
+* the end-to-end step time (forward, backward(s), update) of each learner,
+  median over rounds run round-robin in one process, and its ratio to
+  Adam's.
+
+The prior, fixed before the first run and the same for every stream and
+mode: a permanent part (decay 1, initial variance 2/64) and 7 AR(1)
+subweights with timescales log-spaced from 1 to 1000 examples and equal
+stationary variances summing to 0.0215 (the one-prior drift variance that
+``online_digits.py`` chose on its tuning seeds), the diagonal belief with the
+library's default rule. Adam's learning rate is tuned on a separate seed
+over ``ADAM_RATES``. The MLP is ``online_digits.mlp_apply`` (64-64-10,
+ReLU). Issue goals: ``'sampled'`` within 1 point of ``'exact'`` on every
+stream, at no more than 1.5 times Adam's end-to-end step time.
+
+Usage::
+
+  python benchmarks/fisher_observations.py          # 1500 steps, 3 seeds
+
+Writes ``benchmarks/results/fisher_observations.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import multiscale_optax as mso
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import online_digits as digits
+
+RESULTS = pathlib.Path(__file__).resolve().parent / 'results'
+MODES = ('exact', 'sampled', 'empirical')
+ADAM_RATES = (1e-3, 3e-3, 1e-2, 3e-2)
+DRIFT_VARIANCE = 0.0215
+TUNING_SEED = 100
+
+
+def bayesian_optimizer() -> optax.GradientTransformationExtraArgs:
+  """The fixed prior of the module docstring (batch of 1 example)."""
+  return digits._bayesian(1, drift_variance=DRIFT_VARIANCE)(DRIFT_VARIANCE)
+
+
+def make_run(learner: str, steps: int, data, learning_rate: float = 0.0):
+  """A jitted ``(init_key, noise_key, indices, tasks, permutations, angles)
+  -> correct`` for one stream: online correctness per example."""
+  (train_images, train_labels), _ = data
+  train_images = jnp.asarray(train_images)
+  train_labels = jnp.asarray(train_labels)
+  apply_fn = digits.mlp_apply
+  if learner == 'adam':
+    optimizer = optax.adam(learning_rate)
+  else:
+    optimizer = bayesian_optimizer()
+
+  def learn(params, opt_state, image, label, key):
+    if learner == 'adam':
+      def loss(params):
+        logits = apply_fn(params, image)
+        return optax.softmax_cross_entropy_with_integer_labels(
+            logits, label).sum(), logits
+      (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(params)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+    else:
+      info, grads, extra = mso.categorical_observation(
+          apply_fn, params, image, label, fisher=learner,
+          key=key if learner == 'sampled' else None)
+      logits = jnp.log(info.predictions)
+      updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
+    return logits, optax.apply_updates(params, updates), opt_state
+
+  def run(init_key, noise_key, indices, tasks, permutations, angles):
+    params = digits.mlp_init(init_key)
+
+    def step(carry, inputs):
+      params, opt_state = carry
+      index, task, angle, key = inputs
+      image = digits.rotate_images(train_images[index], angle)
+      label = permutations[task][train_labels[index]]
+      logits, params, opt_state = learn(params, opt_state, image, label, key)
+      return (params, opt_state), jnp.mean(jnp.argmax(logits, -1) == label)
+
+    keys = jax.random.split(noise_key, steps)
+    _, correct = jax.lax.scan(
+        step, (params, optimizer.init(params)),
+        (indices, tasks, angles, keys))
+    return correct
+
+  return jax.jit(run)
+
+
+def stream_inputs(kind: str, seed: int, steps: int, num_train: int):
+  config = digits.Config(
+      steps=steps, batch=1, block=100, num_learning_rates=1,
+      tuning_seeds=(), evaluation_seeds=(), models=('mlp',),
+      ablations=False, bayesian_models=('mlp',), bayesian_tuning_seeds=(),
+      bayesian_evaluation_seeds=(), bayesian_num_grid=1)
+  indices, tasks, permutations, angles = digits.make_stream(
+      kind, seed, config, num_train)
+  return (jnp.asarray(indices), jnp.asarray(tasks),
+          jnp.asarray(permutations), jnp.asarray(angles))
+
+
+def accuracy(run, kind, seed, steps, num_train) -> float:
+  correct = run(jax.random.key(seed), jax.random.key(seed + 7),
+                *stream_inputs(kind, seed, steps, num_train))
+  return float(jnp.mean(correct))
+
+
+def tune_adam(steps, data, num_train, log) -> float:
+  scores = {}
+  for rate in ADAM_RATES:
+    run = make_run('adam', steps, data, rate)
+    scores[rate] = float(np.mean([
+        accuracy(run, kind, TUNING_SEED, steps, num_train)
+        for kind in digits.STREAMS]))
+    log(f'  adam lr {rate:g}: tuning accuracy {scores[rate]:.3f}')
+  return max(scores, key=scores.get)
+
+
+def step_times(runs, steps, num_train, rounds):
+  """Median seconds per step of each run on one stream, round-robin."""
+  inputs = stream_inputs('stationary', 0, steps, num_train)
+  keys = (jax.random.key(0), jax.random.key(1))
+  for run in runs.values():
+    jax.block_until_ready(run(*keys, *inputs))
+  times = {name: [] for name in runs}
+  for _ in range(rounds):
+    for name, run in runs.items():
+      start = time.perf_counter()
+      jax.block_until_ready(run(*keys, *inputs))
+      times[name].append((time.perf_counter() - start) / steps)
+  return {name: float(np.median(values)) for name, values in times.items()}
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--steps', type=int, default=1500)
+  parser.add_argument('--test-seeds', type=int, default=3)
+  parser.add_argument('--rounds', type=int, default=5)
+  parser.add_argument('--output', default='fisher_observations.json')
+  args = parser.parse_args(argv)
+  started = time.perf_counter()
+  data = digits.load_data()
+  num_train = len(data[0][1])
+  adam_rate = tune_adam(args.steps, data, num_train, print)
+  runs = {'adam': make_run('adam', args.steps, data, adam_rate)}
+  runs.update({mode: make_run(mode, args.steps, data) for mode in MODES})
+  rows = {}
+  for name, run in runs.items():
+    rows[name] = {}
+    for kind in digits.STREAMS:
+      values = [accuracy(run, kind, seed, args.steps, num_train)
+                for seed in range(args.test_seeds)]
+      rows[name][kind] = {'online_accuracy_mean': float(np.mean(values)),
+                          'online_accuracy_sd': float(np.std(values)),
+                          'per_seed': values}
+      print(f'{name:10s} {kind:11s} online accuracy '
+            f'{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}')
+  seconds = step_times(runs, args.steps, num_train, args.rounds)
+  for name in runs:
+    rows[name]['seconds_per_step'] = seconds[name]
+    rows[name]['ratio_to_adam'] = seconds[name] / seconds['adam']
+    print(f'{name:10s} {1e3 * seconds[name]:.3f} ms per step, '
+          f'{seconds[name] / seconds["adam"]:.2f} x Adam')
+  for kind in digits.STREAMS:
+    gap = (rows['exact'][kind]['online_accuracy_mean']
+           - rows['sampled'][kind]['online_accuracy_mean'])
+    rows['sampled'][kind]['points_behind_exact'] = 100 * gap
+  payload = {
+      'config': {'steps': args.steps, 'test_seeds': args.test_seeds,
+                 'tuning_seed': TUNING_SEED, 'batch': 1, 'model': 'mlp',
+                 'streams': list(digits.STREAMS), 'rounds': args.rounds,
+                 'adam_rates': list(ADAM_RATES), 'adam_rate': adam_rate,
+                 'drift_variance': DRIFT_VARIANCE},
+      'machine': {'platform': platform.platform(),
+                  'cpu_count': os.cpu_count(),
+                  'load_average_1_5_15_min': list(os.getloadavg()),
+                  'jax': jax.__version__, 'optax': optax.__version__},
+      'command': 'python benchmarks/fisher_observations.py'
+                 + ''.join(f' {a}' for a in (argv or sys.argv[1:])),
+      'seconds': time.perf_counter() - started,
+      'rows': rows,
+  }
+  RESULTS.mkdir(parents=True, exist_ok=True)
+  (RESULTS / args.output).write_text(json.dumps(payload, indent=1))
+  print(f'wrote {RESULTS / args.output} in {payload["seconds"]:.0f} s')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
