@@ -369,3 +369,25 @@ def run_online(
   carry = (initial_params, optimizer.init(initial_params))
   _, (predictions, records) = jax.lax.scan(step, carry, (inputs, targets))
   return predictions, records
+
+
+def add_run_arguments(parser: Any, full_help: str) -> None:
+  """``--full``, ``--steps``, ``--tuning-seeds`` and ``--test-seeds``, the
+  last three ``None`` until :func:`fill_run_defaults`."""
+  parser.add_argument('--full', action='store_true', help=full_help)
+  parser.add_argument('--steps', type=int, default=None)
+  parser.add_argument('--tuning-seeds', type=int, default=None)
+  parser.add_argument('--test-seeds', type=int, default=None)
+
+
+def fill_run_defaults(args: Any, *, default: tuple[int, int, int],
+                      full: tuple[int, int, int]) -> None:
+  """Fills the steps and seed counts not given: ``(steps, tuning seeds,
+  test seeds)`` of the default run, or of ``--full``."""
+  steps, tuning_seeds, test_seeds = full if args.full else default
+  if args.steps is None:
+    args.steps = steps
+  if args.tuning_seeds is None:
+    args.tuning_seeds = tuning_seeds
+  if args.test_seeds is None:
+    args.test_seeds = test_seeds

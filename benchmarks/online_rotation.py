@@ -536,12 +536,9 @@ def plot(results, window, path, title):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--full', action='store_true',
-                      help='longer streams, more seeds, more LoFi ranks, the '
-                      'full EKF tuned')
-  parser.add_argument('--steps', type=int, default=None)
-  parser.add_argument('--tuning-seeds', type=int, default=None)
-  parser.add_argument('--test-seeds', type=int, default=None)
+  teacher.add_run_arguments(
+      parser, 'longer streams, more seeds, more LoFi ranks, the full EKF '
+      'tuned')
   parser.add_argument('--window', type=int, default=None,
                       help='steps per point of the RMSE curve')
   parser.add_argument('--streams', default=','.join(STREAMS),
@@ -554,12 +551,7 @@ def main(argv=None):
   parser.add_argument('--output', default=None,
                       help='file stem under benchmarks/results')
   args = parser.parse_args(argv)
-  if args.steps is None:
-    args.steps = 10_000 if args.full else 3000
-  if args.tuning_seeds is None:
-    args.tuning_seeds = 3 if args.full else 2
-  if args.test_seeds is None:
-    args.test_seeds = 8 if args.full else 3
+  teacher.fill_run_defaults(args, default=(3000, 2, 3), full=(10_000, 3, 8))
   if args.window is None:
     args.window = max(args.steps // 30, 1)
   skip = {name for name in args.skip.split(',') if name}

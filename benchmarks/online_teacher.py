@@ -526,23 +526,14 @@ def plot(rows, path, title):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--full', action='store_true',
-                      help='more steps and seeds')
-  parser.add_argument('--steps', type=int, default=None)
-  parser.add_argument('--tuning-seeds', type=int, default=None)
-  parser.add_argument('--test-seeds', type=int, default=None)
+  teacher.add_run_arguments(parser, 'more steps and seeds')
   parser.add_argument(
       '--layer-sizes', type=int, nargs='+', default=None,
       help='teacher widths, input to output (default 8 16 1; e.g. 160 1 '
       'for a linear teacher with as many weights)')
   parser.add_argument('--component-variance', type=float, default=None)
   args = parser.parse_args(argv)
-  if args.steps is None:
-    args.steps = 10_000 if args.full else 3000
-  if args.tuning_seeds is None:
-    args.tuning_seeds = 3 if args.full else 2
-  if args.test_seeds is None:
-    args.test_seeds = 12 if args.full else 6
+  teacher.fill_run_defaults(args, default=(3000, 2, 6), full=(10_000, 3, 12))
   config = teacher.TeacherConfig()
   variant = ''
   if args.layer_sizes is not None:
