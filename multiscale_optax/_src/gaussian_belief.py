@@ -153,6 +153,12 @@ def _combine(matrix: jax.Array, leaves: jax.Array) -> jax.Array:
   return jnp.tensordot(matrix, leaves, axes=1)
 
 
+def _summed_diagonals(belief: Belief) -> list[jax.Array]:
+  """Per leaf, :math:`s = \\sum_i D_i`: each weight's own prior variance."""
+  return [_sum([diagonals[leaf] for diagonals in belief.diagonals])
+          for leaf in range(len(belief.diagonals[0]))]
+
+
 def _summed_factors(belief: Belief) -> list[jax.Array]:
   """Per leaf, :math:`\\sum_i U_i`: the factor's rows seen through H."""
   return [_sum([factors[leaf] for factors in belief.factors])
@@ -175,8 +181,7 @@ def innovation(belief: Belief, observation: Observation) -> Innovation:
     The :class:`Innovation`.
   """
   rows = observation.rows
-  totals = [_sum([diagonals[leaf] for diagonals in belief.diagonals])
-            for leaf in range(len(rows))]
+  totals = _summed_diagonals(belief)
   explained = _sum([_inner(row * total, row)
                     for row, total in zip(rows, totals)])
   projection = None
@@ -226,8 +231,7 @@ def _diagonal_variances(
     return [[jnp.maximum(variance * (1.0 - variance * gain), 0.0)
              for variance, gain in zip(diagonals, precision)]
             for diagonals in belief.diagonals]
-  totals = [_sum([diagonals[leaf] for diagonals in belief.diagonals])
-            for leaf in range(len(rows))]
+  totals = _summed_diagonals(belief)
   if variance_update == 'weight_marginal':
     # Every subweight of a weight shrinks by the factor of the weight's own
     # exact marginal variance, s - s^2 diag(J^T S^-1 J), so the weight's
