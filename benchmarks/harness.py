@@ -1,0 +1,360 @@
+r"""The one harness every benchmark runs on: registry, tuning, results, plots.
+
+A benchmark is a module ``benchmarks/<name>.py`` run as
+``python -m benchmarks.<name>``. It declares its learners as
+:class:`Learner` entries (a name, a builder from hyperparameters, a grid),
+supplies one scoring function, and lets :func:`tune_and_evaluate` do the
+protocol every comparison here follows:
+
+1. every point of a learner's grid is scored on the *tuning* seeds;
+2. the point with the best mean score is kept (ties: the first), and flagged
+   when it sits at the edge of a range of three or more values;
+3. that point alone is scored on the separate *test* seeds, and the row
+   reports the mean, the standard deviation and every seed's value.
+
+Every results file has the same top-level keys (:data:`TOP_LEVEL_KEYS`):
+
+.. code-block:: text
+
+  schema     "multiscale_optax.benchmarks/1"
+  benchmark  the module's name (online_1f, step_speed, ...)
+  command    the command line that wrote the file
+  machine    one block: platform, processor, cores, load, devices, versions
+  seconds    the wall time of the run
+  config     the benchmark's settings (whatever it needs to be rerun)
+  rows       a list of flat records, one per measured thing, each with
+             "id" (unique in the file) and "label" (the plain name shown)
+
+A row's other fields are numbers, strings, booleans, ``null``, lists or one
+level of nested records (``{"mae": {"mean": ..., "sd": ..., "values":
+[...]}}``). The docs extension ``docs/_ext/benchmark_tables.py`` renders
+rows with Python format templates over these fields (``{mae.mean:.3f}``);
+nothing else in a file is addressed by the docs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import itertools
+import json
+import math
+import os
+import pathlib
+import platform
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+SCHEMA = 'multiscale_optax.benchmarks/1'
+TOP_LEVEL_KEYS = ('schema', 'benchmark', 'command', 'machine', 'seconds',
+                  'config', 'rows')
+RESULTS = pathlib.Path(__file__).resolve().parent / 'results'
+
+
+# --------------------------------------------------------------------------
+# The registry: learners, grids, tuning and evaluation.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Learner:
+  """One entry of a benchmark's registry.
+
+  Attributes:
+    id: the row id in the results (stable; tests and docs select by it).
+    label: the plain name tables and figures show.
+    build: hyperparameters (one grid point, as a dict) -> whatever the
+      benchmark's scoring function runs (an optax transformation, a step
+      function, ...).
+    grid: hyperparameter name -> the values to try; empty: nothing tuned.
+    fixed: hyperparameters passed to ``build`` at every grid point.
+    note: one sentence on what the learner is, stored with its row.
+    meta: anything else to store with its row (a belief, a prior).
+  """
+
+  id: str
+  label: str
+  build: Callable[[dict[str, Any]], Any]
+  grid: Mapping[str, Sequence[Any]] = dataclasses.field(default_factory=dict)
+  fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  note: str = ''
+  meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def points(self) -> list[dict[str, Any]]:
+    """Every grid point, each merged with ``fixed`` (one point if no grid)."""
+    names = list(self.grid)
+    return [{**self.fixed, **dict(zip(names, values, strict=True))}
+            for values in itertools.product(*(self.grid[n] for n in names))]
+
+
+# score(learner, points, seeds) -> array (len(points), len(seeds)): one
+# scalar per grid point and seed. A benchmark may vmap over the points.
+Score = Callable[[Learner, list[dict[str, Any]], Sequence[int]], np.ndarray]
+
+
+def log_grid(low: float, high: float, points: int) -> list[float]:
+  """``points`` log-spaced values from ``low`` to ``high``, as floats."""
+  return [float(v) for v in np.geomspace(low, high, points)]
+
+
+def at_grid_edge(learner: Learner, best: Mapping[str, Any]) -> list[str]:
+  """Names of hyperparameters tuned to an end of a range of >= 3 values."""
+  edge = []
+  for name, values in learner.grid.items():
+    values = list(values)
+    if len(set(map(repr, values))) < 3:
+      continue
+    numeric = [v for v in values if isinstance(v, (int, float))]
+    if len(numeric) == len(values) and best[name] in (min(numeric),
+                                                      max(numeric)):
+      edge.append(name)
+  return edge
+
+
+def tune(learner: Learner, score: Score, seeds: Sequence[int], *,
+         lower_is_better: bool = True) -> tuple[dict[str, Any], np.ndarray]:
+  """The grid point with the best mean score over ``seeds``.
+
+  Returns:
+    The best point (``fixed`` included) and the scores, shape
+    ``(points, seeds)``. Non-finite means never win; a learner whose every
+    point is non-finite keeps its first point.
+  """
+  points = learner.points()
+  scores = np.asarray(score(learner, points, seeds), dtype=float)
+  if scores.shape != (len(points), len(seeds)):
+    raise ValueError(f'score returned shape {scores.shape}, expected '
+                     f'{(len(points), len(seeds))}')
+  means = scores.mean(axis=1)
+  means = np.where(np.isfinite(means), means, np.inf if lower_is_better
+                   else -np.inf)
+  best = int(np.argmin(means) if lower_is_better else np.argmax(means))
+  return points[best], scores
+
+
+def summary(values: Sequence[float] | np.ndarray) -> dict[str, Any]:
+  """``{"mean", "sd", "values"}`` of per-seed values (sd: ddof 1, or 0)."""
+  values = np.asarray(values, dtype=float).ravel()
+  sd = float(np.std(values, ddof=1)) if values.size > 1 else 0.0
+  return {'mean': _finite_or_none(np.mean(values)),
+          'sd': _finite_or_none(sd),
+          'values': [_finite_or_none(v) for v in values]}
+
+
+def tune_and_evaluate(
+    learners: Sequence[Learner], score: Score, *, tuning_seeds: Sequence[int],
+    test_seeds: Sequence[int], metric: str, lower_is_better: bool = True,
+    log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+  """Tune each learner on ``tuning_seeds``, score it on ``test_seeds``.
+
+  Returns:
+    One row per learner: ``id``, ``label``, ``note``, ``hyperparameters``
+    (the chosen point), ``at_grid_edge``, ``tuned`` (whether it had a grid),
+    ``metric`` (its summary over the test seeds) and the learner's ``meta``.
+  """
+  rows = []
+  for learner in learners:
+    start = time.perf_counter()
+    if learner.grid:
+      best, _ = tune(learner, score, tuning_seeds,
+                     lower_is_better=lower_is_better)
+    else:
+      best = dict(learner.fixed)
+    values = np.asarray(score(learner, [best], test_seeds), dtype=float)[0]
+    rows.append({'id': learner.id, 'label': learner.label,
+                 'note': learner.note, 'tuned': bool(learner.grid),
+                 'hyperparameters': jsonable(best),
+                 'at_grid_edge': at_grid_edge(learner, best),
+                 metric: summary(values), **jsonable(dict(learner.meta))})
+    log(f'  {learner.label}: {metric} {rows[-1][metric]["mean"]} '
+        f'({time.perf_counter() - start:.1f} s)')
+  return rows
+
+
+# --------------------------------------------------------------------------
+# Results files.
+# --------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+  """The machine block every results file carries."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  try:
+    load = [round(v, 2) for v in os.getloadavg()]
+  except OSError:
+    load = None
+  return {'platform': platform.platform(), 'processor': platform.machine(),
+          'cpu_count': os.cpu_count(), 'load_average': load,
+          'devices': [str(d) for d in jax.devices()],
+          'python': platform.python_version(), 'jax': jax.__version__,
+          'optax': optax.__version__, 'numpy': np.__version__,
+          'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
+              timespec='seconds')}
+
+
+def jsonable(value: Any) -> Any:
+  """``value`` with numpy/JAX scalars and arrays turned into JSON types."""
+  if isinstance(value, Mapping):
+    return {str(k): jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [jsonable(v) for v in value]
+  if hasattr(value, 'tolist') and not isinstance(value, (str, bytes)):
+    return jsonable(value.tolist())
+  if isinstance(value, float):
+    return _finite_or_none(value)
+  return value
+
+
+def _finite_or_none(value: Any) -> float | None:
+  value = float(value)
+  return value if math.isfinite(value) else None
+
+
+def results_document(name: str, *, config: Mapping[str, Any],
+                     rows: Sequence[Mapping[str, Any]], seconds: float,
+                     command: str | None = None) -> dict[str, Any]:
+  """A results file's contents in the one schema (checked)."""
+  document = {'schema': SCHEMA, 'benchmark': name,
+              'command': command if command is not None else command_line(),
+              'machine': machine(), 'seconds': round(float(seconds), 1),
+              'config': jsonable(dict(config)),
+              'rows': [jsonable(dict(row)) for row in rows]}
+  check_document(document)
+  return document
+
+
+def check_document(document: Mapping[str, Any]) -> None:
+  """Raise ``ValueError`` unless ``document`` follows the schema."""
+  keys = tuple(document)
+  if sorted(keys) != sorted(TOP_LEVEL_KEYS):
+    raise ValueError(f'results keys {keys}, expected {TOP_LEVEL_KEYS}')
+  if document['schema'] != SCHEMA:
+    raise ValueError(f'schema {document["schema"]!r}, expected {SCHEMA!r}')
+  ids = [row.get('id') for row in document['rows']]
+  if any(not isinstance(i, str) for i in ids) or len(set(ids)) != len(ids):
+    raise ValueError('every row needs a unique string "id"')
+  if any(not isinstance(row.get('label'), str) for row in document['rows']):
+    raise ValueError('every row needs a string "label"')
+
+
+def write_results(stem: str, document: Mapping[str, Any]) -> pathlib.Path:
+  """Write ``benchmarks/results/<stem>.json`` (checked); return its path."""
+  check_document(document)
+  path = RESULTS / f'{stem}.json'
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(document, indent=1, allow_nan=False) + '\n',
+                  encoding='utf-8')
+  return path
+
+
+def load_results(stem: str) -> dict[str, Any]:
+  """Read and check ``benchmarks/results/<stem>.json``."""
+  document = json.loads((RESULTS / f'{stem}.json').read_text('utf-8'))
+  check_document(document)
+  return document
+
+
+def row(document: Mapping[str, Any], row_id: str) -> dict[str, Any]:
+  """The row of ``document`` with id ``row_id`` (``KeyError`` if none)."""
+  for candidate in document['rows']:
+    if candidate['id'] == row_id:
+      return candidate
+  raise KeyError(f'no row {row_id!r} in {document["benchmark"]}')
+
+
+def command_line() -> str:
+  """How this process was started, as ``python -m benchmarks.<name> ...``."""
+  main = sys.modules.get('__main__')
+  spec = getattr(main, '__spec__', None)
+  program = (f'python -m {spec.name}' if spec is not None and spec.name
+             else f'python {sys.argv[0]}')
+  return ' '.join([program, *sys.argv[1:]])
+
+
+# --------------------------------------------------------------------------
+# Command line.
+# --------------------------------------------------------------------------
+
+
+def parser(description: str | None, *, full_help: str | None = None,
+           ) -> argparse.ArgumentParser:
+  """The arguments every benchmark shares.
+
+  ``--full`` (the longer run, when the benchmark has one), ``--out`` (the
+  results stem, default the benchmark's own) and ``--plot-only`` (redraw
+  the figure from the saved JSON without running anything).
+  """
+  result = argparse.ArgumentParser(
+      description=(description or '').strip().splitlines()[0] or None,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  if full_help is not None:
+    result.add_argument('--full', action='store_true', help=full_help)
+  result.add_argument('--out', default=None,
+                      help='results stem under benchmarks/results/')
+  result.add_argument('--plot-only', action='store_true',
+                      help='redraw the figure from the saved JSON')
+  return result
+
+
+# --------------------------------------------------------------------------
+# Figures.
+# --------------------------------------------------------------------------
+
+# Eight colours that stay apart for colour-blind readers (Okabe & Ito), and
+# line styles to combine with them: len(COLORS) * len(LINESTYLES) distinct
+# styles before any repeats.
+COLORS = ('#000000', '#E69F00', '#56B4E9', '#009E73', '#D55E00', '#0072B2',
+          '#CC79A7', '#F0E442')
+LINESTYLES = ('-', '--', ':', '-.')
+MARKERS = ('o', 's', '^', 'D', 'v', 'P', 'X', '*')
+
+
+def styles(count: int) -> list[dict[str, Any]]:
+  """``count`` distinct line styles (colour, dash, marker), none repeated."""
+  if count > len(COLORS) * len(LINESTYLES):
+    raise ValueError(f'{count} lines is more than one figure can tell apart')
+  return [{'color': COLORS[i % len(COLORS)],
+           'linestyle': LINESTYLES[i // len(COLORS)],
+           'marker': MARKERS[(i // len(COLORS)) % len(MARKERS)]}
+          for i in range(count)]
+
+
+def figure(rows: int = 1, columns: int = 1, *, width: float = 6.4,
+           panel_height: float = 3.2) -> tuple[Any, Any]:
+  """A matplotlib figure whose text stays readable at page width."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  plt.rcParams.update({'font.size': 10, 'axes.titlesize': 10,
+                       'legend.fontsize': 8, 'axes.spines.top': False,
+                       'axes.spines.right': False})
+  return plt.subplots(rows, columns, squeeze=False,
+                      figsize=(width, panel_height * rows),
+                      constrained_layout=True)
+
+
+def save_figure(fig: Any, stem: str) -> pathlib.Path:
+  """Save ``fig`` as ``benchmarks/results/<stem>.png`` and close it."""
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  path = RESULTS / f'{stem}.png'
+  fig.savefig(path, dpi=150)
+  plt.close(fig)
+  return path
+
+
+def running_mean(values: np.ndarray, window: int) -> np.ndarray:
+  """Trailing mean over ``window`` steps along the last axis (shorter at
+  the start)."""
+  values = np.asarray(values, dtype=float)
+  cumulative = np.cumsum(values, axis=-1)
+  shifted = np.concatenate(
+      [np.zeros(values.shape[:-1] + (window,)), cumulative[..., :-window]],
+      axis=-1)[..., :values.shape[-1]]
+  counts = np.minimum(np.arange(1, values.shape[-1] + 1), window)
+  return (cumulative - shifted) / counts
