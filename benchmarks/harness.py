@@ -45,7 +45,9 @@ import pathlib
 import platform
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -194,7 +196,7 @@ def machine() -> dict[str, Any]:
           'devices': [str(d) for d in jax.devices()],
           'python': platform.python_version(), 'jax': jax.__version__,
           'optax': optax.__version__, 'numpy': np.__version__,
-          'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
+          'date': datetime.datetime.now(datetime.UTC).isoformat(
               timespec='seconds')}
 
 
@@ -354,7 +356,7 @@ def running_mean(values: np.ndarray, window: int) -> np.ndarray:
   values = np.asarray(values, dtype=float)
   cumulative = np.cumsum(values, axis=-1)
   shifted = np.concatenate(
-      [np.zeros(values.shape[:-1] + (window,)), cumulative[..., :-window]],
+      [np.zeros((*values.shape[:-1], window)), cumulative[..., :-window]],
       axis=-1)[..., :values.shape[-1]]
   counts = np.minimum(np.arange(1, values.shape[-1] + 1), window)
   return (cumulative - shifted) / counts
