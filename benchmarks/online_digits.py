@@ -1077,9 +1077,12 @@ def main(argv=None):
         'comparison_vs_best_baseline': comparison_with_best(results).split(
             '\n'),
     }, file, indent=1)
-  plot(json.loads((RESULTS / f'online_digits{suffix}.json').read_text()),
-       RESULTS / f'online_digits{suffix}.png')
-  print(f'wrote {RESULTS}/online_digits{suffix}.json and .png')
+  if any(name in PLOT_FAMILIES for name in
+         next(iter(next(iter(results.values())).values()))):
+    plot(json.loads((RESULTS / f'online_digits{suffix}.json').read_text()),
+         RESULTS / f'online_digits{suffix}.png')
+  # (--families without a plotted learner writes no .png.)
+  print(f'wrote {RESULTS}/online_digits{suffix}.json (and .png)')
 
 
 if __name__ == '__main__':
