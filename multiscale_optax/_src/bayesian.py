@@ -288,9 +288,9 @@ def _check_state_leaves(
         f'{len(state.factors)} factors, but this transformation has {num} '
         f'subweights of rank {rank}: initialise the state with this '
         'transformation.')
-  means = [treedef.flatten_up_to(tree) for tree in state.means]
-  variances = [treedef.flatten_up_to(tree) for tree in state.variances]
-  factors = [treedef.flatten_up_to(tree) for tree in state.factors]
+  means, variances, factors = (
+      subweight_state.leaves_of(treedef, trees)
+      for trees in (state.means, state.variances, state.factors))
   for position, grad in enumerate(grad_leaves):
     shape = tuple(grad.shape)
     for index in range(num):
@@ -519,9 +519,9 @@ def _update(
   skipped = jnp.asarray(False) if posterior is None else ~valid
   new_state = BayesianMultiscaleState(
       count=jnp.asarray(optax.safe_increment(state.count)),
-      means=tuple(treedef.unflatten(leaves) for leaves in new_means),
-      variances=tuple(treedef.unflatten(leaves) for leaves in new_variances),
-      factors=tuple(treedef.unflatten(leaves) for leaves in new_factors),
+      means=subweight_state.trees_of(treedef, new_means),
+      variances=subweight_state.trees_of(treedef, new_variances),
+      factors=subweight_state.trees_of(treedef, new_factors),
       mean_scales=mean_scales,
       log_process_scale=log_process_scale,
       log_noise_scale=log_noise_scale,
@@ -687,10 +687,7 @@ def _init_state(
   scalar_dtype = precision.compute_dtype(*(leaf.dtype for leaf in leaves))
 
   def mean(param: Any) -> jax.Array:
-    return jnp.zeros_like(
-        param,
-        dtype=state_dtype if subweight_state.is_trainable(param.dtype)
-        else None)
+    return subweight_state.initial_leaf(param, (), state_dtype)
 
   def variance(param: Any, value: Any) -> jax.Array:
     if not subweight_state.is_trainable(param.dtype):
