@@ -87,6 +87,7 @@ import optax
 from jax.typing import ArrayLike
 from jax.typing import DTypeLike
 
+from multiscale_optax._src import ar1_prior
 from multiscale_optax._src import checks
 from multiscale_optax._src import gaussian_belief
 from multiscale_optax._src import precision
@@ -224,28 +225,13 @@ def _check_decay_dtype(decays: Any) -> None:
 def _validate(
     decays: Any, process_variances: Any, noise_variance: Any,
     initial_variances: Any,
-) -> tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]:
+) -> ar1_prior.AR1Prior:
   _check_decay_dtype(decays)
-  decay_entries, variance_entries = checks.decays_and_process_variances(
-      decays, process_variances, lowest_decay=-1.0)
+  prior = ar1_prior.AR1Prior(decays, process_variances, initial_variances)
   checks.check_scalar(
       noise_variance, 'noise_variance', low=0.0, high=np.inf,
       low_inclusive=False, high_inclusive=False)
-  if initial_variances is None:
-    for index, decay in enumerate(decay_entries):
-      if not checks.is_traced(decay) and decay == 1.0:
-        raise ValueError(
-            f'`initial_variances` must be given: `decays[{index}]` is 1 (a '
-            'random walk), which has no stationary variance.')
-    initial_entries = tuple(
-        variance / leak[1]
-        if checks.is_traced(leak[1]) or checks.is_traced(variance)
-        else float(np.float64(variance) / np.float64(leak[1]))
-        for variance, leak in zip(
-            variance_entries, map(_leak, decay_entries)))
-    return decay_entries, variance_entries, initial_entries
-  return decay_entries, variance_entries, checks.initial_variances(
-      initial_variances, decay_entries)
+  return prior
 
 
 def _check_observation_covariance(value: Any, outputs: int | None) -> None:
@@ -719,10 +705,11 @@ def _init_state(
 
 
 def bayesian_multiscale(
-    decays: Sequence[float] | ArrayLike,
-    process_variances: Sequence[float] | ArrayLike,
-    noise_variance: ArrayLike,
+    decays: Sequence[float] | ArrayLike | None = None,
+    process_variances: Sequence[float] | ArrayLike | None = None,
+    noise_variance: ArrayLike | None = None,
     *,
+    prior: ar1_prior.AR1Prior | None = None,
     initial_variances: Sequence[float] | ArrayLike | None = None,
     rank: int | None = None,
     variance_update: str | None = None,
@@ -860,8 +847,11 @@ def bayesian_multiscale(
       scalar output (the default :math:`R = rI`).
     initial_variances: :math:`v_i` for the first example; default the
       stationary :math:`q_i/(1 - \gamma_i^2)`, required where
-      :math:`\gamma_i = 1`. Read only by ``init``: a list, tuple or NumPy
-      array.
+      :math:`\gamma_i = 1` (the rule of :class:`AR1Prior`). Read only by
+      ``init``: a list, tuple or NumPy array.
+    prior: an :class:`AR1Prior` in place of ``decays``,
+      ``process_variances`` and ``initial_variances`` (the same learner);
+      pass ``noise_variance`` by name then.
     rank: :math:`L \ge 0`, the rank of the covariance's low-rank part
       (``None`` or 0: a diagonal belief). It sets the state's shapes, so
       under ``optax.inject_hyperparams`` name it in ``static_args``.
@@ -889,7 +879,8 @@ def bayesian_multiscale(
 
   Raises:
     TypeError: an argument has the wrong type (complex params, decays
-      narrower than float32, a float8 ``state_dtype``).
+      narrower than float32, a float8 ``state_dtype``), or ``prior`` is
+      given with ``decays``, ``process_variances`` or ``initial_variances``.
     ValueError: lengths differ, a value lies outside its range, or
       ``initial_variances`` is missing where a decay is 1.
 
@@ -910,6 +901,11 @@ def bayesian_multiscale(
     >>> print(params)  # 0.5 * (0 + 1 / (1 + 1) * 2)
     [0.5]
 
+    The same learner from an :class:`AR1Prior`:
+
+    >>> prior = mso.AR1Prior(decays=[0.5], process_variances=[0.75])
+    >>> opt = mso.bayesian_multiscale(prior=prior, noise_variance=1.0)
+
   References:
     Jones, Scott, Ren, ElSayed, Hermann, Mayo & Mozer, "Learning in temporally
     structured environments", ICLR 2023. Jones, `Learning at Multiple
@@ -918,7 +914,11 @@ def bayesian_multiscale(
     filtering for online learning of neural networks from streaming data",
     CoLLAs 2023.
   """
-  decay_entries, variance_entries, initial_entries = _validate(
+  decays, process_variances, initial_variances, noise_variance = (
+      ar1_prior.arguments(
+          prior, decays, process_variances, noise_variance,
+          initial_variances=initial_variances))
+  ar1 = _validate(
       decays, process_variances, noise_variance, initial_variances)
   rank = _check_rank(rank)
   variance_update = _check_variance_update(variance_update, rank)
@@ -937,9 +937,9 @@ def bayesian_multiscale(
                         high=np.inf, low_inclusive=False,
                         high_inclusive=False)
     outlier_threshold = float(outlier_threshold)
-  prior = _Prior(
-      decays=decay_entries, leaks=tuple(map(_leak, decay_entries)),
-      process_variances=variance_entries, noise_variance=noise_variance,
+  hyperparameters = _Prior(
+      decays=ar1.decays, leaks=tuple(map(_leak, ar1.decays)),
+      process_variances=ar1.process_variances, noise_variance=noise_variance,
       rank=rank, variance_update=variance_update, learn_prior=learn_prior,
       learn_noise_variance=learn_noise_variance,
       prior_learning_rate=prior_learning_rate,
@@ -951,7 +951,8 @@ def bayesian_multiscale(
 
   def init_fn(params: optax.Params) -> BayesianMultiscaleState:
     return _init_state(
-        params, len(decay_entries), rank, initial_entries, state_dtype)
+        params, ar1.num_components, rank, ar1.initial_variances or (),
+        state_dtype)
 
   def update_fn(
       updates: optax.Updates,
@@ -970,7 +971,7 @@ def bayesian_multiscale(
           '(as optax.inject_hyperparams passes a NumPy array), a change '
           'after init has no effect. Pass it as a tuple to keep it static.',
           stacklevel=2)
-    return _update(prior, updates, state, jacobian, residual,
+    return _update(hyperparameters, updates, state, jacobian, residual,
                    observation_covariance)
 
   # optax's protocols take any OptState and no named extra arguments;
