@@ -418,6 +418,62 @@ def _prior_scales(
   return step(state.log_process_scale, gradients[0]), log_noise_scale
 
 
+def _observe(
+    prior: _Prior,
+    state: BayesianMultiscaleState,
+    grad_leaves: list[jax.Array],
+    jacobian_leaves: list[Any],
+    variances: list[list[jax.Array]],
+    factors: list[list[jax.Array]],
+    trainable: list[int],
+    outputs: int | None,
+    residual: Any,
+    observation_covariance: Any,
+    dtype: Any,
+) -> tuple[gaussian_belief.Posterior | None, jax.Array, jax.Array, jax.Array,
+           jax.Array]:
+  """Conditions the belief on the observation, where there is one.
+
+  Returns the posterior (``None`` where nothing is observed), whether the
+  observation was valid, and the new log prior and noise scales and
+  innovation variance.
+  """
+  if not trainable or outputs == 0:
+    return (None, jnp.asarray(False), state.log_process_scale,
+            state.log_noise_scale, state.innovation_variance)
+  noise_scale = jnp.exp(state.log_noise_scale.astype(dtype))
+  observation, rescale, valid = _observation(
+      [grad_leaves[p] for p in trainable],
+      [jacobian_leaves[p] for p in trainable], residual,
+      observation_covariance, jnp.asarray(prior.noise_variance, dtype),
+      noise_scale, dtype)
+  belief = gaussian_belief.Belief(
+      diagonals=[[leaves[p].astype(dtype) for p in trainable]
+                 for leaves in variances],
+      factors=[[leaves[p].astype(dtype) for p in trainable]
+               for leaves in factors])
+  innovation = gaussian_belief.innovation(belief, observation)
+  valid = valid & jnp.all(jnp.isfinite(innovation.cholesky))
+  if prior.outlier_threshold is not None:
+    observation = gaussian_belief.clip_residual(
+        observation, innovation, prior.outlier_threshold)
+  if observation_covariance is not None:
+    valid = valid & jnp.all(jnp.isfinite(
+        jnp.linalg.cholesky(observation.covariance)))
+  posterior = gaussian_belief.condition(
+      belief, observation, innovation, prior.variance_update)
+  log_process_scale, log_noise_scale = _prior_scales(
+      prior, state, observation, innovation, valid, dtype)
+  innovation_variance = jnp.where(
+      valid,
+      (jnp.trace(innovation.covariance) * jnp.square(rescale)
+       / innovation.covariance.shape[0]).astype(
+           state.innovation_variance.dtype),
+      state.innovation_variance)
+  return (posterior, valid, log_process_scale, log_noise_scale,
+          innovation_variance)
+
+
 def _update(
     prior: _Prior,
     updates: optax.Updates,
@@ -464,40 +520,10 @@ def _update(
       *(grad_leaves[p].dtype for p in trainable),
       *(leaves[p].dtype for leaves in means + variances for p in trainable),
       state.log_process_scale.dtype)
-  posterior = None
-  valid = jnp.asarray(False)
-  log_process_scale = state.log_process_scale
-  log_noise_scale = state.log_noise_scale
-  innovation_variance = state.innovation_variance
-  if trainable and outputs != 0:
-    noise_scale = jnp.exp(state.log_noise_scale.astype(dtype))
-    observation, rescale, valid = _observation(
-        [grad_leaves[p] for p in trainable],
-        [jacobian_leaves[p] for p in trainable], residual,
-        observation_covariance, jnp.asarray(prior.noise_variance, dtype),
-        noise_scale, dtype)
-    belief = gaussian_belief.Belief(
-        diagonals=[[leaves[p].astype(dtype) for p in trainable]
-                   for leaves in variances],
-        factors=[[leaves[p].astype(dtype) for p in trainable]
-                 for leaves in factors])
-    innovation = gaussian_belief.innovation(belief, observation)
-    valid = valid & jnp.all(jnp.isfinite(innovation.cholesky))
-    if prior.outlier_threshold is not None:
-      observation = gaussian_belief.clip_residual(
-          observation, innovation, prior.outlier_threshold)
-    if observation_covariance is not None:
-      valid = valid & jnp.all(jnp.isfinite(
-          jnp.linalg.cholesky(observation.covariance)))
-    posterior = gaussian_belief.condition(
-        belief, observation, innovation, prior.variance_update)
-    log_process_scale, log_noise_scale = _prior_scales(
-        prior, state, observation, innovation, valid, dtype)
-    innovation_variance = jnp.where(
-        valid,
-        (jnp.trace(innovation.covariance) * jnp.square(rescale)
-         / innovation.covariance.shape[0]).astype(innovation_variance.dtype),
-        innovation_variance)
+  posterior, valid, log_process_scale, log_noise_scale, innovation_variance = (
+      _observe(prior, state, grad_leaves, jacobian_leaves, variances,
+               factors, trainable, outputs, residual, observation_covariance,
+               dtype))
   increments, new_means, new_variances, new_factors, mean_scales = (
       _predict_and_store(
           prior, state, grad_leaves, means, variances, factors, trainable,

@@ -460,6 +460,71 @@ def benna_fusi_modes(
   return modes
 
 
+def _flow_rates(
+    capacity_entries: tuple[Any, ...], conductance_entries: tuple[Any, ...],
+    leak: Any, concrete: bool,
+) -> tuple[tuple[Any, ...], tuple[Any, ...], Any]:
+  """Per variable k: inflow g_{k-1}/C_k, outflow g_k/C_k; and 1/C_1.
+
+  In float64 where concrete, so slow variables keep their small
+  coefficients exactly.
+  """
+  if concrete:
+    c = np.asarray(capacity_entries, np.float64)
+    g = np.asarray(conductance_entries, np.float64)
+    inflow = tuple(float(x) for x in np.r_[0.0, g] / c)
+    outflow = tuple(float(x) for x in np.r_[g, float(leak)] / c)
+    return inflow, outflow, float(1.0 / c[0])
+  inflow = tuple(
+      conductance / capacity for conductance, capacity in zip(
+          (0.0, *conductance_entries), capacity_entries, strict=True))
+  outflow = tuple(
+      conductance / capacity for conductance, capacity in zip(
+          (*conductance_entries, leak), capacity_entries, strict=True))
+  return inflow, outflow, 1.0 / capacity_entries[0]
+
+
+def _chain_leaf_update(
+    update: jax.Array, stored: list[jax.Array], rate: Any,
+    inflow: Sequence[Any], outflow: Sequence[Any], input_scale: Any,
+) -> tuple[jax.Array, list[jax.Array]]:
+  """One leaf's increment of u_1 and its new chain u_1..u_n."""
+  if not (subweight_state.is_trainable(update.dtype)
+          and all(subweight_state.is_trainable(leaf.dtype)
+                  for leaf in stored)):
+    # Integer and boolean leaves (counters, masks) are left alone.
+    return jnp.zeros_like(update), stored
+  compute_dtype = precision.compute_dtype(
+      update.dtype, *(leaf.dtype for leaf in stored))
+  # The chain's coefficients are real, also for complex params.
+  real_dtype = jnp.finfo(compute_dtype).dtype
+  old = [leaf.astype(compute_dtype) for leaf in stored]
+  num_variables = len(stored)
+  new_stored = []
+  for k in range(num_variables):
+    change = jnp.asarray(outflow[k], real_dtype) * (
+        (old[k + 1] if k + 1 < num_variables else 0.0) - old[k])
+    if k > 0:
+      change = change + jnp.asarray(inflow[k], real_dtype) * (
+          old[k - 1] - old[k])
+    else:
+      change = change - (
+          jnp.asarray(rate, real_dtype)
+          * jnp.asarray(input_scale, real_dtype)
+          * update.astype(compute_dtype))
+      first_change = change
+    # Rounds explicitly (XLA:GPU would otherwise keep excess precision
+    # and the increment below would not be the change actually stored).
+    new_stored.append(
+        precision.round_to_storage(old[k] + change, stored[k].dtype))
+  if stored[0].dtype == compute_dtype:
+    increment = first_change
+  else:
+    # The params follow the stored u_1 exactly: its stored change.
+    increment = new_stored[0].astype(compute_dtype) - old[0]
+  return increment.astype(update.dtype), new_stored
+
+
 def benna_fusi(
     capacities: Sequence[float] | ArrayLike,
     conductances: Sequence[float] | ArrayLike,
@@ -576,22 +641,8 @@ def benna_fusi(
       initial_chain, 'initial_chain', num_variables, 'chain variable',
       'capacities')
 
-  # Per variable k: inflow g_{k-1}/C_k, outflow g_k/C_k (float64 where
-  # concrete, so slow variables keep their small coefficients exactly).
-  if concrete:
-    c = np.asarray(capacity_entries, np.float64)
-    g = np.asarray(conductance_entries, np.float64)
-    inflow = tuple(float(x) for x in np.r_[0.0, g] / c)
-    outflow = tuple(float(x) for x in np.r_[g, float(leak)] / c)
-    input_scale = float(1.0 / c[0])
-  else:
-    inflow = tuple(
-        (0.0, *conductance_entries)[k] / capacity_entries[k]
-        for k in range(num_variables))
-    outflow = tuple(
-        (*conductance_entries, leak)[k] / capacity_entries[k]
-        for k in range(num_variables))
-    input_scale = 1.0 / capacity_entries[0]
+  inflow, outflow, input_scale = _flow_rates(
+      capacity_entries, conductance_entries, leak, concrete)
 
   def init_fn(params: optax.Params) -> BennaFusiState:
     params = jax.tree.map(jnp.asarray, params)
@@ -609,44 +660,6 @@ def benna_fusi(
     return BennaFusiState(
         count=jnp.zeros([], jnp.int32), chain=tuple(chain))
 
-  def leaf_update(
-      update: jax.Array, stored: list[jax.Array], rate: Any
-  ) -> tuple[jax.Array, list[jax.Array]]:
-    """One leaf's increment of u_1 and its new chain u_1..u_n."""
-    if not (subweight_state.is_trainable(update.dtype)
-            and all(subweight_state.is_trainable(leaf.dtype)
-                    for leaf in stored)):
-      # Integer and boolean leaves (counters, masks) are left alone.
-      return jnp.zeros_like(update), stored
-    compute_dtype = precision.compute_dtype(
-        update.dtype, *(leaf.dtype for leaf in stored))
-    # The chain's coefficients are real, also for complex params.
-    real_dtype = jnp.finfo(compute_dtype).dtype
-    old = [leaf.astype(compute_dtype) for leaf in stored]
-    new_stored = []
-    for k in range(num_variables):
-      change = jnp.asarray(outflow[k], real_dtype) * (
-          (old[k + 1] if k + 1 < num_variables else 0.0) - old[k])
-      if k > 0:
-        change = change + jnp.asarray(inflow[k], real_dtype) * (
-            old[k - 1] - old[k])
-      else:
-        change = change - (
-            jnp.asarray(rate, real_dtype)
-            * jnp.asarray(input_scale, real_dtype)
-            * update.astype(compute_dtype))
-        first_change = change
-      # Rounds explicitly (XLA:GPU would otherwise keep excess precision
-      # and the increment below would not be the change actually stored).
-      new_stored.append(
-          precision.round_to_storage(old[k] + change, stored[k].dtype))
-    if stored[0].dtype == compute_dtype:
-      increment = first_change
-    else:
-      # The params follow the stored u_1 exactly: its stored change.
-      increment = new_stored[0].astype(compute_dtype) - old[0]
-    return increment.astype(update.dtype), new_stored
-
   def update_fn(
       updates: optax.Updates,
       state: BennaFusiState,
@@ -661,8 +674,9 @@ def benna_fusi(
     rate = (learning_rate(state.count) if callable(learning_rate)
             else learning_rate)
     increments, new_chain = subweight_state.map_leaves(
-        lambda update, stored: leaf_update(update, stored, rate), updates,
-        state.chain)
+        lambda update, stored: _chain_leaf_update(
+            update, stored, rate, inflow, outflow, input_scale),
+        updates, state.chain)
     new_state = BennaFusiState(
         count=jnp.asarray(optax.safe_increment(state.count)), chain=new_chain)
     return increments, new_state

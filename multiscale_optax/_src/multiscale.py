@@ -299,6 +299,39 @@ def _leafwise_update(
   return increment.astype(update.dtype), new_stored
 
 
+def _init_state(
+    params: optax.Params,
+    layout: SubweightLayout,
+    initial_subweights: Sequence[optax.Params | None] | None,
+    state_dtype: DTypeLike | None,
+    scaled_subweights: bool,
+) -> MultiscaleState:
+  """The state of :func:`multiscale` at ``init``: one tree per stored group."""
+  given = [None] * layout.num_entries if initial_subweights is None else (
+      initial_subweights)
+  for index, value in enumerate(given):
+    if value is not None:
+      subweight_state.check_params_shaped(
+          value, params, f'initial_subweights[{index}]')
+  stored = []
+  for group in layout.stored_groups:
+    values = [given[i] for i in group if given[i] is not None]
+    stored.append(jax.tree.map(
+        lambda param, *leaves: subweight_state.initial_leaf(
+            param, leaves, state_dtype),
+        params, *values))
+  requested = [] if state_dtype is None else [state_dtype]
+  needs_scales = scaled_storage.needs_scales(
+      [leaf.dtype for leaf in jax.tree.leaves(stored)] + requested,
+      scaled_subweights)
+  scales = tuple(
+      scaled_storage.initial_scale() for _ in stored
+  ) if needs_scales else ()
+  return MultiscaleState(
+      count=jnp.zeros([], jnp.int32), subweights=tuple(stored),
+      layout=layout, scales=scales)
+
+
 def multiscale(
     learning_rates: Sequence[float] | ArrayLike,
     decays: Sequence[float] | ArrayLike,
@@ -470,29 +503,8 @@ def multiscale(
             'subweights instead).')
 
   def init_fn(params: optax.Params) -> MultiscaleState:
-    given = [None] * layout.num_entries if initial_subweights is None else (
-        initial_subweights)
-    for index, value in enumerate(given):
-      if value is not None:
-        subweight_state.check_params_shaped(
-            value, params, f'initial_subweights[{index}]')
-    stored = []
-    for group in layout.stored_groups:
-      values = [given[i] for i in group if given[i] is not None]
-      stored.append(jax.tree.map(
-          lambda param, *leaves: subweight_state.initial_leaf(
-              param, leaves, state_dtype),
-          params, *values))
-    requested = [] if state_dtype is None else [state_dtype]
-    needs_scales = scaled_storage.needs_scales(
-        [leaf.dtype for leaf in jax.tree.leaves(stored)] + requested,
-        scaled_subweights)
-    scales = tuple(
-        scaled_storage.initial_scale() for _ in stored
-    ) if needs_scales else ()
-    return MultiscaleState(
-        count=jnp.zeros([], jnp.int32), subweights=tuple(stored),
-        layout=layout, scales=scales)
+    return _init_state(
+        params, layout, initial_subweights, state_dtype, scaled_subweights)
 
   def update_fn(
       updates: optax.Updates,
