@@ -4,6 +4,7 @@ Jones, `Learning at Multiple Timescales <https://arxiv.org/abs/2211.10311>`_,
 NeurIPS 2022.
 """
 
+from multiscale_optax._src.ar1_prior import AR1Prior
 from multiscale_optax._src.bayesian import BayesianMultiscaleState
 from multiscale_optax._src.bayesian import BayesianSubweights
 from multiscale_optax._src.bayesian import bayesian_multiscale
@@ -49,6 +50,7 @@ from multiscale_optax._src.timescales import timescales_from_decays
 __version__ = "0.1.0"
 
 __all__ = (
+    "AR1Prior",
     "BayesianMultiscaleState",
     "BayesianSubweights",
     "BennaFusiModes",

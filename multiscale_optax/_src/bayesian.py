@@ -87,6 +87,7 @@ import optax
 from jax.typing import ArrayLike
 from jax.typing import DTypeLike
 
+from multiscale_optax._src import ar1_prior
 from multiscale_optax._src import checks
 from multiscale_optax._src import gaussian_belief
 from multiscale_optax._src import precision
@@ -224,28 +225,13 @@ def _check_decay_dtype(decays: Any) -> None:
 def _validate(
     decays: Any, process_variances: Any, noise_variance: Any,
     initial_variances: Any,
-) -> tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]:
+) -> ar1_prior.AR1Prior:
   _check_decay_dtype(decays)
-  decay_entries, variance_entries = checks.decays_and_process_variances(
-      decays, process_variances, lowest_decay=-1.0)
+  prior = ar1_prior.AR1Prior(decays, process_variances, initial_variances)
   checks.check_scalar(
       noise_variance, 'noise_variance', low=0.0, high=np.inf,
       low_inclusive=False, high_inclusive=False)
-  if initial_variances is None:
-    for index, decay in enumerate(decay_entries):
-      if not checks.is_traced(decay) and decay == 1.0:
-        raise ValueError(
-            f'`initial_variances` must be given: `decays[{index}]` is 1 (a '
-            'random walk), which has no stationary variance.')
-    initial_entries = tuple(
-        variance / leak[1]
-        if checks.is_traced(leak[1]) or checks.is_traced(variance)
-        else float(np.float64(variance) / np.float64(leak[1]))
-        for variance, leak in zip(
-            variance_entries, map(_leak, decay_entries)))
-    return decay_entries, variance_entries, initial_entries
-  return decay_entries, variance_entries, checks.initial_variances(
-      initial_variances, decay_entries)
+  return prior
 
 
 def _check_observation_covariance(value: Any, outputs: int | None) -> None:
@@ -288,9 +274,9 @@ def _check_state_leaves(
         f'{len(state.factors)} factors, but this transformation has {num} '
         f'subweights of rank {rank}: initialise the state with this '
         'transformation.')
-  means = [treedef.flatten_up_to(tree) for tree in state.means]
-  variances = [treedef.flatten_up_to(tree) for tree in state.variances]
-  factors = [treedef.flatten_up_to(tree) for tree in state.factors]
+  means, variances, factors = (
+      subweight_state.leaves_of(treedef, trees)
+      for trees in (state.means, state.variances, state.factors))
   for position, grad in enumerate(grad_leaves):
     shape = tuple(grad.shape)
     for index in range(num):
@@ -432,6 +418,62 @@ def _prior_scales(
   return step(state.log_process_scale, gradients[0]), log_noise_scale
 
 
+def _observe(
+    prior: _Prior,
+    state: BayesianMultiscaleState,
+    grad_leaves: list[jax.Array],
+    jacobian_leaves: list[Any],
+    variances: list[list[jax.Array]],
+    factors: list[list[jax.Array]],
+    trainable: list[int],
+    outputs: int | None,
+    residual: Any,
+    observation_covariance: Any,
+    dtype: Any,
+) -> tuple[gaussian_belief.Posterior | None, jax.Array, jax.Array, jax.Array,
+           jax.Array]:
+  """Conditions the belief on the observation, where there is one.
+
+  Returns the posterior (``None`` where nothing is observed), whether the
+  observation was valid, and the new log prior and noise scales and
+  innovation variance.
+  """
+  if not trainable or outputs == 0:
+    return (None, jnp.asarray(False), state.log_process_scale,
+            state.log_noise_scale, state.innovation_variance)
+  noise_scale = jnp.exp(state.log_noise_scale.astype(dtype))
+  observation, rescale, valid = _observation(
+      [grad_leaves[p] for p in trainable],
+      [jacobian_leaves[p] for p in trainable], residual,
+      observation_covariance, jnp.asarray(prior.noise_variance, dtype),
+      noise_scale, dtype)
+  belief = gaussian_belief.Belief(
+      diagonals=[[leaves[p].astype(dtype) for p in trainable]
+                 for leaves in variances],
+      factors=[[leaves[p].astype(dtype) for p in trainable]
+               for leaves in factors])
+  innovation = gaussian_belief.innovation(belief, observation)
+  valid = valid & jnp.all(jnp.isfinite(innovation.cholesky))
+  if prior.outlier_threshold is not None:
+    observation = gaussian_belief.clip_residual(
+        observation, innovation, prior.outlier_threshold)
+  if observation_covariance is not None:
+    valid = valid & jnp.all(jnp.isfinite(
+        jnp.linalg.cholesky(observation.covariance)))
+  posterior = gaussian_belief.condition(
+      belief, observation, innovation, prior.variance_update)
+  log_process_scale, log_noise_scale = _prior_scales(
+      prior, state, observation, innovation, valid, dtype)
+  innovation_variance = jnp.where(
+      valid,
+      (jnp.trace(innovation.covariance) * jnp.square(rescale)
+       / innovation.covariance.shape[0]).astype(
+           state.innovation_variance.dtype),
+      state.innovation_variance)
+  return (posterior, valid, log_process_scale, log_noise_scale,
+          innovation_variance)
+
+
 def _update(
     prior: _Prior,
     updates: optax.Updates,
@@ -478,40 +520,10 @@ def _update(
       *(grad_leaves[p].dtype for p in trainable),
       *(leaves[p].dtype for leaves in means + variances for p in trainable),
       state.log_process_scale.dtype)
-  posterior = None
-  valid = jnp.asarray(False)
-  log_process_scale = state.log_process_scale
-  log_noise_scale = state.log_noise_scale
-  innovation_variance = state.innovation_variance
-  if trainable and outputs != 0:
-    noise_scale = jnp.exp(state.log_noise_scale.astype(dtype))
-    observation, rescale, valid = _observation(
-        [grad_leaves[p] for p in trainable],
-        [jacobian_leaves[p] for p in trainable], residual,
-        observation_covariance, jnp.asarray(prior.noise_variance, dtype),
-        noise_scale, dtype)
-    belief = gaussian_belief.Belief(
-        diagonals=[[leaves[p].astype(dtype) for p in trainable]
-                   for leaves in variances],
-        factors=[[leaves[p].astype(dtype) for p in trainable]
-                 for leaves in factors])
-    innovation = gaussian_belief.innovation(belief, observation)
-    valid = valid & jnp.all(jnp.isfinite(innovation.cholesky))
-    if prior.outlier_threshold is not None:
-      observation = gaussian_belief.clip_residual(
-          observation, innovation, prior.outlier_threshold)
-    if observation_covariance is not None:
-      valid = valid & jnp.all(jnp.isfinite(
-          jnp.linalg.cholesky(observation.covariance)))
-    posterior = gaussian_belief.condition(
-        belief, observation, innovation, prior.variance_update)
-    log_process_scale, log_noise_scale = _prior_scales(
-        prior, state, observation, innovation, valid, dtype)
-    innovation_variance = jnp.where(
-        valid,
-        (jnp.trace(innovation.covariance) * jnp.square(rescale)
-         / innovation.covariance.shape[0]).astype(innovation_variance.dtype),
-        innovation_variance)
+  posterior, valid, log_process_scale, log_noise_scale, innovation_variance = (
+      _observe(prior, state, grad_leaves, jacobian_leaves, variances,
+               factors, trainable, outputs, residual, observation_covariance,
+               dtype))
   increments, new_means, new_variances, new_factors, mean_scales = (
       _predict_and_store(
           prior, state, grad_leaves, means, variances, factors, trainable,
@@ -519,9 +531,9 @@ def _update(
   skipped = jnp.asarray(False) if posterior is None else ~valid
   new_state = BayesianMultiscaleState(
       count=jnp.asarray(optax.safe_increment(state.count)),
-      means=tuple(treedef.unflatten(leaves) for leaves in new_means),
-      variances=tuple(treedef.unflatten(leaves) for leaves in new_variances),
-      factors=tuple(treedef.unflatten(leaves) for leaves in new_factors),
+      means=subweight_state.trees_of(treedef, new_means),
+      variances=subweight_state.trees_of(treedef, new_variances),
+      factors=subweight_state.trees_of(treedef, new_factors),
       mean_scales=mean_scales,
       log_process_scale=log_process_scale,
       log_noise_scale=log_noise_scale,
@@ -687,10 +699,7 @@ def _init_state(
   scalar_dtype = precision.compute_dtype(*(leaf.dtype for leaf in leaves))
 
   def mean(param: Any) -> jax.Array:
-    return jnp.zeros_like(
-        param,
-        dtype=state_dtype if subweight_state.is_trainable(param.dtype)
-        else None)
+    return subweight_state.initial_leaf(param, (), state_dtype)
 
   def variance(param: Any, value: Any) -> jax.Array:
     if not subweight_state.is_trainable(param.dtype):
@@ -722,10 +731,11 @@ def _init_state(
 
 
 def bayesian_multiscale(
-    decays: Sequence[float] | ArrayLike,
-    process_variances: Sequence[float] | ArrayLike,
-    noise_variance: ArrayLike,
+    decays: Sequence[float] | ArrayLike | None = None,
+    process_variances: Sequence[float] | ArrayLike | None = None,
+    noise_variance: ArrayLike | None = None,
     *,
+    prior: ar1_prior.AR1Prior | None = None,
     initial_variances: Sequence[float] | ArrayLike | None = None,
     rank: int | None = None,
     variance_update: str | None = None,
@@ -863,8 +873,11 @@ def bayesian_multiscale(
       scalar output (the default :math:`R = rI`).
     initial_variances: :math:`v_i` for the first example; default the
       stationary :math:`q_i/(1 - \gamma_i^2)`, required where
-      :math:`\gamma_i = 1`. Read only by ``init``: a list, tuple or NumPy
-      array.
+      :math:`\gamma_i = 1` (the rule of :class:`AR1Prior`). Read only by
+      ``init``: a list, tuple or NumPy array.
+    prior: an :class:`AR1Prior` in place of ``decays``,
+      ``process_variances`` and ``initial_variances`` (the same learner);
+      pass ``noise_variance`` by name then.
     rank: :math:`L \ge 0`, the rank of the covariance's low-rank part
       (``None`` or 0: a diagonal belief). It sets the state's shapes, so
       under ``optax.inject_hyperparams`` name it in ``static_args``.
@@ -892,7 +905,8 @@ def bayesian_multiscale(
 
   Raises:
     TypeError: an argument has the wrong type (complex params, decays
-      narrower than float32, a float8 ``state_dtype``).
+      narrower than float32, a float8 ``state_dtype``), or ``prior`` is
+      given with ``decays``, ``process_variances`` or ``initial_variances``.
     ValueError: lengths differ, a value lies outside its range, or
       ``initial_variances`` is missing where a decay is 1.
 
@@ -913,6 +927,11 @@ def bayesian_multiscale(
     >>> print(params)  # 0.5 * (0 + 1 / (1 + 1) * 2)
     [0.5]
 
+    The same learner from an :class:`AR1Prior`:
+
+    >>> prior = mso.AR1Prior(decays=[0.5], process_variances=[0.75])
+    >>> opt = mso.bayesian_multiscale(prior=prior, noise_variance=1.0)
+
   References:
     Jones, Scott, Ren, ElSayed, Hermann, Mayo & Mozer, "Learning in temporally
     structured environments", ICLR 2023. Jones, `Learning at Multiple
@@ -921,7 +940,11 @@ def bayesian_multiscale(
     filtering for online learning of neural networks from streaming data",
     CoLLAs 2023.
   """
-  decay_entries, variance_entries, initial_entries = _validate(
+  decays, process_variances, initial_variances, noise_variance = (
+      ar1_prior.arguments(
+          prior, decays, process_variances, noise_variance,
+          initial_variances=initial_variances))
+  ar1 = _validate(
       decays, process_variances, noise_variance, initial_variances)
   rank = _check_rank(rank)
   variance_update = _check_variance_update(variance_update, rank)
@@ -940,9 +963,9 @@ def bayesian_multiscale(
                         high=np.inf, low_inclusive=False,
                         high_inclusive=False)
     outlier_threshold = float(outlier_threshold)
-  prior = _Prior(
-      decays=decay_entries, leaks=tuple(map(_leak, decay_entries)),
-      process_variances=variance_entries, noise_variance=noise_variance,
+  hyperparameters = _Prior(
+      decays=ar1.decays, leaks=tuple(map(_leak, ar1.decays)),
+      process_variances=ar1.process_variances, noise_variance=noise_variance,
       rank=rank, variance_update=variance_update, learn_prior=learn_prior,
       learn_noise_variance=learn_noise_variance,
       prior_learning_rate=prior_learning_rate,
@@ -954,7 +977,8 @@ def bayesian_multiscale(
 
   def init_fn(params: optax.Params) -> BayesianMultiscaleState:
     return _init_state(
-        params, len(decay_entries), rank, initial_entries, state_dtype)
+        params, ar1.num_components, rank, ar1.initial_variances or (),
+        state_dtype)
 
   def update_fn(
       updates: optax.Updates,
@@ -973,7 +997,7 @@ def bayesian_multiscale(
           '(as optax.inject_hyperparams passes a NumPy array), a change '
           'after init has no effect. Pass it as a tuple to keep it static.',
           stacklevel=2)
-    return _update(prior, updates, state, jacobian, residual,
+    return _update(hyperparameters, updates, state, jacobian, residual,
                    observation_covariance)
 
   # optax's protocols take any OptState and no named extra arguments;

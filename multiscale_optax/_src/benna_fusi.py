@@ -53,7 +53,6 @@ from jax.typing import DTypeLike
 from multiscale_optax._src import checks
 from multiscale_optax._src import precision
 from multiscale_optax._src import subweight_state
-from multiscale_optax._src import treedefs
 
 # Above this condition number of V, the state maps u <-> omega are badly
 # scaled (norm-wise error bound cond(V) * eps, ~0.1 in float32), so
@@ -461,6 +460,71 @@ def benna_fusi_modes(
   return modes
 
 
+def _flow_rates(
+    capacity_entries: tuple[Any, ...], conductance_entries: tuple[Any, ...],
+    leak: Any, concrete: bool,
+) -> tuple[tuple[Any, ...], tuple[Any, ...], Any]:
+  """Per variable k: inflow g_{k-1}/C_k, outflow g_k/C_k; and 1/C_1.
+
+  In float64 where concrete, so slow variables keep their small
+  coefficients exactly.
+  """
+  if concrete:
+    c = np.asarray(capacity_entries, np.float64)
+    g = np.asarray(conductance_entries, np.float64)
+    inflow = tuple(float(x) for x in np.r_[0.0, g] / c)
+    outflow = tuple(float(x) for x in np.r_[g, float(leak)] / c)
+    return inflow, outflow, float(1.0 / c[0])
+  inflow = tuple(
+      conductance / capacity for conductance, capacity in zip(
+          (0.0, *conductance_entries), capacity_entries, strict=True))
+  outflow = tuple(
+      conductance / capacity for conductance, capacity in zip(
+          (*conductance_entries, leak), capacity_entries, strict=True))
+  return inflow, outflow, 1.0 / capacity_entries[0]
+
+
+def _chain_leaf_update(
+    update: jax.Array, stored: list[jax.Array], rate: Any,
+    inflow: Sequence[Any], outflow: Sequence[Any], input_scale: Any,
+) -> tuple[jax.Array, list[jax.Array]]:
+  """One leaf's increment of u_1 and its new chain u_1..u_n."""
+  if not (subweight_state.is_trainable(update.dtype)
+          and all(subweight_state.is_trainable(leaf.dtype)
+                  for leaf in stored)):
+    # Integer and boolean leaves (counters, masks) are left alone.
+    return jnp.zeros_like(update), stored
+  compute_dtype = precision.compute_dtype(
+      update.dtype, *(leaf.dtype for leaf in stored))
+  # The chain's coefficients are real, also for complex params.
+  real_dtype = jnp.finfo(compute_dtype).dtype
+  old = [leaf.astype(compute_dtype) for leaf in stored]
+  num_variables = len(stored)
+  new_stored = []
+  for k in range(num_variables):
+    change = jnp.asarray(outflow[k], real_dtype) * (
+        (old[k + 1] if k + 1 < num_variables else 0.0) - old[k])
+    if k > 0:
+      change = change + jnp.asarray(inflow[k], real_dtype) * (
+          old[k - 1] - old[k])
+    else:
+      change = change - (
+          jnp.asarray(rate, real_dtype)
+          * jnp.asarray(input_scale, real_dtype)
+          * update.astype(compute_dtype))
+      first_change = change
+    # Rounds explicitly (XLA:GPU would otherwise keep excess precision
+    # and the increment below would not be the change actually stored).
+    new_stored.append(
+        precision.round_to_storage(old[k] + change, stored[k].dtype))
+  if stored[0].dtype == compute_dtype:
+    increment = first_change
+  else:
+    # The params follow the stored u_1 exactly: its stored change.
+    increment = new_stored[0].astype(compute_dtype) - old[0]
+  return increment.astype(update.dtype), new_stored
+
+
 def benna_fusi(
     capacities: Sequence[float] | ArrayLike,
     conductances: Sequence[float] | ArrayLike,
@@ -577,22 +641,8 @@ def benna_fusi(
       initial_chain, 'initial_chain', num_variables, 'chain variable',
       'capacities')
 
-  # Per variable k: inflow g_{k-1}/C_k, outflow g_k/C_k (float64 where
-  # concrete, so slow variables keep their small coefficients exactly).
-  if concrete:
-    c = np.asarray(capacity_entries, np.float64)
-    g = np.asarray(conductance_entries, np.float64)
-    inflow = tuple(float(x) for x in np.r_[0.0, g] / c)
-    outflow = tuple(float(x) for x in np.r_[g, float(leak)] / c)
-    input_scale = float(1.0 / c[0])
-  else:
-    inflow = tuple(
-        (0.0, *conductance_entries)[k] / capacity_entries[k]
-        for k in range(num_variables))
-    outflow = tuple(
-        (*conductance_entries, leak)[k] / capacity_entries[k]
-        for k in range(num_variables))
-    input_scale = 1.0 / capacity_entries[0]
+  inflow, outflow, input_scale = _flow_rates(
+      capacity_entries, conductance_entries, leak, concrete)
 
   def init_fn(params: optax.Params) -> BennaFusiState:
     params = jax.tree.map(jnp.asarray, params)
@@ -600,51 +650,15 @@ def benna_fusi(
     for k in range(num_variables):
       value = None if initial_chain is None else initial_chain[k]
       if value is not None:
-        value = _matched_to_params(value, params, f'initial_chain[{k}]')
+        subweight_state.check_params_shaped(
+            value, params, f'initial_chain[{k}]')
       source = params if value is None else value
       chain.append(jax.tree.map(
-          lambda leaf, param: _initial_leaf(leaf, param, state_dtype),
+          lambda leaf, param: subweight_state.initial_leaf(
+              param, [leaf], state_dtype),
           source, params))
     return BennaFusiState(
         count=jnp.zeros([], jnp.int32), chain=tuple(chain))
-
-  def leaf_update(
-      update: jax.Array, stored: list[jax.Array], rate: Any
-  ) -> tuple[jax.Array, list[jax.Array]]:
-    """One leaf's increment of u_1 and its new chain u_1..u_n."""
-    if not (subweight_state.is_trainable(update.dtype)
-            and all(subweight_state.is_trainable(leaf.dtype)
-                    for leaf in stored)):
-      # Integer and boolean leaves (counters, masks) are left alone.
-      return jnp.zeros_like(update), stored
-    compute_dtype = precision.compute_dtype(
-        update.dtype, *(leaf.dtype for leaf in stored))
-    # The chain's coefficients are real, also for complex params.
-    real_dtype = jnp.finfo(compute_dtype).dtype
-    old = [leaf.astype(compute_dtype) for leaf in stored]
-    new_stored = []
-    for k in range(num_variables):
-      change = jnp.asarray(outflow[k], real_dtype) * (
-          (old[k + 1] if k + 1 < num_variables else 0.0) - old[k])
-      if k > 0:
-        change = change + jnp.asarray(inflow[k], real_dtype) * (
-            old[k - 1] - old[k])
-      else:
-        change = change - (
-            jnp.asarray(rate, real_dtype)
-            * jnp.asarray(input_scale, real_dtype)
-            * update.astype(compute_dtype))
-        first_change = change
-      # Rounds explicitly (XLA:GPU would otherwise keep excess precision
-      # and the increment below would not be the change actually stored).
-      new_stored.append(
-          precision.round_to_storage(old[k] + change, stored[k].dtype))
-    if stored[0].dtype == compute_dtype:
-      increment = first_change
-    else:
-      # The params follow the stored u_1 exactly: its stored change.
-      increment = new_stored[0].astype(compute_dtype) - old[0]
-    return increment.astype(update.dtype), new_stored
 
   def update_fn(
       updates: optax.Updates,
@@ -659,81 +673,14 @@ def benna_fusi(
           f'transformation has {num_variables}.')
     rate = (learning_rate(state.count) if callable(learning_rate)
             else learning_rate)
-    treedef: treedefs.TreeDef
-    update_leaves, treedef = jax.tree.flatten(updates)
-    chain_leaves = [treedef.flatten_up_to(tree) for tree in state.chain]
-    increments = []
-    new_chain_leaves: list[list[jax.Array]] = [[] for _ in chain_leaves]
-    for position, update in enumerate(update_leaves):
-      increment, new_stored = leaf_update(
-          jnp.asarray(update), [leaves[position] for leaves in chain_leaves],
-          rate)
-      increments.append(increment)
-      for k, leaf in enumerate(new_stored):
-        new_chain_leaves[k].append(leaf)
+    increments, new_chain = subweight_state.map_leaves(
+        lambda update, stored: _chain_leaf_update(
+            update, stored, rate, inflow, outflow, input_scale),
+        updates, state.chain)
     new_state = BennaFusiState(
-        count=jnp.asarray(optax.safe_increment(state.count)),
-        chain=tuple(treedef.unflatten(leaves) for leaves in new_chain_leaves),
-    )
-    return treedef.unflatten(increments), new_state
+        count=jnp.asarray(optax.safe_increment(state.count)), chain=new_chain)
+    return increments, new_state
 
   # optax's protocols take any OptState; update_fn takes its own state.
   return optax.GradientTransformationExtraArgs(
       init_fn, cast(optax.TransformUpdateExtraArgsFn, update_fn))
-
-
-def _initial_leaf(
-    leaf: Any, param: jax.Array, state_dtype: DTypeLike | None
-) -> jax.Array:
-  """One stored chain leaf: a copy of ``leaf`` in the state dtype."""
-  if not subweight_state.is_trainable(param.dtype):
-    # Integer and boolean params are left alone: the chain holds zeros of
-    # their dtype, which never change (as in multiscale).
-    return jnp.zeros_like(param)
-  dtype = param.dtype if state_dtype is None else jnp.dtype(state_dtype)
-  param_complex = jnp.issubdtype(param.dtype, jnp.complexfloating)
-  state_complex = jnp.issubdtype(dtype, jnp.complexfloating)
-  if param_complex and not state_complex:
-    raise TypeError(
-        f'`state_dtype` {dtype} is real, but a param is {param.dtype}: a real '
-        'chain would drop the imaginary part. Pass a complex state_dtype (or '
-        'None, the param dtype).')
-  if state_complex and not param_complex:
-    raise TypeError(
-        f'`state_dtype` {dtype} is complex, but a param is {param.dtype}: the '
-        'increments would be complex. Pass a real state_dtype (or None).')
-  leaf = jnp.asarray(leaf)
-  if (jnp.issubdtype(leaf.dtype, jnp.complexfloating)
-      and not state_complex):
-    raise TypeError(
-        f'An `initial_chain` leaf is complex ({leaf.dtype}) for the real '
-        f'param dtype {param.dtype}: storing it would drop the imaginary '
-        'part.')
-  # A copy, never an alias of the params or of `initial_chain`: donating
-  # the state must not delete the caller's arrays, and donating params and
-  # state together must not donate one buffer twice.
-  return jnp.array(
-      precision.round_to_storage(
-          leaf.astype(precision.compute_dtype(leaf.dtype, dtype)), dtype),
-      dtype=dtype, copy=True)
-
-
-def _matched_to_params(value: Any, params: Any, name: str) -> Any:
-  """``value`` (a params-shaped pytree) checked against ``params``."""
-  structure: treedefs.TreeDef = jax.tree.structure(params)
-  value_structure: treedefs.TreeDef = jax.tree.structure(value)
-  if value_structure != structure:
-    raise ValueError(
-        f'`{name}` must have the tree structure of the params ({structure}), '
-        f'got {value_structure}.')
-  paths_and_params = jax.tree_util.tree_flatten_with_path(params)[0]
-  for (path, param), leaf in zip(
-      paths_and_params, jax.tree.leaves(value), strict=True):
-    shape = tuple(jnp.shape(leaf))
-    if shape != tuple(param.shape):
-      where = jax.tree_util.keystr(path) or 'the root'
-      raise ValueError(
-          f'`{name}` has shape {shape} at {where}, but the param there has '
-          f'shape {tuple(param.shape)} (no broadcasting: each chain variable '
-          'is params-shaped).')
-  return value

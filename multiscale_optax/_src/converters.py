@@ -212,6 +212,30 @@ def from_linear_dynamics(
     Jones, `Learning at Multiple Timescales
     <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022, §4–5 (eqs. 5, 8–10).
   """
+  matrix, b, c, tol = _checked_system(transition, input, readout, tolerance)
+  eigenvalues, vectors = np.linalg.eig(matrix)
+  clusters = _cluster(eigenvalues, tol)
+  centers = _real_decays(eigenvalues, clusters, tol)
+  projectors = _mode_projectors(matrix, vectors, centers, clusters, tol)
+  modes = _observable_modes(centers, projectors, vectors, b, c)
+  if not modes:
+    raise ValueError(
+        'No mode of `transition` is both observable through `readout` and '
+        'reachable from `input` (or a permanent weight): the weight never '
+        'moves.')
+  modes.sort(key=lambda mode: -mode[0])
+  return MultiscaleSpec(
+      learning_rates=np.array([mode[1] for mode in modes], np.float64),
+      decays=np.array([mode[0] for mode in modes], np.float64),
+      subweights_from_state=np.stack([mode[2] for mode in modes]),
+      state_from_subweights=np.stack([mode[3] for mode in modes], axis=1),
+  )
+
+
+def _checked_system(
+    transition: Any, input: Any, readout: Any, tolerance: Any,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+  """The system's matrices as float64 arrays, checked; and the tolerance."""
   matrix = _concrete_matrix(transition, 'transition', 2)
   size = matrix.shape[0]
   if matrix.shape != (size, size) or size == 0:
@@ -228,12 +252,13 @@ def from_linear_dynamics(
   checks.check_scalar(
       tolerance, 'tolerance', low=0.0, high=_MAX_TOLERANCE,
       low_inclusive=False)
-  tol = float(tolerance)
-  scale = float(np.linalg.norm(matrix, 2))
+  return matrix, b, c, float(tolerance)
 
-  eigenvalues, vectors = np.linalg.eig(matrix)
-  clusters = _cluster(eigenvalues, tol)
 
+def _real_decays(
+    eigenvalues: np.ndarray, clusters: list[list[int]], tol: float
+) -> list[float]:
+  """Per cluster of eigenvalues, its real decay in (-1, 1] (else raises)."""
   centers = []
   for cluster in clusters:
     center = complex(np.mean(eigenvalues[cluster]))
@@ -259,6 +284,15 @@ def from_linear_dynamics(
           'must lie in (-1, 1].')
     centers.append(value)
 
+  return centers
+
+
+def _mode_projectors(
+    matrix: np.ndarray, vectors: np.ndarray, centers: list[float],
+    clusters: list[list[int]], tol: float,
+) -> list[np.ndarray]:
+  """Per cluster, the projector onto its modes; raises unless diagonalisable."""
+  scale = float(np.linalg.norm(matrix, 2))
   # Diagonalisable iff T = sum_c lambda_c P_c, i.e. every cluster's
   # defect (T - lambda_c) P_c vanishes; a Jordan block leaves its nilpotent
   # part there. Judged relative to ||T||, which (unlike the eigenvectors'
@@ -290,6 +324,14 @@ def from_linear_dynamics(
         f'{np.linalg.cond(vectors):.3g}), e.g. a Jordan block with a tiny '
         'coupling. Modes cannot be separated reliably.')
 
+  return projectors
+
+
+def _observable_modes(
+    centers: list[float], projectors: list[np.ndarray], vectors: np.ndarray,
+    b: np.ndarray, c: np.ndarray,
+) -> list[tuple[float, float, np.ndarray, np.ndarray]]:
+  """Per observable and reachable mode: (decay, rate, readout, state map)."""
   # Only modes that vanish to rounding error are dropped.
   negligible = 100.0 * np.finfo(np.float64).eps * float(
       np.linalg.cond(vectors))
@@ -309,18 +351,7 @@ def from_linear_dynamics(
     else:
       back = projector @ observe / float(observe @ observe)
     modes.append((center, -gain, observe, back))
-  if not modes:
-    raise ValueError(
-        'No mode of `transition` is both observable through `readout` and '
-        'reachable from `input` (or a permanent weight): the weight never '
-        'moves.')
-  modes.sort(key=lambda mode: -mode[0])
-  return MultiscaleSpec(
-      learning_rates=np.array([mode[1] for mode in modes], np.float64),
-      decays=np.array([mode[0] for mode in modes], np.float64),
-      subweights_from_state=np.stack([mode[2] for mode in modes]),
-      state_from_subweights=np.stack([mode[3] for mode in modes], axis=1),
-  )
+  return modes
 
 
 def from_momentum(

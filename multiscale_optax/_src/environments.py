@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from jax.typing import DTypeLike
 
+from multiscale_optax._src import ar1_prior
 from multiscale_optax._src import checks
 from multiscale_optax._src import kalman
 
@@ -53,7 +54,10 @@ class OneOverFEnvironment:
     input_dim: :math:`d \ge 1`.
     initial_variances: :math:`s_j \ge 0`, the prior variance of each
       component at :math:`t = 0`; ``None`` means stationary,
-      :math:`q_j/(1-\rho_j^2)` (and 0 for a random walk).
+      :math:`q_j/(1-\rho_j^2)` (``AR1Prior.stationary_variances``), and 0
+      for a random walk: the environment starts it at zero (an
+      :class:`multiscale_optax.AR1Prior` asks for it instead; build an
+      environment from one with :meth:`from_prior`).
 
   Raises:
     TypeError, ValueError: on construction, for malformed values (as
@@ -86,21 +90,63 @@ class OneOverFEnvironment:
     if any(checks.is_traced(value) for value in (*decays, *variances)) or (
         checks.is_traced(self.noise_variance)):
       raise TypeError('An environment must be built from concrete values.')
-    decays = tuple(float(value) for value in decays)
-    variances = tuple(float(value) for value in variances)
-    if self.initial_variances is None:
+    initial = self.initial_variances
+    if initial is None:
+      # An environment's random walk starts at zero (an AR1Prior asks for
+      # its initial variance explicitly).
       initial = tuple(
-          0.0 if decay == 1.0 else variance / (1.0 - decay**2)
+          0.0 if decay == 1.0 else ar1_prior.stationary_variance(
+              decay, variance)
           for decay, variance in zip(decays, variances, strict=True))
-    else:
-      initial = tuple(
-          float(value) for value in checks.initial_variances(
-              self.initial_variances, decays))
-    object.__setattr__(self, 'decays', decays)
-    object.__setattr__(self, 'process_variances', variances)
+    prior = ar1_prior.AR1Prior(decays, variances, initial)
+    object.__setattr__(self, 'decays', prior.decays)
+    object.__setattr__(self, 'process_variances', prior.process_variances)
     object.__setattr__(self, 'noise_variance', float(self.noise_variance))
     object.__setattr__(self, 'input_dim', int(self.input_dim))
-    object.__setattr__(self, 'initial_variances', initial)
+    object.__setattr__(self, 'initial_variances', prior.initial_variances)
+
+  @classmethod
+  def from_prior(
+      cls,
+      prior: ar1_prior.AR1Prior,
+      *,
+      noise_variance: float = 1.0,
+      input_dim: int = 1,
+  ) -> OneOverFEnvironment:
+    r"""The environment whose components follow ``prior``.
+
+    Args:
+      prior: an :class:`multiscale_optax.AR1Prior` with decays in
+        :math:`(0, 1]`, distinct, and concrete values.
+      noise_variance: :math:`r > 0`.
+      input_dim: :math:`d \ge 1`.
+
+    Returns:
+      The environment with the prior's decays, process and initial
+      variances.
+
+    Raises:
+      TypeError: ``prior`` is not an :class:`multiscale_optax.AR1Prior`.
+      ValueError: as the constructor.
+
+    Examples:
+      >>> import multiscale_optax as mso
+      >>> prior = mso.AR1Prior([0.5, 1.0], [0.75, 0.01], [1.0, 0.0])
+      >>> env = mso.OneOverFEnvironment.from_prior(prior, noise_variance=0.5)
+      >>> print(env.initial_variances, env.prior == prior)
+      (1.0, 0.0) True
+
+    References:
+      Jones, `Learning at Multiple Timescales
+      <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022, §1 and §6.
+    """
+    if not isinstance(prior, ar1_prior.AR1Prior):
+      raise TypeError(
+          f'`prior` must be an AR1Prior, got {type(prior).__name__}.')
+    return cls(
+        decays=prior.decays, process_variances=prior.process_variances,
+        noise_variance=noise_variance, input_dim=input_dim,
+        initial_variances=prior.initial_variances)
 
   @classmethod
   def from_timescales(
@@ -143,23 +189,18 @@ class OneOverFEnvironment:
       Jones, `Learning at Multiple Timescales
       <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022, §2.
     """
-    entries = checks.vector_entries(timescales, 'timescales')
-    checks.check_finite(entries, 'timescales')
-    checks.check_range(
-        entries, 'timescales', low=0.0, high=np.inf, low_inclusive=False,
-        high_inclusive=False)
     checks.check_scalar(
         component_variance, 'component_variance', low=0.0, high=np.inf,
         low_inclusive=False, high_inclusive=False)
-    decays = np.exp(-1.0 / np.asarray(entries, np.float64))
-    return cls(
-        decays=tuple(decays.tolist()),
-        process_variances=tuple(
-            (float(component_variance) * (1.0 - decays**2)).tolist()),
-        noise_variance=noise_variance,
-        input_dim=input_dim,
-        initial_variances=(float(component_variance),) * len(entries),
-    )
+    return cls.from_prior(
+        ar1_prior.AR1Prior.from_timescales(timescales, component_variance),
+        noise_variance=noise_variance, input_dim=input_dim)
+
+  @property
+  def prior(self) -> ar1_prior.AR1Prior:
+    """The components' :class:`multiscale_optax.AR1Prior`."""
+    return ar1_prior.AR1Prior(
+        self.decays, self.process_variances, self.initial_variances)
 
   @property
   def num_components(self) -> int:

@@ -96,6 +96,7 @@ import optax
 from jax.typing import ArrayLike
 from jax.typing import DTypeLike
 
+from multiscale_optax._src import ar1_prior
 from multiscale_optax._src import checks
 from multiscale_optax._src import precision
 
@@ -279,12 +280,13 @@ def _noise_map(
 
 
 def steady_state_kalman(
-    decays: Sequence[float] | ArrayLike,
-    process_variances: Sequence[float] | ArrayLike,
-    noise_variance: ArrayLike,
+    decays: Sequence[float] | ArrayLike | None = None,
+    process_variances: Sequence[float] | ArrayLike | None = None,
+    noise_variance: ArrayLike | None = None,
     *,
     input_dim: int = 1,
     input_normalization: bool = False,
+    prior: ar1_prior.AR1Prior | None = None,
 ) -> SteadyStateKalman:
   r"""The steady-state Kalman filter for a sum of AR(1) processes.
 
@@ -331,6 +333,9 @@ def steady_state_kalman(
     input_normalization: whether the learner divides its gradient by
       :math:`\|x_t\|^2/d` (:func:`scale_by_input_norm`); needs
       :math:`d \ne 2`, and changes nothing for :math:`d = 1`.
+    prior: an :class:`AR1Prior` in place of ``decays`` and
+      ``process_variances`` (its initial variances are not used); pass
+      ``noise_variance`` by name then.
 
   Returns:
     A :class:`SteadyStateKalman` with ``gains`` :math:`K`,
@@ -338,7 +343,8 @@ def steady_state_kalman(
     :math:`r_{eff}`.
 
   Raises:
-    TypeError: an argument has the wrong type.
+    TypeError: an argument has the wrong type, or ``prior`` is given with
+      ``decays`` or ``process_variances`` (or neither is given).
     ValueError: lengths differ, a decay lies outside :math:`(0, 1]` or is
       repeated, a variance is negative (or zero where it must be positive),
       ``input_dim < 1``, ``input_normalization`` with ``input_dim == 2``,
@@ -356,6 +362,8 @@ def steady_state_kalman(
     Jones, `Learning at Multiple Timescales
     <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022, eq. (1) and §6.
   """
+  decays, process_variances, _, noise_variance = ar1_prior.arguments(
+      prior, decays, process_variances, noise_variance)
   decay_entries, variance_entries = validate(
       decays, process_variances, noise_variance, input_dim,
       input_normalization)
@@ -459,12 +467,13 @@ def _steady_state(
 
 
 def kalman_learning_rates(
-    decays: Sequence[float] | ArrayLike,
-    process_variances: Sequence[float] | ArrayLike,
-    noise_variance: ArrayLike,
+    decays: Sequence[float] | ArrayLike | None = None,
+    process_variances: Sequence[float] | ArrayLike | None = None,
+    noise_variance: ArrayLike | None = None,
     *,
     input_dim: int = 1,
     input_normalization: bool = False,
+    prior: ar1_prior.AR1Prior | None = None,
 ) -> jax.Array:
   r"""Multiscale learning rates that make the learner a Kalman filter.
 
@@ -494,6 +503,9 @@ def kalman_learning_rates(
     input_dim: :math:`d`; 1 means the constant input :math:`x = 1`,
       :math:`d \ge 2` means :math:`x \sim \mathcal N(0, I_d)`.
     input_normalization: whether updates are divided by :math:`\|x\|^2/d`.
+    prior: an :class:`AR1Prior` in place of ``decays`` and
+      ``process_variances`` (its initial variances are not used); pass
+      ``noise_variance`` by name then. The results are the same.
 
   Returns:
     The learning rates :math:`\alpha_j`, a JAX array of shape ``(m,)`` in
@@ -501,7 +513,8 @@ def kalman_learning_rates(
     rounded once; traced inputs give NaN where the solve did not converge.
 
   Raises:
-    TypeError: an argument has the wrong type.
+    TypeError: an argument has the wrong type, or ``prior`` is given with
+      ``decays`` or ``process_variances`` (or neither is given).
     ValueError: as :func:`steady_state_kalman`.
 
   Examples:
@@ -521,11 +534,21 @@ def kalman_learning_rates(
     >>> print(np.asarray(rates).round(4).tolist(), round(float(weight), 3))
     [0.1508, 0.0497, 0.0275] 0.488
 
+    The same rates from an :class:`AR1Prior` (its initial variances, here
+    0 for the random walk, are not used):
+
+    >>> prior = mso.AR1Prior(decays, [0.1, 0.01, 0.001], [0.5, 0.5, 0.0])
+    >>> same = mso.kalman_learning_rates(prior=prior, noise_variance=1.0)
+    >>> print(bool(jnp.all(same == rates)))
+    True
+
   References:
     Jones, `Learning at Multiple Timescales
     <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022, eq. (1) and §6.
   """
   dtype = jnp.result_type(float)
+  decays, process_variances, _, noise_variance = ar1_prior.arguments(
+      prior, decays, process_variances, noise_variance)
   decay_entries, variance_entries = validate(
       decays, process_variances, noise_variance, input_dim,
       input_normalization)

@@ -299,6 +299,39 @@ def _leafwise_update(
   return increment.astype(update.dtype), new_stored
 
 
+def _init_state(
+    params: optax.Params,
+    layout: SubweightLayout,
+    initial_subweights: Sequence[optax.Params | None] | None,
+    state_dtype: DTypeLike | None,
+    scaled_subweights: bool,
+) -> MultiscaleState:
+  """The state of :func:`multiscale` at ``init``: one tree per stored group."""
+  given = [None] * layout.num_entries if initial_subweights is None else (
+      initial_subweights)
+  for index, value in enumerate(given):
+    if value is not None:
+      subweight_state.check_params_shaped(
+          value, params, f'initial_subweights[{index}]')
+  stored = []
+  for group in layout.stored_groups:
+    values = [given[i] for i in group if given[i] is not None]
+    stored.append(jax.tree.map(
+        lambda param, *leaves: subweight_state.initial_leaf(
+            param, leaves, state_dtype),
+        params, *values))
+  requested = [] if state_dtype is None else [state_dtype]
+  needs_scales = scaled_storage.needs_scales(
+      [leaf.dtype for leaf in jax.tree.leaves(stored)] + requested,
+      scaled_subweights)
+  scales = tuple(
+      scaled_storage.initial_scale() for _ in stored
+  ) if needs_scales else ()
+  return MultiscaleState(
+      count=jnp.zeros([], jnp.int32), subweights=tuple(stored),
+      layout=layout, scales=scales)
+
+
 def multiscale(
     learning_rates: Sequence[float] | ArrayLike,
     decays: Sequence[float] | ArrayLike,
@@ -470,26 +503,8 @@ def multiscale(
             'subweights instead).')
 
   def init_fn(params: optax.Params) -> MultiscaleState:
-    if initial_subweights is not None:
-      _check_initial_subweights(initial_subweights, params)
-    stored = []
-    for group in layout.stored_groups:
-      values = [] if initial_subweights is None else [
-          initial_subweights[i] for i in group
-          if initial_subweights[i] is not None]
-      stored.append(jax.tree.map(
-          lambda param, *leaves: _initial_leaf(param, leaves, state_dtype),
-          params, *values))
-    requested = [] if state_dtype is None else [state_dtype]
-    needs_scales = scaled_storage.needs_scales(
-        [leaf.dtype for leaf in jax.tree.leaves(stored)] + requested,
-        scaled_subweights)
-    scales = tuple(
-        scaled_storage.initial_scale() for _ in stored
-    ) if needs_scales else ()
-    return MultiscaleState(
-        count=jnp.zeros([], jnp.int32), subweights=tuple(stored),
-        layout=layout, scales=scales)
+    return _init_state(
+        params, layout, initial_subweights, state_dtype, scaled_subweights)
 
   def update_fn(
       updates: optax.Updates,
@@ -504,11 +519,6 @@ def multiscale(
         else learning_rate)
     slow_rate, coefficients = _group_coefficients(
         learning_rate_entries, decay_entries, layout)
-    treedef: treedefs.TreeDef
-    update_leaves, treedef = jax.tree.flatten(updates)
-    update_leaves = [jnp.asarray(update) for update in update_leaves]
-    stored_leaves = [
-        treedef.flatten_up_to(tree) for tree in state.subweights]
     if state.scales:
       advanced = [
           scaled_storage.advance_scale(old_scale, leak)
@@ -517,29 +527,18 @@ def multiscale(
       scale_steps = [step for _, step in advanced]
     else:
       new_scales, scale_steps = (), None
-    increments = []
-    new_stored_leaves: list[list[jax.Array]] = [[] for _ in stored_leaves]
-    for position, update in enumerate(update_leaves):
-      increment, new_stored = _leafwise_update(
-          update,
-          [leaves[position] for leaves in stored_leaves],
-          slow_rate,
-          coefficients,
-          layout.read_after_update,
-          step_rate,
-          scale_steps,
-      )
-      increments.append(increment)
-      for group_leaves, value in zip(new_stored_leaves, new_stored):
-        group_leaves.append(value)
+    increments, new_subweights = subweight_state.map_leaves(
+        lambda update, stored: _leafwise_update(
+            update, stored, slow_rate, coefficients,
+            layout.read_after_update, step_rate, scale_steps),
+        updates, state.subweights)
     new_state = MultiscaleState(
         count=jnp.asarray(optax.safe_increment(state.count)),
-        subweights=tuple(
-            treedef.unflatten(leaves) for leaves in new_stored_leaves),
+        subweights=new_subweights,
         layout=layout,
         scales=new_scales,
     )
-    return treedef.unflatten(increments), new_state
+    return increments, new_state
 
   # optax's protocols take any OptState (a pytree of arrays and numbers);
   # these functions take and return their own state, whose static layout
@@ -547,65 +546,6 @@ def multiscale(
   return optax.GradientTransformationExtraArgs(
       cast(optax.TransformInitFn, init_fn),
       cast(optax.TransformUpdateExtraArgsFn, update_fn))
-
-
-def _check_initial_subweights(
-    initial_subweights: Sequence[optax.Params | None], params: optax.Params
-) -> None:
-  """Raises ``ValueError`` unless each given subweight is shaped like params."""
-  param_structure: treedefs.TreeDef
-  param_paths, param_structure = jax.tree_util.tree_flatten_with_path(params)
-  for index, value in enumerate(initial_subweights):
-    if value is None:
-      continue
-    structure: treedefs.TreeDef = jax.tree.structure(value)
-    if structure != param_structure:
-      raise ValueError(
-          f'`initial_subweights[{index}]` must have the structure of the '
-          f'params, {param_structure}, got {structure}.')
-    for (path, param), leaf in zip(param_paths, jax.tree.leaves(value)):
-      if jnp.shape(leaf) != jnp.shape(param):
-        raise ValueError(
-            f'`initial_subweights[{index}]` has shape {jnp.shape(leaf)} at '
-            f'{jax.tree_util.keystr(path)}, but the param there has shape '
-            f'{jnp.shape(param)}.')
-      if (jnp.issubdtype(jnp.result_type(leaf), jnp.complexfloating)
-          and not jnp.issubdtype(jnp.result_type(param), jnp.complexfloating)):
-        raise TypeError(
-            f'`initial_subweights[{index}]` is complex at '
-            f'{jax.tree_util.keystr(path)}, but the param there is real.')
-
-
-def _initial_leaf(
-    param: Any, values: Sequence[Any], state_dtype: DTypeLike | None
-) -> jax.Array:
-  """One leaf of a stored subweight at init: zeros or the given values.
-
-  Always a new array, so that donating the state never deletes an array
-  the caller passed as ``initial_subweights``.
-  """
-  param_dtype = jnp.result_type(param)
-  if not subweight_state.is_trainable(param_dtype):
-    # Integer and boolean params are left alone (see the docstring).
-    return jnp.zeros_like(param)
-  dtype = param_dtype if state_dtype is None else jnp.dtype(state_dtype)
-  if (jnp.issubdtype(param_dtype, jnp.complexfloating)
-      and not jnp.issubdtype(dtype, jnp.complexfloating)):
-    raise TypeError(
-        f'`state_dtype` {dtype} is real, but a param is {param_dtype}: a real '
-        'state would drop the imaginary part. Pass a complex state_dtype '
-        '(or None).')
-  if (jnp.issubdtype(dtype, jnp.complexfloating)
-      and not jnp.issubdtype(param_dtype, jnp.complexfloating)):
-    raise TypeError(
-        f'`state_dtype` {dtype} is complex, but a param is {param_dtype}. '
-        'Pass a real state_dtype (or None).')
-  if not values:
-    return jnp.zeros_like(param, dtype=dtype)
-  total = jnp.asarray(values[0])
-  for value in values[1:]:
-    total = total + jnp.asarray(value)
-  return jnp.array(precision.round_to_storage(total, dtype), copy=True)
 
 
 def fast_weights(
