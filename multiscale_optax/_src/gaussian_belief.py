@@ -120,11 +120,15 @@ class Posterior(NamedTuple):
 
   Attributes:
     mean_steps: :math:`\\Sigma H^\\top S^{-1} e`, per subweight, per leaf.
+    summed_mean_steps: per leaf, the sum of ``mean_steps`` over subweights
+      (the step of the weight), read from :math:`\\sum_i D_i` and
+      :math:`\\sum_i U_i` rather than from every subweight's :math:`D_i`.
     diagonals: the new :math:`D`.
     factors: the new :math:`U` (empty for a diagonal belief).
   """
 
   mean_steps: list[list[jax.Array]]
+  summed_mean_steps: list[jax.Array]
   diagonals: list[list[jax.Array]]
   factors: list[list[jax.Array]]
 
@@ -344,9 +348,11 @@ def condition(
              for product in observation.residual_products or ()]
   mean_steps = [[variance * gain for variance, gain in zip(diagonals, gains)]
                 for diagonals in belief.diagonals]
+  summed_steps = [total * gain for total, gain in zip(
+      _summed_diagonals(belief), gains)]
   if not belief.factors:
     return Posterior(
-        mean_steps=mean_steps,
+        mean_steps=mean_steps, summed_mean_steps=summed_steps,
         diagonals=_diagonal_variances(
             belief, observation, innovation_, variance_update),
         factors=[])
@@ -359,6 +365,8 @@ def condition(
   mean_steps = [[step - _combine(coupling, factor)
                  for step, factor in zip(steps, factors)]
                 for steps, factors in zip(mean_steps, belief.factors)]
+  summed_steps = [step - _combine(coupling, factor) for step, factor in zip(
+      summed_steps, _summed_factors(belief))]
   inverse = jax.scipy.linalg.solve_triangular(
       innovation_.cholesky, jnp.eye(count, dtype=innovation_.cholesky.dtype),
       lower=True)
@@ -371,8 +379,8 @@ def condition(
              for diagonals, factors in zip(belief.diagonals, belief.factors)]
   rank = belief.factors[0][0].shape[0]
   diagonals, factors = _truncate(belief.diagonals, stacked, rank)
-  return Posterior(mean_steps=mean_steps, diagonals=diagonals,
-                   factors=factors)
+  return Posterior(mean_steps=mean_steps, summed_mean_steps=summed_steps,
+                   diagonals=diagonals, factors=factors)
 
 
 def _shrink_factor(
