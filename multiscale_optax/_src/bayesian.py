@@ -91,6 +91,7 @@ from multiscale_optax._src import checks
 from multiscale_optax._src import gaussian_belief
 from multiscale_optax._src import precision
 from multiscale_optax._src import scaled_storage
+from multiscale_optax._src import small_linalg
 from multiscale_optax._src import subweight_state
 from multiscale_optax._src import treedefs
 
@@ -548,7 +549,7 @@ def _update(
           observation, innovation, prior.outlier_threshold)
     if observation_covariance is not None:
       valid = valid & jnp.all(jnp.isfinite(
-          jnp.linalg.cholesky(observation.covariance)))
+          small_linalg.cholesky(observation.covariance)))
     posterior = gaussian_belief.condition(
         belief, observation, innovation, prior.variance_update)
     log_process_scale, log_noise_scale = _prior_scales(

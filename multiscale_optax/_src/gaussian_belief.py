@@ -54,6 +54,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from multiscale_optax._src import small_linalg
+
 # Rules for the diagonal of a belief with rank 0 (see
 # `multiscale_optax.bayesian_multiscale`, argument `variance_update`).
 VARIANCE_UPDATES = (
@@ -197,17 +199,15 @@ def innovation(belief: Belief, observation: Observation) -> Innovation:
   covariance = observation.covariance + explained
   return Innovation(
       covariance=covariance, explained=explained,
-      cholesky=jnp.linalg.cholesky(covariance), projection=projection)
+      cholesky=small_linalg.cholesky(covariance), projection=projection)
 
 
 def _precision_diagonals(
     rows: Sequence[jax.Array], cholesky: jax.Array) -> list[jax.Array]:
   """Per leaf, :math:`\\mathrm{diag}(J^\\top (LL^\\top)^{-1} J)`."""
-  count = cholesky.shape[0]
   # L^{-1} J through the N x N inverse factor and a matmul: XLA:CPU's
   # triangular solve with a wide right-hand side is far slower.
-  inverse = jax.scipy.linalg.solve_triangular(
-      cholesky, jnp.eye(count, dtype=cholesky.dtype), lower=True)
+  inverse = small_linalg.lower_inverse(cholesky)
   return [jnp.sum(jnp.square(_combine(inverse, row)), axis=0)
           for row in rows]
 
@@ -224,7 +224,7 @@ def _diagonal_variances(
     # Each subweight as if it alone explained the residual:
     # 1/v <- 1/v + diag(J^T R^{-1} J).
     information = _precision_diagonals(
-        rows, jnp.linalg.cholesky(observation.covariance))
+        rows, small_linalg.cholesky(observation.covariance))
     return [[variance / (1.0 + variance * gain)
              for variance, gain in zip(diagonals, information)]
             for diagonals in belief.diagonals]
@@ -337,10 +337,9 @@ def condition(
     The :class:`Posterior`.
   """
   rows = observation.rows
-  count = innovation_.cholesky.shape[0]
   if observation.residual is not None:
-    solved = jax.scipy.linalg.cho_solve(
-        (innovation_.cholesky, True), observation.residual)
+    solved = small_linalg.cho_solve(innovation_.cholesky,
+                                    observation.residual)
     gains = [_combine(solved, row) for row in rows]
   else:
     solved = None
@@ -367,9 +366,7 @@ def condition(
                 for steps, factors in zip(mean_steps, belief.factors)]
   summed_steps = [step - _combine(coupling, factor) for step, factor in zip(
       summed_steps, _summed_factors(belief))]
-  inverse = jax.scipy.linalg.solve_triangular(
-      innovation_.cholesky, jnp.eye(count, dtype=innovation_.cholesky.dtype),
-      lower=True)
+  inverse = small_linalg.lower_inverse(innovation_.cholesky)
   whitened = [_combine(inverse, row) for row in rows]
   # U^T H^T L_S^{-T}: how each new column reads the old factor.
   projected = innovation_.projection @ inverse.T
@@ -386,7 +383,7 @@ def condition(
 def _shrink_factor(
     residual: jax.Array, cholesky: jax.Array, cap: jax.Array) -> jax.Array:
   r""":math:`\min(1, \sqrt{cap/z})` with :math:`z = \|L_S^{-1}e\|^2`."""
-  whitened = jax.scipy.linalg.solve_triangular(cholesky, residual, lower=True)
+  whitened = small_linalg.solve_lower(cholesky, residual)
   squared = jnp.sum(jnp.square(whitened))
   return jnp.sqrt(cap / jnp.maximum(squared, cap))
 
@@ -445,10 +442,9 @@ def prior_scale_gradients(
   cholesky = innovation_.cholesky
   shrink = _shrink_factor(observation.residual, cholesky,
                           jnp.asarray(RESIDUAL_CAP * count, cholesky.dtype))
-  solved = jax.scipy.linalg.cho_solve(
-      (cholesky, True), observation.residual) * shrink
-  noise_trace = jnp.trace(jax.scipy.linalg.cho_solve(
-      (cholesky, True), observation.covariance))
+  solved = small_linalg.cho_solve(cholesky, observation.residual) * shrink
+  noise_trace = jnp.trace(small_linalg.cho_solve(
+      cholesky, observation.covariance))
   process_gradient = 0.5 * (
       solved @ innovation_.explained @ solved - (count - noise_trace))
   noise_gradient = 0.5 * (
