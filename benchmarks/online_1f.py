@@ -585,7 +585,7 @@ def plot(rows, stem):
   settings = list(dict.fromkeys(row['setting'] for row in rows))
   columns = min(2, len(settings))
   fig, axes = harness.figure(-(-len(settings) // columns), columns,
-                             width=5.4 * columns, panel_height=4.8)
+                             width=7.2 * columns, panel_height=4.8)
   for axis in axes.ravel()[len(settings):]:
     axis.set_visible(False)
   kind_styles = dict(zip([k for k, _ in PLOT_KINDS],
@@ -620,7 +620,7 @@ def plot(rows, stem):
     first = next(iter(by_name.values()))
     axis.set_title(f"{'input' if first['input_dim'] == 1 else 'inputs'} "
                    f"d = {first['input_dim']}, "
-                   f"{first['num_timescales']} timescales, "
+                   f"{first['num_timescales']} timescales,\n"
                    f"noise variance r = {first['noise_variance']:g}")
   handles = [Line2D([], [], color=kind_styles[kind]['color'],
                     marker=kind_styles[kind]['marker'], linestyle='',
