@@ -21,6 +21,7 @@ Every results file has the same top-level keys (:data:`TOP_LEVEL_KEYS`):
   benchmark  the module's name (online_1f, step_speed, ...)
   command    the command line that wrote the file
   machine    one block: platform, processor, cores, load, devices, versions
+             (and "other": what a benchmark adds, or what an old file kept)
   seconds    the wall time of the run
   config     the benchmark's settings (whatever it needs to be rerun)
   rows       a list of flat records, one per measured thing, each with
@@ -254,8 +255,9 @@ def tune_and_evaluate(
 # --------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-  """The machine block every results file carries."""
+def machine(other: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """The machine block every results file carries; ``other``: anything
+  else a benchmark records about it (a library's version)."""
   import jax  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
   try:
@@ -268,7 +270,8 @@ def machine() -> dict[str, Any]:
           'python': platform.python_version(), 'jax': jax.__version__,
           'optax': optax.__version__, 'numpy': np.__version__,
           'date': datetime.datetime.now(datetime.UTC).isoformat(
-              timespec='seconds')}
+              timespec='seconds'),
+          'other': dict(other) if other else None}
 
 
 def jsonable(value: Any) -> Any:
@@ -291,11 +294,13 @@ def _finite_or_none(value: Any) -> float | None:
 
 def results_document(name: str, *, config: Mapping[str, Any],
                      rows: Sequence[Mapping[str, Any]], seconds: float,
-                     command: str | None = None) -> dict[str, Any]:
+                     command: str | None = None,
+                     machine_other: Mapping[str, Any] | None = None,
+                     ) -> dict[str, Any]:
   """A results file's contents in the one schema (checked)."""
   document = {'schema': SCHEMA, 'benchmark': name,
               'command': command if command is not None else command_line(),
-              'machine': machine(), 'seconds': round(float(seconds), 1),
+              'machine': machine(machine_other), 'seconds': round(float(seconds), 1),
               'config': jsonable(dict(config)),
               'rows': [jsonable(dict(row)) for row in rows]}
   check_document(document)

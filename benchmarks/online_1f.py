@@ -49,8 +49,8 @@ Learners:
 
 Usage::
 
-  python benchmarks/online_1f.py           # d = 1 and d = 10, r = 1
-  python benchmarks/online_1f.py --full    # + noise and m sweeps
+  python -m benchmarks.online_1f           # d = 1 and d = 10, r = 1
+  python -m benchmarks.online_1f --full    # + noise and m sweeps
 
 (30-75 s and 4-9 min on an idle machine before the Bayesian rows were
 added; the default run with them took 277 s on a 2-core CPU shared with

@@ -88,8 +88,8 @@ Streams and initial params are paired across learners (same seeds).
 
 Usage::
 
-  python benchmarks/online_rotation.py         # 3000 steps, 2 + 3 seeds
-  python benchmarks/online_rotation.py --full  # 10000 steps, 3 + 8 seeds
+  python -m benchmarks.online_rotation         # 3000 steps, 2 + 3 seeds
+  python -m benchmarks.online_rotation --full  # 10000 steps, 3 + 8 seeds
 
 (tuning + test seeds; ``--full`` adds LoFi ranks 1, 5, 20 and tunes the
 full EKF). ``--streams ou --ou-timescale 30`` runs a faster OU angle alone
