@@ -371,10 +371,9 @@ def run_online(
   return predictions, records
 
 
-def add_run_arguments(parser: Any, full_help: str) -> None:
-  """``--full``, ``--steps``, ``--tuning-seeds`` and ``--test-seeds``, the
-  last three ``None`` until :func:`fill_run_defaults`."""
-  parser.add_argument('--full', action='store_true', help=full_help)
+def add_run_arguments(parser: Any) -> None:
+  """``--steps``, ``--tuning-seeds`` and ``--test-seeds`` (``--full`` comes
+  from ``harness.parser``), ``None`` until :func:`fill_run_defaults`."""
   parser.add_argument('--steps', type=int, default=None)
   parser.add_argument('--tuning-seeds', type=int, default=None)
   parser.add_argument('--test-seeds', type=int, default=None)

@@ -15,8 +15,8 @@ For default Benna–Fusi chains (``benna_fusi_defaults(n)``) of length
 
 Usage::
 
-  python benchmarks/benna_fusi_conditioning.py            # 10^5 steps
-  python benchmarks/benna_fusi_conditioning.py --steps 10000
+  python -m benchmarks.benna_fusi_conditioning            # 10^5 steps
+  python -m benchmarks.benna_fusi_conditioning --steps 10000
 
 Writes ``benchmarks/results/benna_fusi_conditioning.json``.
 
@@ -27,9 +27,7 @@ References:
 
 from __future__ import annotations
 
-import argparse
-import json
-import pathlib
+import math
 import time
 import warnings
 
@@ -39,10 +37,10 @@ import numpy as np
 import optax
 
 import multiscale_optax as mso
+from benchmarks import harness
 
 NUM_WEIGHTS = 16
 RECORD_EVERY = 1_000
-RESULTS = pathlib.Path(__file__).parent / 'results'
 
 
 def target_stream(steps: int, seed: int) -> np.ndarray:
@@ -76,8 +74,13 @@ def relative_error(value: np.ndarray, reference: np.ndarray) -> float:
   return float(np.max(np.abs(value - reference)) / np.max(np.abs(reference)))
 
 
+def finite_or_text(value: float) -> float | str:
+  """``value``, or ``'inf'``/``'nan'`` (JSON has no infinity)."""
+  return value if math.isfinite(value) else str(value)
+
+
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = harness.parser(__doc__)
   parser.add_argument('--steps', type=int, default=100_000)
   parser.add_argument('--lengths', type=int, nargs='*',
                       default=[2, 4, 8, 16, 25, 26, 32, 64])
@@ -85,6 +88,7 @@ def main():
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args()
   steps = args.steps - args.steps % RECORD_EVERY
+  started = time.perf_counter()
   print(f'condition number of V (float64), threshold '
         f'{mso._src.benna_fusi.CONDITION_WARNING_THRESHOLD:.0e}')
   conditioning = {}
@@ -94,14 +98,14 @@ def main():
       warnings.simplefilter('always')
       modes = mso.benna_fusi_modes(capacities, conductances)
     conditioning[n] = {
-        'condition_number': float(modes.condition_number),
+        'condition_number': finite_or_text(float(modes.condition_number)),
         'warned': any(issubclass(w.category, UserWarning) for w in caught),
         # 1 - decay of the slowest decaying mode: 0 once it rounds to 1.
         'second_mode_leak': float(1.0 - modes.decays[1]),
     }
   print(f'{"n":>3} {"cond(V)":>10} {"warned":>6} {"1 - decay[1]":>13}')
   for n, row in conditioning.items():
-    print(f'{n:>3} {row["condition_number"]:10.3e} '
+    print(f'{n:>3} {float(row["condition_number"]):10.3e} '
           f'{row["warned"]!s:>6} {row["second_mode_leak"]:13.3e}')
 
   targets = target_stream(steps, args.seed)
@@ -132,19 +136,19 @@ def main():
             trajectory(multiscale, jnp.float64, targets), reference),
     }
     errors[n] = row
-    print(f'{n:>3} {conditioning[n]["condition_number"]:10.3e} '
+    print(f'{n:>3} {float(conditioning[n]["condition_number"]):10.3e} '
           f'{row["multiscale_float32"]:12.2e} {row["chain_float32"]:10.2e} '
           f'{row["multiscale_float64"]:12.2e} '
           f'{time.perf_counter() - start:8.1f}', flush=True)
-  RESULTS.mkdir(exist_ok=True)
-  out = RESULTS / 'benna_fusi_conditioning.json'
-  out.write_text(json.dumps({
-      'steps': steps,
-      'learning_rate': args.learning_rate,
-      'conditioning': conditioning,
-      'float32_error': errors,
-  }, indent=2))
-  print(f'wrote {out}')
+  rows = []
+  for n, record in conditioning.items():
+    rows.append({'id': f'n{n}', 'label': str(n), 'n': n, **record,
+                 **errors.get(n, {})})
+  document = harness.results_document(
+      'benna_fusi_conditioning',
+      config={'steps': steps, 'learning_rate': args.learning_rate},
+      rows=rows, seconds=time.perf_counter() - started)
+  print(f"wrote {harness.write_results(args.out or 'benna_fusi_conditioning', document)}")
 
 
 if __name__ == '__main__':

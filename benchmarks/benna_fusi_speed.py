@@ -10,18 +10,13 @@ Two measurements, both with compilation excluded and medians reported:
    timed round-robin so both see the same machine load. Also reports how many
    params-sized buffers each state holds.
 
-Usage: ``python benchmarks/benna_fusi_speed.py`` (about a minute on 2 CPU
+Usage: ``python -m benchmarks.benna_fusi_speed`` (about a minute on 2 CPU
 cores). Writes ``benchmarks/results/benna_fusi_speed.json``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import pathlib
-import platform
 import statistics
-import sys
 import time
 import warnings
 
@@ -31,8 +26,7 @@ import numpy as np
 import optax
 
 import multiscale_optax as mso
-
-RESULTS = pathlib.Path(__file__).parent / 'results'
+from benchmarks import harness
 
 
 def _median_time(function, repeats):
@@ -130,10 +124,11 @@ def _format(value):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = harness.parser(__doc__)
   parser.add_argument('--rounds', type=int, default=30)
   parser.add_argument('--repeats', type=int, default=20)
   args = parser.parse_args(argv)
+  started = time.perf_counter()
   print('benna_fusi_modes under jax.jit (float64):', flush=True)
   with warnings.catch_warnings():
     # n = 64, 512 underflow V's slow columns; timing is what is measured.
@@ -158,21 +153,16 @@ def main(argv=None):
   ratio = step_rows[1]['median_ms'] / step_rows[0]['median_ms']
   print(f'\nmultiscale form / benna_fusi step time: {ratio:.2f}')
 
-  RESULTS.mkdir(exist_ok=True)
-  payload = {
-      'modes': modes_rows,
-      'step': step_rows,
-      'multiscale_over_benna_fusi': ratio,
-      'rounds': args.rounds,
-      'repeats': args.repeats,
-      'device': str(jax.devices()[0]),
-      'jax': jax.__version__,
-      'python': sys.version.split()[0],
-      'machine': platform.machine(),
-  }
-  path = RESULTS / 'benna_fusi_speed.json'
-  path.write_text(json.dumps(payload, indent=2) + '\n')
-  print(f'wrote {path}')
+  rows = [{'id': f"modes/n{row['n']}", 'label': f"modes, n = {row['n']}",
+           'part': 'modes', **row} for row in modes_rows]
+  rows += [{'id': 'step/' + harness.slug(row['optimizer']),
+            'label': row['optimizer'], 'part': 'step', **row}
+           for row in step_rows]
+  rows[-1]['ratio_to_benna_fusi'] = ratio
+  document = harness.results_document(
+      'benna_fusi_speed', seconds=time.perf_counter() - started, rows=rows,
+      config={'rounds': args.rounds, 'repeats': args.repeats})
+  print(f"wrote {harness.write_results(args.out or 'benna_fusi_speed', document)}")
 
 
 if __name__ == '__main__':

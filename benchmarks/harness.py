@@ -8,7 +8,8 @@ protocol every comparison here follows:
 
 1. every point of a learner's grid is scored on the *tuning* seeds;
 2. the point with the best mean score is kept (ties: the first), and flagged
-   when it sits at the edge of a range of three or more values;
+   when it sits at the edge of a range of three or more values; a learner
+   with ``refine`` then searches a finer grid around it the same way;
 3. that point alone is scored on the separate *test* seeds, and the row
    reports the mean, the standard deviation and every seed's value.
 
@@ -20,6 +21,7 @@ Every results file has the same top-level keys (:data:`TOP_LEVEL_KEYS`):
   benchmark  the module's name (online_1f, step_speed, ...)
   command    the command line that wrote the file
   machine    one block: platform, processor, cores, load, devices, versions
+             (and "other": what a benchmark adds, or what an old file kept)
   seconds    the wall time of the run
   config     the benchmark's settings (whatever it needs to be rerun)
   rows       a list of flat records, one per measured thing, each with
@@ -43,6 +45,7 @@ import math
 import os
 import pathlib
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -77,6 +80,10 @@ class Learner:
     fixed: hyperparameters passed to ``build`` at every grid point.
     note: one sentence on what the learner is, stored with its row.
     meta: anything else to store with its row (a belief, a prior).
+    refine: hyperparameter name -> how to search a finer grid between the
+      neighbours of the best coarse value, as keyword arguments of
+      :func:`refine_values` (``{'scale': 'log'}``); the other
+      hyperparameters keep their best value. Empty: one grid only.
   """
 
   id: str
@@ -86,6 +93,8 @@ class Learner:
   fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   note: str = ''
   meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  refine: Mapping[str, Mapping[str, Any]] = dataclasses.field(
+      default_factory=dict)
 
   def points(self) -> list[dict[str, Any]]:
     """Every grid point, each merged with ``fixed`` (one point if no grid)."""
@@ -99,9 +108,56 @@ class Learner:
 Score = Callable[[Learner, list[dict[str, Any]], Sequence[int]], np.ndarray]
 
 
+def slug(text: str) -> str:
+  """A row id from a name: lower case, runs of other characters -> ``_``."""
+  return re.sub(r'[^a-z0-9]+', '_', str(text).lower()).strip('_')
+
+
 def log_grid(low: float, high: float, points: int) -> list[float]:
   """``points`` log-spaced values from ``low`` to ``high``, as floats."""
   return [float(v) for v in np.geomspace(low, high, points)]
+
+
+def refine_values(values: Sequence[Any], best: Any, *, scale: str = 'log',
+                  num: int = 21, stride: int = 1,
+                  bounds: tuple[float, float] | None = None) -> list[Any]:
+  """A finer grid between the neighbours of ``best`` among ``values``.
+
+  ``scale``: ``'log'`` (log-spaced), ``'log1m'`` (log-spaced in
+  ``1 - value``, for forgetting factors), ``'int'`` (rounded, unique) or
+  ``'linear'`` (``best`` ± the grid's smallest spacing, clipped to
+  ``bounds``). ``stride`` keeps every ``stride``-th value.
+  """
+  grid = np.unique(np.asarray(values))
+  if scale == 'linear':
+    spacing = np.min(np.diff(grid))
+    low, high = bounds if bounds is not None else (-np.inf, np.inf)
+    finer = np.linspace(max(low, best - spacing), min(high, best + spacing),
+                        num)
+  else:
+    index = int(np.argmin(np.abs(grid - np.asarray(best))))
+    low = grid[max(index - 1, 0)]
+    high = grid[min(index + 1, len(grid) - 1)]
+    if scale == 'int':
+      finer = np.unique(np.round(np.linspace(low, high, num))).astype(
+          grid.dtype)
+    elif scale == 'log1m':
+      finer = 1.0 - np.geomspace(1.0 - low, 1.0 - high, num)
+    elif scale == 'log':
+      finer = np.geomspace(low, high, num)
+    else:
+      raise ValueError(f'unknown refine scale {scale!r}')
+  return finer[::stride].tolist()
+
+
+def refined(learner: Learner, best: Mapping[str, Any]) -> Learner:
+  """``learner`` with the finer grid its ``refine`` asks for around
+  ``best`` (hyperparameters it does not refine stay at ``best``)."""
+  grid = {name: (refine_values(learner.grid[name], best[name], **options)
+                 if name in learner.refine else [best[name]])
+          for name, options in {n: learner.refine.get(n, {})
+                                for n in learner.grid}.items()}
+  return dataclasses.replace(learner, grid=grid, refine={})
 
 
 def at_grid_edge(learner: Learner, best: Mapping[str, Any]) -> list[str]:
@@ -139,6 +195,22 @@ def tune(learner: Learner, score: Score, seeds: Sequence[int], *,
   return points[best], scores
 
 
+def search(learner: Learner, score: Score, seeds: Sequence[int], *,
+           lower_is_better: bool = True) -> tuple[dict[str, Any], list[str]]:
+  """:func:`tune` on the grid, then on the finer grid of ``refine``.
+
+  Returns:
+    The best point and the hyperparameters whose coarse optimum sits at the
+    edge of their range (:func:`at_grid_edge`).
+  """
+  best, _ = tune(learner, score, seeds, lower_is_better=lower_is_better)
+  edge = at_grid_edge(learner, best)
+  if learner.refine:
+    best, _ = tune(refined(learner, best), score, seeds,
+                   lower_is_better=lower_is_better)
+  return best, edge
+
+
 def summary(values: Sequence[float] | np.ndarray) -> dict[str, Any]:
   """``{"mean", "sd", "values"}`` of per-seed values (sd: ddof 1, or 0)."""
   values = np.asarray(values, dtype=float).ravel()
@@ -163,15 +235,15 @@ def tune_and_evaluate(
   for learner in learners:
     start = time.perf_counter()
     if learner.grid:
-      best, _ = tune(learner, score, tuning_seeds,
-                     lower_is_better=lower_is_better)
+      best, edge = search(learner, score, tuning_seeds,
+                          lower_is_better=lower_is_better)
     else:
-      best = dict(learner.fixed)
+      best, edge = dict(learner.fixed), []
     values = np.asarray(score(learner, [best], test_seeds), dtype=float)[0]
     rows.append({'id': learner.id, 'label': learner.label,
                  'note': learner.note, 'tuned': bool(learner.grid),
                  'hyperparameters': jsonable(best),
-                 'at_grid_edge': at_grid_edge(learner, best),
+                 'at_grid_edge': edge,
                  metric: summary(values), **jsonable(dict(learner.meta))})
     log(f'  {learner.label}: {metric} {rows[-1][metric]["mean"]} '
         f'({time.perf_counter() - start:.1f} s)')
@@ -183,8 +255,9 @@ def tune_and_evaluate(
 # --------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-  """The machine block every results file carries."""
+def machine(other: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """The machine block every results file carries; ``other``: anything
+  else a benchmark records about it (a library's version)."""
   import jax  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
   try:
@@ -197,7 +270,8 @@ def machine() -> dict[str, Any]:
           'python': platform.python_version(), 'jax': jax.__version__,
           'optax': optax.__version__, 'numpy': np.__version__,
           'date': datetime.datetime.now(datetime.UTC).isoformat(
-              timespec='seconds')}
+              timespec='seconds'),
+          'other': dict(other) if other else None}
 
 
 def jsonable(value: Any) -> Any:
@@ -220,11 +294,13 @@ def _finite_or_none(value: Any) -> float | None:
 
 def results_document(name: str, *, config: Mapping[str, Any],
                      rows: Sequence[Mapping[str, Any]], seconds: float,
-                     command: str | None = None) -> dict[str, Any]:
+                     command: str | None = None,
+                     machine_other: Mapping[str, Any] | None = None,
+                     ) -> dict[str, Any]:
   """A results file's contents in the one schema (checked)."""
   document = {'schema': SCHEMA, 'benchmark': name,
               'command': command if command is not None else command_line(),
-              'machine': machine(), 'seconds': round(float(seconds), 1),
+              'machine': machine(machine_other), 'seconds': round(float(seconds), 1),
               'config': jsonable(dict(config)),
               'rows': [jsonable(dict(row)) for row in rows]}
   check_document(document)

@@ -28,8 +28,8 @@ subweights read by ``multiscale_optax.get_subweights``).
 
 Usage::
 
-  python benchmarks/long_run_precision.py            # 10^6 steps
-  python benchmarks/long_run_precision.py --steps 100000
+  python -m benchmarks.long_run_precision            # 10^6 steps
+  python -m benchmarks.long_run_precision --steps 100000
 
 Writes ``benchmarks/results/long_run_precision.json``.
 
@@ -40,9 +40,6 @@ References:
 
 from __future__ import annotations
 
-import argparse
-import json
-import pathlib
 import time
 
 import jax
@@ -51,11 +48,11 @@ import numpy as np
 import optax
 
 import multiscale_optax as mso
+from benchmarks import harness
 
 NUM_FEATURES = 16
 BATCH = 8
 TARGET_TIMESCALES = (1e1, 1e2, 1e3, 1e4, 1e5)
-RESULTS = pathlib.Path(__file__).parent / 'results'
 
 
 def make_optimizer(timescales, learning_rate, scaled):
@@ -126,8 +123,18 @@ def relative(value, reference):
   return float(np.max(np.abs(value - reference)) / np.max(np.abs(reference)))
 
 
+def subweight_row(index: int, name: str) -> tuple[str, str]:
+  """The row id and plain label of subweight ``name`` (``slow(1)``,
+  ``tau=1e+02``)."""
+  del index
+  if name.startswith('slow'):
+    return 'permanent', 'permanent part'
+  tau = float(name.split('=')[1])
+  return f'tau_{tau:g}', f'timescale {tau:g}'
+
+
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = harness.parser(__doc__)
   parser.add_argument('--steps', type=int, default=1_000_000)
   parser.add_argument('--chunk', type=int, default=50_000)
   parser.add_argument('--learning-rate', type=float, default=0.02)
@@ -204,18 +211,23 @@ def main():
     for name, values in drift.items():
       print(f'{name:<25} {values["params"]:9.2e} ' + ' '.join(
           f'{v:9.2e}' for v in values['subweights']))
-  RESULTS.mkdir(exist_ok=True)
-  out = RESULTS / 'long_run_precision.json'
-  out.write_text(json.dumps({
-      'steps': args.steps,
-      'chunk': args.chunk,
-      'learning_rate': args.learning_rate,
-      'timescales': [float(t) for t in timescales],
-      'subweight_names': names,
-      'max_relative_drift': results,
-      'seconds': time.perf_counter() - start,
-  }, indent=2))
-  print(f'wrote {out}')
+  columns = [(f'{mode}_{variant}', values)
+             for mode, drift in results.items()
+             for variant, values in drift.items()]
+  rows = [{'id': 'params', 'label': 'params',
+           **{column: values['params'] for column, values in columns}}]
+  for index, name in enumerate(names):
+    row_id, label = subweight_row(index, name)
+    rows.append({'id': row_id, 'label': label, 'subweight': index,
+                 **{column: values['subweights'][index]
+                    for column, values in columns}})
+  document = harness.results_document(
+      'long_run_precision',
+      config={'steps': args.steps, 'chunk': args.chunk,
+              'learning_rate': args.learning_rate,
+              'timescales': [float(t) for t in timescales]},
+      rows=rows, seconds=time.perf_counter() - start)
+  print(f"wrote {harness.write_results(args.out or 'long_run_precision', document)}")
 
 
 if __name__ == '__main__':

@@ -49,8 +49,8 @@ Learners:
 
 Usage::
 
-  python benchmarks/online_1f.py           # d = 1 and d = 10, r = 1
-  python benchmarks/online_1f.py --full    # + noise and m sweeps
+  python -m benchmarks.online_1f           # d = 1 and d = 10, r = 1
+  python -m benchmarks.online_1f --full    # + noise and m sweeps
 
 (30-75 s and 4-9 min on an idle machine before the Bayesian rows were
 added; the default run with them took 277 s on a 2-core CPU shared with
@@ -68,10 +68,6 @@ References:
 
 from __future__ import annotations
 
-import argparse
-import json
-import pathlib
-import sys
 import time
 
 import jax
@@ -83,11 +79,9 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import multiscale_optax as mso  # noqa: E402
+from benchmarks import _beliefs  # noqa: E402
+from benchmarks import harness  # noqa: E402
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import _beliefs  # noqa: E402
-
-RESULTS = pathlib.Path(__file__).parent / 'results'
 GENERIC_TIMESCALES = mso.log_spaced_timescales(1.0, 1e4, 9)
 GENERIC_POWER = 1.0 / 3.0
 WINDOW_RIDGE = 1e-6
@@ -247,10 +241,11 @@ def sample_batch(environment, seeds, num_steps):
           environment, key, num_steps, dtype=jnp.float64))(keys)
 
 
-def grid_search(predict, grid, samples, burn_in, grid_batch=None):
-  """Excess loss (mean over seeds) for every grid point; returns the best.
+def grid_losses(predict, grid, samples, burn_in, grid_batch=None):
+  """Per grid point and seed: the excess loss after burn-in.
 
-  Grid points run vmapped, ``grid_batch`` at a time (all at once if None).
+  Grid points (a dict of stacked values) run vmapped, ``grid_batch`` at a
+  time (all at once if None).
   """
 
   @jax.jit
@@ -260,47 +255,13 @@ def grid_search(predict, grid, samples, burn_in, grid_batch=None):
     def loss(hyper):
       predictions = jax.vmap(lambda x, y: predict(hyper, x, y))(
           samples.inputs, samples.targets)
-      return jnp.mean(jnp.square(signal - predictions)[..., burn_in:])
+      return jnp.mean(jnp.square(signal - predictions)[..., burn_in:],
+                      axis=-1)
 
     return jax.lax.map(loss, grid, batch_size=grid_batch or len(
         jax.tree.leaves(grid)[0]))
 
-  values = np.asarray(losses(grid, samples))
-  best = int(np.nanargmin(np.where(np.isfinite(values), values, np.nan)))
-  flat = jax.tree.map(lambda leaf: leaf[best], grid)
-  edge = best in (0, len(values) - 1)
-  return flat, values, edge
-
-
-def refine(grid, best, scale):
-  """A finer grid between the neighbours of the best grid point.
-
-  ``scale``: 'log' (learning rates), 'log1m' (forgetting factors, log scale
-  of 1 - lambda), 'int' (windows), 'momentum' (learning rate on a log scale
-  times momentum around the best one) or None (no refinement).
-  """
-  if scale is None:
-    return None
-  if scale == 'momentum':
-    rates = np.unique(np.asarray(grid['learning_rate']))
-    betas = np.unique(np.asarray(grid['momentum']))
-    rate = refine(jnp.asarray(rates), best['learning_rate'], 'log')
-    beta = float(best['momentum'])
-    spacing = np.min(np.diff(betas))
-    beta = np.linspace(max(0.0, beta - spacing), min(0.99, beta + spacing), 7)
-    rate, beta = np.meshgrid(np.asarray(rate)[::2], beta, indexing='ij')
-    return {'learning_rate': jnp.asarray(rate.ravel()),
-            'momentum': jnp.asarray(beta.ravel())}
-  values = np.asarray(grid)
-  index = int(np.argmin(np.abs(values - np.asarray(best))))
-  low = values[max(index - 1, 0)]
-  high = values[min(index + 1, len(values) - 1)]
-  if scale == 'int':
-    return jnp.asarray(np.unique(np.round(np.linspace(low, high, 21))),
-                       values.dtype)
-  if scale == 'log1m':
-    return jnp.asarray(1.0 - np.geomspace(1.0 - low, 1.0 - high, 21))
-  return jnp.asarray(np.geomspace(low, high, 21))
+  return np.asarray(losses(grid, samples))
 
 
 def evaluate(predict, hyper, samples, burn_in):
@@ -309,12 +270,31 @@ def evaluate(predict, hyper, samples, burn_in):
   return np.asarray(excess_losses(predictions, samples, burn_in))
 
 
-def momentum_grid():
-  rates = np.geomspace(1e-6, 1.0, 37)
-  betas = np.asarray([0.0, 0.3, 0.6, 0.9])
-  rate, beta = np.meshgrid(rates, betas, indexing='ij')
-  return {'learning_rate': jnp.asarray(rate.ravel()),
-          'momentum': jnp.asarray(beta.ravel())}
+def make_score(samples, burn_in):
+  """The harness's score: ``samples`` maps a tuple of seeds to their data.
+
+  A learner's ``build(point)`` is its ``(predict(hyper, x, y), dtypes,
+  grid_batch)``; several points are scored vmapped over the grid, one point
+  as the test evaluation.
+  """
+
+  def score(learner, points, seeds):
+    predict, dtypes, grid_batch = learner.build(points[0])
+    data = samples[tuple(seeds)]
+    if len(points) == 1:
+      hyper = {name: jnp.asarray(value, dtypes.get(name))
+               for name, value in points[0].items()}
+      return evaluate(predict, hyper, data, burn_in)[None]
+    grid = {name: jnp.asarray([point[name] for point in points],
+                              dtypes.get(name)) for name in points[0]}
+    return grid_losses(predict, grid, data, burn_in, grid_batch)
+
+  return score
+
+
+def setting_id(label, dim, noise_variance, timescales):
+  return (f'{harness.slug(label)}_d{dim}_r{noise_variance:g}'
+          f'_m{len(timescales)}')
 
 
 def run_setting(dim, timescales, noise_variance, args, label):
@@ -336,6 +316,7 @@ def run_setting(dim, timescales, noise_variance, args, label):
 
   losses = {}
   hyperparameters = {}
+  edges = {}
   notes = {}
 
   def report(name, values, hyper=None, seconds=None):
@@ -470,101 +451,94 @@ def run_setting(dim, timescales, noise_variance, args, label):
         mso.multiscale(generic_shape, generic_decays,
                        learning_rate=scale), normalize), x, y)
 
-  tuned = {
-      'multiscale (generic, 1 scale tuned)': (
-          predict_generic, jnp.asarray(np.geomspace(1e-5, 4.0, 50)), 'log'),
-      'SGD': (
-          lambda lr, x, y: run_optax(optax.sgd(lr), x, y),
-          jnp.asarray(np.geomspace(1e-6, 1.0, 55)), 'log'),
-      **({'SGD (normalised, NLMS)': (
-          lambda lr, x, y: run_optax(
-              with_normalization(optax.sgd(lr), True), x, y),
-          jnp.asarray(np.geomspace(1e-6, 1.0, 55)), 'log')}
-         if normalize else {}),
-      'SGD + momentum': (
-          lambda h, x, y: run_optax(
-              optax.sgd(h['learning_rate'], momentum=h['momentum']), x, y),
-          momentum_grid(), 'momentum'),
-      'Adam': (
-          lambda lr, x, y: run_optax(optax.adam(lr), x, y),
-          jnp.asarray(np.geomspace(1e-6, 1.0, 55)), 'log'),
-      'sliding window LS': (
-          predict_sliding_window,
-          jnp.asarray(np.unique(np.round(
-              np.geomspace(1 if dim == 1 else dim + 1, 10_000, 36))).astype(
-                  np.int32)),
-          'int', 2),
-      'RLS (forgetting)': (
-          predict_rls,
-          jnp.asarray(1.0 - np.geomspace(1e-6, 0.9, 50)), 'log1m'),
-  }
-  for name, (predict, grid, scale, *grid_batch) in tuned.items():
-    tic = time.perf_counter()
-    best, _, edge = grid_search(predict, grid, tuning, burn_in, *grid_batch)
-    finer = refine(grid, best, scale)
-    if finer is not None:
-      best, _, _ = grid_search(predict, finer, tuning, burn_in, *grid_batch)
-    values = evaluate(predict, best, test, burn_in)
-    hyper = jax.tree.map(lambda leaf: np.asarray(leaf).item(), best)
-    if edge:
-      hyper = {'value': hyper, 'warning': 'optimum at grid edge'}
-    report(name, values, hyper, seconds=time.perf_counter() - tic)
+  def learner(name, predict, grid, refine, dtypes=None, grid_batch=None):
+    return harness.Learner(
+        id=harness.slug(name), label=name, grid=grid, refine=refine,
+        build=lambda point: (predict, dtypes or {}, grid_batch))
+
+  rates = harness.log_grid(1e-6, 1.0, 55)
+  log_refine = {'learning_rate': {'scale': 'log'}}
+  learners = [
+      learner('multiscale (generic, 1 scale tuned)',
+              lambda h, x, y: predict_generic(h['learning_rate'], x, y),
+              {'learning_rate': harness.log_grid(1e-5, 4.0, 50)}, log_refine),
+      learner('SGD', lambda h, x, y: run_optax(
+          optax.sgd(h['learning_rate']), x, y),
+              {'learning_rate': rates}, log_refine),
+      *([learner('SGD (normalised, NLMS)', lambda h, x, y: run_optax(
+          with_normalization(optax.sgd(h['learning_rate']), True), x, y),
+                 {'learning_rate': rates}, log_refine)]
+        if normalize else []),
+      learner('SGD + momentum', lambda h, x, y: run_optax(
+          optax.sgd(h['learning_rate'], momentum=h['momentum']), x, y),
+              {'learning_rate': harness.log_grid(1e-6, 1.0, 37),
+               'momentum': [0.0, 0.3, 0.6, 0.9]},
+              {'learning_rate': {'scale': 'log', 'stride': 2},
+               'momentum': {'scale': 'linear', 'num': 7,
+                            'bounds': (0.0, 0.99)}}),
+      learner('Adam', lambda h, x, y: run_optax(
+          optax.adam(h['learning_rate']), x, y),
+              {'learning_rate': rates}, log_refine),
+      learner('sliding window LS',
+              lambda h, x, y: predict_sliding_window(h['window'], x, y),
+              {'window': np.unique(np.round(np.geomspace(
+                  1 if dim == 1 else dim + 1, 10_000, 36))).astype(
+                      np.int32).tolist()},
+              {'window': {'scale': 'int'}}, {'window': jnp.int32}, 2),
+      learner('RLS (forgetting)',
+              lambda h, x, y: predict_rls(h['forgetting'], x, y),
+              {'forgetting': (1.0 - np.geomspace(1e-6, 0.9, 50)).tolist()},
+              {'forgetting': {'scale': 'log1m'}}),
+  ]
+  tuned_rows = harness.tune_and_evaluate(
+      learners, make_score({tuple(tuning_seeds): tuning,
+                            tuple(test_seeds): test}, burn_in),
+      tuning_seeds=tuning_seeds, test_seeds=test_seeds, metric='excess_loss',
+      log=lambda message: log(f'[{label}] {message}'))
+  for row in tuned_rows:
+    losses[row['label']] = np.asarray(
+        [np.inf if v is None else v for v in row['excess_loss']['values']])
+    hyperparameters[row['label']] = row['hyperparameters']
+    edges[row['label']] = row['at_grid_edge']
 
   kalman_losses = losses['Kalman filter (Bayes-optimal)']
-  rows = {}
+  setting = setting_id(label, dim, noise_variance, timescales)
+  rows = []
   for name, values in losses.items():
     ratios = values / kalman_losses
     diverged = not bool(np.all(np.isfinite(values)))
-    rows[name] = {
-        'excess_loss_mean': None if diverged else float(values.mean()),
-        'excess_loss_sd': None if diverged else float(values.std(ddof=1)),
-        'ratio_mean': None if diverged else float(ratios.mean()),
-        'ratio_sd': None if diverged else float(ratios.std(ddof=1)),
+    row = {
+        'id': f'{setting}/{harness.slug(name)}', 'label': name,
+        'setting': setting, 'setting_label': label,
+        'learner': harness.slug(name), 'input_dim': dim,
+        'noise_variance': noise_variance,
+        'timescales': [float(t) for t in timescales],
+        'num_timescales': len(timescales),
+        'excess_loss': {
+            'mean': None if diverged else float(values.mean()),
+            'sd': None if diverged else float(values.std(ddof=1))},
+        'ratio': {
+            'mean': None if diverged else float(ratios.mean()),
+            'sd': None if diverged else float(ratios.std(ddof=1))},
         'diverged_seeds': int(np.sum(~np.isfinite(values))),
         'hyperparameters': hyperparameters.get(name),
+        'at_grid_edge': edges.get(name, []),
     }
+    if name == 'Kalman filter (Bayes-optimal)':
+      row['kalman_checks'] = notes
+    rows.append(row)
   log(f'[{label}] done in {time.perf_counter() - started:.1f} s')
-  return {
-      'label': label, 'input_dim': dim, 'timescales': list(map(float,
-                                                            timescales)),
-      'noise_variance': noise_variance, 'rows': rows, 'notes': notes,
-  }
+  return rows
 
 
-def format_table(result):
-  lines = [
-      f"### {result['label']}: d = {result['input_dim']}, m = "
-      f"{len(result['timescales'])} (timescales "
-      f"{', '.join(f'{t:g}' for t in result['timescales'])}), "
-      f"r = {result['noise_variance']:g}",
-      '',
-      '| learner | excess loss (mean ± sd) | ratio to Kalman (mean ± sd) | '
-      'tuned |',
-      '|---|---|---|---|',
-  ]
-  for name, row in result['rows'].items():
-    hyper = row['hyperparameters']
-    if isinstance(hyper, dict) and 'learning_rates' in hyper:
-      hyper = 'none'
-    elif isinstance(hyper, dict):
-      hyper = ', '.join(
-          f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
-          for k, v in hyper.items())
-    elif isinstance(hyper, float):
-      hyper = f'{hyper:.4g}'
-    elif hyper is None:
-      hyper = '-'
-    if row['diverged_seeds']:
-      lines.append(
-          f"| {name} | diverged ({row['diverged_seeds']} seeds) | diverged "
-          f"| {hyper} |")
-      continue
-    lines.append(
-        f"| {name} | {row['excess_loss_mean']:.4f} ± "
-        f"{row['excess_loss_sd']:.4f} | {row['ratio_mean']:.3f} ± "
-        f"{row['ratio_sd']:.3f} | {hyper} |")
-  for key, value in result['notes'].items():
-    lines.append(f'\n{key}: {value:.3e}')
+def format_table(rows):
+  """A text table of one setting's rows, for the log."""
+  lines = [f"{rows[0]['setting']}:", f"{'learner':<58s} ratio to Kalman"]
+  for row in rows:
+    ratio = row['ratio']
+    lines.append(f"{row['label']:<58s} " + (
+        'diverged' if ratio['mean'] is None
+        else f"{ratio['mean']:.3f} ± {ratio['sd']:.3f}"))
   return '\n'.join(lines)
 
 
@@ -595,82 +569,80 @@ PLOT_NAMES = {
     'sliding window LS': 'sliding-window least squares (tuned)',
     'RLS (forgetting)': 'RLS with forgetting (tuned)',
 }
-# (colour, marker) per kind of learner, explained in the legend.
+# Kinds of learner, each drawn in its own style and explained in the legend.
 PLOT_KINDS = (
-    ('multiscale', 'tab:red', 'o', 'multiscale learner'),
-    ('Bayesian multiscale (true prior, rank', 'tab:purple', '^',
-     'Bayesian multiscale, low rank (no tuning)'),
-    ('Bayesian', 'tab:blue', 's', 'Bayesian multiscale (no tuning)'),
-    ('', '0.35', 'D', 'tuned baseline'),
+    ('multiscale', 'multiscale learner'),
+    ('Bayesian multiscale (true prior, rank', 'Bayesian multiscale, low rank'),
+    ('Bayesian', 'Bayesian multiscale (no tuning)'),
+    ('', 'tuned baseline'),
 )
 
 
-def plot(results, path):
-  """Draws the figure from ``results``, the JSON's ``results`` list."""
-  import matplotlib
+def plot(rows, stem):
+  """Draws the figure from the results rows, one panel per setting."""
+  from matplotlib.lines import Line2D  # pylint: disable=import-outside-toplevel
 
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  from matplotlib.lines import Line2D
-
-  columns = min(2, len(results))
-  rows = -(-len(results) // columns)
-  fig, axes = plt.subplots(
-      rows, columns, figsize=(5.4 * columns, 4.6 * rows), squeeze=False,
-      sharey=True)
-  for axis in axes.ravel()[len(results):]:
+  settings = list(dict.fromkeys(row['setting'] for row in rows))
+  columns = min(2, len(settings))
+  fig, axes = harness.figure(-(-len(settings) // columns), columns,
+                             width=7.2 * columns, panel_height=4.8)
+  for axis in axes.ravel()[len(settings):]:
     axis.set_visible(False)
-  # One row per learner in any panel, in one order, so panels share labels.
+  kind_styles = dict(zip([k for k, _ in PLOT_KINDS],
+                         harness.styles(len(PLOT_KINDS)), strict=True))
+  # One line per learner in any panel, in one order, so panels share labels.
   names = list(dict.fromkeys(
-      name for result in results for name, row in result['rows'].items()
-      if not name.startswith('Kalman filter') and row['ratio_mean']))
-  for axis, result in zip(axes.ravel(), results, strict=False):
+      row['label'] for row in rows
+      if row['learner'] != 'kalman_filter_bayes_optimal'
+      and row['ratio']['mean']))
+  for axis, setting in zip(axes.ravel(), settings, strict=False):
+    by_name = {row['label']: row for row in rows
+               if row['setting'] == setting and row['ratio']['mean']}
     shown = [(position, name) for position, name in enumerate(names)
-             if (result['rows'].get(name) or {}).get('ratio_mean')]
-    means = np.asarray([result['rows'][n]['ratio_mean'] for _, n in shown])
+             if name in by_name]
+    means = np.asarray([by_name[n]['ratio']['mean'] for _, n in shown])
     right = max(1.1, min(2.0, means.max() * 1.1))
     axis.axvline(1.0, color='k', lw=1)
     for position, name in shown:
-      mean = result['rows'][name]['ratio_mean']
-      sd = result['rows'][name]['ratio_sd']
-      _, color, marker, _ = next(
-          kind for kind in PLOT_KINDS if name.startswith(kind[0]))
+      mean, sd = by_name[name]['ratio']['mean'], by_name[name]['ratio']['sd']
+      style = next(kind_styles[kind] for kind, _ in PLOT_KINDS
+                   if name.startswith(kind))
       # A marker, not a bar from 1: a ratio of 1.000 stays visible.
-      axis.errorbar(min(mean, right), position, xerr=sd, fmt=marker,
-                    color=color, markersize=6, capsize=2)
+      axis.errorbar(min(mean, right), position, xerr=sd, fmt=style['marker'],
+                    color=style['color'], markersize=6, capsize=2)
       axis.text(min(mean + sd, right) + 0.012 * (right - 0.99), position,
-                f'{mean:.3f}', va='center', fontsize=9)
-    axis.set_yticks(range(len(names)),
-                    [PLOT_NAMES.get(n, n) for n in names], fontsize=9)
+                f'{mean:.3f}', va='center', fontsize=8)
+    axis.set_yticks(range(len(names)), [PLOT_NAMES.get(n, n) for n in names])
     axis.set_ylim(len(names) - 0.5, -0.5)
     axis.set_xlim(0.99, right * 1.06)
     axis.grid(axis='y', color='0.92', lw=0.6)
-    axis.tick_params(axis='x', labelsize=9)
-    axis.set_xlabel('excess loss / Kalman filter\'s (1 = Bayes-optimal)',
-                    fontsize=10)
-    axis.set_title(f"{'input' if result['input_dim'] == 1 else 'inputs'} "
-                   f"d = {result['input_dim']}, "
-                   f"{len(result['timescales'])} timescales, "
-                   f"noise variance r = {result['noise_variance']:g}",
-                   fontsize=10)
-  handles = [Line2D([], [], color=color, marker=marker, linestyle='',
-                    label=label) for _, color, marker, label in PLOT_KINDS]
-  fig.legend(handles=handles, loc='lower center', ncols=len(handles),
-             fontsize=10, frameon=False)
-  fig.tight_layout(rect=(0, 0.05 / rows, 1, 1))
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+    axis.set_xlabel("excess loss / Kalman filter's (1 = Bayes-optimal)")
+    first = next(iter(by_name.values()))
+    axis.set_title(f"{'input' if first['input_dim'] == 1 else 'inputs'} "
+                   f"d = {first['input_dim']}, "
+                   f"{first['num_timescales']} timescales,\n"
+                   f"noise variance r = {first['noise_variance']:g}")
+  handles = [Line2D([], [], color=kind_styles[kind]['color'],
+                    marker=kind_styles[kind]['marker'], linestyle='',
+                    label=text) for kind, text in PLOT_KINDS]
+  fig.legend(handles=handles, loc='outside lower center', ncols=len(handles),
+             frameon=False)
+  return harness.save_figure(fig, stem)
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--full', action='store_true',
-                      help='also sweep the noise variance and m')
+  parser = harness.parser(__doc__, full_help='also sweep the noise variance '
+                          'and the number of timescales m')
   parser.add_argument('--steps', type=int, default=None)
   parser.add_argument('--burn-in', type=int, default=None)
   parser.add_argument('--tuning-seeds', type=int, default=4)
   parser.add_argument('--test-seeds', type=int, default=8)
   args = parser.parse_args(argv)
+  stem = args.out or ('online_1f_full' if args.full else 'online_1f')
+  if args.plot_only:
+    rows = harness.load_results(stem)['rows']
+    log(f'wrote {plot(rows, stem)}')
+    return
   if args.steps is None:
     args.steps = 40_000 if args.full else 20_000
   if args.burn_in is None:
@@ -689,34 +661,25 @@ def main(argv=None):
       f'burn-in {args.burn_in}, jax {jax.__version__} on '
       f'{jax.devices()[0].platform}')
   started = time.perf_counter()
-  results = []
+  rows = []
   for index, (label, dim, timescales, noise) in enumerate(settings):
     log(f'--- setting {index + 1}/{len(settings)}')
-    results.append(run_setting(dim, timescales, noise, args, label))
-  total = time.perf_counter() - started
-  log('')
-  for result in results:
-    log(format_table(result))
-    log('')
-  log(f'total time {total:.1f} s')
-  RESULTS.mkdir(parents=True, exist_ok=True)
-  stem = 'online_1f_full' if args.full else 'online_1f'
-  payload = {
-      'config': {
-          'steps': args.steps, 'burn_in': args.burn_in,
-          'tuning_seeds': args.tuning_seeds, 'test_seeds': args.test_seeds,
-          'generic_timescales': GENERIC_TIMESCALES.tolist(),
-          'generic_power': GENERIC_POWER,
-          'bayes_prior_learning_rate': BAYES_PRIOR_LEARNING_RATE,
-          'component_variance': 1.0, 'dtype': 'float64',
-          'jax': jax.__version__, 'optax': optax.__version__,
-          'seconds': total, 'command': ' '.join(sys.argv),
-      },
-      'results': results,
+    setting_rows = run_setting(dim, timescales, noise, args, label)
+    log(format_table(setting_rows))
+    rows.extend(setting_rows)
+  config = {
+      'steps': args.steps, 'burn_in': args.burn_in,
+      'tuning_seeds': args.tuning_seeds, 'test_seeds': args.test_seeds,
+      'generic_timescales': GENERIC_TIMESCALES.tolist(),
+      'generic_power': GENERIC_POWER,
+      'bayes_prior_learning_rate': BAYES_PRIOR_LEARNING_RATE,
+      'component_variance': 1.0, 'dtype': 'float64',
   }
-  (RESULTS / f'{stem}.json').write_text(json.dumps(payload, indent=1))
-  plot(results[:2] if not args.full else results, RESULTS / f'{stem}.png')
-  log(f'wrote {RESULTS / (stem + ".json")} and {RESULTS / (stem + ".png")}')
+  document = harness.results_document(
+      'online_1f', config=config, rows=rows,
+      seconds=time.perf_counter() - started)
+  path = harness.write_results(stem, document)
+  log(f'wrote {path} and {plot(rows, stem)}')
 
 
 if __name__ == '__main__':

@@ -88,8 +88,8 @@ Streams and initial params are paired across learners (same seeds).
 
 Usage::
 
-  python benchmarks/online_rotation.py         # 3000 steps, 2 + 3 seeds
-  python benchmarks/online_rotation.py --full  # 10000 steps, 3 + 8 seeds
+  python -m benchmarks.online_rotation         # 3000 steps, 2 + 3 seeds
+  python -m benchmarks.online_rotation --full  # 10000 steps, 3 + 8 seeds
 
 (tuning + test seeds; ``--full`` adds LoFi ranks 1, 5, 20 and tunes the
 full EKF). ``--streams ou --ou-timescale 30`` runs a faster OU angle alone
@@ -109,13 +109,7 @@ References:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import os
-import pathlib
-import platform
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -131,14 +125,12 @@ import optax  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
 import multiscale_optax as mso  # noqa: E402
+from benchmarks import _drifting_teacher as teacher  # noqa: E402
+from benchmarks import _lofi  # noqa: E402
+from benchmarks import harness  # noqa: E402
+from benchmarks import online_digits  # noqa: E402
+from benchmarks import online_teacher  # noqa: E402
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import _drifting_teacher as teacher  # noqa: E402
-import _lofi  # noqa: E402
-import online_digits  # noqa: E402
-import online_teacher  # noqa: E402
-
-RESULTS = pathlib.Path(__file__).resolve().parent / 'results'
 # New streams go at the end: a stream's random draws are seeded by its index.
 STREAMS = ('ou', 'one_over_f')
 LAYER_SIZES = (64, 32, 1)
@@ -301,8 +293,6 @@ def learners(full: bool) -> dict[str, Learner]:
   """``name -> Learner``, in table order."""
   size = teacher.TeacherConfig(layer_sizes=LAYER_SIZES).num_params
   process = {'process_variance': _log_grid(PROCESS_VARIANCES)}
-  adam_rates, betas = np.meshgrid(_log_grid(ADAM_RATES), [0.0, 0.9],
-                                  indexing='ij')
 
   def lofi(rank):
     return Learner(
@@ -318,7 +308,7 @@ def learners(full: bool) -> dict[str, Learner]:
           {'learning_rate': _log_grid(SGD_RATES)}, 'learning_rate'),
       'Adam': Learner(
           lambda hyper: optax.adam(hyper['learning_rate'], b1=hyper['b1']),
-          {'learning_rate': adam_rates.ravel(), 'b1': betas.ravel()},
+          {'learning_rate': _log_grid(ADAM_RATES), 'b1': [0.0, 0.9]},
           'learning_rate'),
       'Bayesian multiscale (generic prior)': bayesian(),
       'Bayesian multiscale (generic prior, moment matching)': bayesian(
@@ -387,15 +377,14 @@ def summarise(errors, window):
   def value(array, reduce):
     return float(reduce(array)) if finite else None
 
+  def sd(array):
+    return np.std(array, ddof=1) if array.size > 1 else 0.0
+
   return {
-      'rmse_final_deg_mean': value(final, np.mean),
-      'rmse_final_deg_sd': value(final, lambda a: np.std(a, ddof=1)
-                                 if a.size > 1 else 0.0),
-      'rmse_all_deg_mean': value(overall, np.mean),
-      'rmse_all_deg_sd': value(overall, lambda a: np.std(a, ddof=1)
-                               if a.size > 1 else 0.0),
-      'per_seed_rmse_final_deg': final.tolist(),
-      'per_seed_rmse_all_deg': overall.tolist(),
+      'rmse_final_deg': {'mean': value(final, np.mean),
+                         'sd': value(final, sd), 'values': final.tolist()},
+      'rmse_all_deg': {'mean': value(overall, np.mean),
+                       'sd': value(overall, sd), 'values': overall.tolist()},
       'diverged_seeds': int(np.sum(~np.isfinite(final))),
       'curve_rmse_deg': curve.tolist() if finite else None,
   }
@@ -408,7 +397,8 @@ def run_stream(kind, args, images, table):
                         args.ou_timescale)
   test = make_streams(kind, test_seeds, args.steps, images,
                       args.ou_timescale)
-  rows, tuned = {}, {}
+  rows, tuned, edges = {}, {}, {}
+  score = online_teacher.make_score({tuple(tuning_seeds): tuning})
   targets = np.asarray(test.targets)
   context = {
       'predict 0 deg (no learning)': np.zeros_like(targets),
@@ -418,7 +408,8 @@ def run_stream(kind, args, images, table):
   for name, predictions in context.items():
     rows[name] = summarise(squared_errors_degrees(predictions, targets),
                            args.window)
-    rows[name].update(kind='context', hyperparameters=None, seconds=0.0)
+    rows[name].update(kind='context', hyperparameters=None, seconds=0.0,
+                      at_grid_edge=[])
   for name, learner in table.items():
     tic = time.perf_counter()
     predict = make_predict(learner)
@@ -427,16 +418,17 @@ def run_stream(kind, args, images, table):
     if learner.reuse is not None:
       hyper = dict(tuned[learner.reuse], reused_from=learner.reuse)
       chosen = {key: jnp.asarray(value)
-                for key, value in tuned[learner.reuse].items()
-                if key != 'warning'}
+                for key, value in tuned[learner.reuse].items()}
     elif learner.grid is not None:
-      grid = {key: jnp.asarray(value) for key, value in learner.grid.items()}
-      best, edge = online_teacher.tune(predict, grid, learner.refine_key,
-                                       tuning)
+      best, edges[name] = harness.search(harness.Learner(
+          id=harness.slug(name), label=name,
+          build=lambda point, predict=predict: predict,
+          grid={key: np.asarray(value).tolist()
+                for key, value in learner.grid.items()},
+          refine={learner.refine_key: {'scale': 'log', 'num': 9}}),
+                                         score, tuning_seeds)
       tuned[name] = dict(best)
       hyper = dict(best)
-      if edge:
-        hyper['warning'] = f'{learner.refine_key} at the edge of its grid'
       chosen = jax.tree.map(jnp.asarray, best)
     predictions = jax.jit(
         lambda streams, chosen=chosen, predict=predict:
@@ -445,7 +437,8 @@ def run_stream(kind, args, images, table):
     rows[name] = summarise(squared_errors_degrees(predictions, targets),
                            args.window)
     rows[name].update(kind='learner', hyperparameters=hyper,
-                      seconds=time.perf_counter() - tic, note=learner.note)
+                      seconds=time.perf_counter() - tic, note=learner.note,
+                      at_grid_edge=edges.get(name, []))
     log(f'  {kind:<10s} {name:<42s} final RMSE '
         f"{_format(rows[name], 'final')} deg  "
         f"({rows[name]['seconds']:.1f} s)")
@@ -453,10 +446,10 @@ def run_stream(kind, args, images, table):
 
 
 def _format(row, which):
-  if row[f'rmse_{which}_deg_mean'] is None:
+  summary = row[f'rmse_{which}_deg']
+  if summary['mean'] is None:
     return f"diverged ({row['diverged_seeds']} seeds)"
-  return (f"{row[f'rmse_{which}_deg_mean']:.2f} ± "
-          f"{row[f'rmse_{which}_deg_sd']:.2f}")
+  return f"{summary['mean']:.2f} ± {summary['sd']:.2f}"
 
 
 def format_table(results) -> str:
@@ -482,39 +475,28 @@ def format_table(results) -> str:
   return '\n'.join(lines)
 
 
-def plot(results, window, path, title):
-  import matplotlib
-
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  from matplotlib import ticker
+def plot(results, window, stem, title):
+  """RMSE curves, one panel per stream; ``results``: stream -> name -> row."""
+  from matplotlib import ticker  # pylint: disable=import-outside-toplevel
 
   kinds = list(results)
-  fig, axes = plt.subplots(1, len(kinds), figsize=(6.2 * len(kinds), 5.6),
-                           sharey=True, squeeze=False)
+  fig, axes = harness.figure(1, len(kinds), width=6.2 * len(kinds),
+                             panel_height=5.6)
   names = list(results[kinds[0]])
-  # tab10 without its grey, which marks the context rows.
-  colors = [color for index, color in enumerate(
-      plt.get_cmap('tab10').colors) if index != 7]
-  styles = ('-', '--', '-.', ':')
+  styles = harness.styles(len(names))
   for col, kind in enumerate(kinds):
     axis = axes[0, col]
-    learner_index = 0
-    for index, name in enumerate(names):
+    for name, style in zip(names, styles, strict=True):
       curve = results[kind][name]['curve_rmse_deg']
       if curve is None:
         continue
       steps = (np.arange(len(curve)) + 0.5) * window
-      if results[kind][name]['kind'] == 'context':
-        axis.plot(steps, curve, label=name, color='0.6',
-                  linestyle=styles[index % 2], linewidth=1.0)
-        continue
-      axis.plot(steps, curve, label=name,
-                color=colors[learner_index % len(colors)],
-                linestyle=styles[learner_index % len(styles)],
-                linewidth=1.7)
-      learner_index += 1
-    axis.set_title(f'{kind} angle', fontsize=10)
+      context = results[kind][name]['kind'] == 'context'
+      axis.plot(steps, curve, label=name, color=style['color'],
+                linestyle=style['linestyle'], marker=style['marker'],
+                markevery=max(len(curve) // 6, 1), markersize=4,
+                linewidth=1.0 if context else 1.7)
+    axis.set_title(f"{'OU' if kind == 'ou' else '1/f'} angle")
     axis.set_xlabel('step')
     axis.set_yscale('log')
     axis.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
@@ -525,20 +507,17 @@ def plot(results, window, path, title):
       axis.set_ylabel(f'RMSE (degrees, {window}-step windows, '
                       'mean over test seeds)')
   handles, labels = axes[0, 0].get_legend_handles_labels()
-  fig.legend(handles, labels, loc='lower center', ncol=3, fontsize=8,
+  fig.legend(handles, labels, loc='outside lower center', ncol=3,
              frameon=False)
-  fig.suptitle(title, fontsize=10)
-  rows = -(-len(handles) // 3)
-  fig.tight_layout(rect=(0, 0.045 * rows + 0.02, 1, 1))
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  fig.suptitle(title)
+  return harness.save_figure(fig, stem)
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  teacher.add_run_arguments(
-      parser, 'longer streams, more seeds, more LoFi ranks, the full EKF '
-      'tuned')
+  parser = harness.parser(
+      __doc__, full_help='longer streams, more seeds, more LoFi ranks, the '
+      'full EKF tuned')
+  teacher.add_run_arguments(parser)
   parser.add_argument('--window', type=int, default=None,
                       help='steps per point of the RMSE curve')
   parser.add_argument('--streams', default=','.join(STREAMS),
@@ -548,12 +527,23 @@ def main(argv=None):
                       'value adds it to the output name')
   parser.add_argument('--skip', default='',
                       help='comma-separated learner names to leave out')
-  parser.add_argument('--output', default=None,
-                      help='file stem under benchmarks/results')
   args = parser.parse_args(argv)
   teacher.fill_run_defaults(args, default=(3000, 2, 3), full=(10_000, 3, 8))
   if args.window is None:
     args.window = max(args.steps // 30, 1)
+  variant = ('' if args.ou_timescale == OU_TIMESCALE
+             else f'_ou{args.ou_timescale:g}')
+  stem = args.out or ('online_rotation_full' if args.full
+                      else 'online_rotation') + variant
+  title = (f'rotated digits, angle / 45 deg regressed by a {LAYER_SIZES} '
+           f'tanh MLP, {args.test_seeds} test seeds x {args.steps} steps')
+  if args.plot_only:
+    document = harness.load_results(stem)
+    results = {}
+    for row in document['rows']:
+      results.setdefault(row['stream'], {})[row['label']] = row
+    log(f"wrote {plot(results, document['config']['window'], stem, title)}")
+    return document
   skip = {name for name in args.skip.split(',') if name}
   table = {name: learner for name, learner in learners(args.full).items()
            if name not in skip}
@@ -571,14 +561,13 @@ def main(argv=None):
   log('')
   log(format_table(results))
   log(f'\ntotal time {seconds:.1f} s')
-  variant = ('' if args.ou_timescale == OU_TIMESCALE
-             else f'_ou{args.ou_timescale:g}')
-  stem = args.output or ('online_rotation_full' if args.full
-                         else 'online_rotation') + variant
-  RESULTS.mkdir(parents=True, exist_ok=True)
   values = prior()
-  payload = {
-      'config': {
+  rows = [{'id': f'{kind}/{harness.slug(name)}', 'label': name,
+           'stream': kind, 'learner': harness.slug(name), **row}
+          for kind, stream_rows in results.items()
+          for name, row in stream_rows.items()]
+  document = harness.results_document(
+      'online_rotation', seconds=seconds, rows=rows, config={
           'steps': args.steps, 'tuning_seeds': args.tuning_seeds,
           'test_seeds': args.test_seeds, 'window': args.window,
           'streams': kinds, 'layer_sizes': list(LAYER_SIZES),
@@ -598,21 +587,10 @@ def main(argv=None):
           'metric': 'RMSE in degrees of the online predictions (predicted '
                     'before learning from the example); final: last '
                     f'{FINAL_FRACTION:.0%} of the stream',
-          'seconds': seconds,
-          'command': ' '.join(['python', *sys.argv]),
-      },
-      'machine': {'platform': platform.platform(),
-                  'cpu_count': os.cpu_count(), 'jax': jax.__version__,
-                  'optax': optax.__version__,
-                  'backend': jax.default_backend()},
-      'streams': {kind: {'rows': rows} for kind, rows in results.items()},
-  }
-  (RESULTS / f'{stem}.json').write_text(json.dumps(payload, indent=1))
-  plot(results, args.window, RESULTS / f'{stem}.png',
-       f'rotated digits, angle / 45 deg regressed by a {LAYER_SIZES} tanh MLP'
-       f', {args.test_seeds} test seeds x {args.steps} steps')
-  log(f'wrote {RESULTS / (stem + ".json")} and {RESULTS / (stem + ".png")}')
-  return payload
+      })
+  path = harness.write_results(stem, document)
+  log(f'wrote {path} and {plot(results, args.window, stem, title)}')
+  return document
 
 
 if __name__ == '__main__':

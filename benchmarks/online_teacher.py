@@ -69,9 +69,9 @@ and ``state_arrays_per_param``, the optimizer state's floats per weight
 
 Usage::
 
-  python benchmarks/online_teacher.py          # 3000 steps, 2 tuning + 6 test seeds
-  python benchmarks/online_teacher.py --full   # 10000 steps, 3 + 12 seeds
-  python benchmarks/online_teacher.py --layer-sizes 160 1   # linear control
+  python -m benchmarks.online_teacher          # 3000 steps, 2 tuning + 6 test seeds
+  python -m benchmarks.online_teacher --full   # 10000 steps, 3 + 12 seeds
+  python -m benchmarks.online_teacher --layer-sizes 160 1   # linear control
 
 Writes ``benchmarks/results/online_teacher.json`` and ``online_teacher.png``
 (``online_teacher_full.*`` with ``--full``; another teacher adds its layer
@@ -86,11 +86,8 @@ References:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import pathlib
-import sys
+import functools
 import time
 
 import jax
@@ -102,13 +99,11 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import multiscale_optax as mso  # noqa: E402
+from benchmarks import _beliefs  # noqa: E402
+from benchmarks import _drifting_teacher as teacher  # noqa: E402
+from benchmarks import _lofi  # noqa: E402
+from benchmarks import harness  # noqa: E402
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import _beliefs  # noqa: E402
-import _drifting_teacher as teacher  # noqa: E402
-import _lofi  # noqa: E402
-
-RESULTS = pathlib.Path(__file__).parent / 'results'
 EKF_NAME = 'full EKF (reference)'
 BAYES_NAME = 'Bayesian multiscale (true prior)'
 BLOCK_NAME = 'block-diagonal EKF (k x k per weight, true prior)'
@@ -145,46 +140,27 @@ def predict_all(predict, hyper, streams):
   return jax.vmap(lambda stream: predict(hyper, stream))(streams)
 
 
-def grid_search(predict, grid, streams, grid_batch=None):
-  """Mean excess error over seeds for each grid point; returns the best."""
+def make_score(streams):
+  """The harness's score over a grid: ``streams`` maps seeds to their data.
 
-  @jax.jit
-  def losses(grid, streams):
+  A learner's ``build(point)`` is its ``predict(hyper, stream)``; the grid
+  points run vmapped, one excess error per point and seed.
+  """
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def errors(predict, grid, streams):
     def loss(hyper):
-      return jnp.mean(excess_errors(predict_all(predict, hyper, streams),
-                                    streams))
+      return excess_errors(predict_all(predict, hyper, streams), streams)
 
-    size = len(jax.tree.leaves(grid)[0])
-    return jax.lax.map(loss, grid, batch_size=grid_batch or size)
+    return jax.lax.map(loss, grid, batch_size=len(jax.tree.leaves(grid)[0]))
 
-  values = np.asarray(losses(grid, streams))
-  best = int(np.nanargmin(np.where(np.isfinite(values), values, np.nan)))
-  return jax.tree.map(lambda leaf: leaf[best], grid)
+  def score(learner, points, seeds):
+    grid = {name: jnp.asarray([point[name] for point in points])
+            for name in points[0]}
+    return np.asarray(errors(learner.build(points[0]), grid,
+                             streams[tuple(seeds)]))
 
-
-def refine_log(values, best_value):
-  """A finer log-spaced grid between the neighbours of the best value."""
-  values = np.unique(np.asarray(values))
-  index = int(np.argmin(np.abs(values - best_value)))
-  low = values[max(index - 1, 0)]
-  high = values[min(index + 1, len(values) - 1)]
-  return np.geomspace(low, high, 9)
-
-
-def tune(predict, grid, refine_key, streams, grid_batch=None):
-  """Grid search, then a finer grid in ``refine_key`` around the best."""
-  best = grid_search(predict, grid, streams, grid_batch)
-  coarse = np.asarray(grid[refine_key])
-  # Parameters at the edge of their ranges (those with 3 or more values;
-  # a choice between two values, such as Adam's b1, is not a range).
-  edge = [key for key in grid
-          if len(np.unique(np.asarray(grid[key]))) >= 3
-          and float(best[key]) in (np.min(np.asarray(grid[key])),
-                                   np.max(np.asarray(grid[key])))]
-  finer = {key: jnp.full(9, best[key]) for key in grid}
-  finer[refine_key] = jnp.asarray(refine_log(coarse, float(best[refine_key])))
-  best = grid_search(predict, finer, streams, grid_batch)
-  return jax.tree.map(lambda leaf: np.asarray(leaf).item(), best), edge
+  return score
 
 
 BAYES_RANKS = (1, 5, 10, 20)
@@ -291,39 +267,35 @@ def learners(config):
   num = len(timescales)
   default = {'timescales': num, 'rank': 0,
              'variance_update': _beliefs.MEASURED_DIAGONAL_RULE}
-  rates = np.geomspace(1e-4, 1.0, 17)
-  powers = np.asarray([-1.0, -0.5, -0.25, 0.0, 0.25, 0.5])
-  scale, power = np.meshgrid(np.geomspace(1e-3, 3.0, 15), powers,
-                             indexing='ij')
-  adam_rates, betas = np.meshgrid(np.geomspace(1e-5, 0.1, 17), [0.0, 0.9],
-                                  indexing='ij')
-  lofi_q, lofi_v0 = np.meshgrid(
-      np.geomspace(1e-9, 1e-1, 11),
-      total_variance * np.geomspace(1e-3, 3.0, 8), indexing='ij')
+  # Grids: hyperparameter -> values, searched as their product (the first
+  # name outermost), then a finer grid in the refined one (harness.search).
   table = {
       'SGD': (lambda hyper, stream: run_optimizer(
           optax.sgd(hyper['learning_rate']), stream),
-              {'learning_rate': jnp.asarray(rates)}, 'learning_rate',
+              {'learning_rate': harness.log_grid(1e-4, 1.0, 17)},
+              'learning_rate',
               meta('tuned baseline',
                    lambda hyper: optax.sgd(hyper['learning_rate']))),
       'Adam': (lambda hyper, stream: run_optimizer(
           optax.adam(hyper['learning_rate'], b1=hyper['b1']), stream),
-               {'learning_rate': jnp.asarray(adam_rates.ravel()),
-                'b1': jnp.asarray(betas.ravel())}, 'learning_rate',
+               {'learning_rate': harness.log_grid(1e-5, 0.1, 17),
+                'b1': [0.0, 0.9]}, 'learning_rate',
                meta('tuned baseline', lambda hyper: optax.adam(
                    hyper['learning_rate'], b1=hyper['b1']))),
       'multiscale (fixed rates)': (
-          multiscale, {'scale': jnp.asarray(scale.ravel()),
-                       'power': jnp.asarray(power.ravel())}, 'scale',
+          multiscale, {'scale': harness.log_grid(1e-3, 3.0, 15),
+                       'power': [-1.0, -0.5, -0.25, 0.0, 0.25, 0.5]},
+          'scale',
           meta('tuned baseline', multiscale_optimizer)),
       'VD-EKF (1 timescale)': (
-          vd_ekf, {'process_variance': jnp.asarray(
-              np.geomspace(1e-9, 1e-1, 11))}, 'process_variance',
+          vd_ekf, {'process_variance': harness.log_grid(1e-9, 1e-1, 11)},
+          'process_variance',
           meta('tuned baseline', vd_ekf_optimizer, timescales=1, rank=0,
                variance_update=_beliefs.MEASURED_DIAGONAL_RULE, decay=1.0)),
       f'LoFi (1 timescale, rank {LOFI_RANK})': (
-          lofi, {'process_variance': jnp.asarray(lofi_q.ravel()),
-                 'initial_variance': jnp.asarray(lofi_v0.ravel())},
+          lofi, {'process_variance': harness.log_grid(1e-9, 1e-1, 11),
+                 'initial_variance': (total_variance * np.geomspace(
+                     1e-3, 3.0, 8)).tolist()},
           'process_variance',
           meta('tuned baseline', lofi_optimizer, timescales=1,
                rank=LOFI_RANK, covariance='precision diag + low rank',
@@ -342,8 +314,8 @@ def learners(config):
         meta('Bayesian', bayes_optimizer(1.0, rank=rank), timescales=num,
              rank=rank, covariance='diag - low rank'))
   table['Bayesian multiscale (prior scale tuned)'] = (
-      bayes_tuned, {'prior_scale': jnp.asarray(
-          np.geomspace(0.03, 3.0, 9))}, 'prior_scale',
+      bayes_tuned, {'prior_scale': harness.log_grid(0.03, 3.0, 9)},
+      'prior_scale',
       meta('Bayesian', lambda hyper: bayes_optimizer(
           hyper['prior_scale'])(None), **default))
   for factor in (10.0, 0.1):
@@ -376,6 +348,8 @@ def run(config, args):
       f'{len(test_seeds)} test seeds x {args.steps} steps')
 
   excess, target, hyperparameters, seconds = {}, {}, {}, {}
+  edges = {}
+  score = make_score({tuple(tuning_seeds): tuning})
 
   def report(name, predictions, hyper=None, tic=None):
     excess[name] = np.asarray(excess_errors(predictions, test))
@@ -404,10 +378,12 @@ def run(config, args):
     tic = time.perf_counter()
     hyper = None
     if grid is not None:
-      best, edge = tune(predict, grid, refine_key, tuning)
+      best, edges[name] = harness.search(harness.Learner(
+          id=harness.slug(name), label=name,
+          build=lambda point, predict=predict: predict, grid=grid,
+          refine={refine_key: {'scale': 'log', 'num': 9}}), score,
+                                         tuning_seeds)
       hyper = dict(best)
-      if edge:
-        hyper['warning'] = f"{', '.join(edge)} at the edge of the grid"
       chosen = jax.tree.map(jnp.asarray, best)
     else:
       chosen = None
@@ -428,105 +404,94 @@ def run(config, args):
 
   reference = excess[EKF_NAME]
   bayes = excess[BAYES_NAME]
-  rows = {}
+  rows = []
   for name, values in excess.items():
     finite = bool(np.all(np.isfinite(values)))
     ratios = values / reference
     difference = values - bayes
-    rows[name] = {
+    summary = lambda value, finite=finite: value if finite else None  # noqa: E731
+    rows.append({
+        'id': harness.slug(name), 'label': name,
         **described[name],
-        'excess_error_mean': float(values.mean()) if finite else None,
-        'excess_error_sd': float(values.std(ddof=1)) if finite else None,
-        'target_error_mean': float(target[name].mean()) if finite else None,
-        'ratio_to_ekf_mean': float(ratios.mean()) if finite else None,
-        'ratio_to_ekf_sd': float(ratios.std(ddof=1)) if finite else None,
-        'minus_bayes_mean': float(difference.mean()) if finite else None,
-        'minus_bayes_sd': float(difference.std(ddof=1)) if finite else None,
+        'excess_error': {
+            'mean': summary(float(values.mean())),
+            'sd': summary(float(values.std(ddof=1))),
+            'values': values.tolist()},
+        'target_error': {'mean': summary(float(target[name].mean()))},
+        'ratio_to_ekf': {'mean': summary(float(ratios.mean())),
+                         'sd': summary(float(ratios.std(ddof=1)))},
+        'minus_bayes': {'mean': summary(float(difference.mean())),
+                        'sd': summary(float(difference.std(ddof=1)))},
         'seeds_worse_than_bayes': int(np.sum(difference > 0)),
         'diverged_seeds': int(np.sum(~np.isfinite(values))),
         'hyperparameters': hyperparameters[name],
+        'at_grid_edge': edges.get(name, []),
         'seconds': seconds[name],
-        'per_seed_excess_error': values.tolist(),
-    }
+    })
   total = time.perf_counter() - started
   return rows, total
 
 
 def format_table(rows, num_seeds):
-  lines = [
-      '| learner | excess error (mean ± sd) | squared error of y | ratio to '
-      'full EKF | minus Bayes (true prior), paired | seeds worse than Bayes '
-      '| tuned |',
-      '|---|---|---|---|---|---|---|',
-  ]
-  for name, row in rows.items():
-    hyper = row['hyperparameters']
-    if isinstance(hyper, dict):
-      hyper = ', '.join(
-          f'{key}={value:.3g}' if isinstance(value, float)
-          else f'{key}={np.mean(value):.3g} (seeds {np.min(value):.3g} to '
-          f'{np.max(value):.3g})' if isinstance(value, list)
-          else f'{key}={value}' for key, value in hyper.items())
-    else:
-      hyper = '-'
-    if row['diverged_seeds']:
-      lines.append(f"| {name} | diverged ({row['diverged_seeds']} seeds) "
-                   f'| | | | | {hyper} |')
-      continue
-    lines.append(
-        f"| {name} | {row['excess_error_mean']:.4f} ± "
-        f"{row['excess_error_sd']:.4f} | {row['target_error_mean']:.4f} | "
-        f"{row['ratio_to_ekf_mean']:.4f} ± {row['ratio_to_ekf_sd']:.4f} | "
-        f"{row['minus_bayes_mean']:+.4f} ± {row['minus_bayes_sd']:.4f} | "
-        f"{row['seeds_worse_than_bayes']}/{num_seeds} | {hyper} |")
+  lines = [f"{'learner':<52s} ratio to full EKF   seeds worse than Bayes"]
+  for row in rows:
+    ratio = row['ratio_to_ekf']
+    lines.append(f"{row['label']:<52s} " + (
+        'diverged' if ratio['mean'] is None else
+        f"{ratio['mean']:.4f} ± {ratio['sd']:.4f}   "
+        f"{row['seeds_worse_than_bayes']}/{num_seeds}"))
   return '\n'.join(lines)
 
 
-def color_of(row):
-  """Bar colour: diagonal Bayesian, low-rank Bayesian, reference, LoFi,
-  other tuned baselines."""
+# Kinds of learner, each in its own style: diagonal Bayesian, low-rank
+# Bayesian, references, LoFi, other tuned baselines.
+KINDS = ('Bayesian multiscale, diagonal', 'Bayesian multiscale, low rank',
+         'reference (EKF)', 'LoFi', 'tuned baseline')
+
+
+def kind_of(row):
   belief = row.get('belief') or {}
   if row.get('kind') == 'Bayesian':
-    return 'tab:purple' if belief.get('rank') else 'tab:red'
+    return KINDS[1] if belief.get('rank') else KINDS[0]
   if row.get('kind') == 'reference':
-    return 'tab:green'
+    return KINDS[2]
   if belief.get('rank'):
-    return 'tab:blue'
-  return 'tab:gray'
+    return KINDS[3]
+  return KINDS[4]
 
 
-def plot(rows, path, title):
-  import matplotlib
+def plot(rows, stem, title):
+  from matplotlib.patches import Patch  # pylint: disable=import-outside-toplevel
 
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-
-  names = [name for name, row in rows.items()
-           if name != EKF_NAME and row['ratio_to_ekf_mean'] is not None]
-  means = np.asarray([rows[name]['ratio_to_ekf_mean'] for name in names])
-  sds = np.asarray([rows[name]['ratio_to_ekf_sd'] for name in names])
-  colors = [color_of(rows[name]) for name in names]
-  fig, axis = plt.subplots(figsize=(9.0, 1.2 + 0.24 * len(names)))
-  axis.barh(range(len(names)), means - 1.0, left=1.0, xerr=sds,
-            color=colors)
+  shown = [row for row in rows
+           if row['label'] != EKF_NAME and row['ratio_to_ekf']['mean']]
+  means = np.asarray([row['ratio_to_ekf']['mean'] for row in shown])
+  sds = np.asarray([row['ratio_to_ekf']['sd'] for row in shown])
+  styles = dict(zip(KINDS, harness.styles(len(KINDS)), strict=True))
+  fig, axes = harness.figure(width=9.0,
+                             panel_height=1.4 + 0.26 * len(shown))
+  axis = axes[0, 0]
+  axis.barh(range(len(shown)), means - 1.0, left=1.0, xerr=sds,
+            color=[styles[kind_of(row)]['color'] for row in shown])
   for position, mean in enumerate(means):
-    axis.text(mean + 0.004, position + 0.3, f'{mean:.3f}', fontsize=7)
+    axis.text(mean + 0.004, position + 0.3, f'{mean:.3f}', fontsize=8)
   axis.axvline(1.0, color='k', lw=1)
   axis.axvline(1.05, color='k', lw=0.8, ls=':')
-  axis.set_yticks(range(len(names)), names, fontsize=8)
+  axis.set_yticks(range(len(shown)), [row['label'] for row in shown])
   axis.invert_yaxis()
   axis.set_xlim(0.98, max(1.1, float(np.max(means + sds)) * 1.02))
-  axis.set_xlabel('online excess error / full EKF (dotted: 1.05)',
-                  fontsize=8)
-  axis.set_title(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  axis.set_xlabel('online excess error / full EKF (dotted: 1.05)')
+  axis.set_title(title)
+  used = [kind for kind in KINDS if any(kind_of(r) == kind for r in shown)]
+  fig.legend(handles=[Patch(color=styles[kind]['color'], label=kind)
+                      for kind in used], loc='outside lower center',
+             ncols=len(used), frameon=False)
+  return harness.save_figure(fig, stem)
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  teacher.add_run_arguments(parser, 'more steps and seeds')
+  parser = harness.parser(__doc__, full_help='more steps and seeds')
+  teacher.add_run_arguments(parser)
   parser.add_argument(
       '--layer-sizes', type=int, nargs='+', default=None,
       help='teacher widths, input to output (default 8 16 1; e.g. 160 1 '
@@ -543,16 +508,22 @@ def main(argv=None):
     config = dataclasses.replace(
         config, component_variance=args.component_variance)
     variant += f'_v{args.component_variance:g}'
+  stem = args.out or (('online_teacher_full' if args.full
+                       else 'online_teacher') + variant)
+  title = (f'drifting teacher {config.layer_sizes}, {config.num_params} '
+           f'weights, k={len(config.timescales)}, {args.test_seeds} test '
+           f'seeds x {args.steps} steps')
+  if args.plot_only:
+    log(f"wrote {plot(harness.load_results(stem)['rows'], stem, title)}")
+    return
   log(f'online teacher benchmark, jax {jax.__version__} on '
       f'{jax.devices()[0].platform}')
   rows, total = run(config, args)
   log('')
   log(format_table(rows, args.test_seeds))
   log(f'\ntotal time {total:.1f} s')
-  RESULTS.mkdir(parents=True, exist_ok=True)
-  stem = ('online_teacher_full' if args.full else 'online_teacher') + variant
-  payload = {
-      'config': {
+  document = harness.results_document(
+      'online_teacher', seconds=total, rows=rows, config={
           'layer_sizes': list(config.layer_sizes),
           'num_params': config.num_params,
           'timescales': list(map(float, config.timescales)),
@@ -561,18 +532,9 @@ def main(argv=None):
           'steps': args.steps, 'tuning_seeds': args.tuning_seeds,
           'test_seeds': args.test_seeds, 'dtype': 'float64',
           'metric': 'mean over all steps of (yhat_t - f(x_t; w_t))^2',
-          'jax': jax.__version__, 'optax': optax.__version__,
-          'platform': jax.devices()[0].platform,
-          'seconds': total, 'command': ' '.join(['python', *sys.argv]),
-      },
-      'rows': rows,
-  }
-  (RESULTS / f'{stem}.json').write_text(json.dumps(payload, indent=1))
-  plot(rows, RESULTS / f'{stem}.png',
-       f'drifting teacher {config.layer_sizes}, {config.num_params} weights, '
-       f'k={len(config.timescales)}, {args.test_seeds} test seeds x '
-       f'{args.steps} steps')
-  log(f'wrote {RESULTS / (stem + ".json")} and {RESULTS / (stem + ".png")}')
+      })
+  log(f'wrote {harness.write_results(stem, document)} and '
+      f'{plot(rows, stem, title)}')
 
 
 if __name__ == '__main__':

@@ -83,8 +83,8 @@ mean ± sd over them (the series is the same).
 
 Usage::
 
-  python benchmarks/trump_approval.py          # default, well under a minute
-  python benchmarks/trump_approval.py --full   # finer grids, more MLP seeds
+  python -m benchmarks.trump_approval          # default
+  python -m benchmarks.trump_approval --full   # finer grids, more MLP seeds
 
 Writes ``benchmarks/results/trump_approval.json`` (``_full`` with
 ``--full``). Runs in float64.
@@ -98,12 +98,7 @@ References:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import os
-import pathlib
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -116,11 +111,8 @@ import numpy as np
 import optax
 
 import multiscale_optax as mso
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import _beliefs
-
-RESULTS = pathlib.Path(__file__).resolve().parent / 'results'
+from benchmarks import _beliefs
+from benchmarks import harness
 
 # river's published progressive-validation MAE on TrumpApproval (river's
 # benchmark page, regression track), as quoted in this library's issue 11.
@@ -547,27 +539,40 @@ def evaluate(learner: Learner, model: str, stream: Stream,
   full = _mae(predictions, targets)  # (grid, seeds)
   first = _mae(predictions[..., :tune], targets[:tune])
   rest = _mae(predictions[..., tune:], targets[tune:])
-  chosen = int(np.argmin(first.mean(axis=1)))
-  best = int(np.argmin(full.mean(axis=1)))
+  # The grid search of every benchmark (harness.tune), on scores already
+  # computed for every grid point: the MAE of the first part (tuned) and of
+  # the whole series (best of grid).
+  entry = harness.Learner(id=harness.slug(learner.name), label=learner.name,
+                          build=lambda point: None,
+                          grid={'hyperparameter': grid.tolist()})
+  position = {value: index for index, value in enumerate(grid.tolist())}
+
+  def choose(scores):
+    point, _ = harness.tune(entry, lambda _, points, seeds: scores[
+        [position[p['hyperparameter']] for p in points]], seeds)
+    return position[point['hyperparameter']], bool(
+        harness.at_grid_edge(entry, point))
+
+  chosen, chosen_edge = choose(first)
+  best, best_edge = choose(full)
+  per_point = full.mean(axis=1)
   return {
       'note': learner.note,
       'belief': learner.belief,
       'diverged': bool(not np.all(np.isfinite(full))),
       'seeds': list(seeds),
       'grid': grid.tolist() if tuned else None,
-      'mae_per_grid_point': full.mean(axis=1).tolist(),
-      'tuned_on_first_part': {
-          'hyperparameter': float(grid[chosen]),
-          'at_grid_edge': tuned and chosen in (0, len(grid) - 1),
-          'mae_whole_series': _summary(full[chosen]),
-          'mae_rest_of_series': _summary(rest[chosen]),
-      },
-      'best_of_grid': {
-          'hyperparameter': float(grid[best]),
-          'at_grid_edge': tuned and best in (0, len(grid) - 1),
-          'mae_whole_series': _summary(full[best]),
-          'mae_rest_of_series': _summary(rest[best]),
-      },
+      # JSON has no infinity: a diverged grid point reads "inf".
+      'mae_per_grid_point': [float(v) if np.isfinite(v) else str(v)
+                             for v in per_point],
+      'hyperparameter': float(grid[chosen]),
+      'at_grid_edge': tuned and chosen_edge,
+      'mae': _summary(full[chosen]),
+      'mae_after_tuning': _summary(rest[chosen]),
+      'best_of_grid_hyperparameter': float(grid[best]),
+      'best_of_grid_at_grid_edge': tuned and best_edge,
+      'best_of_grid_mae': _summary(full[best]),
+      'best_of_grid_mae_after_tuning': _summary(rest[best]),
   }
 
 
@@ -607,25 +612,42 @@ def table(results: dict[str, Any], config: Config) -> str:
   for model, by_learner in results['jax'].items():
     single = model != 'mlp'
     for name, entry in by_learner.items():
-      for choice in ('tuned_on_first_part', 'best_of_grid'):
-        chosen = entry[choice]
-        if entry['grid'] is None and choice == 'best_of_grid':
+      for prefix in ('', 'best_of_grid_'):
+        if entry['grid'] is None and prefix:
           continue
-        edge = '*' if chosen['at_grid_edge'] else ''
-        hyper = f'{chosen["hyperparameter"]:.3g}{edge}'
+        edge = '*' if entry[prefix + 'at_grid_edge'] else ''
+        hyper = f'{entry[prefix + "hyperparameter"]:.3g}{edge}'
         label = ('fixed' if entry['grid'] is None
-                 else choice.replace('_', ' '))
+                 else 'best of grid' if prefix else 'tuned on first part')
         lines.append(
             f'| {model} | {name} | {label} | {hyper} | '
-            f'{_format(chosen["mae_whole_series"], single)} | '
-            f'{_format(chosen["mae_rest_of_series"], single)} |')
+            f'{_format(entry[prefix + "mae"], single)} | '
+            f'{_format(entry[prefix + "mae_after_tuning"], single)} |')
   return '\n'.join(lines)
 
 
+def rows_of(results: dict[str, Any]) -> list[dict[str, Any]]:
+  """The results as the harness's rows: river's numbers, then each model's
+  learners."""
+  rows = []
+  for name, value in RIVER_PUBLISHED.items():
+    rows.append({'id': 'river/published/' + harness.slug(
+        name.replace('(published)', '')), 'label': name, 'model': 'river',
+                 'mae': value, 'source': 'published'})
+  for name, value in results['river'].items():
+    rows.append({'id': 'river/run/' + harness.slug(
+        name.replace('(run here)', '')), 'label': name, 'model': 'river',
+                 'mae': value, 'source': 'run here'})
+  for model, by_learner in results['jax'].items():
+    for name, entry in by_learner.items():
+      rows.append({'id': f'{model}/{harness.slug(name)}', 'label': name,
+                   'model': model, 'learner': harness.slug(name), **entry})
+  return rows
+
+
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--full', action='store_true',
-                      help='finer grids and more MLP initialisations')
+  parser = harness.parser(
+      __doc__, full_help='finer grids and more MLP initialisations')
   args = parser.parse_args(argv)
   config = FULL if args.full else DEFAULT
   print(f'config: {config}', flush=True)
@@ -638,28 +660,19 @@ def main(argv=None) -> int:
   text = table(results, config)
   print(text)
   print(f'\ntotal {seconds:.1f} s')
-  import river
+  import river  # pylint: disable=import-outside-toplevel
 
-  RESULTS.mkdir(parents=True, exist_ok=True)
-  path = RESULTS / f'trump_approval{"_full" if args.full else ""}.json'
-  with open(path, 'w') as file:
-    json.dump({
-        'command': 'python benchmarks/trump_approval.py'
-                   + (' --full' if args.full else ''),
-        'config': dataclasses.asdict(config),
-        'seconds': seconds,
-        'machine': {'platform': platform.platform(),
-                    'cpu_count': os.cpu_count(),
-                    'jax': jax.__version__, 'optax': optax.__version__,
-                    'river': river.__version__,
-                    'backend': jax.default_backend()},
-        'protocol': 'progressive validation (predict, record |error|, then '
-                    'learn), one pass, features standard-scaled online as '
-                    "river's StandardScaler pipeline does; raw targets",
-        'river_published': RIVER_PUBLISHED,
-        'results': results,
-        'table': text.split('\n'),
-    }, file, indent=1)
+  document = harness.results_document(
+      'trump_approval', seconds=seconds, rows=rows_of(results),
+      machine_other={'river': river.__version__},
+      config={**dataclasses.asdict(config),
+              'protocol': 'progressive validation (predict, record |error|, '
+                          'then learn), one pass, features standard-scaled '
+                          "online as river's StandardScaler pipeline does; "
+                          'raw targets',
+              'table': text.split('\n')})
+  path = harness.write_results(
+      args.out or f'trump_approval{"_full" if args.full else ""}', document)
   print(f'wrote {path}')
   return 0
 

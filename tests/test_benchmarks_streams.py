@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
-import pathlib
-import sys
 
 import hypothesis
 import jax
@@ -16,11 +14,8 @@ import optax
 import pytest
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]
-                       / 'benchmarks'))
-
-import online_digits
-import trump_approval
+from benchmarks import online_digits
+from benchmarks import trump_approval
 
 requires_river = pytest.mark.skipif(
     importlib.util.find_spec('river') is None,

@@ -22,6 +22,7 @@ import urllib.parse
 
 import pytest
 import sphinx  # noqa: F401  (the docs are part of `.[test]`: fail, never skip)
+import yaml
 
 import multiscale_optax
 
@@ -204,18 +205,18 @@ def _table_problems(site) -> list[str]:
   if speed.count('benchmark-table') < 4:
     problems.append('speed.html has fewer than 4 benchmark tables')
   cpu = json.loads((RESULTS / 'step_speed.json').read_text())
-  optimizers = next(result for result in cpu['results']
-                    if result['size'] == 50000000)['optimizers']
+  rows = {row['id']: row for row in cpu['rows']}
   for name in ('sgd_momentum_0.9', 'multiscale_k1', 'multiscale_k8'):
-    if f"{optimizers[name]['median_ms']:.2f}" not in speed:
+    if f"{rows[f'n50000000/{name}']['median_ms']:.2f}" not in speed:
       problems.append(f'CPU median of {name} not on speed.html')
   gpu = json.loads((RESULTS / 'step_speed_h200.json').read_text())
-  if not ('NVIDIA H200' in gpu['provenance']
-          and 'not re-measured' in gpu['provenance']):
+  provenance = gpu['config']['provenance']
+  if not ('NVIDIA H200' in provenance and 'not re-measured' in provenance):
     problems.append('step_speed_h200.json does not state its provenance')
-  for name, entry in gpu['optimizers'].items():
-    if f"{entry['ratio_to_momentum']:.3f}" not in speed:
-      problems.append(f'H200 ratio of {name} not on speed.html')
+  for row in gpu['rows']:
+    if ('ratio_to_momentum' in row
+        and f"{row['ratio_to_momentum']:.3f}" not in speed):
+      problems.append(f"H200 ratio of {row['id']} not on speed.html")
   return problems
 
 
@@ -262,42 +263,25 @@ def test_page_snippets_run(page):
     exec(compile(block, f'{page.name}[{index}]', 'exec'), namespace)
 
 
-_DATA = {'results': [{'size': 10, 'rows': {'a b': {'x': 0.25}}},
-                     {'size': 20, 'rows': {'a b': {'x': None}}}],
-         'names': ['first', 'second']}
-
-
-@pytest.mark.parametrize('template,expected', [
-    ('{/results/[size=10]/rows/a b/x:.2f}', '0.25'),
-    ('{/results/0/rows/a b/x:*100:.0f} %', '25 %'),
-    ('{/results/[size=20]/rows/a b/x:.2f}', '–'),
-    ('{/names:len}', '2'),
-    ('{/names/-1}', 'second'),
-])
-def test_benchmark_paths(template, expected):
-  text, missing = benchmark_tables.render(_DATA, template)
-  assert (text, missing) == (expected, [])
-
-
-def test_benchmark_labels_and_null_cells():
-  data = {'names': ['slow(1)', 'tau=1e+00'], 'flags': [True, False],
-          'mean': None, 'sd': None}
-  labels = {'slow(1)': 'permanent', 'True': 'yes', 'False': 'no'}
-  assert benchmark_tables.render(data, '{/names/0} {/names/1}',
-                                 labels=labels) == ('permanent tau=1e+00', [])
-  assert benchmark_tables.render(data, '{/flags/0}/{/flags/1}',
-                                 labels=labels) == ('yes/no', [])
-  # "– ± –" says one thing twice.
-  assert benchmark_tables.render(data, '{/mean:.2f} ± {/sd:.2f}') == ('–', [])
-
-
-def test_benchmark_paths_report_missing_and_ambiguous_values():
-  _, missing = benchmark_tables.render(_DATA, '{/results/[size=30]/rows}')
-  assert missing == ['/results/[size=30]/rows']
-  _, missing = benchmark_tables.render(_DATA, '{/results/0/rows/b/x}')
-  assert missing == ['/results/0/rows/b/x']
-  with pytest.raises(benchmark_tables.BenchmarkDataError, match='matches 2'):
-    benchmark_tables.render({'r': [{'a': 1}, {'a': 1}]}, '{/r/[a=1]}')
+# The renderer's own tests are in tests/test_benchmarks_harness.py; here,
+# that every results file the pages name renders.
+def test_every_table_and_value_on_the_pages_renders():
+  count = 0
+  for page in sorted(DOCS.glob('*.md')):
+    text = page.read_text()
+    for name, body in re.findall(
+        r'```\{benchmark-table\} (\S+)\n(.*?)\n```', text, re.S):
+      spec = yaml.safe_load('\n'.join(
+          line for line in body.split('\n') if not line.startswith(':')))
+      data = benchmark_tables.load(RESULTS / name)
+      assert benchmark_tables.table_cells(data, spec), (page.name, name)
+      count += 1
+    for role in re.findall(r'\{bench\}`([^`]*)`', text):
+      name, row_id, template = role.split(' ', 2)
+      benchmark_tables.value_text(benchmark_tables.load(RESULTS / name),
+                                  row_id, template)
+      count += 1
+  assert count >= 80
 
 
 def test_link_check_finds_missing_files_and_anchors(tmp_path):

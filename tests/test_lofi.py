@@ -10,9 +10,6 @@ untruncated one's.
 
 from __future__ import annotations
 
-import pathlib
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,10 +18,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import multiscale_optax as mso
-
-sys.path.insert(
-    0, str(pathlib.Path(__file__).resolve().parent.parent / 'benchmarks'))
-import _lofi as lofi_lib
+from benchmarks import _lofi as lofi_lib
 
 # Precision form (LoFi, Woodbury) and covariance form (EKF) of the same
 # filter differ by rounding only: over 300 float64 steps of 11- to 17-param

@@ -9,20 +9,17 @@ documented layout.
 from __future__ import annotations
 
 import json
-import pathlib
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-sys.path.insert(
-    0, str(pathlib.Path(__file__).resolve().parent.parent / 'benchmarks'))
 # The benchmark (and online_teacher, which it imports) switches float64 on
 # globally, as a script should; the test session keeps its own setting and
 # each test here runs the benchmark inside ``jax.enable_x64(True)``.
 _X64 = jax.config.jax_enable_x64
-import online_rotation  # noqa: E402
+from benchmarks import harness  # noqa: E402
+from benchmarks import online_rotation  # noqa: E402
 
 jax.config.update('jax_enable_x64', _X64)
 
@@ -38,29 +35,28 @@ def tiny_grids(monkeypatch):
 def test_tiny_run_writes_finite_results(tmp_path, tiny_grids):
   stem = tmp_path / 'rotation'
   with jax.enable_x64(True):
-    payload = online_rotation.main([
+    document = online_rotation.main([
         '--steps', '40', '--tuning-seeds', '1', '--test-seeds', '2',
-        '--window', '10', '--streams', 'one_over_f', '--output', str(stem)])
+        '--window', '10', '--streams', 'one_over_f', '--out', str(stem)])
   written = json.loads(stem.with_suffix('.json').read_text())
-  assert written == json.loads(json.dumps(payload))
+  assert written == json.loads(json.dumps(document))
   assert stem.with_suffix('.png').stat().st_size > 0
-  assert {'config', 'machine', 'streams'} <= set(written)
+  harness.check_document(written)
   assert written['config']['num_params'] == 64 * 32 + 32 + 32 + 1
-  assert set(written['streams']) == {'one_over_f'}
-  names = set(online_rotation.learners(full=False))
-  for kind, entry in written['streams'].items():
-    rows = entry['rows']
-    assert names <= set(rows), kind
-    for name, row in rows.items():
-      for key in ('rmse_final_deg_mean', 'rmse_final_deg_sd',
-                  'rmse_all_deg_mean', 'rmse_all_deg_sd'):
-        assert np.isfinite(row[key]) and row[key] >= 0, (kind, name, key)
-      assert len(row['per_seed_rmse_final_deg']) == 2
-      assert len(row['curve_rmse_deg']) == 4
-      assert np.all(np.isfinite(row['curve_rmse_deg']))
-      assert row['diverged_seeds'] == 0
-    assert rows[online_rotation.FULL_EKF_NAME]['hyperparameters'][
-        'reused_from'] == 'LoFi (rank 10)'
+  assert {row['stream'] for row in written['rows']} == {'one_over_f'}
+  rows = {row['label']: row for row in written['rows']}
+  assert set(online_rotation.learners(full=False)) <= set(rows)
+  for name, row in rows.items():
+    for key in ('rmse_final_deg', 'rmse_all_deg'):
+      for field in ('mean', 'sd'):
+        value = row[key][field]
+        assert np.isfinite(value) and value >= 0, (name, key, field)
+    assert len(row['rmse_final_deg']['values']) == 2
+    assert len(row['curve_rmse_deg']) == 4
+    assert np.all(np.isfinite(row['curve_rmse_deg']))
+    assert row['diverged_seeds'] == 0
+  assert rows[online_rotation.FULL_EKF_NAME]['hyperparameters'][
+      'reused_from'] == 'LoFi (rank 10)'
 
 
 def test_angles_are_clipped_and_drift_at_the_stated_scale():

@@ -9,9 +9,6 @@ multiscale learner on one weight and one timescale reproduces the EKF.
 
 from __future__ import annotations
 
-import pathlib
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,10 +17,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import multiscale_optax as mso
-
-sys.path.insert(
-    0, str(pathlib.Path(__file__).resolve().parent.parent / 'benchmarks'))
-import _drifting_teacher as teacher
+from benchmarks import _drifting_teacher as teacher
 
 # Float64 agreement of two algebraically identical filters: each step's
 # rounding is O(n * eps) relative (a length-n dot product), and the filter is

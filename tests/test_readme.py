@@ -21,3 +21,14 @@ def test_readme_has_snippets():
     'block', [b for b in _BLOCKS if 'StandardCheckpointer' not in b])
 def test_snippet_runs(block):
   exec(compile(block, str(_README), 'exec'), {})
+
+
+def test_results_block_is_generated_from_the_results_files():
+  """The headline numbers come from benchmarks/results/*.json:
+  ``python -m benchmarks.readme`` rewrites the block."""
+  from benchmarks import readme  # pylint: disable=import-outside-toplevel
+
+  text = _README.read_text()
+  assert readme.BEGIN in text and readme.END in text
+  assert readme.rewritten(text) == text, (
+      'README results are stale: run python -m benchmarks.readme')

@@ -1,40 +1,52 @@
-r"""Tables and numbers generated from ``benchmarks/results/*.json``.
+r"""Tables and numbers rendered from ``benchmarks/results/*.json``.
 
-A page never retypes a measured number: it names the JSON file the benchmark
-wrote and the values to show, and this extension reads them at build time.
+A page never retypes a measured number: it names the results file and what
+to show, and this extension formats it at build time. Every results file has
+the one schema of ``benchmarks/harness.py``: ``config``, ``machine`` and a
+list of flat ``rows``, each with a unique ``id`` and a plain ``label``.
 
-The ``benchmark-table`` directive takes a file (relative to
-``benchmarks/results/``) and a YAML body::
+The ``benchmark-table`` directive shows one row of the file per table row::
 
-  ```{benchmark-table} step_speed.json
-  :caption: Step time on a 2-core CPU
-  base: results/[size=50000000]/optimizers/*
-  rows:                       # row id -> label (Markdown); omit for all keys
-    sgd: "`optax.sgd`"
-    ?sgd_nesterov: Nesterov   # "?": optional, left out while it has no values
-  columns:                    # header -> cell template
-    optimizer: "{@label}"
-    median ms: "{median_ms:.2f}"
-    GB/s: "{achieved_GBps:.1f} ({fraction_of_axpy_bandwidth:.0%})"
-  missing: "–"                # text for absent values (default: error)
-  labels:                     # shown instead of a value's text (optional)
-    True: "yes"
-    "tau=1e+00": "$\\tau = 1$"
+  ```{benchmark-table} online_1f.json
+  :caption: text
+  where:              # optional: keep rows whose fields equal all of these
+    setting: main_d1_r1_m5
+  rows:               # optional: id -> label shown (selects and orders;
+    kalman: exact Kalman filter   # a list keeps the rows' own labels);
+                                  # "?id": left out if there is no such row
+  columns:            # header -> Python format template over the row
+    learner: "{label}"
+    ratio: "{ratio.mean:.3f} ± {ratio.sd:.3f}"
+    accuracy: "{accuracy.mean:*100:.1f}"
+  missing: "–"        # optional: text for absent fields (default: error)
   ```
 
-A cell template is a Python format string whose fields are paths into the
-JSON: ``/``-separated keys, list indices (``0`` or ``[0]``) and list selectors
-(``[size=50000000,input_dim=10]``, exactly one match). A path starting with
-``/`` is absolute; otherwise it follows ``base``. ``*`` in a path stands for
-the row id; ``{@label}`` and ``{@id}`` are the row's label and id. Values can
-be scaled with a ``*N:`` prefix to the format spec (``{accuracy:*100:.1f}``),
-``{values:len}`` is a list's length, and ``null`` shows as ``–``; a cell all
-of whose values are ``null`` (``{mean} ± {sd}``) is a single ``–``. ``labels``
-maps a formatted value (a raw key such as ``slow(1)``, or ``True``) to the
-text shown for it.
+A template's fields are dotted paths into the row (``{ratio.mean}``);
+``{label}`` is the label ``rows:`` gives, else the row's own. Besides
+Python's format specs there are ``*N:spec`` (scale by N first), ``len`` (a
+list's length) and ``yesno`` (a boolean as yes/no). A ``null`` value shows as
+``–``, and a cell whose every value is ``null`` is one ``–``.
 
-The ``bench`` role puts one number into prose:
-``{bench}`step_speed.json {/results/[size=50000000]/axpy_GBps:.1f}```.
+Tables that set rows against columns from different rows (one column per
+setting, per stream, per size) name the field that joins them with ``key:``
+and give such a column its own ``where``; ``rows:`` then lists key values::
+
+  key: learner
+  where: {setting: main_d1_r1_m5}
+  columns:
+    learner: "{label}"
+    d = 10: {format: "{ratio.mean:.3f}", where: {setting: main_d10_r1_m5}}
+
+A column's ``where`` replaces the table's for the fields it names; its cell
+comes from the one row with the table row's key that matches it.
+
+The ``bench`` role puts one value into prose: a file, a row id and a
+template, ``{bench}`online_1f.json main_d1_r1_m5/sgd {ratio.mean:.3f}```.
+The row ids ``config`` and ``machine`` address those blocks, and
+``document`` the file's top level (``{seconds}``, ``{command}``).
+
+A field the file lacks fails the build (:class:`BenchmarkDataError`), so a
+page cannot keep showing a number its benchmark no longer writes.
 """
 
 from __future__ import annotations
@@ -53,137 +65,111 @@ from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 from sphinx.util.docutils import SphinxRole
 
-_MISSING = object()
-_SELECTOR = re.compile(r'^\[(.*)\]$')
-_SCALED_SPEC = re.compile(r'^\*([^:]+):(.*)$')
+_ABSENT = object()
+_SCALED = re.compile(r'^\*([^:]+):(.*)$')
+_BLOCKS = ('config', 'machine', 'document')
 
 
 class BenchmarkDataError(ValueError):
-  """A path or template does not match the benchmark JSON."""
+  """A file, row or field the page names is not in the results."""
 
 
-def _results_dir(app: Sphinx) -> pathlib.Path:
-  return (pathlib.Path(app.srcdir) / app.config.benchmark_results_dir).resolve()
-
-
-def _load(app: Sphinx, name: str) -> tuple[pathlib.Path, Any]:
-  path = (_results_dir(app) / name).resolve()
+def load(path: pathlib.Path) -> dict[str, Any]:
   if not path.is_file():
     raise BenchmarkDataError(f'benchmark results file not found: {path}')
-  with path.open(encoding='utf-8') as file:
-    return path, json.load(file)
+  data = json.loads(path.read_text(encoding='utf-8'))
+  if not isinstance(data, dict) or not isinstance(data.get('rows'), list):
+    raise BenchmarkDataError(f'{path.name} is not in the results schema')
+  return data
 
 
-def _matches(item: Any, condition: str) -> bool:
-  key, _, expected = condition.partition('=')
-  if not isinstance(item, dict) or key.strip() not in item:
-    return False
-  actual = item[key.strip()]
-  expected = expected.strip()
-  if isinstance(actual, (int, float)) and not isinstance(actual, bool):
-    try:
-      return float(expected) == float(actual)
-    except ValueError:
-      return False
-  return str(actual) == expected
-
-
-def resolve(data: Any, path: str) -> Any:
-  """The value at ``path`` in ``data``; ``_MISSING`` where a key is absent."""
-  value = data
-  for part in [p for p in path.split('/') if p]:
-    selector = _SELECTOR.match(part)
-    if isinstance(value, list) and (selector or re.fullmatch(r'-?\d+', part)):
-      inner = selector.group(1) if selector else part
-      if re.fullmatch(r'-?\d+', inner):
-        index = int(inner)
-        if not -len(value) <= index < len(value):
-          return _MISSING
-        value = value[index]
-        continue
-      conditions = [c for c in inner.split(',') if c.strip()]
-      found = [item for item in value
-               if all(_matches(item, c) for c in conditions)]
-      if len(found) > 1:
-        raise BenchmarkDataError(
-            f'selector {part!r} in {path!r} matches {len(found)} entries')
-      if not found:
-        return _MISSING
-      value = found[0]
-    elif isinstance(value, dict) and part in value:
+def lookup(record: Any, path: str) -> Any:
+  """The value at dotted ``path`` in ``record``; ``_ABSENT`` if none."""
+  value = record
+  for part in path.split('.'):
+    if isinstance(value, dict) and part in value:
       value = value[part]
+    elif isinstance(value, list) and re.fullmatch(r'-?\d+', part):
+      index = int(part)
+      if not -len(value) <= index < len(value):
+        return _ABSENT
+      value = value[index]
     else:
-      return _MISSING
+      return _ABSENT
   return value
 
 
-class _PathFormatter(string.Formatter):
-  """Formats a template whose fields are JSON paths."""
+def _equal(actual: Any, expected: Any) -> bool:
+  if isinstance(actual, bool) or isinstance(expected, bool):
+    return actual is expected or str(actual) == str(expected)
+  if isinstance(actual, (int, float)) and isinstance(expected, (int, float)):
+    return float(actual) == float(expected)
+  return str(actual) == str(expected)
 
-  def __init__(self, data: Any, base: str, row_id: str, label: str,
-               labels: dict[str, str] | None = None):
+
+def matches(row: dict[str, Any], where: dict[str, Any]) -> bool:
+  return all(_equal(lookup(row, field), value)
+             for field, value in where.items())
+
+
+class _RowFormatter(string.Formatter):
+  """Formats a template over one row's fields."""
+
+  def __init__(self, row: dict[str, Any]):
     super().__init__()
-    self.data, self.base, self.row_id, self.label = data, base, row_id, label
-    self.labels = labels or {}
-    self.missing: list[str] = []
-    self.found: list[str] = []
+    self.row = row
+    self.absent: list[str] = []
     self.values: list[Any] = []
 
   def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
     del args, kwargs
-    if field_name == '@label':
-      return self.label, field_name
-    if field_name == '@id':
-      return self.row_id, field_name
-    path = field_name if field_name.startswith('/') else (
-        f'{self.base}/{field_name}' if self.base else field_name)
-    path = path.replace('*', self.row_id)
-    value = resolve(self.data, path)
-    (self.missing if value is _MISSING else self.found).append(path)
-    if value is not _MISSING:
+    value = lookup(self.row, field_name)
+    if value is _ABSENT:
+      self.absent.append(field_name)
+    else:
       self.values.append(value)
     return value, field_name
 
   def format_field(self, value: Any, format_spec: str) -> str:
-    if value is _MISSING:
+    if value is _ABSENT:
       return ''
-    scaled = _SCALED_SPEC.match(format_spec)
-    if scaled:
+    scaled = _SCALED.match(format_spec)
+    if scaled and value is not None:
       value = value * float(scaled.group(1))
+    if scaled:
       format_spec = scaled.group(2)
     if value is None:
       return '–'
     if format_spec == 'len':
       return str(len(value))
-    text = format(value, format_spec)
-    return self.labels.get(text, text)
+    if format_spec == 'yesno':
+      return 'yes' if value else 'no'
+    if value in ('inf', '-inf', 'nan') and format_spec:
+      value = float(value)  # how results files write non-finite numbers
+    return format(value, format_spec)
 
 
-def _render(data: Any, template: str, base: str, row_id: str, label: str,
-            labels: dict[str, str] | None = None,
-            ) -> tuple[str, list[str], list[str]]:
-  formatter = _PathFormatter(data, base, row_id, label, labels)
+def render(row: dict[str, Any], template: str) -> tuple[str, list[str]]:
+  """``template`` formatted over ``row``, and the fields it lacks."""
+  formatter = _RowFormatter(row)
   try:
     text = formatter.format(template)
-  except (TypeError, ValueError, KeyError) as error:
+  except (TypeError, ValueError, KeyError, IndexError) as error:
     raise BenchmarkDataError(
-        f'cannot format {template!r} for row {row_id!r}: {error}') from error
-  # "{mean} ± {sd}" with both null reads "– ± –": one dash says it.
-  if formatter.values and all(value is None for value in formatter.values):
+        f'cannot format {template!r} for row {row.get("id")!r}: {error}'
+    ) from error
+  if formatter.values and all(v is None for v in formatter.values):
     text = '–'
-  return text, formatter.missing, formatter.found
+  return text, formatter.absent
 
 
-def render(data: Any, template: str, *, base: str = '', row_id: str = '',
-           label: str = '', labels: dict[str, str] | None = None,
-           ) -> tuple[str, list[str]]:
-  """The formatted template and the paths it found missing."""
-  text, missing, _ = _render(data, template, base, row_id, label, labels)
-  return text, missing
+def _results_dir(app: Sphinx) -> pathlib.Path:
+  return (pathlib.Path(app.srcdir) / app.config.benchmark_results_dir
+          ).resolve()
 
 
 class BenchmarkTable(SphinxDirective):
-  """A table whose cells are read from a benchmark results JSON file."""
+  """A table whose cells are formatted from a results file's rows."""
 
   required_arguments = 1
   has_content = True
@@ -197,86 +183,25 @@ class BenchmarkTable(SphinxDirective):
       raise self.error(f'benchmark-table {self.arguments[0]}: {error}') from (
           error)
 
-  def _spec(self) -> dict[str, Any]:
+  def _run(self) -> list[nodes.Node]:
+    path = (_results_dir(self.env.app) / self.arguments[0]).resolve()
+    data = load(path)
+    self.env.note_dependency(str(path))
     spec = yaml.safe_load('\n'.join(self.content)) or {}
     if not isinstance(spec, dict) or 'columns' not in spec:
       raise BenchmarkDataError('the body must be YAML with a "columns" key')
-    unknown = set(spec) - {'base', 'rows', 'columns', 'missing', 'labels'}
+    unknown = set(spec) - {'where', 'key', 'rows', 'columns', 'missing'}
     if unknown:
       raise BenchmarkDataError(f'unknown keys {sorted(unknown)}')
-    return spec
-
-  def _rows(self, data: Any, spec: dict[str, Any]) -> list[tuple[str, str]]:
-    rows = spec.get('rows')
-    if isinstance(rows, dict):
-      return [(str(key), str(label)) for key, label in rows.items()]
-    if isinstance(rows, list):
-      return [(str(key), str(key)) for key in rows]
-    base = str(spec.get('base', ''))
-    if '*' not in base:
-      raise BenchmarkDataError('without "rows", "base" must contain "*"')
-    parent = resolve(data, base.split('*', 1)[0])
-    if isinstance(parent, dict):
-      return [(str(key), str(key)) for key in parent]
-    if isinstance(parent, list):
-      return [(str(index), str(index)) for index in range(len(parent))]
-    raise BenchmarkDataError(f'no mapping or list at {base!r}')
-
-  def _run(self) -> list[nodes.Node]:
-    path, data = _load(self.env.app, self.arguments[0])
-    self.env.note_dependency(str(path))
-    spec = self._spec()
-    base = str(spec.get('base', ''))
-    columns = [(str(header), str(template))
-               for header, template in spec['columns'].items()]
-    missing_text = spec.get('missing')
-    labels = {str(key): str(text)
-              for key, text in (spec.get('labels') or {}).items()}
-    rows = []
-    cells: list[list[str]] = []
-    missing_cells: list[tuple[int, int, list[str]]] = []
-    for row_id, label in self._rows(data, spec):
-      optional = row_id.startswith('?')
-      row_id = row_id.removeprefix('?')
-      rendered = [_render(data, template, base, row_id, label, labels)
-                  for _, template in columns]
-      # An optional row appears once its benchmark has written any value.
-      if optional and not any(found for _, _, found in rendered):
-        continue
-      row_cells = []
-      for column_index, (text, missing, _) in enumerate(rendered):
-        if missing:
-          missing_cells.append((len(rows), column_index, missing))
-          text = '' if missing_text is None else str(missing_text)
-        row_cells.append(text)
-      rows.append((row_id, label))
-      cells.append(row_cells)
-    self._check_missing(rows, columns, missing_cells, missing_text)
+    cells = table_cells(data, spec)
     relative = path.relative_to(_results_dir(self.env.app).parent.parent)
-    return [self._table(columns, cells, relative)]
-
-  @staticmethod
-  def _check_missing(rows, columns, missing_cells, missing_text) -> None:
-    if not missing_cells:
-      return
-    if missing_text is None:
-      _, _, paths = missing_cells[0]
-      raise BenchmarkDataError(
-          f'{len(missing_cells)} cells have no value, e.g. {paths[0]!r} '
-          '(set "missing" if some cells are meant to be empty)')
-    # A whole row or column absent means stale keys, not a gap in the data.
-    for row_index, (row_id, _) in enumerate(rows):
-      if sum(1 for r, _, _ in missing_cells if r == row_index) == len(columns):
-        raise BenchmarkDataError(f'row {row_id!r} has no values at all')
-    for column_index, (header, _) in enumerate(columns):
-      if sum(1 for _, c, _ in missing_cells if c == column_index) == len(rows):
-        raise BenchmarkDataError(f'column {header!r} has no values at all')
+    return [self._table(list(spec['columns']), cells, relative)]
 
   def _inline(self, text: str) -> list[nodes.Node]:
     parsed, messages = self.state.inline_text(text, self.lineno)
     return [nodes.paragraph('', '', *parsed), *messages]
 
-  def _table(self, columns, cells, relative_path) -> nodes.table:
+  def _table(self, headers, cells, relative_path) -> nodes.table:
     table = nodes.table(classes=['benchmark-table'])
     caption = self.options.get('caption')
     title_nodes = self._inline(caption)[0].children if caption else []
@@ -285,15 +210,15 @@ class BenchmarkTable(SphinxDirective):
     title += nodes.literal('', str(relative_path))
     title += nodes.Text(')' if caption else '')
     table += title
-    group = nodes.tgroup(cols=len(columns))
+    group = nodes.tgroup(cols=len(headers))
     table += group
-    for _ in columns:
+    for _ in headers:
       group += nodes.colspec(colwidth=1)
     head = nodes.thead()
     group += head
     header_row = nodes.row()
-    for header, _ in columns:
-      header_row += nodes.entry('', *self._inline(header))
+    for header in headers:
+      header_row += nodes.entry('', *self._inline(str(header)))
     head += header_row
     body = nodes.tbody()
     group += body
@@ -307,16 +232,94 @@ class BenchmarkTable(SphinxDirective):
     return table
 
 
+def table_cells(data: dict[str, Any], spec: dict[str, Any]) -> list[list[str]]:
+  """The cell texts of a ``benchmark-table`` body ``spec`` over ``data``."""
+  key = str(spec.get('key', 'id'))
+  where = dict(spec.get('where') or {})
+  missing = spec.get('missing')
+  columns = []
+  for header, column in spec['columns'].items():
+    if isinstance(column, dict):
+      columns.append((str(header), str(column['format']),
+                      {**where, **(column.get('where') or {})}))
+    else:
+      columns.append((str(header), str(column), where))
+  selected = [row for row in data['rows'] if matches(row, where)]
+  if spec.get('rows') is None:
+    wanted = [(str(lookup(row, key)), None) for row in selected]
+  elif isinstance(spec['rows'], list):
+    wanted = [(str(k), None) for k in spec['rows']]
+  else:
+    wanted = [(str(k), None if v is None else str(v))
+              for k, v in spec['rows'].items()]
+  cells, seen = [], [False] * len(columns)
+  for wanted_key, label in wanted:
+    optional = wanted_key.startswith('?')
+    wanted_key = wanted_key.removeprefix('?')
+    base = _one(data, key, wanted_key, where)
+    if base is None:
+      if optional:
+        continue
+      if missing is None:
+        raise BenchmarkDataError(f'no row with {key} {wanted_key!r} where '
+                                 f'{where}')
+    row_cells = []
+    for index, (header, template, column_where) in enumerate(columns):
+      row = base if column_where == where else _one(
+          data, key, wanted_key, column_where)
+      absent = ['(no such row)']
+      text = ''
+      if row is not None or label is not None:
+        shown = {**(row or {}), **({} if label is None else {'label': label})}
+        text, absent = render(shown, template)
+      if absent:
+        if missing is None:
+          raise BenchmarkDataError(
+              f'row {wanted_key!r}, column {header!r}: no {absent[0]!r} '
+              '(set "missing" if some cells are meant to be empty)')
+        text = str(missing)
+      else:
+        seen[index] = True
+      row_cells.append(text)
+    cells.append(row_cells)
+  for (header, _, _), found in zip(columns, seen, strict=True):
+    if cells and not found:
+      raise BenchmarkDataError(f'column {header!r} has no values at all')
+  return cells
+
+
+def _one(data: dict[str, Any], key: str, value: str,
+         where: dict[str, Any]) -> dict[str, Any] | None:
+  found = [row for row in data['rows']
+           if str(lookup(row, key)) == value and matches(row, where)]
+  if len(found) > 1:
+    raise BenchmarkDataError(f'{len(found)} rows with {key} {value!r} where '
+                             f'{where}: add to "where"')
+  return found[0] if found else None
+
+
+def value_text(data: dict[str, Any], row_id: str, template: str) -> str:
+  """The ``bench`` role's text: ``template`` over one row or block."""
+  if row_id in _BLOCKS:
+    record = data if row_id == 'document' else data.get(row_id) or {}
+  else:
+    record = _one(data, 'id', row_id, {})
+    if record is None:
+      raise BenchmarkDataError(f'no row {row_id!r}')
+  text, absent = render(record, template)
+  if absent:
+    raise BenchmarkDataError(f'row {row_id!r} has no {absent[0]!r}')
+  return text
+
+
 class BenchmarkValue(SphinxRole):
-  """One number from a benchmark JSON file: ``FILE TEMPLATE``."""
+  """One value from a results file: ``FILE ROW TEMPLATE``."""
 
   def run(self) -> tuple[list[nodes.Node], list[nodes.system_message]]:
-    name, _, template = self.text.strip().partition(' ')
+    name, row_id, template = [*self.text.strip().split(' ', 2), '', ''][:3]
     try:
-      path, data = _load(self.env.app, name)
-      text, missing = render(data, template.strip())
-      if missing:
-        raise BenchmarkDataError(f'no value at {missing[0]!r}')
+      path = (_results_dir(self.env.app) / name).resolve()
+      text = value_text(load(path), row_id, template.strip())
     except BenchmarkDataError as error:
       message = self.inliner.reporter.error(
           f'bench {self.text!r}: {error}', line=self.lineno)
@@ -329,5 +332,5 @@ def setup(app: Sphinx) -> dict[str, object]:
   app.add_config_value('benchmark_results_dir', '../benchmarks/results', 'env')
   app.add_directive('benchmark-table', BenchmarkTable)
   app.add_role('bench', BenchmarkValue())
-  return {'version': '1.0', 'parallel_read_safe': True,
+  return {'version': '2.0', 'parallel_read_safe': True,
           'parallel_write_safe': True}

@@ -1,0 +1,153 @@
+"""The benchmark harness: the results schema, tuning, and the docs renderer."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks import harness
+
+DOCS_EXT = pathlib.Path(__file__).resolve().parents[1] / 'docs' / '_ext'
+sys.path.insert(0, str(DOCS_EXT))
+import benchmark_tables  # noqa: E402
+
+RESULT_FILES = sorted(harness.RESULTS.glob('*.json'))
+
+
+@pytest.mark.parametrize('path', RESULT_FILES, ids=lambda p: p.name)
+def test_every_results_file_follows_the_schema(path):
+  document = json.loads(path.read_text('utf-8'))
+  harness.check_document(document)
+  assert tuple(document) == harness.TOP_LEVEL_KEYS
+  for row in document['rows']:
+    for key, value in row.items():
+      if isinstance(value, dict):  # one nested level, no deeper
+        assert not any(isinstance(v, dict) for v in value.values()), (
+            path.name, row['id'], key)
+
+
+def test_check_document_rejects_other_layouts():
+  good = {'schema': harness.SCHEMA, 'benchmark': 'x', 'command': 'c',
+          'machine': {}, 'seconds': 1.0, 'config': {},
+          'rows': [{'id': 'a', 'label': 'A'}]}
+  harness.check_document(good)
+  with pytest.raises(ValueError):
+    harness.check_document({**good, 'results': []})
+  with pytest.raises(ValueError):
+    harness.check_document({**good, 'rows': [{'id': 'a', 'label': 'A'},
+                                             {'id': 'a', 'label': 'B'}]})
+  with pytest.raises(ValueError):
+    harness.check_document({**good, 'rows': [{'id': 'a'}]})
+
+
+def _quadratic_score(optimum):
+  """Score (x - optimum)^2 plus a seed-dependent offset."""
+
+  def score(learner, points, seeds):
+    del learner
+    return np.asarray([[(p['x'] - optimum) ** 2 + 0.01 * s for s in seeds]
+                       for p in points])
+
+  return score
+
+
+def test_tune_picks_the_best_point_and_flags_edges():
+  learner = harness.Learner('q', 'quadratic', build=lambda p: p,
+                            grid={'x': [0.0, 1.0, 2.0, 3.0]})
+  best, scores = harness.tune(learner, _quadratic_score(1.2), [0, 1])
+  assert best == {'x': 1.0}
+  assert scores.shape == (4, 2)
+  assert harness.at_grid_edge(learner, best) == []
+  best, _ = harness.tune(learner, _quadratic_score(7.0), [0, 1])
+  assert best == {'x': 3.0}
+  assert harness.at_grid_edge(learner, best) == ['x']
+  # Two values are a choice, not a range: never an edge.
+  choice = harness.Learner('c', 'choice', build=lambda p: p,
+                           grid={'x': [0.0, 1.0]})
+  assert harness.at_grid_edge(choice, {'x': 1.0}) == []
+
+
+def test_search_refines_around_the_best_point():
+  learner = harness.Learner('q', 'quadratic', build=lambda p: p,
+                            grid={'x': harness.log_grid(0.1, 10.0, 5)},
+                            refine={'x': {'scale': 'log', 'num': 9}})
+  best, edge = harness.search(learner, _quadratic_score(2.0), [0])
+  assert edge == []
+  assert abs(best['x'] - 2.0) < abs(np.sqrt(10.0) - 2.0)
+
+
+def test_tune_and_evaluate_scores_the_chosen_point_on_test_seeds():
+  learners = [harness.Learner('q', 'quadratic', build=lambda p: p,
+                              grid={'x': [0.0, 1.0, 2.0]}),
+              harness.Learner('f', 'fixed', build=lambda p: p,
+                              fixed={'x': 2.0})]
+  rows = harness.tune_and_evaluate(
+      learners, _quadratic_score(1.0), tuning_seeds=[0], test_seeds=[1, 2],
+      metric='loss', log=lambda message: None)
+  assert [row['id'] for row in rows] == ['q', 'f']
+  assert rows[0]['hyperparameters'] == {'x': 1.0}
+  np.testing.assert_allclose(rows[0]['loss']['values'], [0.01, 0.02])
+  np.testing.assert_allclose(rows[1]['loss']['mean'], 1.015)
+  assert rows[1]['tuned'] is False
+
+
+SYNTHETIC = {
+    'schema': harness.SCHEMA, 'benchmark': 'synthetic', 'command': 'c',
+    'machine': {}, 'seconds': 12.3, 'config': {'steps': 1000},
+    'rows': [
+        {'id': 'd1/sgd', 'label': 'sgd', 'learner': 'sgd', 'setting': 'd1',
+         'ratio': {'mean': 1.23456, 'sd': 0.01}, 'warned': True},
+        {'id': 'd1/adam', 'label': 'adam', 'learner': 'adam', 'setting': 'd1',
+         'ratio': {'mean': 1.5, 'sd': None}, 'warned': False},
+        {'id': 'd10/sgd', 'label': 'sgd', 'learner': 'sgd',
+         'setting': 'd10', 'ratio': {'mean': 2.0, 'sd': 0.1}},
+    ]}
+
+
+def test_renderer_renders_a_table_from_rows():
+  cells = benchmark_tables.table_cells(SYNTHETIC, {
+      'where': {'setting': 'd1'},
+      'rows': {'d1/adam': 'Adam (tuned)', 'd1/sgd': None, '?d1/gone': 'x'},
+      'columns': {'learner': '{label}', 'ratio': '{ratio.mean:.3f}',
+                  'pct': '{ratio.mean:*100:.0f}', 'warned': '{warned:yesno}'},
+  })
+  assert cells == [['Adam (tuned)', '1.500', '150', 'no'],
+                   ['sgd', '1.235', '123', 'yes']]
+
+
+def test_renderer_joins_columns_from_other_rows():
+  cells = benchmark_tables.table_cells(SYNTHETIC, {
+      'key': 'learner', 'where': {'setting': 'd1'}, 'rows': ['sgd', 'adam'],
+      'missing': '–',
+      'columns': {'d = 1': '{ratio.mean:.2f}',
+                  'd = 10': {'format': '{ratio.mean:.2f}',
+                             'where': {'setting': 'd10'}}},
+  })
+  assert cells == [['1.23', '2.00'], ['1.50', '–']]
+
+
+def test_renderer_fails_on_a_missing_key():
+  with pytest.raises(benchmark_tables.BenchmarkDataError):
+    benchmark_tables.table_cells(SYNTHETIC, {
+        'columns': {'ratio': '{ratio.median:.3f}'}})
+  with pytest.raises(benchmark_tables.BenchmarkDataError):
+    benchmark_tables.table_cells(SYNTHETIC, {
+        'rows': ['d1/nope'], 'columns': {'x': '{label}'}})
+  with pytest.raises(benchmark_tables.BenchmarkDataError):
+    benchmark_tables.value_text(SYNTHETIC, 'd1/sgd', '{nope}')
+
+
+def test_renderer_values_for_prose():
+  assert benchmark_tables.value_text(
+      SYNTHETIC, 'd10/sgd', '{ratio.mean:.1f} ± {ratio.sd:.1f}') == '2.0 ± 0.1'
+  assert benchmark_tables.value_text(SYNTHETIC, 'config', '{steps:,}') == (
+      '1,000')
+  assert benchmark_tables.value_text(SYNTHETIC, 'document',
+                                     '{seconds:.0f}') == '12'
+  # A null value is a dash (a learner that diverged), not an error.
+  assert benchmark_tables.value_text(SYNTHETIC, 'd1/adam', '{ratio.sd}') == (
+      '–')
