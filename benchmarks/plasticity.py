@@ -42,11 +42,13 @@ Learners (each a :class:`harness.Learner`):
   example through ``mso.categorical_observation`` (``fisher='exact'``, the
   EKF's Gauss-Newton form: 10 backward passes per example; the empirical
   Fisher, one pass, learned each task far worse in a pilot), with a prior
-  fixed a priori (nothing tuned): a random-walk permanent part plus AR(1) subweights with timescales
-  1..1e4 steps, process variances :math:`q_i \propto 1/\tau_i` (the
-  permanent part's that of the slowest), initial variances the stationary
-  ones, scaled so that they sum to 2/64 (the He variance of the first
-  layer), as ``benchmarks/trump_approval.py``'s ``default_prior``.
+  fixed a priori (nothing tuned): a random-walk permanent part plus AR(1)
+  subweights with timescales 1..1e4 steps, process variances
+  :math:`q_i \propto 1/\tau_i` (the permanent part's that of the slowest),
+  initial variances the stationary ones, scaled so that they sum to 2/64
+  (the He variance of the first layer), as
+  ``benchmarks/trump_approval.py``'s ``default_prior``. The default run
+  gives it 2 test seeds (it costs about ten gradient learners).
 
 Multiscale learning and L2 Init
 -------------------------------
