@@ -1,0 +1,99 @@
+"""Tests of the loss-of-plasticity benchmark (``benchmarks/plasticity.py``)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from benchmarks import plasticity
+
+TINY = plasticity.Config(tasks=3, examples=8, batch=2, tuning_seeds=(100,),
+                         test_seeds=(0,), bayesian_test_seeds=(0,))
+
+
+def test_permutations_fixed_per_task_and_differ_between_tasks():
+  permutations, indices = plasticity.make_stream(3, 20, 50, 1797)
+  again, same_indices = plasticity.make_stream(3, 20, 50, 1797)
+  np.testing.assert_array_equal(permutations, again)
+  np.testing.assert_array_equal(indices, same_indices)
+  assert permutations.shape == (20, 64) and indices.shape == (20, 50)
+  for permutation in permutations:
+    np.testing.assert_array_equal(np.sort(permutation), np.arange(64))
+  assert len({tuple(p) for p in permutations}) == 20
+  # A task's examples are distinct images.
+  assert all(len(set(row)) == 50 for row in indices)
+  other, _ = plasticity.make_stream(4, 20, 50, 1797)
+  assert not np.array_equal(permutations, other)
+
+
+def test_accuracy_is_online_predict_before_learn():
+  # A learner that memorises the label it has just learned and predicts it:
+  # predicted before learning, it is right only where a label repeats the
+  # previous one; predicting after learning would be right every time.
+  def init(params):
+    del params
+    return jnp.asarray(-1)
+
+  def step(params, state, images, labels, key):
+    del images, key
+    logits = jax.nn.one_hot(jnp.full(labels.shape, state), 10)
+    return logits, params, labels[-1]
+
+  method = plasticity.Method(init, step)
+  images = jnp.zeros((6, 64))
+  labels = jnp.asarray([1, 1, 2, 2, 2, 3])
+  indices = jnp.arange(6)[None]
+  accuracy = plasticity.run_stream(
+      method, jax.random.key(0), images, labels, jnp.arange(64)[None],
+      indices, 1)
+  np.testing.assert_allclose(accuracy, [3 / 6])
+
+
+@pytest.mark.parametrize('method', [
+    plasticity.gradient_method(optax.sgd(0.5)),
+    plasticity.gradient_method(optax.adam(0.1), l2_init=0.01),
+    plasticity.gradient_method(optax.sgd(0.5), shrink=0.01),
+    plasticity.bayesian_method('exact'),
+])
+def test_steps_return_the_logits_before_learning(method):
+  params = plasticity.mlp_init(jax.random.key(1))
+  images, labels = plasticity.load_images()
+  images, labels = jnp.asarray(images[:2]), jnp.asarray(labels[:2])
+  logits, new_params, _ = method.step(
+      params, method.init(params), images, labels, jax.random.key(2))
+  np.testing.assert_allclose(logits, plasticity.mlp_apply(params, images),
+                             rtol=1e-6)
+  assert not np.allclose(new_params, params)
+
+
+def test_ratio_metric_on_a_synthetic_curve():
+  tasks = np.arange(30)
+  accuracy = np.stack([0.9 - 0.01 * tasks, 0.5 + 0.0 * tasks])
+  metrics = plasticity.plasticity_metrics(accuracy)
+  # 10% of 30 tasks: the first and last 3.
+  first = np.asarray([np.mean([0.9, 0.89, 0.88]), 0.5])
+  last = np.asarray([np.mean([0.63, 0.62, 0.61]), 0.5])
+  np.testing.assert_allclose(metrics['first10']['values'], first)
+  np.testing.assert_allclose(metrics['last10']['values'], last)
+  np.testing.assert_allclose(metrics['ratio']['values'], last / first)
+  np.testing.assert_allclose(metrics['ratio']['mean'], np.mean(last / first))
+  np.testing.assert_allclose(metrics['accuracy_per_task'],
+                             accuracy.mean(axis=0))
+  assert plasticity.edge_count(5) == 1 and plasticity.edge_count(200) == 20
+
+
+def test_every_learner_runs_a_tiny_stream():
+  for learner in plasticity.learners():
+    points = learner.points()[:1]
+    accuracy = plasticity.run_learner(learner, points, (0,), TINY)
+    assert accuracy.shape == (1, 1, TINY.tasks), learner.id
+    assert np.all(np.isfinite(accuracy)), learner.id
+    assert np.all((accuracy >= 0) & (accuracy <= 1)), learner.id
+
+
+def test_bayesian_prior_sums_to_the_he_variance():
+  decays, process, initial = plasticity.bayesian_prior()
+  assert decays[0] == 1.0 and process[0] > 0  # a random-walk permanent part
+  np.testing.assert_allclose(initial.sum(), 2 / 64)
+  np.testing.assert_allclose(initial[1:], process[1:] / (1 - decays[1:] ** 2))
