@@ -77,7 +77,8 @@ by its metric on the first quarter of the stream (``tune_fraction``); the
 row reports the metric of that point on the whole stream (river's number,
 which includes the tuning prefix, so mildly optimistic) as ``score`` and on
 the rest of the stream as ``score_rest``. MLP rows: mean ± sd over seeds,
-each seed run at the point chosen on the mean over seeds.
+each seed run at the point chosen on the mean over seeds (one seed on
+Shuttle, 49097 examples, to keep the default run near 10 minutes).
 
 **The default prior** of ``bayesian_multiscale``, one for every dataset,
 fixed before any dataset here was run and not tuned on any of them. For
@@ -205,12 +206,17 @@ class Config:
   tune_fraction: float  # share of the stream that tuning sees
   grid_points: int  # learning rates (scales) per tuned learner
   mlp_seeds: tuple[int, ...]
+  # MLP seeds on streams longer than long_stream (Shuttle: 49097 examples,
+  # where three seeds of the rank-10 MLP alone would take over 5 minutes).
+  long_stream: int
+  long_stream_mlp_seeds: tuple[int, ...]
   hidden: int
   curve_points: int  # points of each stored running-metric curve
 
 
 DEFAULT = Config(tune_fraction=0.25, grid_points=9, mlp_seeds=(0, 1, 2),
-                 hidden=16, curve_points=100)
+                 long_stream=10_000, long_stream_mlp_seeds=(0,), hidden=16,
+                 curve_points=100)
 
 # Learning-rate (scale) grids: (low, high) per learner and task kind.
 GRIDS = {
@@ -582,14 +588,16 @@ def evaluate_learner(learner: harness.Learner, model: str, stream: Stream,
                      task: str, config: Config) -> dict[str, Any]:
   """Tune on the first part, score on the whole stream and on the rest."""
   lower = task == 'regression'
-  seeds = config.mlp_seeds if model == 'mlp' else (0,)
+  long = len(stream.targets) > config.long_stream
+  seeds = ((config.long_stream_mlp_seeds if long else config.mlp_seeds)
+           if model == 'mlp' else (0,))
   points = learner.points() if learner.grid else [dict(learner.fixed)]
   rates = jnp.asarray([p.get('learning_rate', 1.0) for p in points])
   runner = make_runner(learner, model, stream, task, config.hidden)
   keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
   values = np.asarray(jax.block_until_ready(runner(rates, keys)))
   n = values.shape[-1]
-  tune = int(round(config.tune_fraction * n))
+  tune = round(config.tune_fraction * n)
 
   def prefix_score(_, points_, seeds_):
     del points_, seeds_
@@ -628,7 +636,8 @@ def evaluate_learner(learner: harness.Learner, model: str, stream: Stream,
 def dataset_rows(name: str, config: Config, log=print) -> list[dict]:
   river_name, task = DATASETS[name]
   metric = METRIC[task]
-  base = {'dataset': river_name, 'task': task, 'metric_name': metric}
+  base = {'dataset': river_name, 'task': task, 'metric_name': metric,
+          'section': 'results'}
   rows = []
   for kind in ('linear', 'best'):
     model, value, source = PUBLISHED[name][kind]
@@ -689,7 +698,7 @@ def goals(rows: list[dict]) -> list[dict]:
     best_linear_key = pick(linear_keys, key=bayes.get)
     row = {'id': f'{name}/goals', 'label': f'{river_name}: goals',
            'dataset': river_name, 'task': task, 'metric_name': METRIC[task],
-           'default_prior_best': bayes[best_key],
+           'section': 'goals', 'default_prior_best': bayes[best_key],
            'default_prior_best_row': f'{name}/{best_key.replace("/", "/bayes_")}',
            'default_prior_best_linear': bayes[best_linear_key]}
     for kind in ('linear', 'best'):
