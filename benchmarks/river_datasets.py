@@ -719,6 +719,18 @@ def goals(rows: list[dict]) -> list[dict]:
   return result
 
 
+def run_row(document: dict[str, Any]) -> dict[str, Any]:
+  """The run's settings and wall time as a row (what the docs' prose
+  quotes), copied from the document's top level."""
+  config = document['config']
+  return {'id': 'run', 'label': 'the run', 'section': 'run',
+          'seconds': document['seconds'], 'river': config['river'],
+          'grid_points': config['grid_points'],
+          'tune_fraction': config['tune_fraction'],
+          'mlp_seed_count': len(config['mlp_seeds']),
+          'long_stream_mlp_seed_count': len(config['long_stream_mlp_seeds'])}
+
+
 def plot(document: dict[str, Any], stem: str = STEM) -> None:
   rows = document['rows']
   names = list(DATASETS)
@@ -770,8 +782,8 @@ def main(argv=None) -> int:
   if args.goals_only:
     document = harness.load_results(stem)
     rows = [row for row in document['rows']
-            if row.get('section') != 'goals']
-    document['rows'] = rows + goals(rows)
+            if row.get('section') not in ('goals', 'run')]
+    document['rows'] = rows + goals(rows) + [run_row(document)]
     print(f'wrote {harness.write_results(stem, document)}')
     return 0
   config = DEFAULT
@@ -791,6 +803,8 @@ def main(argv=None) -> int:
                                 'then learn), one pass, features scaled '
                                 "online by river's StandardScaler"},
       rows=rows, seconds=time.perf_counter() - started)
+  if set(args.datasets) == set(DATASETS):
+    document['rows'].append(run_row(document))
   path = harness.write_results(stem, document)
   print(f'wrote {path} ({document["seconds"]} s)')
   if set(args.datasets) == set(DATASETS):
