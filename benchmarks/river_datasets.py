@@ -772,12 +772,36 @@ def main(argv=None) -> int:
   parser = harness.parser(__doc__)
   parser.add_argument('--datasets', nargs='*', default=list(DATASETS),
                       choices=list(DATASETS))
+  parser.add_argument('--merge', nargs='+', default=None, metavar='STEM',
+                      help='merge results of disjoint dataset subsets')
   parser.add_argument('--goals-only', action='store_true',
                       help='recompute the goal rows from the saved JSON')
   args = parser.parse_args(argv)
   stem = args.out or STEM
   if args.plot_only:
     plot(harness.load_results(stem), stem)
+    return 0
+  if args.merge:
+    # Runs of disjoint subsets of the datasets (e.g. in parallel processes),
+    # merged into one file: rows concatenated in DATASETS order, the wall
+    # time the longest part's, goal and run rows rebuilt.
+    parts = [harness.load_results(part) for part in args.merge]
+    order = {name: i for i, name in enumerate(DATASETS)}
+    parts.sort(key=lambda d: order[d['config']['datasets'][0]])
+    rows = [row for part in parts for row in part['rows']
+            if row.get('section') == 'results']
+    config = {**parts[0]['config'], 'datasets': [
+        name for part in parts for name in part['config']['datasets']],
+              'merged_from': [harness.jsonable(p['command']) for p in parts]}
+    if sorted(config['datasets']) != sorted(DATASETS):
+      raise ValueError(f'merged datasets {config["datasets"]}')
+    document = harness.results_document(
+        STEM, config=config, rows=rows,
+        seconds=max(part['seconds'] for part in parts),
+        command=' && '.join([*config['merged_from'], harness.command_line()]))
+    document['rows'] += [*goals(rows), run_row(document)]
+    print(f'wrote {harness.write_results(stem, document)}')
+    plot(document, stem)
     return 0
   if args.goals_only:
     document = harness.load_results(stem)
