@@ -4,9 +4,11 @@ r"""Bayesian learning at the cost of one backward pass: the Fisher modes.
 multiscale learner one of three observations of a classifier's example:
 ``'exact'`` (the generalised Gauss-Newton EKF: one Jacobian row per class,
 :math:`C` backward passes and a :math:`C \times C` solve), ``'sampled'``
-(one row, the gradient of :math:`\log p(\hat y)` for a label drawn from the
-model's predictive: one backward pass, a scalar solve) and ``'empirical'``
-(one row, the observed label's gradient). This benchmark runs the three side
+(BONG's step: the gradient of :math:`\log p(\hat y)` for a label drawn
+from the model's predictive sets the information, a row carrying the
+observed label's gradient moves the mean; one extra backward pass, a
+:math:`2 \times 2` solve) and ``'empirical'`` (one row, the observed
+label's gradient). This benchmark runs the three side
 by side with Adam on the digits streams of ``online_digits.py``, one example
 per step (batch 1), the whole stream in one ``jax.lax.scan``, and reports
 

@@ -42,6 +42,12 @@ observing a batch one example at a time, their prior stated per example:
   variances. ONE prior for all streams: the grid is the total drift
   variance, and a single grid point is chosen on the tuning seeds by the
   mean tuning accuracy over all four streams;
+* ``bayesian_multiscale_sampled`` and ``bayesian_multiscale_empirical``:
+  the same prior and grid with ``fisher='sampled'`` (BONG's step: the
+  information from one label drawn from the model per example, the mean
+  moved along the observed label's gradient; 2 rows per example) and
+  ``fisher='empirical'`` (the observed label's gradient as the one row)
+  instead of the 10 exact rows;
 * ``bayesian_multiscale_learned``: the same prior family started at a fixed
   drift variance, its scale learned online (``learn_prior=True``); no
   tuning.
@@ -59,6 +65,9 @@ Usage::
 
   python benchmarks/online_digits.py          # default grid
   python benchmarks/online_digits.py --full   # the whole grid
+  python benchmarks/online_digits.py --families \
+      bayesian_multiscale,bayesian_multiscale_sampled   # some rows only
+  python benchmarks/online_digits.py --steps 100      # a quick check
 
 Writes ``benchmarks/results/online_digits.json`` and ``.png``.
 
@@ -166,6 +175,9 @@ class Family:
   # True: one grid point for every stream (the best mean tuning accuracy
   # over all streams) instead of one per stream.
   shared_choice: bool = False
+  # The categorical observation's `fisher` ('exact', 'sampled' or
+  # 'empirical'; mso.categorical_observation).
+  fisher: str = 'exact'
 
 
 def _multiscale_adam(
@@ -308,6 +320,16 @@ def families(config: Config) -> list[Family]:
              'equal variances; grid: total drift variance, ONE value '
              'chosen for all streams on the tuning seeds',
              observation='categorical', shared_choice=True),
+      *(Family(f'bayesian_multiscale_{fisher}', _bayesian(config.batch),
+               BAYES_DRIFT_VARIANCES,
+               f'bayesian_multiscale as above, fisher={fisher!r} '
+               'observation (' + note + '); grid as above',
+               observation='categorical', shared_choice=True, fisher=fisher)
+        for fisher, note in (
+            ('sampled', "BONG's step: one drawn label's gradient per "
+             'example sets the information, the observed gradient moves '
+             'the mean'),
+            ('empirical', 'the observed gradient as the one row'))),
       Family('bayesian_multiscale_learned', _bayesian(
           config.batch, learn_prior=True), (BAYES_LEARNED_START,) * 2,
              'the same prior family, no tuning: total drift variance '
@@ -555,7 +577,7 @@ def make_runner(family: Family, model: str, config: Config, data):
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return jnp.mean(loss), logits
 
-  def train_on_batch(optimizer, params, opt_state, images, labels):
+  def train_on_batch(optimizer, params, opt_state, images, labels, key):
     """Logits of the batch at the current params, and the params and state
     after learning from it."""
     if family.observation == 'gradient':
@@ -571,8 +593,11 @@ def make_runner(family: Family, model: str, config: Config, data):
     def observe(carry, example):
       params, opt_state = carry
       image, label = example
+      # A fresh key per example: the learner counts the examples it saw.
       _, grads, extra = mso.categorical_observation(
-          apply_fn, params, image[None], label[None])
+          apply_fn, params, image[None], label[None], fisher=family.fisher,
+          key=jax.random.fold_in(key, opt_state.count)
+          if family.fisher == 'sampled' else None)
       updates, opt_state = optimizer.update(
           grads, opt_state, params, **extra)
       return (optax.apply_updates(params, updates), opt_state), None
@@ -586,6 +611,8 @@ def make_runner(family: Family, model: str, config: Config, data):
     optimizer = family.build(learning_rate)
     params = init_fn(init_key)
     carry = (params, optimizer.init(params))
+    # Draws of fisher='sampled' (other learners draw nothing).
+    noise_key = jax.random.fold_in(init_key, 7)
 
     def step(carry, inputs):
       params, opt_state = carry
@@ -593,7 +620,7 @@ def make_runner(family: Family, model: str, config: Config, data):
       images = inputs_fn(rotate_images(train_images[batch_indices], angle))
       labels = permutations[task][train_labels[batch_indices]]
       logits, params, opt_state = train_on_batch(
-          optimizer, params, opt_state, images, labels)
+          optimizer, params, opt_state, images, labels, noise_key)
       # Accuracy of the prediction made before training on this batch.
       correct = jnp.mean(jnp.argmax(logits, -1) == labels)
       return (params, opt_state), correct
@@ -725,10 +752,16 @@ def _run_instances(runner, instances, streams, width):
   return np.asarray(correct)[:count], np.asarray(held_out)[:count]
 
 
-def benchmark(config: Config, log=print):
+def benchmark(config: Config, log=print, names=None):
+  """Tunes and evaluates every learner (or those named in ``names``)."""
   data = load_data()
   streams = _Streams(config, len(data[0][1]))
   all_families = families(config)
+  if names is not None:
+    unknown = set(names) - {family.name for family in all_families}
+    if unknown:
+      raise ValueError(f'unknown learners {sorted(unknown)}')
+    all_families = [f for f in all_families if f.name in names]
   results = {}
   started = time.perf_counter()
   runs = [(model, family) for model in config.models
@@ -830,9 +863,13 @@ NATURAL_BASELINE = {
     'multiscale_sgd': 'sgd', 'fast_weights_sgd': 'sgd',
     'ms_adam_b1_0': 'adam_b1_0', 'vd_ekf': 'sgd',
     'bayesian_multiscale': 'sgd', 'bayesian_multiscale_learned': 'sgd',
+    'bayesian_multiscale_sampled': 'bayesian_multiscale',
+    'bayesian_multiscale_empirical': 'bayesian_multiscale',
 }
 # Rows that are not baselines for "the best baseline" (the Bayesian learners).
 BAYESIAN_FAMILIES = ('vd_ekf', 'bayesian_multiscale',
+                     'bayesian_multiscale_sampled',
+                     'bayesian_multiscale_empirical',
                      'bayesian_multiscale_learned')
 
 
@@ -889,6 +926,8 @@ def comparison_with_best(results) -> str:
   lines = []
   for model, by_stream in results.items():
     for kind, by_family in by_stream.items():
+      if all(name in BAYESIAN_FAMILIES for name in by_family):
+        continue  # a run of --families without a baseline
       best = best_baseline(by_family)
       for name in by_family:
         if name != best:
@@ -979,6 +1018,13 @@ def main(argv=None):
                       help='add the multiscale-Adam ablations to the default')
   parser.add_argument('--models', default=None,
                       help='comma-separated subset of mlp,cnn')
+  parser.add_argument('--families', default=None,
+                      help='comma-separated subset of the learners (e.g. '
+                           'bayesian_multiscale_sampled); written to a JSON '
+                           'named after them')
+  parser.add_argument('--steps', type=int, default=None,
+                      help='stream length (a multiple of the block, 100): a '
+                           'quick check; written to a JSON named after it')
   args = parser.parse_args(argv)
   config = FULL if args.full else DEFAULT
   if args.ablations:
@@ -986,8 +1032,11 @@ def main(argv=None):
   if args.models:
     config = dataclasses.replace(
         config, models=tuple(args.models.split(',')))
+  if args.steps:
+    config = dataclasses.replace(config, steps=args.steps)
   print(f'config: {config}', flush=True)
-  results, seconds = benchmark(config)
+  names = tuple(args.families.split(',')) if args.families else None
+  results, seconds = benchmark(config, names=names)
   text = table(results)
   print(text)
   print()
@@ -1002,7 +1051,9 @@ def main(argv=None):
   RESULTS.mkdir(parents=True, exist_ok=True)
   suffix = ('_full' if args.full else '') + (
       '_ablations' if args.ablations and not args.full else '') + (
-          '_' + '_'.join(config.models) if args.models else '')
+          '_' + '_'.join(config.models) if args.models else '') + (
+              f'_steps{args.steps}' if args.steps else '') + (
+                  '_' + '_'.join(names) if names else '')
   with open(RESULTS / f'online_digits{suffix}.json', 'w') as file:
     json.dump({
         'config': dataclasses.asdict(config),
@@ -1026,9 +1077,12 @@ def main(argv=None):
         'comparison_vs_best_baseline': comparison_with_best(results).split(
             '\n'),
     }, file, indent=1)
-  plot(json.loads((RESULTS / f'online_digits{suffix}.json').read_text()),
-       RESULTS / f'online_digits{suffix}.png')
-  print(f'wrote {RESULTS}/online_digits{suffix}.json and .png')
+  if any(name in PLOT_FAMILIES for name in
+         next(iter(next(iter(results.values())).values()))):
+    plot(json.loads((RESULTS / f'online_digits{suffix}.json').read_text()),
+         RESULTS / f'online_digits{suffix}.png')
+  # (--families without a plotted learner writes no .png.)
+  print(f'wrote {RESULTS}/online_digits{suffix}.json (and .png)')
 
 
 if __name__ == '__main__':

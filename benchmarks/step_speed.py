@@ -31,9 +31,19 @@ All optimizers' params and states are held at once (round robin): with
 the low-rank rows that is about 162 float32 arrays per parameter, 32 GB at
 5e7 parameters. ``results/step_speed.json`` records its command.
 
+End to end (``--end-to-end``): forward, backward(s) and update of a
+classifier on one example (batch 1), jitted, a ``jax.lax.scan`` of
+``--scan-steps`` steps per timing, round-robin, medians: Adam beside
+``bayesian_multiscale`` with k = 1, 4 and 8 decaying subweights (diagonal
+belief) observing through ``categorical_observation`` with each ``fisher``
+mode (``'exact'``: 10 Jacobian rows; ``'sampled'``: 1 + 1 rows;
+``'empirical'``: 1 row), on an MLP 64-48-10 and the CNN of
+``online_digits.py``. Written to ``results/step_speed_fisher.json``.
+
 Usage:
   python benchmarks/step_speed.py            # 1e6, 1e7, 5e7 parameters
   python benchmarks/step_speed.py --sizes 1e6 --rounds 5   # quick check
+  python benchmarks/step_speed.py --end-to-end   # the classifier rows
 """
 
 from __future__ import annotations
@@ -54,7 +64,12 @@ import optax
 
 import multiscale_optax as mso
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import online_digits as digits
+
 NUM_LEAVES = 4
+FISHER_MODES = ('exact', 'sampled', 'empirical')
+END_TO_END_SUBWEIGHTS = (1, 4, 8)
 # Ranks of the low-rank Bayesian rows (k = 1 and 4 subweights each).
 BAYES_RANKS = (1, 5, 10)
 RESULTS = pathlib.Path(__file__).parent / 'results'
@@ -194,19 +209,136 @@ def measure(size: int, rounds: int) -> dict:
   return {'size': size, 'axpy_GBps': axpy_bandwidth, 'optimizers': rows}
 
 
+def _mlp_64_48_init(key: jax.Array) -> dict:
+  first, second = jax.random.split(key)
+  return {'hidden': digits._dense_init(first, 64, 48),
+          'out': digits._dense_init(second, 48, digits.NUM_CLASSES)}
+
+
+def _end_to_end_run(learner: str, model: str, steps: int):
+  """A jitted scan of ``steps`` batch-1 steps of ``learner`` on ``model``."""
+  if model == 'mlp':
+    init_fn, apply_fn = _mlp_64_48_init, digits.mlp_apply
+    inputs = jax.random.normal(jax.random.key(1), (steps, 1, 64))
+  else:
+    init_fn, apply_fn = digits.cnn_init, digits.cnn_apply
+    inputs = digits.cnn_inputs(
+        jax.random.normal(jax.random.key(1), (steps, 8, 8)))[:, None]
+  labels = jax.random.randint(
+      jax.random.key(2), (steps, 1), 0, digits.NUM_CLASSES)
+  if learner == 'adam':
+    optimizer, fisher = optax.adam(1e-2), None
+  else:
+    num, fisher = (int(learner.split('_')[1][1:]), learner.split('_')[2])
+    optimizer = _bayesian_with(num)
+
+  def step(carry, example):
+    params, state, key = carry
+    image, label = example
+    key, draw = jax.random.split(key)
+    if fisher is None:
+      grads = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
+          apply_fn(p, image), label).sum())(params)
+      updates, state = optimizer.update(grads, state, params)
+    else:
+      _, grads, extra = mso.categorical_observation(
+          apply_fn, params, image, label, fisher=fisher,
+          key=draw if fisher == 'sampled' else None)
+      updates, state = optimizer.update(grads, state, params, **extra)
+    return (optax.apply_updates(params, updates), state, key), None
+
+  def run(params, state):
+    (params, state, _), _ = jax.lax.scan(
+        step, (params, state, jax.random.key(3)), (inputs, labels))
+    return params, state
+
+  params = init_fn(jax.random.key(0))
+  return jax.jit(run, donate_argnums=(0, 1)), params, optimizer.init(params)
+
+
+def end_to_end(rounds: int, steps: int) -> dict:
+  """Seconds per batch-1 step, medians of round-robin rounds."""
+  rows = {}
+  for model in ('mlp', 'cnn'):
+    learners = ['adam'] + [
+        f'bayesian_k{num}_{fisher}' for num in END_TO_END_SUBWEIGHTS
+        for fisher in FISHER_MODES]
+    runners = {}
+    for learner in learners:
+      run, params, state = _end_to_end_run(learner, model, steps)
+      params, state = jax.block_until_ready(run(params, state))  # compile
+      runners[learner] = [run, params, state]
+    times: dict[str, list[float]] = {learner: [] for learner in learners}
+    for round_index in range(rounds):
+      print(f'  {model}: round {round_index + 1}/{rounds}', end='\r',
+            flush=True)
+      for learner, runner in runners.items():
+        run, params, state = runner
+        start = time.perf_counter()
+        runner[1], runner[2] = jax.block_until_ready(run(params, state))
+        times[learner].append((time.perf_counter() - start) / steps)
+    print()
+    adam = statistics.median(times['adam'])
+    rows[model] = {
+        learner: {'median_us_per_step': 1e6 * statistics.median(values),
+                  'ratio_to_adam': statistics.median(values) / adam}
+        for learner, values in times.items()}
+    for learner, row in rows[model].items():
+      print(f'{model} {learner:<22}{row["median_us_per_step"]:>10.1f} us'
+            f'{row["ratio_to_adam"]:>8.2f} x Adam')
+  return rows
+
+
+def _machine(load_before: tuple[float, float, float]) -> dict:
+  return {
+      'platform': platform.platform(), 'processor': platform.machine(),
+      'cpu_count': os.cpu_count(),
+      'load_average_1_5_15_min_before': list(load_before),
+      'load_average_1_5_15_min_after': list(os.getloadavg()),
+      'note': 'other jobs may share the machine: see the load averages',
+  }
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--sizes', type=float, nargs='+',
                       default=[1e6, 1e7, 5e7])
   parser.add_argument('--rounds', type=int, default=15)
-  parser.add_argument('--output', type=pathlib.Path,
-                      default=RESULTS / 'step_speed.json')
+  parser.add_argument('--output', type=pathlib.Path, default=None)
+  parser.add_argument('--end-to-end', action='store_true',
+                      help='the batch-1 classifier rows (module docstring) '
+                           'instead of the optimizer-only rows')
+  parser.add_argument('--scan-steps', type=int, default=200)
   args = parser.parse_args()
   device = jax.devices()[0]
   print(f'device: {device.platform} ({device.device_kind}), '
         f'{jax.device_count()} device(s), jax {jax.__version__}')
   load_before = os.getloadavg()
   started = time.perf_counter()
+  if args.end_to_end:
+    output = args.output or RESULTS / 'step_speed_fisher.json'
+    rows = end_to_end(args.rounds, args.scan_steps)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({
+        'device': {'platform': device.platform, 'kind': device.device_kind,
+                   'count': jax.device_count()},
+        'jax_version': jax.__version__,
+        'optax_version': optax.__version__,
+        'machine': _machine(load_before),
+        'seconds': time.perf_counter() - started,
+        'command': ' '.join(['python', *sys.argv]),
+        'rounds': args.rounds,
+        'scan_steps': args.scan_steps,
+        'prior': 'bayesian_multiscale, k decaying subweights with timescales '
+                 'log-spaced 10..1e4, diagonal belief (the rows above)',
+        'models': {'mlp': 'MLP 64-48-10 (ReLU)',
+                   'cnn': 'online_digits.cnn_apply (3x3 conv 4, 3x3 conv '
+                          'stride 2 8, linear)'},
+        'rows': rows,
+    }, indent=2))
+    print(f'\nwrote {output}')
+    return
+  args.output = args.output or RESULTS / 'step_speed.json'
   results = []
   for size in args.sizes:
     result = measure(int(size), args.rounds)

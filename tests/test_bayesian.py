@@ -686,11 +686,14 @@ def test_state_is_sharded_like_the_params():
   helpers.run_on_eight_cpu_devices(_SHARDING_SCRIPT)
 
 
-@pytest.mark.parametrize('num', [1, 4])
+@pytest.mark.parametrize('num', [1, 2, 4])
 def test_donated_means_are_updated_in_place(num):
   # The params' increment is read from the new means (not the old ones),
   # so XLA need not copy the donated means before overwriting them; on
-  # XLA:CPU a copy is an extra read and write of every mean per step.
+  # XLA:CPU a copy is an extra read and write of every mean per step. With
+  # two or more subweights the same holds for the variances: the params'
+  # increment reads their sum, and each variance's loop reads its new mean,
+  # so every read of the old variances comes before it.
   decays = [0.5 ** (1 / 4 ** i) for i in range(num)]
   opt = mso.bayesian_multiscale(decays, [1 - d * d for d in decays], 1.0)
   params = jnp.zeros(4096)
@@ -705,3 +708,7 @@ def test_donated_means_are_updated_in_place(num):
   copied = [line for line in text.splitlines()
             if ' copy(' in line and 'state_means' in line]
   assert not copied, copied
+  if num > 1:
+    copied = [line for line in text.splitlines()
+              if ' copy(' in line and 'state_variances' in line]
+    assert not copied, copied

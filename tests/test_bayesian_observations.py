@@ -106,20 +106,29 @@ def test_traced_out_of_range_label_gives_a_nan_residual_and_no_gradient(
             apply_mlp, small_params(), small_inputs(), labels,
             fisher=fisher, key=key))(labels, jax.random.key(1))
     classes = 3
-    per_example = (classes if fisher == 'exact' else 1)
-    residual = np.asarray(extra['residual']).reshape(2, per_example)
-    assert np.all(np.isfinite(residual[0]))
-    assert np.all(np.isnan(residual[1]))
+    residual = np.asarray(extra['residual'])
+    rows = flat(extra['jacobian'], leading=1)
+    if fisher == 'sampled':
+      # One observed row serves the batch: its residual is NaN, so the
+      # filter skips the whole observation; the drawn rows are 0 and the
+      # invalid example's drawn row is zero.
+      assert np.isnan(residual[0])
+      np.testing.assert_array_equal(residual[1:], 0.0)
+      np.testing.assert_array_equal(rows[2], 0.0)
+    else:
+      per_example = classes if fisher == 'exact' else 1
+      residual = residual.reshape(2, per_example)
+      assert np.all(np.isfinite(residual[0]))
+      assert np.all(np.isnan(residual[1]))
     assert np.isnan(info.loss)
     # grads is the cross-entropy gradient of the valid example alone.
     expected = jax.grad(lambda p: -jax.nn.log_softmax(
         apply_mlp(p, small_inputs()[:1]))[0, 2])(small_params())
     for name in expected:
       np.testing.assert_allclose(grads[name], expected[name], atol=1e-13)
-    if fisher != 'exact':
-      rows = flat(extra['jacobian'], leading=1)
+    if fisher == 'empirical':
       np.testing.assert_array_equal(rows[1], 0.0)
-    assert np.all(np.isfinite(flat(extra['jacobian'], leading=1)))
+    assert np.all(np.isfinite(rows))
     assert np.all(np.isfinite(extra['observation_covariance']))
 
 
@@ -172,110 +181,224 @@ def test_every_allowed_epsilon_is_finite_on_saturated_float32_logits(
     assert int(getattr(new_state, 'skipped_observations', 0)) == 0
 
 
-def _exact_moments(fisher_key_count=4000):
-  """Exact Fisher, exact E[g e], and their per-entry standard deviations."""
+def apply_binary(params, inputs):
+  """A two-class model: logits (..., 2)."""
+  return jnp.tanh(inputs @ params['w1']) @ params['w2'][:, :2] + (
+      params['b'][:2])
+
+
+def _information(extra):
+  rows = flat(extra['jacobian'], 1)
+  return rows.T @ jnp.linalg.solve(extra['observation_covariance'], rows)
+
+
+def _binary_moments(weight):
+  """E and per-entry variance of the sampled information, labels y ~ p.
+
+  Two examples of two classes: the observed labels and the drawn labels
+  take 4 values each, so the moments are exact sums over 16 outcomes.
+  """
   params, inputs = small_params(), small_inputs()
-  labels = jnp.asarray([2, 0])
-  logits = apply_mlp(params, inputs)
-  probabilities = jax.nn.softmax(logits, axis=-1)
-  jacobian = flat(jax.jacrev(lambda p: apply_mlp(p, inputs))(params), 2)
-  fisher = jnp.zeros((jacobian.shape[-1],) * 2)
-  fisher_square = jnp.zeros_like(fisher)
-  gradient = jnp.zeros(jacobian.shape[-1])
-  gradient_square = jnp.zeros_like(gradient)
-  for n in range(2):
-    outer = jnp.zeros_like(fisher)
-    outer_square = jnp.zeros_like(fisher)
-    weighted = jnp.zeros_like(gradient)
-    weighted_square = jnp.zeros_like(gradient)
-    for drawn in range(3):
-      score = jacobian[n].T @ (jnp.eye(3)[drawn] - probabilities[n])
-      residual = (drawn == labels[n]) / probabilities[n, labels[n]] - 1.0
-      chance = probabilities[n, drawn]
-      outer += chance * jnp.outer(score, score)
-      outer_square += chance * jnp.outer(score, score)**2
-      weighted += chance * score * residual
-      weighted_square += chance * (score * residual)**2
-    fisher += outer
-    fisher_square += outer_square - outer**2
-    gradient += weighted
-    gradient_square += weighted_square - weighted**2
-  standard_error = (jnp.sqrt(fisher_square / fisher_key_count),
-                    jnp.sqrt(gradient_square / fisher_key_count))
-  return jacobian, probabilities, fisher, gradient, standard_error
+  probabilities = jax.nn.softmax(apply_binary(params, inputs), axis=-1)
+  jacobian = flat(jax.jacrev(lambda p: apply_binary(p, inputs))(params), 2)
+  scores = [[jacobian[n].T @ (jnp.eye(2)[c] - probabilities[n])
+             for c in range(2)] for n in range(2)]
+  mean = jnp.zeros((jacobian.shape[-1],) * 2)
+  square = jnp.zeros_like(mean)
+  for y0, y1, d0, d1 in np.ndindex(2, 2, 2, 2):
+    chance = (probabilities[0, y0] * probabilities[1, y1]
+              * probabilities[0, d0] * probabilities[1, d1])
+    observed = scores[0][y0] + scores[1][y1]
+    value = weight * jnp.outer(observed, observed) + (1 - weight) * (
+        jnp.outer(scores[0][d0], scores[0][d0])
+        + jnp.outer(scores[1][d1], scores[1][d1]))
+    mean += chance * value
+    square += chance * value**2
+  fisher = sum(
+      jacobian[n].T @ (jnp.diag(probabilities[n]) - jnp.outer(
+          probabilities[n], probabilities[n])) @ jacobian[n]
+      for n in range(2))
+  return fisher, mean, square - mean**2
 
 
-def test_sampled_fisher_averages_to_the_exact_fisher():
+@pytest.mark.parametrize('weight', [1e-3, 0.5])
+def test_sampled_information_averages_to_the_exact_fisher(weight):
   count = 4000
   with jax.enable_x64(True):
-    jacobian, probabilities, fisher, gradient, (fisher_se, gradient_se) = (
-        _exact_moments(count))
-    # The exact Fisher J^T (diag p - p p^T) J, and the exact mode's
-    # H^T R^-1 H, which differs from it by at most epsilon |J|^2.
-    direct = sum(
-        jacobian[n].T @ (jnp.diag(probabilities[n]) - jnp.outer(
-            probabilities[n], probabilities[n])) @ jacobian[n]
-        for n in range(2))
-    np.testing.assert_allclose(fisher, direct, atol=1e-13)
-    _, _, exact = observe('exact', epsilon=1e-10)
-    rows = flat(exact['jacobian'], 1)
-    exact_fisher = rows.T @ jnp.linalg.solve(
-        exact['observation_covariance'], rows)
-    bound = 1e-10 * float(jnp.sum(jacobian**2))
-    np.testing.assert_allclose(exact_fisher, direct, atol=bound + 1e-12)
-    # The observed labels' log-likelihood gradient.
-    observed = jnp.asarray([2, 0])
-    onehot = jax.nn.one_hot(observed, 3)
-    observed_gradient = sum(jacobian[n].T @ (onehot[n] - probabilities[n])
-                            for n in range(2))
-    np.testing.assert_allclose(gradient, observed_gradient, atol=1e-13)
+    params, inputs = small_params(), small_inputs()
+    fisher, mean, variance = _binary_moments(weight)
+    # Exactly (a sum over the 16 outcomes) when the labels follow the
+    # model: the observed row's delta g g^T averages to delta F because
+    # the two examples' scores have mean zero and are independent.
+    np.testing.assert_allclose(mean, fisher, atol=1e-13)
+    # The exact mode's H^T R^-1 H is F up to epsilon |J|^2.
+    _, _, exact = mso.categorical_observation(
+        apply_binary, params, inputs, jnp.asarray([1, 0]), epsilon=1e-10)
+    np.testing.assert_allclose(_information(exact), fisher, atol=1e-8)
 
-    def estimates(key):
-      _, _, extra = observe('sampled', key)
-      rows = flat(extra['jacobian'], 1)
-      precision = jnp.linalg.inv(extra['observation_covariance'])
-      return (rows.T @ precision @ rows,
-              rows.T @ precision @ extra['residual'])
+    def information(key):
+      key_y, key_draw = jax.random.split(key)
+      logits = apply_binary(params, inputs)
+      labels = jax.random.categorical(key_y, logits, axis=-1)
+      _, _, extra = mso.categorical_observation(
+          apply_binary, params, inputs, labels, fisher='sampled',
+          key=key_draw, empirical_weight=weight)
+      return _information(extra)
 
-    sampled_fisher, sampled_gradient = jax.jit(jax.vmap(estimates))(
+    draws = jax.jit(jax.vmap(information))(
         jax.random.split(jax.random.key(3), count))
-    assert np.all(np.abs(sampled_fisher.mean(0) - exact_fisher)
-                  <= 6 * fisher_se + bound + 1e-12)
-    assert np.all(np.abs(sampled_gradient.mean(0) - observed_gradient)
-                  <= 6 * gradient_se + 1e-12)
+    # The mean of `count` draws has standard error sqrt(variance / count)
+    # per entry; 6 of them are exceeded with probability ~2e-9 per entry.
+    standard_error = jnp.sqrt(variance / count)
+    assert np.all(np.abs(draws.mean(0) - fisher)
+                  <= 6 * standard_error + 1e-12)
     # The bound is not vacuous: one draw is far off.
-    assert np.max(np.abs(sampled_fisher[0] - exact_fisher)) > 20 * np.max(
-        fisher_se)
+    assert np.max(np.abs(draws[0] - fisher)) > 20 * np.max(standard_error)
+
+
+def test_several_samples_average_to_the_fisher_with_less_spread():
+  count = 2000
+  with jax.enable_x64(True):
+    params, inputs = small_params(), small_inputs()
+    fisher, _, variance = _binary_moments(1e-3)
+    labels = jnp.asarray([1, 0])
+
+    def information(key, samples):
+      _, _, extra = mso.categorical_observation(
+          apply_binary, params, inputs, labels, fisher='sampled', key=key,
+          samples=samples)
+      return _information(extra)
+
+    keys = jax.random.split(jax.random.key(5), count)
+    one, four = (jax.jit(jax.vmap(lambda key, m=m: information(key, m)))(keys)
+                 for m in (1, 4))
+    # With the observed labels fixed, the drawn part (weight 1 - delta) is
+    # what varies; its mean is (1 - delta) F plus delta g g^T, and M = 4
+    # draws quarter its variance.
+    _, grads, _ = mso.categorical_observation(
+        apply_binary, params, inputs, labels)
+    observed = flat(grads)
+    expected = 0.999 * fisher + 1e-3 * jnp.outer(observed, observed)
+    standard_error = jnp.sqrt(variance / count)
+    for draws in (one, four):
+      assert np.all(np.abs(draws.mean(0) - expected)
+                    <= 6 * standard_error + 1e-12)
+    spread_one = float(jnp.mean(jnp.var(one, axis=0)))
+    spread_four = float(jnp.mean(jnp.var(four, axis=0)))
+    assert 0.15 < spread_four / spread_one < 0.4
 
 
 @pytest.mark.parametrize('shape', [(), (5,), (2, 3)])
-@pytest.mark.parametrize('fisher', ['sampled', 'empirical'])
-def test_one_row_per_example(shape, fisher):
+@pytest.mark.parametrize('samples', [1, 3])
+def test_sampled_has_one_observed_row_and_m_rows_per_example(shape, samples):
   examples = int(np.prod(shape))
   params = {'w': jnp.ones((4, 3)) * 0.1}
   inputs = jnp.ones((*shape, 4))
   labels = jnp.zeros(shape, jnp.int32)
   _, _, extra = jax.jit(
       lambda key: mso.categorical_observation(
-          lambda p, x: x @ p['w'], params, inputs, labels, fisher=fisher,
-          key=key))(jax.random.key(0))
+          lambda p, x: x @ p['w'], params, inputs, labels, fisher='sampled',
+          key=key, samples=samples))(jax.random.key(0))
+  count = 1 + examples * samples
+  assert extra['jacobian']['w'].shape == (count, 4, 3)
+  assert extra['residual'].shape == (count,)
+  np.testing.assert_array_equal(extra['observation_covariance'],
+                                np.eye(count))
+
+
+@pytest.mark.parametrize('shape', [(), (5,), (2, 3)])
+def test_empirical_has_one_row_per_example(shape):
+  examples = int(np.prod(shape))
+  params = {'w': jnp.ones((4, 3)) * 0.1}
+  inputs = jnp.ones((*shape, 4))
+  labels = jnp.zeros(shape, jnp.int32)
+  _, _, extra = jax.jit(
+      lambda: mso.categorical_observation(
+          lambda p, x: x @ p['w'], params, inputs, labels,
+          fisher='empirical'))()
   assert extra['jacobian']['w'].shape == (examples, 4, 3)
   assert extra['residual'].shape == (examples,)
   assert extra['observation_covariance'].shape == (examples, examples)
 
 
-def test_sampled_rows_are_gradients_of_a_drawn_label():
+def test_sampled_rows_are_the_observed_gradient_and_drawn_gradients():
   with jax.enable_x64(True):
-    _, _, extra = observe('sampled', jax.random.key(4))
+    weight, samples = 0.01, 2
+    _, grads, extra = observe('sampled', jax.random.key(4), samples=samples,
+                              empirical_weight=weight)
     rows = flat(extra['jacobian'], 1)
+    residual = extra['residual']
+    # Row 0: sqrt(delta) grad log p(y), residual 1/sqrt(delta): H^T e is
+    # the observed labels' log-likelihood gradient, for every draw.
+    np.testing.assert_allclose(rows[0], -np.sqrt(weight) * flat(grads),
+                               atol=1e-13)
+    np.testing.assert_allclose(residual, [1 / np.sqrt(weight), 0, 0, 0, 0],
+                               atol=1e-13)
+    np.testing.assert_allclose(rows.T @ residual, -flat(grads), atol=1e-12)
     candidates = [
         flat(jax.grad(lambda p, n=n, c=c: jax.nn.log_softmax(
             apply_mlp(p, small_inputs()))[n, c])(small_params()))
         for n in range(2) for c in range(3)]
+    scale = np.sqrt((1 - weight) / samples)
     for n in range(2):
-      distances = [float(jnp.max(jnp.abs(rows[n] - candidates[3 * n + c])))
-                   for c in range(3)]
-      assert min(distances) < 1e-13
+      for m in range(samples):
+        row = rows[1 + n * samples + m] / scale
+        distances = [float(jnp.max(jnp.abs(row - candidates[3 * n + c])))
+                     for c in range(3)]
+        assert min(distances) < 1e-13
+
+
+@pytest.mark.parametrize('rank', [0, 2])
+@pytest.mark.parametrize('fisher', ['sampled', 'empirical'])
+def test_the_mean_moves_by_the_posterior_covariance_times_the_gradient(
+    rank, fisher):
+  # One subweight of decay 1 with no process noise: the update is the
+  # Kalman step itself, Sigma' H^T R^-1 e with Sigma'^-1 = Sigma^-1 + H^T
+  # R^-1 H (Sigma = v I; at init the low-rank factors are zero), and
+  # H^T R^-1 e is the observed labels' gradient, -grads.
+  with jax.enable_x64(True):
+    variance = 0.3
+    opt = mso.bayesian_multiscale([1.0], [0.0], 1.0,
+                                  initial_variances=[variance], rank=rank)
+    params = small_params()
+    _, grads, extra = observe(fisher, jax.random.key(6), samples=2)
+    updates, _ = opt.update(grads, opt.init(params), params, **extra)
+    information = _information(extra)
+    posterior = jnp.linalg.inv(
+        jnp.eye(information.shape[0]) / variance + information)
+    np.testing.assert_allclose(flat(updates), posterior @ -flat(grads),
+                               rtol=1e-9, atol=1e-13)
+    # Not the prior's step: the information shrinks it.
+    assert float(jnp.max(jnp.abs(
+        flat(updates) + variance * flat(grads)))) > 1e-3
+
+
+@pytest.mark.parametrize('rank', [0, 2])
+@pytest.mark.parametrize('fisher', ['sampled', 'empirical'])
+def test_sampled_and_empirical_steps_agree_under_jit_and_vmap(rank, fisher):
+  opt = mso.bayesian_multiscale([0.9, 0.999], [0.01, 0.001], 1.0, rank=rank)
+  params = small_params(jnp.float32)
+  inputs = small_inputs(jnp.float32)
+
+  def step(key, labels):
+    state = opt.init(params)
+    for key_step in jax.random.split(key, 3):
+      _, grads, extra = mso.categorical_observation(
+          apply_mlp, params, inputs, labels, fisher=fisher, key=key_step,
+          samples=2)
+      updates, state = opt.update(grads, state, params, **extra)
+    return flat(updates), state.skipped_observations
+
+  keys = jax.random.split(jax.random.key(7), 3)
+  labels = jnp.asarray([[2, 0], [1, 1], [0, 2]])
+  batched, skipped = jax.jit(jax.vmap(step))(keys, labels)
+  for index in range(3):
+    alone, _ = step(keys[index], labels[index])
+    np.testing.assert_allclose(batched[index], alone, rtol=2e-4, atol=1e-6)
+  np.testing.assert_array_equal(skipped, 0)
+  assert np.all(np.isfinite(batched))
+  # The draws differ between keys, and so do the steps.
+  assert float(jnp.max(jnp.abs(batched[0] - batched[1]))) > 1e-4
 
 
 def test_empirical_rows_give_the_observed_gradient_exactly():
@@ -295,6 +418,13 @@ def test_sampled_needs_a_key_and_fisher_is_checked():
     observe('monte-carlo')
   with pytest.raises(TypeError, match='`fisher`'):
     observe(None)
+  with pytest.raises(ValueError, match='`samples`'):
+    observe('sampled', jax.random.key(0), samples=0)
+  with pytest.raises(TypeError, match='`samples`'):
+    observe('sampled', jax.random.key(0), samples=1.5)
+  for weight in (0.0, 1.0, -0.1):
+    with pytest.raises(ValueError, match='`empirical_weight`'):
+      observe('sampled', jax.random.key(0), empirical_weight=weight)
   with pytest.raises(ValueError, match='`fisher` must be one of'):
     mso.gaussian_observation(
         apply_mlp, small_params(), small_inputs(), jnp.zeros((2, 3)), 1.0,

@@ -91,6 +91,7 @@ from multiscale_optax._src import checks
 from multiscale_optax._src import gaussian_belief
 from multiscale_optax._src import precision
 from multiscale_optax._src import scaled_storage
+from multiscale_optax._src import small_linalg
 from multiscale_optax._src import subweight_state
 from multiscale_optax._src import treedefs
 
@@ -313,14 +314,18 @@ def _observation(
     noise: jax.Array,
     noise_scale: jax.Array,
     dtype: Any,
-) -> tuple[gaussian_belief.Observation, jax.Array, jax.Array]:
-  """The observation in the kernel's form, rescaled against overflow.
+) -> tuple[Callable[[jax.Array], gaussian_belief.Observation], list[jax.Array],
+           jax.Array]:
+  """The observation in the kernel's form, for any rescaling of it.
 
-  Returns the observation, the power of two :math:`m \\ge 1` by which the
-  Jacobian was divided (the residual by :math:`m`, :math:`R` and
+  Returns a function of the power of two :math:`m \\ge 1` by which the
+  Jacobian is divided (the residual by :math:`m`, :math:`R` and
   :math:`J^\\top e` by :math:`m^2`: the Kalman update is invariant to this,
   and a Jacobian entry of 3e19 no longer overflows when squared in
-  float32), and whether the inputs are finite.
+  float32), the Jacobian rows as given, and whether the gradient or
+  residual and :math:`R` are finite. Nothing here reads every entry of the
+  Jacobian: :func:`_innovation` picks :math:`m` only where the innovation
+  overflowed.
   """
   rows = []
   for grad, jac in zip(grad_leaves, jacobian_leaves):
@@ -329,32 +334,73 @@ def _observation(
       raise TypeError('`jacobian` must be real: bayesian_multiscale '
                       'tracks a belief over real weights.')
     rows.append(jac.astype(dtype).reshape(-1, *grad.shape))
-  largest = _max_abs(rows)
-  _, exponent = jnp.frexp(largest)
-  rescale = jnp.where(
-      jnp.isfinite(largest) & (largest > 1.0),
-      jnp.ldexp(jnp.asarray(1.0, dtype), exponent), jnp.asarray(1.0, dtype))
-  rows = [row / rescale for row in rows]
   outputs = rows[0].shape[0] if rows else 1
   if observation_covariance is None:
     covariance = noise * jnp.eye(outputs, dtype=dtype)
   else:
     covariance = jnp.asarray(observation_covariance, dtype).reshape(
         outputs, outputs)
-  covariance = noise_scale * covariance / jnp.square(rescale)
+  covariance = noise_scale * covariance
   if residual is None:
-    products = [-noise * grad.astype(dtype) / jnp.square(rescale)
-                for grad in grad_leaves]
-    finite = jnp.isfinite(_max_abs(products))
+    # One read of the gradient (the products themselves are formed inside
+    # the loops that use them).
+    finite = jnp.isfinite(_max_abs(grad_leaves))
     error = None
   else:
-    error = jnp.asarray(residual, dtype).reshape(outputs) / rescale
-    products = None
+    error = jnp.asarray(residual, dtype).reshape(outputs)
     finite = jnp.all(jnp.isfinite(error))
   finite = finite & jnp.all(jnp.isfinite(covariance))
-  return gaussian_belief.Observation(
-      rows=rows, covariance=covariance, residual=error,
-      residual_products=products), rescale, finite
+
+  def rescaled(rescale: jax.Array) -> gaussian_belief.Observation:
+    # A power of two: multiplying by its reciprocal divides exactly, and
+    # costs no division per entry.
+    inverse = 1.0 / rescale
+    inverse_square = jnp.square(inverse)
+    return gaussian_belief.Observation(
+        rows=[row * inverse for row in rows],
+        covariance=covariance * inverse_square,
+        residual=None if error is None else error * inverse,
+        residual_products=None if error is not None else [
+            grad.astype(dtype) * (-noise * inverse_square)
+            for grad in grad_leaves])
+  return rescaled, rows, finite
+
+
+def _innovation(
+    belief: gaussian_belief.Belief,
+    observation_at: Callable[[jax.Array], gaussian_belief.Observation],
+    rows: list[jax.Array],
+    dtype: Any,
+) -> tuple[gaussian_belief.Observation, gaussian_belief.Innovation,
+           jax.Array]:
+  """The innovation, rescaled by a power of two only where it overflowed.
+
+  The innovation of the observation as given is one reduction over the
+  Jacobian and the variances. Where its Cholesky factor is not finite (an
+  entry of :math:`J` near the square root of the largest float, or a
+  non-finite input), the Jacobian is divided by the power of two
+  :math:`m` at its largest magnitude and the innovation recomputed, in a
+  ``lax.cond`` that costs nothing when not taken. A power of two scales
+  exactly, so the two agree wherever both are finite.
+
+  Returns:
+    The observation divided by :math:`m`, its innovation, and :math:`m`.
+  """
+  one = jnp.ones((), dtype)
+  innovation = gaussian_belief.innovation(belief, observation_at(one))
+
+  def rescale(operand: None) -> tuple[jax.Array, gaussian_belief.Innovation]:
+    del operand
+    largest = _max_abs(rows)
+    _, exponent = jnp.frexp(largest)
+    factor = jnp.where(jnp.isfinite(largest) & (largest > 1.0),
+                       jnp.ldexp(one, exponent), one)
+    return factor, gaussian_belief.innovation(belief, observation_at(factor))
+
+  factor, innovation = jax.lax.cond(
+      jnp.all(jnp.isfinite(innovation.cholesky)),
+      lambda _: (one, innovation), rescale, None)
+  return observation_at(factor), innovation, factor
 
 
 def _max_abs(leaves: Sequence[jax.Array]) -> jax.Array:
@@ -485,7 +531,7 @@ def _update(
   innovation_variance = state.innovation_variance
   if trainable and outputs != 0:
     noise_scale = jnp.exp(state.log_noise_scale.astype(dtype))
-    observation, rescale, valid = _observation(
+    observation_at, rows, valid = _observation(
         [grad_leaves[p] for p in trainable],
         [jacobian_leaves[p] for p in trainable], residual,
         observation_covariance, jnp.asarray(prior.noise_variance, dtype),
@@ -495,14 +541,15 @@ def _update(
                    for leaves in variances],
         factors=[[leaves[p].astype(dtype) for p in trainable]
                  for leaves in factors])
-    innovation = gaussian_belief.innovation(belief, observation)
+    observation, innovation, rescale = _innovation(
+        belief, observation_at, rows, dtype)
     valid = valid & jnp.all(jnp.isfinite(innovation.cholesky))
     if prior.outlier_threshold is not None:
       observation = gaussian_belief.clip_residual(
           observation, innovation, prior.outlier_threshold)
     if observation_covariance is not None:
       valid = valid & jnp.all(jnp.isfinite(
-          jnp.linalg.cholesky(observation.covariance)))
+          small_linalg.cholesky(observation.covariance)))
     posterior = gaussian_belief.condition(
         belief, observation, innovation, prior.variance_update)
     log_process_scale, log_noise_scale = _prior_scales(
@@ -545,8 +592,9 @@ def _mean_step(
   (on XLA:CPU, an output that reads another input which is overwritten in
   place costs a copy of that input): with ``read_after_update`` (a concrete
   decay :math:`|\gamma| \ge 1/2`) it is read from the new mean and the
-  step alone, :math:`\mu' - \mu = \Delta\mu - \frac{1 - \gamma}{\gamma}
-  \mu'`; else it is
+  step, :math:`\mu' - \mu = \Delta\mu - \frac{1 - \gamma}{\gamma}
+  \mu'`, of which only the second term is returned (the caller adds the
+  steps of all subweights at once); else it is
   :math:`\gamma\Delta\mu - (1 - \gamma)\mu`.
   """
   scaled = scaled_storage.is_scaled(stored.dtype)
@@ -566,7 +614,8 @@ def _mean_step(
     new = stored - leak * stored + decay * step
     new_value, old_term = new, -leak * stored
   if read_after_update:
-    return new, step - (leak / decay) * new_value
+    # The step itself is added once per leaf, from summed_mean_steps.
+    return new, -(leak / decay) * new_value
   return new, old_term + decay * step
 
 
@@ -593,41 +642,34 @@ def _predict_and_store(
   close to 1 keeps its precision; a mean narrower than float64 decays
   through its scale. Where the observation was not ``valid`` the prior
   belief is carried instead of the posterior.
+
+  The means are stored first; each variance's and factor's update then depends on its
+  new mean (:func:`_after`), so that XLA orders every read of the old
+  variances before the loops that overwrite them and updates the donated
+  state in place.
   """
   scales, scale_steps = zip(*(
       scaled_storage.advance_scale(scale, leak[0])
       for scale, leak in zip(state.mean_scales, prior.leaks)))
-  increments = [jnp.zeros_like(grad) for grad in grad_leaves]
-  new_means = [list(leaves) for leaves in means]
+  increments, new_means = _store_means(
+      prior, grad_leaves, means, trainable, posterior, valid, scale_steps,
+      dtype)
   new_variances = [list(leaves) for leaves in variances]
   new_factors = [list(leaves) for leaves in factors]
-  for index, (decay, (leak, variance_leak), process_variance) in enumerate(
-      zip(prior.decays, prior.leaks, prior.process_variances)):
-    decay_c = jnp.asarray(decay, dtype)
+  for index, ((leak, variance_leak), process_variance) in enumerate(
+      zip(prior.leaks, prior.process_variances)):
     leak_c = jnp.asarray(leak, dtype)
     variance_leak_c = jnp.asarray(variance_leak, dtype)
     noise_c = process_scale * jnp.asarray(process_variance, dtype)
     for flat, position in enumerate(trainable):
-      shape = grad_leaves[position].shape
-      stored = means[index][position]
-      if posterior is None:
-        step = jnp.zeros(shape, dtype)
-        diagonal = variances[index][position].astype(dtype)
-      else:
-        step = jnp.where(valid, posterior.mean_steps[index][flat], 0.0)
-        diagonal = jnp.where(
-            valid, posterior.diagonals[index][flat],
-            variances[index][position].astype(dtype))
-      read_after_update = (
-          not checks.is_traced(decay) and abs(decay) >= 0.5
-          and stored.dtype == dtype and posterior is not None)
-      new_mean, term = _mean_step(
-          stored, step, decay_c, leak_c, scale_steps[index], dtype,
-          read_after_update)
-      increments[position] = increments[position] + term
-      new_means[index][position] = new_mean
+      diagonal = variances[index][position].astype(dtype)
+      after_means = _after(new_means[index][position], dtype) if len(
+          prior.decays) > 1 else 0.0
+      if posterior is not None:
+        diagonal = jnp.where(valid, posterior.diagonals[index][flat],
+                             diagonal)
       new_variances[index][position] = precision.round_to_storage(
-          diagonal - variance_leak_c * diagonal + noise_c,
+          diagonal - variance_leak_c * diagonal + (noise_c + after_means),
           variances[index][position].dtype)
       if factors:
         old_factor = factors[index][position]
@@ -635,11 +677,71 @@ def _predict_and_store(
         if posterior is not None:
           factor = jnp.where(valid, posterior.factors[index][flat], factor)
         new_factors[index][position] = precision.round_to_storage(
-            factor - leak_c * factor, old_factor.dtype)
+            factor - leak_c * factor + after_means, old_factor.dtype)
+  return increments, new_means, new_variances, new_factors, tuple(scales)
+
+
+def _after(array: jax.Array, dtype: Any) -> jax.Array:
+  """An exact 0 that XLA can only compute after ``array``.
+
+  Added to a variance's (or factor's) update, it makes the loop that
+  overwrites the donated variance depend on the loop that wrote the new
+  mean, which read the old variance: XLA then orders the two and updates
+  the variance in place instead of copying it first (XLA:CPU drops
+  ``lax.optimization_barrier`` before it places copies). It reads one
+  entry. With one subweight the params' increment reads the old variance
+  itself, so the copy stays and this is not used.
+  """
+  anchor = jnp.ravel(array)[0]
+  return (anchor != anchor).astype(dtype) * 0.0
+
+
+def _store_means(
+    prior: _Prior,
+    grad_leaves: list[jax.Array],
+    means: list[list[jax.Array]],
+    trainable: list[int],
+    posterior: gaussian_belief.Posterior | None,
+    valid: jax.Array,
+    scale_steps: Sequence[scaled_storage.ScaleStep],
+    dtype: Any,
+) -> tuple[list[jax.Array], list[list[jax.Array]]]:
+  r"""The new means and the params' increments.
+
+  Where every subweight of a leaf reads its increment after its update
+  (:func:`_mean_step`), the leaf's increment is
+  :math:`\sum_i \Delta\mu_i - \sum_i \frac{1 - \gamma_i}{\gamma_i}
+  \mu_i'`, whose first sum the kernel reads from :math:`\sum_i D_i`
+  (``summed_mean_steps``): the loop that updates the params then reads no
+  subweight's old variance.
+  """
+  increments = [jnp.zeros_like(grad) for grad in grad_leaves]
+  new_means = [list(leaves) for leaves in means]
+  for flat, position in enumerate(trainable):
+    read_after_update = posterior is not None and all(
+        not checks.is_traced(decay) and abs(decay) >= 0.5
+        and means[index][position].dtype == dtype
+        for index, decay in enumerate(prior.decays))
+    shape = grad_leaves[position].shape
+    if read_after_update:
+      assert posterior is not None
+      increments[position] = jnp.where(
+          valid, posterior.summed_mean_steps[flat], 0.0)
+    for index, (decay, (leak, _)) in enumerate(
+        zip(prior.decays, prior.leaks)):
+      decay_c = jnp.asarray(decay, dtype)
+      leak_c = jnp.asarray(leak, dtype)
+      step = (jnp.zeros(shape, dtype) if posterior is None else
+              jnp.where(valid, posterior.mean_steps[index][flat], 0.0))
+      new_mean, term = _mean_step(
+          means[index][position], step, decay_c, leak_c, scale_steps[index],
+          dtype, read_after_update)
+      increments[position] = increments[position] + term
+      new_means[index][position] = new_mean
   increments = [
       increment.astype(grad.dtype)
       for increment, grad in zip(increments, grad_leaves)]
-  return increments, new_means, new_variances, new_factors, tuple(scales)
+  return increments, new_means
 
 
 def _check_rank(rank: Any) -> int:

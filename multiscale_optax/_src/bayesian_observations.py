@@ -36,9 +36,10 @@ keeps every eigenvalue of :math:`S` at least :math:`\epsilon`, so its
 Cholesky factorisation is well defined in float32.
 
 Two cheaper observation models are available:
-``fisher='sampled'`` (one row per example: the gradient of the log-likelihood
-of a label drawn from the model, a Monte-Carlo Fisher as in Jones, Chang &
-Murphy, "Bayesian online natural gradient (BONG)", NeurIPS 2024) and
+``fisher='sampled'`` (rows from labels drawn from the model, a Monte-Carlo
+Fisher, and one row that carries the observed labels' gradient, so that the
+mean takes the step of Jones, Chang & Murphy, "Bayesian online natural
+gradient (BONG)", NeurIPS 2024) and
 ``fisher='empirical'`` (the observed label's gradient; Kunstner, Balles &
 Hennig, "Limitations of the empirical Fisher approximation for natural
 gradient descent", NeurIPS 2019, on its bias); for regression,
@@ -308,6 +309,8 @@ def categorical_observation(
     epsilon: float = 1e-3,
     fisher: Literal['exact', 'sampled', 'empirical'] = 'exact',
     key: jax.Array | None = None,
+    samples: int = 1,
+    empirical_weight: float = 1e-3,
 ) -> tuple[ObservationInfo, ParamsT, dict[str, Any]]:
   r"""Extra arguments of the Bayesian multiscale update for classification.
 
@@ -329,38 +332,38 @@ def categorical_observation(
     e = y - p, \qquad
     R = \mathrm{diag}(p) - pp^\top + \epsilon I.
 
-  ``fisher='sampled'``: one row per example (:math:`N = B`, :math:`B`
-  backward passes, a :math:`B \times B` solve). Measured on the digits
-  streams of ``benchmarks/fisher_observations.py`` it learns far worse than
-  ``'exact'`` and ``'empirical'`` (its mean moves along the sampled label's
-  gradient, a noisy direction while the model is unsure); prefer those for
-  classification. Draw
-  :math:`\hat y_n \sim \mathrm{Categorical}(p_n)` with ``key`` and let
-  :math:`g_n = \nabla_w \log p_n(\hat y_n) = J_n^\top(e_{\hat y_n} - p_n)`;
-  then
+  ``fisher='sampled'`` (Bayesian online natural gradient with a
+  Monte-Carlo Fisher, Jones, Chang & Murphy 2024): draw :math:`M` =
+  ``samples`` labels :math:`\hat y_{nm} \sim \mathrm{Categorical}(p_n)` per
+  example with ``key``, let :math:`g_{nm} = \nabla_w \log p_n(\hat y_{nm})
+  = J_n^\top(e_{\hat y_{nm}} - p_n)` and :math:`g = \sum_n \nabla_w \log
+  p_n(y_n) = -` ``grads``, and let :math:`\delta` be ``empirical_weight``.
+  The pseudo-observation has :math:`N = 1 + BM` rows (:math:`BM` backward
+  passes besides the one of ``grads``, an :math:`N \times N` solve):
 
   .. math::
 
-    H_n = g_n^\top, \qquad
-    e_n = \frac{[\hat y_n = y_n]}{p_n(y_n)} - 1, \qquad
-    R = I_B.
+    H = \begin{pmatrix} \sqrt{\delta}\, g^\top \\
+      \sqrt{(1 - \delta)/M}\; g_{nm}^\top \end{pmatrix}, \qquad
+    e = \begin{pmatrix} 1/\sqrt{\delta} \\ 0 \end{pmatrix}, \qquad
+    R = I_N.
 
-  :math:`H^\top R^{-1} H = \sum_n g_n g_n^\top` is the one-sample
-  Monte-Carlo Fisher (:math:`\mathbb E_{\hat y}[g g^\top] = J^\top
-  (\mathrm{diag}(p) - pp^\top) J`), and :math:`H^\top R^{-1} e = \sum_n g_n
-  e_n` is an unbiased estimate of the observed labels' log-likelihood
-  gradient :math:`\sum_n J_n^\top (y_n - p_n)`, so the mean moves along the
-  natural gradient in expectation. No :math:`N` scalars can reproduce a
-  gradient outside the span of the :math:`g_n` exactly; of the unbiased
-  choices :math:`e_n = [\hat y_n = y_n]/p_n(y_n) + c` this :math:`c = -1`
-  has the smallest second moment and :math:`\mathbb E_y[e_n] = 0` (derived
-  in the docs page *Observation models*). Under the model the noise part
-  of :math:`e_n` has variance :math:`1/p_n(\hat y_n) - 1`, not
-  :math:`R_n = 1` (equal on average over :math:`\hat y` for two classes,
-  :math:`C - 1` on average for :math:`C`): with ``learn_prior=True`` the
-  learned process scale is biased upwards for :math:`C > 2`. The step is
-  heavy-tailed: a rare label that is both observed and drawn (probability
-  :math:`p_n(y_n)`) gets weight :math:`1/p_n(y_n) - 1`.
+  Its information :math:`H^\top H = \delta g g^\top + \frac{1 - \delta}{M}
+  \sum_{nm} g_{nm} g_{nm}^\top` has expectation the Fisher
+  :math:`\sum_n J_n^\top(\mathrm{diag}(p_n) - p_n p_n^\top) J_n` (the
+  drawn part because :math:`\mathbb E_{\hat y}[g g^\top]` is the Fisher,
+  the observed part when the labels follow the model), and
+  :math:`H^\top R^{-1} e = g` exactly, so the Kalman update moves the mean
+  by :math:`\Sigma' g` with :math:`\Sigma'^{-1} = \Sigma^{-1} + H^\top H`:
+  a natural-gradient step along the *observed* labels' log-likelihood
+  gradient, preconditioned by the posterior covariance. As
+  :math:`\delta \to 0` it is BONG's update with the sampled Fisher; the
+  observed row only carries the gradient (its information is
+  :math:`\delta g g^\top`, and the default :math:`\delta = 10^{-3}` keeps
+  it finite). The residual is not a residual of the data: it is
+  incompatible with ``learn_prior=True`` (the learned scale would read
+  :math:`e_0^2 = 1/\delta` as surprise) and with ``outlier_threshold``
+  (it would be shrunk); use ``'exact'`` there.
 
   ``fisher='empirical'``: :math:`H_n = \nabla_w \log p_n(y_n)^\top`, the
   observed label's gradient, :math:`e_n = 1`, :math:`R = I_B`
@@ -375,7 +378,8 @@ def categorical_observation(
   (``ValueError``). Traced labels (under ``jax.jit`` or ``jax.vmap``)
   cannot be checked: there an out-of-range label has an all-zero one-hot,
   and its example gets a NaN residual (all its :math:`C` entries with
-  ``'exact'``), a NaN loss, and no contribution to ``grads`` or to the
+  ``'exact'``; with ``'sampled'`` the observed row's, which serves the
+  whole batch), a NaN loss, and no contribution to ``grads`` or to the
   sampled or empirical rows. The filter's guard against non-finite
   observations (in :func:`multiscale_optax.bayesian_multiscale`) then
   skips it instead of learning from a label that is not there.
@@ -400,6 +404,11 @@ def categorical_observation(
     fisher: ``'exact'``, ``'sampled'`` or ``'empirical'`` (above).
     key: a ``jax.random`` key, required with ``fisher='sampled'`` (draws
       :math:`\hat y`); ignored otherwise.
+    samples: :math:`M \ge 1`, labels drawn per example with
+      ``fisher='sampled'`` (it sets the shapes: a Python int).
+    empirical_weight: :math:`\delta \in (0, 1)`, the share of the observed
+      gradient's outer product in the information of ``fisher='sampled'``
+      (above); checked, unused otherwise.
 
   Returns:
     ``(info, grads, extra)``: an :class:`ObservationInfo` (cross-entropy
@@ -407,10 +416,12 @@ def categorical_observation(
     of extra arguments for ``opt.update(grads, state, params, **extra)``.
 
   Raises:
-    TypeError: ``labels`` are not integers, or ``fisher`` is not a string.
+    TypeError: ``labels`` are not integers, ``fisher`` is not a string or
+      ``samples`` not an int.
     ValueError: ``epsilon`` lies below its floor (``epsilon`` above) or is
       not finite, ``fisher`` is not one of the three, ``key`` is missing for
-      ``'sampled'``, a concrete label lies outside :math:`[0, C)`, or the
+      ``'sampled'``, ``samples < 1``, ``empirical_weight`` lies outside
+      :math:`(0, 1)`, a concrete label lies outside :math:`[0, C)`, or the
       logits' shape is not ``(*labels.shape, C)``.
 
   Examples:
@@ -433,7 +444,7 @@ def categorical_observation(
     ...     apply_fn, params, jnp.ones((5, 4)), jnp.arange(5) % 3,
     ...     fisher='sampled', key=jax.random.key(0))
     >>> print(sampled['jacobian']['w'].shape, sampled['residual'].shape)
-    (5, 4, 3) (5,)
+    (6, 4, 3) (6,)
 
   References:
     Ollivier, "Online natural gradient as a Kalman filter", Electronic
@@ -449,6 +460,10 @@ def categorical_observation(
       high_inclusive=False)
   _check_fisher(fisher, ('exact', 'sampled', 'empirical'))
   _check_key(key, fisher)
+  samples = checks.check_integer(samples, 'samples', low=1)
+  checks.check_scalar(
+      empirical_weight, 'empirical_weight', low=0.0, high=1.0,
+      low_inclusive=False, high_inclusive=False)
   labels = jnp.asarray(labels)
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise TypeError(
@@ -502,21 +517,40 @@ def categorical_observation(
 
   if fisher == 'sampled':
     assert key is not None  # _check_key
-    drawn = jax.random.categorical(key, wide_logits, axis=-1)
+    # M labels per example drawn from the model's predictive, examples
+    # first: drawn[m, *batch].
+    drawn = jax.random.categorical(
+        key, wide_logits, axis=-1, shape=(samples, *labels.shape))
     scores = jax.nn.one_hot(drawn, classes, dtype=dtype) - probabilities
     scores = jnp.where(valid[..., None], scores, 0.0)
-    observed_log_probability = jnp.take_along_axis(
-        log_probabilities, jnp.where(valid, labels, 0)[..., None],
-        axis=-1)[..., 0]
-    # [y_hat = y] / p(y) - 1, with 1/p - 1 = expm1(-log p) accurate near 1.
-    residual = jnp.where(
-        drawn == labels, jnp.expm1(-observed_log_probability), -1.0)
-  else:
-    scores = observed_scores
-    residual = jnp.ones(labels.shape, dtype)
+    # One backward pass per drawn label: row (n, m) is g_{n m}.
+    sampled_rows = jax.vmap(
+        lambda cotangents: _per_example_rows(
+            logits_pullback, cotangents, labels.shape, logits.dtype))(scores)
+    weight = jnp.asarray(empirical_weight, dtype)
+    sampled_scale = jnp.sqrt((1.0 - weight) / samples)
+    observed_scale = jnp.sqrt(weight)
+
+    def stack(gradient: jax.Array, rows: jax.Array) -> jax.Array:
+      rows = jnp.swapaxes(rows, 0, 1).reshape(
+          (examples * samples, *gradient.shape))
+      # Row 0 is sqrt(delta) grad log p(y) = -sqrt(delta) grads.
+      return jnp.concatenate([
+          (-observed_scale * gradient.astype(dtype))[None],
+          sampled_scale * rows.astype(dtype)]).astype(rows.dtype)
+
+    jacobian = jax.tree.map(stack, grads, sampled_rows)
+    residual = jnp.concatenate([
+        jnp.where(jnp.all(valid), 1.0 / observed_scale, jnp.nan)[None],
+        jnp.zeros(examples * samples, dtype)])
+    count = 1 + examples * samples
+    return info, grads, {
+        'jacobian': jacobian, 'residual': residual.astype(dtype),
+        'observation_covariance': jnp.eye(count, dtype=dtype)}
+
   rows = _per_example_rows(
-      logits_pullback, scores, labels.shape, logits.dtype)
-  residual = jnp.where(valid, residual, jnp.nan).reshape(examples)
+      logits_pullback, observed_scores, labels.shape, logits.dtype)
+  residual = jnp.where(valid, 1.0, jnp.nan).reshape(examples)
   return info, grads, {
       'jacobian': rows, 'residual': residual.astype(dtype),
       'observation_covariance': jnp.eye(examples, dtype=dtype)}

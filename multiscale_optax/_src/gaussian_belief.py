@@ -54,6 +54,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from multiscale_optax._src import small_linalg
+
 # Rules for the diagonal of a belief with rank 0 (see
 # `multiscale_optax.bayesian_multiscale`, argument `variance_update`).
 VARIANCE_UPDATES = (
@@ -120,11 +122,15 @@ class Posterior(NamedTuple):
 
   Attributes:
     mean_steps: :math:`\\Sigma H^\\top S^{-1} e`, per subweight, per leaf.
+    summed_mean_steps: per leaf, the sum of ``mean_steps`` over subweights
+      (the step of the weight), read from :math:`\\sum_i D_i` and
+      :math:`\\sum_i U_i` rather than from every subweight's :math:`D_i`.
     diagonals: the new :math:`D`.
     factors: the new :math:`U` (empty for a diagonal belief).
   """
 
   mean_steps: list[list[jax.Array]]
+  summed_mean_steps: list[jax.Array]
   diagonals: list[list[jax.Array]]
   factors: list[list[jax.Array]]
 
@@ -193,17 +199,15 @@ def innovation(belief: Belief, observation: Observation) -> Innovation:
   covariance = observation.covariance + explained
   return Innovation(
       covariance=covariance, explained=explained,
-      cholesky=jnp.linalg.cholesky(covariance), projection=projection)
+      cholesky=small_linalg.cholesky(covariance), projection=projection)
 
 
 def _precision_diagonals(
     rows: Sequence[jax.Array], cholesky: jax.Array) -> list[jax.Array]:
   """Per leaf, :math:`\\mathrm{diag}(J^\\top (LL^\\top)^{-1} J)`."""
-  count = cholesky.shape[0]
   # L^{-1} J through the N x N inverse factor and a matmul: XLA:CPU's
   # triangular solve with a wide right-hand side is far slower.
-  inverse = jax.scipy.linalg.solve_triangular(
-      cholesky, jnp.eye(count, dtype=cholesky.dtype), lower=True)
+  inverse = small_linalg.lower_inverse(cholesky)
   return [jnp.sum(jnp.square(_combine(inverse, row)), axis=0)
           for row in rows]
 
@@ -220,7 +224,7 @@ def _diagonal_variances(
     # Each subweight as if it alone explained the residual:
     # 1/v <- 1/v + diag(J^T R^{-1} J).
     information = _precision_diagonals(
-        rows, jnp.linalg.cholesky(observation.covariance))
+        rows, small_linalg.cholesky(observation.covariance))
     return [[variance / (1.0 + variance * gain)
              for variance, gain in zip(diagonals, information)]
             for diagonals in belief.diagonals]
@@ -333,10 +337,9 @@ def condition(
     The :class:`Posterior`.
   """
   rows = observation.rows
-  count = innovation_.cholesky.shape[0]
   if observation.residual is not None:
-    solved = jax.scipy.linalg.cho_solve(
-        (innovation_.cholesky, True), observation.residual)
+    solved = small_linalg.cho_solve(innovation_.cholesky,
+                                    observation.residual)
     gains = [_combine(solved, row) for row in rows]
   else:
     solved = None
@@ -344,9 +347,11 @@ def condition(
              for product in observation.residual_products or ()]
   mean_steps = [[variance * gain for variance, gain in zip(diagonals, gains)]
                 for diagonals in belief.diagonals]
+  summed_steps = [total * gain for total, gain in zip(
+      _summed_diagonals(belief), gains)]
   if not belief.factors:
     return Posterior(
-        mean_steps=mean_steps,
+        mean_steps=mean_steps, summed_mean_steps=summed_steps,
         diagonals=_diagonal_variances(
             belief, observation, innovation_, variance_update),
         factors=[])
@@ -359,9 +364,9 @@ def condition(
   mean_steps = [[step - _combine(coupling, factor)
                  for step, factor in zip(steps, factors)]
                 for steps, factors in zip(mean_steps, belief.factors)]
-  inverse = jax.scipy.linalg.solve_triangular(
-      innovation_.cholesky, jnp.eye(count, dtype=innovation_.cholesky.dtype),
-      lower=True)
+  summed_steps = [step - _combine(coupling, factor) for step, factor in zip(
+      summed_steps, _summed_factors(belief))]
+  inverse = small_linalg.lower_inverse(innovation_.cholesky)
   whitened = [_combine(inverse, row) for row in rows]
   # U^T H^T L_S^{-T}: how each new column reads the old factor.
   projected = innovation_.projection @ inverse.T
@@ -371,14 +376,14 @@ def condition(
              for diagonals, factors in zip(belief.diagonals, belief.factors)]
   rank = belief.factors[0][0].shape[0]
   diagonals, factors = _truncate(belief.diagonals, stacked, rank)
-  return Posterior(mean_steps=mean_steps, diagonals=diagonals,
-                   factors=factors)
+  return Posterior(mean_steps=mean_steps, summed_mean_steps=summed_steps,
+                   diagonals=diagonals, factors=factors)
 
 
 def _shrink_factor(
     residual: jax.Array, cholesky: jax.Array, cap: jax.Array) -> jax.Array:
   r""":math:`\min(1, \sqrt{cap/z})` with :math:`z = \|L_S^{-1}e\|^2`."""
-  whitened = jax.scipy.linalg.solve_triangular(cholesky, residual, lower=True)
+  whitened = small_linalg.solve_lower(cholesky, residual)
   squared = jnp.sum(jnp.square(whitened))
   return jnp.sqrt(cap / jnp.maximum(squared, cap))
 
@@ -437,10 +442,9 @@ def prior_scale_gradients(
   cholesky = innovation_.cholesky
   shrink = _shrink_factor(observation.residual, cholesky,
                           jnp.asarray(RESIDUAL_CAP * count, cholesky.dtype))
-  solved = jax.scipy.linalg.cho_solve(
-      (cholesky, True), observation.residual) * shrink
-  noise_trace = jnp.trace(jax.scipy.linalg.cho_solve(
-      (cholesky, True), observation.covariance))
+  solved = small_linalg.cho_solve(cholesky, observation.residual) * shrink
+  noise_trace = jnp.trace(small_linalg.cho_solve(
+      cholesky, observation.covariance))
   process_gradient = 0.5 * (
       solved @ innovation_.explained @ solved - (count - noise_trace))
   noise_gradient = 0.5 * (
