@@ -524,3 +524,41 @@ def test_gaussian_projections_shrink_the_solve_and_run_under_jit():
   opt = mso.bayesian_multiscale([0.9], [0.19], 1.0)
   updates, _ = jax.jit(opt.update)(grads, opt.init(params), params, **extra)
   assert np.all(np.isfinite(updates['w']))
+
+
+@pytest.mark.parametrize('option', [
+    {'learn_prior': True},
+    {'learn_prior': True, 'learn_noise_variance': True},
+    {'outlier_threshold': 5.0}])
+def test_sampled_pseudo_residual_refuses_options_that_read_the_residual(
+    option):
+  # The sampled observation's residual is a device (its first entry is
+  # 1/sqrt(delta) whatever the data): a scale or outlier bound learned from
+  # it would be silently wrong, so the learner refuses it by name.
+  params = {'w': jnp.zeros((3, 2))}
+
+  def apply(p, x):
+    return x @ p['w']
+
+  opt = mso.bayesian_multiscale([1.0, 0.9], [0.0, 0.19], 1.0,
+                                initial_variances=[1.0, 1.0], **option)
+  state = opt.init(params)
+  _, grads, extra = mso.categorical_observation(
+      apply, params, jnp.ones(3), jnp.asarray(1), fisher='sampled',
+      key=jax.random.key(0))
+  assert extra['pseudo_residual'] is True
+  with pytest.raises(ValueError, match='pseudo-residual'):
+    opt.update(grads, state, params, **extra)
+  # The same options with the exact observation run.
+  _, grads, extra = mso.categorical_observation(
+      apply, params, jnp.ones(3), jnp.asarray(1))
+  assert 'pseudo_residual' not in extra
+  opt.update(grads, state, params, **extra)
+
+
+def test_pseudo_residual_must_be_a_python_bool():
+  opt = mso.bayesian_multiscale([0.9], [0.19], 1.0)
+  params = jnp.zeros(2)
+  with pytest.raises(TypeError, match='pseudo_residual'):
+    opt.update(params, opt.init(params), params, jacobian=params,
+               residual=jnp.zeros(1), pseudo_residual=jnp.asarray(True))

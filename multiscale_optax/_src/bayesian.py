@@ -521,6 +521,32 @@ def _observe(
           innovation_variance)
 
 
+def _check_pseudo_residual(pseudo_residual: Any, prior: _Prior) -> None:
+  """Refuses the options that read the residual as data, where it is not.
+
+  ``categorical_observation(fisher='sampled')`` passes
+  ``pseudo_residual=True``: its residual is a device that makes the mean
+  move along the observed gradient, not a prediction error, so a prior
+  scale, a noise scale or an outlier bound learned from it would be wrong.
+  """
+  if not isinstance(pseudo_residual, bool):
+    raise TypeError('`pseudo_residual` must be a Python bool, got '
+                    f'{type(pseudo_residual).__name__}.')
+  if not pseudo_residual:
+    return
+  for flag, name in ((prior.learn_prior, 'learn_prior=True'),
+                     (prior.learn_noise_variance,
+                      'learn_noise_variance=True'),
+                     (prior.outlier_threshold is not None,
+                      '`outlier_threshold`')):
+    if flag:
+      raise ValueError(
+          f'{name} reads the residual as a prediction error, but this '
+          'observation\'s residual is a pseudo-residual '
+          "(categorical_observation(fisher='sampled')); use "
+          "fisher='exact' or 'empirical', or leave the prior fixed.")
+
+
 def _update(
     prior: _Prior,
     updates: optax.Updates,
@@ -1090,9 +1116,11 @@ def bayesian_multiscale(
       jacobian: optax.Params | None = None,
       residual: jax.Array | None = None,
       observation_covariance: jax.Array | None = None,
+      pseudo_residual: bool = False,
       **extra_args: Any,
   ) -> tuple[optax.Updates, BayesianMultiscaleState]:
     del params, extra_args
+    _check_pseudo_residual(pseudo_residual, hyperparameters)
     if initial_is_array:
       warnings.warn(
           '`initial_variances` is read only by init: given as a JAX array '

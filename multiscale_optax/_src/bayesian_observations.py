@@ -363,7 +363,9 @@ def categorical_observation(
   it finite). The residual is not a residual of the data: it is
   incompatible with ``learn_prior=True`` (the learned scale would read
   :math:`e_0^2 = 1/\delta` as surprise) and with ``outlier_threshold``
-  (it would be shrunk); use ``'exact'`` there.
+  (it would be shrunk); use ``'exact'`` there. The extra arguments carry
+  ``pseudo_residual=True``, on which :func:`bayesian_multiscale` refuses
+  those options.
 
   ``fisher='empirical'``: :math:`H_n = \nabla_w \log p_n(y_n)^\top`, the
   observed label's gradient, :math:`e_n = 1`, :math:`R = I_B`
@@ -546,7 +548,8 @@ def categorical_observation(
     count = 1 + examples * samples
     return info, grads, {
         'jacobian': jacobian, 'residual': residual.astype(dtype),
-        'observation_covariance': jnp.eye(count, dtype=dtype)}
+        'observation_covariance': jnp.eye(count, dtype=dtype),
+        'pseudo_residual': True}
 
   rows = _per_example_rows(
       logits_pullback, observed_scores, labels.shape, logits.dtype)
