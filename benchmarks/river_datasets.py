@@ -136,6 +136,7 @@ import optax
 
 import multiscale_optax as mso
 from benchmarks import harness
+from benchmarks import trump_approval
 
 STEM = 'river_datasets'
 
@@ -200,7 +201,7 @@ LINEAR_TARGETS = {'trumpapproval': 0.24}
 
 # river's benchmark setting of LogisticRegression (benchmarks/config.py).
 RIVER_LOGISTIC_RATE = 0.005
-DEFAULT_TIMESCALES = tuple(float(t) for t in np.logspace(0.0, 4.0, 9))
+DEFAULT_TIMESCALES = trump_approval.DEFAULT_TIMESCALES
 DEFAULT_RANKS = {'diagonal': 0, 'lowrank': 10}
 
 
@@ -403,19 +404,9 @@ MODELS = {'linear': (linear_init, linear_apply),
 # state), where the target is a scaled target or a class index.
 
 
-def default_prior() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Decays, process variances and initial variances of the default prior
-  (module docstring; ``trump_approval.default_prior``): permanent random
-  walk first, then the AR(1) parts."""
-  timescales = np.asarray(DEFAULT_TIMESCALES)
-  ar_decays = np.exp(-1.0 / timescales)
-  slowest = np.max(timescales)
-  process = np.concatenate([[1.0 / slowest], 1.0 / timescales])
-  stationary = (1.0 / timescales) / (1.0 - ar_decays**2)
-  initial = np.concatenate([[stationary[np.argmax(timescales)]], stationary])
-  scale = 1.0 / np.sum(initial)
-  decays = np.concatenate([[1.0], ar_decays])
-  return decays, scale * process, scale * initial
+# The regression prior is trump_approval's, fixed before either was run; the
+# classification prior uses the same decays and variances.
+default_prior = trump_approval.default_prior
 
 
 def _loss(apply_fn: Callable, classification: bool) -> Callable:
