@@ -990,6 +990,9 @@ def plot(document, stem):
   fig, axes = harness.figure(len(models), len(PLOT_STREAMS), width=7.0,
                              panel_height=2.7)
   styles = dict(zip(names, harness.styles(len(names)), strict=True))
+  for name in names:  # the tuned baselines dashed, the rest solid
+    if name in ('sgd', 'adam', 'adam_b1_0', 'vd_ekf'):
+      styles[name] = {**styles[name], 'linestyle': '--'}
   bin_steps = config['block'] // 10
   for row_index, model in enumerate(models):
     for col, kind in enumerate(PLOT_STREAMS):
