@@ -27,8 +27,9 @@ weights on Adam directions, multiscale and fast weights on raw gradients
 (eq. 1 of the paper as it states it), and the Benna–Fusi synapse when
 ``multiscale_optax.benna_fusi`` exists. Every one gets the same tuning
 budget: the same number of learning rates, chosen per stream by online
-accuracy on separate tuning seeds; the chosen rate is then reported on
-evaluation seeds (mean ± sd).
+accuracy on separate tuning seeds (``harness.tune`` over the runs of one
+compilation); the chosen rate is then reported on evaluation seeds (mean ±
+sd, ddof 0).
 
 Bayesian learners (when ``multiscale_optax.bayesian_multiscale`` exists),
 with ``multiscale_optax.categorical_observation`` (softmax EKF / GGN form),
@@ -63,13 +64,18 @@ and learning rates are ``jax.vmap`` axes, steps a ``jax.lax.scan``.
 
 Usage::
 
-  python benchmarks/online_digits.py          # default grid
-  python benchmarks/online_digits.py --full   # the whole grid
-  python benchmarks/online_digits.py --families \
+  python -m benchmarks.online_digits          # default grid
+  python -m benchmarks.online_digits --full   # the whole grid
+  python -m benchmarks.online_digits --families \
       bayesian_multiscale,bayesian_multiscale_sampled   # some rows only
-  python benchmarks/online_digits.py --steps 100      # a quick check
+  python -m benchmarks.online_digits --steps 100      # a quick check
+  python -m benchmarks.online_digits --plot-only      # redraw the figure
 
-Writes ``benchmarks/results/online_digits.json`` and ``.png``.
+Writes ``benchmarks/results/online_digits.json`` and ``.png`` (other runs:
+a stem named after their options, or ``--out``). One row per (model,
+stream, learner), id ``<model>/<stream>/<learner>``: the chosen rate, the
+tuning scores, each metric as mean, sd and per-seed values, and the
+online-accuracy curve in bins of a tenth of a block.
 
 References:
   Jones, `Learning at Multiple Timescales
@@ -78,13 +84,7 @@ References:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import os
-import pathlib
-import platform
-import sys
 import time
 from collections.abc import Callable
 
@@ -95,8 +95,8 @@ import optax
 from sklearn.datasets import load_digits
 
 import multiscale_optax as mso
+from benchmarks import harness
 
-RESULTS = pathlib.Path(__file__).resolve().parent / 'results'
 # New streams go at the end: a stream's random draws are seeded by its index.
 STREAMS = ('recurring', 'one_over_f', 'stationary', 'rotation')
 NUM_CLASSES = 10
@@ -752,6 +752,42 @@ def _run_instances(runner, instances, streams, width):
   return np.asarray(correct)[:count], np.asarray(held_out)[:count]
 
 
+def _tune(family, learning_rates, tuning, correct, streams, tuning_seeds):
+  """The chosen rate's index per stream (``harness.tune`` over the tuning
+  runs already made: a point's score on a seed is that run's online
+  accuracy; a shared choice scores a seed by its mean over the streams),
+  and the mean tuning accuracy per rate and stream (non-finite: -1)."""
+  accuracy = {(kind, seed, float(rate)): correct[i].mean()
+              for i, (rate, row) in enumerate(tuning)
+              for kind, seed in [streams.runs[row]]}
+  learner = harness.Learner(
+      family.name, family.name, build=family.build,
+      grid={'index': list(range(len(learning_rates)))})
+
+  def score(kinds):
+    def on(learner, points, seeds):
+      del learner
+      return np.asarray([[np.mean([
+          accuracy[kind, seed, float(learning_rates[point['index']])]
+          for kind in kinds]) for seed in seeds] for point in points])
+    return on
+
+  scores, best = {}, {}
+  for kind in STREAMS:
+    point, _ = harness.tune(learner, score([kind]), tuning_seeds,
+                            lower_is_better=False)
+    per_rate = np.asarray([np.mean([accuracy[kind, seed, float(rate)]
+                                    for seed in tuning_seeds])
+                           for rate in learning_rates])
+    scores[kind] = np.where(np.isfinite(per_rate), per_rate, -1.0)
+    best[kind] = point['index']
+  if family.shared_choice:
+    point, _ = harness.tune(learner, score(STREAMS), tuning_seeds,
+                            lower_is_better=False)
+    best = dict.fromkeys(STREAMS, point['index'])
+  return best, scores
+
+
 def benchmark(config: Config, log=print, names=None):
   """Tunes and evaluates every learner (or those named in ``names``)."""
   data = load_data()
@@ -787,18 +823,8 @@ def benchmark(config: Config, log=print, names=None):
               for row in streams.rows(kind, tuning_seeds)
               for rate in learning_rates]
     correct, _ = _run_instances(runner, tuning, streams, width)
-    best, scores = {}, {}
-    for kind in STREAMS:
-      rows = streams.rows(kind, tuning_seeds)
-      per_rate = np.array([
-          np.mean([correct[i].mean() for i, (rate, row) in
-                   enumerate(tuning) if row in rows and rate == lr])
-          for lr in learning_rates])
-      scores[kind] = np.where(np.isfinite(per_rate), per_rate, -1.0)
-      best[kind] = int(np.argmax(scores[kind]))
-    if family.shared_choice:
-      shared = int(np.argmax(np.mean([scores[k] for k in STREAMS], 0)))
-      best = dict.fromkeys(STREAMS, shared)
+    best, scores = _tune(family, learning_rates, tuning, correct, streams,
+                         tuning_seeds)
     # Evaluation: the chosen rate on the evaluation seeds.
     evaluation = [(learning_rates[best[kind]], row) for kind in STREAMS
                   for row in streams.rows(kind, evaluation_seeds)]
@@ -936,84 +962,100 @@ def comparison_with_best(results) -> str:
   return '\n'.join(lines)
 
 
-# The figure's learners, with plain names and a (colour, line style) each;
-# the tables on the docs page list every learner.
+# The figure's learners, with plain names; the tables on the docs page list
+# every learner.
 PLOT_FAMILIES = {
-    'sgd': ('SGD', 'tab:gray', '--'),
-    'adam': ('Adam', 'tab:orange', '--'),
-    'adam_b1_0': ('Adam without momentum', 'tab:brown', ':'),
-    'multiscale_adam': ('multiscale-Adam', 'tab:red', '-'),
-    'benna_fusi_adam': ('Benna–Fusi (Adam)', 'tab:purple', '-.'),
-    'vd_ekf': ('diagonal EKF, one timescale', 'tab:green', '--'),
-    'bayesian_multiscale': ('Bayesian multiscale', 'tab:blue', '-'),
+    'sgd': 'SGD',
+    'adam': 'Adam',
+    'adam_b1_0': 'Adam without momentum',
+    'multiscale_adam': 'multiscale-Adam',
+    'benna_fusi_adam': 'Benna–Fusi (Adam)',
+    'vd_ekf': 'diagonal EKF, one timescale',
+    'bayesian_multiscale': 'Bayesian multiscale',
 }
 PLOT_MODELS = {'mlp': 'MLP', 'cnn': 'CNN'}
 PLOT_STREAMS = {'recurring': 'recurring tasks', 'one_over_f': '1/f drift'}
 
 
-def plot(saved, path):
-  """Draws the figure from ``saved``, the JSON this script writes."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-
-  results, config = saved['results'], saved['config']
-  models = [model for model in PLOT_MODELS if model in results]
-  fig, axes = plt.subplots(
-      len(models), len(PLOT_STREAMS), figsize=(10, 3.3 * len(models) + 0.8),
-      squeeze=False, sharey=True, sharex=True)
-  for row, model in enumerate(models):
+def plot(document, stem):
+  """Draws the figure from ``document``, the results this script writes:
+  one panel per (model, stream), two streams side by side at page width,
+  the legend below the panels."""
+  rows = {row['id']: row for row in document['rows']}
+  config = document['config']
+  models = [model for model in PLOT_MODELS
+            if any(row['model'] == model for row in rows.values())]
+  names = [name for name in PLOT_FAMILIES
+           if any(row['learner'] == name for row in rows.values())]
+  fig, axes = harness.figure(len(models), len(PLOT_STREAMS), width=7.0,
+                             panel_height=2.7)
+  styles = dict(zip(names, harness.styles(len(names)), strict=True))
+  for name in names:  # the tuned baselines dashed, the rest solid
+    if name in ('sgd', 'adam', 'adam_b1_0', 'vd_ekf'):
+      styles[name] = {**styles[name], 'linestyle': '--'}
+  bin_steps = config['block'] // 10
+  for row_index, model in enumerate(models):
     for col, kind in enumerate(PLOT_STREAMS):
-      axis = axes[row, col]
-      for name, (label, color, style) in PLOT_FAMILIES.items():
-        entry = results[model][kind].get(name)
+      axis = axes[row_index, col]
+      for name in names:
+        entry = rows.get(f'{model}/{kind}/{name}')
         if entry is None:
           continue
-        key = next(key for key in entry if key.startswith('curve_mean_per_'))
-        bin_steps = int(key.removeprefix('curve_mean_per_').split('_')[0])
-        curve = 100 * np.asarray(entry[key])
+        curve = 100 * np.asarray(entry[f'curve_mean_per_{bin_steps}_steps'])
         axis.plot(bin_steps * (np.arange(len(curve)) + 0.5), curve,
-                  color=color, linestyle=style, label=label,
-                  linewidth=2.0 if style == '-' else 1.4)
+                  label=PLOT_FAMILIES[name], linewidth=1.3,
+                  markevery=max(len(curve) // 8, 1), markersize=3.5,
+                  **styles[name])
       if kind == 'recurring':
         for boundary in range(config['block'], config['steps'],
                               config['block']):
           axis.axvline(boundary, color='0.88', linewidth=0.6, zorder=0)
-      axis.set_title(f'{PLOT_MODELS[model]}, {PLOT_STREAMS[kind]}',
-                     fontsize=12)
-      axis.tick_params(labelsize=10)
-      if row == len(models) - 1:
-        axis.set_xlabel('step', fontsize=11)
+      axis.set_title(f'{PLOT_MODELS[model]}, {PLOT_STREAMS[kind]}')
+      axis.set_ylim(0, 100)
+      if row_index == len(models) - 1:
+        axis.set_xlabel('step')
       if col == 0:
-        axis.set_ylabel(f'online accuracy (%, {bin_steps}-step mean)',
-                        fontsize=11)
+        axis.set_ylabel(f'online accuracy (%),\n{bin_steps}-step mean')
   handles, labels = axes[0, 0].get_legend_handles_labels()
-  fig.legend(handles, labels, loc='lower center', ncols=4, fontsize=10,
+  fig.legend(handles, labels, loc='outside lower center', ncols=3,
              frameon=False)
-  fig.tight_layout(rect=(0, 0.6 / fig.get_figheight(), 1, 1))
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  return harness.save_figure(fig, stem)
 
 
-def _binned_curves(results, bin_steps):
-  """A copy of ``results`` with each online-accuracy curve averaged over
-  bins of ``bin_steps`` steps (keeps the JSON small)."""
-  binned = {}
+def _binned(curve, bin_steps):
+  """An online-accuracy curve averaged over bins of ``bin_steps`` steps
+  (keeps the JSON small)."""
+  return np.round(np.asarray(curve).reshape(-1, bin_steps).mean(axis=1),
+                  4).tolist()
+
+
+def result_rows(results, bin_steps):
+  """One row per (model, stream, learner), per-seed metrics folded into
+  ``{mean, sd, values}`` (a metric that is undefined on every seed: null)."""
+  rows = []
   for model, by_stream in results.items():
     for kind, by_family in by_stream.items():
       for name, entry in by_family.items():
-        curve = np.asarray(entry['curve'])
-        entry = {key: value for key, value in entry.items() if key != 'curve'}
-        entry[f'curve_mean_per_{bin_steps}_steps'] = np.round(
-            curve.reshape(-1, bin_steps).mean(axis=1), 4).tolist()
-        binned.setdefault(model, {}).setdefault(kind, {})[name] = entry
-  return binned
+        row = {'id': f'{model}/{kind}/{name}', 'label': name,
+               'model': model, 'stream': kind, 'learner': name}
+        per_seed = entry['per_seed']
+        for key, value in entry.items():
+          if key == 'curve':
+            continue
+          if key == 'per_seed':
+            continue
+          if key in per_seed[0] and value is not None:
+            value = {**value, 'values': [m[key] for m in per_seed]}
+          row[key] = value
+        row[f'curve_mean_per_{bin_steps}_steps'] = _binned(
+            entry['curve'], bin_steps)
+        rows.append(row)
+  return rows
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--full', action='store_true',
-                      help='longer streams, more seeds, finer grid, ablations')
+  parser = harness.parser(
+      __doc__, full_help='longer streams, more seeds, finer grid, ablations')
   parser.add_argument('--ablations', action='store_true',
                       help='add the multiscale-Adam ablations to the default')
   parser.add_argument('--models', default=None,
@@ -1034,8 +1076,17 @@ def main(argv=None):
         config, models=tuple(args.models.split(',')))
   if args.steps:
     config = dataclasses.replace(config, steps=args.steps)
-  print(f'config: {config}', flush=True)
   names = tuple(args.families.split(',')) if args.families else None
+  suffix = ('_full' if args.full else '') + (
+      '_ablations' if args.ablations and not args.full else '') + (
+          '_' + '_'.join(config.models) if args.models else '') + (
+              f'_steps{args.steps}' if args.steps else '') + (
+                  '_' + '_'.join(names) if names else '')
+  stem = args.out or f'online_digits{suffix}'
+  if args.plot_only:
+    print(f'wrote {plot(harness.load_results(stem), stem)}')
+    return None
+  print(f'config: {config}', flush=True)
   results, seconds = benchmark(config, names=names)
   text = table(results)
   print(text)
@@ -1048,42 +1099,34 @@ def main(argv=None):
         'of each (model, stream):')
   print(comparison_with_best(results))
   print(f'\ntotal {seconds:.1f} s')
-  RESULTS.mkdir(parents=True, exist_ok=True)
-  suffix = ('_full' if args.full else '') + (
-      '_ablations' if args.ablations and not args.full else '') + (
-          '_' + '_'.join(config.models) if args.models else '') + (
-              f'_steps{args.steps}' if args.steps else '') + (
-                  '_' + '_'.join(names) if names else '')
-  with open(RESULTS / f'online_digits{suffix}.json', 'w') as file:
-    json.dump({
-        'config': dataclasses.asdict(config),
-        'seconds': seconds,
-        'machine': {'platform': platform.platform(),
-                    'cpu_count': os.cpu_count(),
-                    'jax': jax.__version__, 'backend': jax.default_backend()},
-        'metrics': {
-            'online_accuracy': 'mean accuracy of each batch, predicted '
-                               'before training on it',
-            'accuracy_after_switch': 'mean over the first 5 steps after a '
-                                     'task switch',
-            'steps_to_recover': '10-step mean accuracy back within 5 points '
-                                'of the last 20 steps before the switch '
-                                '(censored at the segment length)',
-            'retention': 'held-out accuracy on the most recent other task, '
-                         f'every {config.block} steps',
-        },
-        'results': _binned_curves(results, config.block // 10),
-        'comparison_vs_natural_baseline': comparison(results).split('\n'),
-        'comparison_vs_best_baseline': comparison_with_best(results).split(
-            '\n'),
-    }, file, indent=1)
-  if any(name in PLOT_FAMILIES for name in
-         next(iter(next(iter(results.values())).values()))):
-    plot(json.loads((RESULTS / f'online_digits{suffix}.json').read_text()),
-         RESULTS / f'online_digits{suffix}.png')
-  # (--families without a plotted learner writes no .png.)
-  print(f'wrote {RESULTS}/online_digits{suffix}.json (and .png)')
+  document = harness.results_document(
+      'online_digits', seconds=seconds,
+      rows=result_rows(results, config.block // 10),
+      machine_other={'backend': jax.default_backend()},
+      config={
+          **dataclasses.asdict(config),
+          'metrics': {
+              'online_accuracy': 'mean accuracy of each batch, predicted '
+                                 'before training on it',
+              'accuracy_after_switch': 'mean over the first 5 steps after '
+                                       'a task switch',
+              'steps_to_recover': '10-step mean accuracy back within 5 '
+                                  'points of the last 20 steps before the '
+                                  'switch (censored at the segment length)',
+              'retention': 'held-out accuracy on the most recent other '
+                           f'task, every {config.block} steps',
+          },
+          'comparison_vs_natural_baseline': comparison(results).split('\n'),
+          'comparison_vs_best_baseline': comparison_with_best(
+              results).split('\n'),
+      })
+  path = harness.write_results(stem, document)
+  print(f'wrote {path}')
+  # (--families without a plotted learner draws no figure.)
+  if any(row['learner'] in PLOT_FAMILIES for row in document['rows']):
+    print(f'wrote {plot(document, stem)}')
+  return document
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  main()

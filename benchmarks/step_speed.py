@@ -40,39 +40,41 @@ mode (``'exact'``: 10 Jacobian rows; ``'sampled'``: 1 + 1 rows;
 ``'empirical'``: 1 row), on an MLP 64-48-10 and the CNN of
 ``online_digits.py``. Written to ``results/step_speed_fisher.json``.
 
-Usage:
-  python benchmarks/step_speed.py            # 1e6, 1e7, 5e7 parameters
-  python benchmarks/step_speed.py --sizes 1e6 --rounds 5   # quick check
-  python benchmarks/step_speed.py --end-to-end   # the classifier rows
+Usage::
+
+  python -m benchmarks.step_speed            # 1e6, 1e7, 5e7 parameters
+  python -m benchmarks.step_speed --sizes 1e6 --rounds 5 --out scratch
+  python -m benchmarks.step_speed --end-to-end   # the classifier rows
+
+Rows (one schema, ``benchmarks/harness.py``): ``n<size>/axpy`` (the
+bandwidth reference) and ``n<size>/<optimizer>``; with ``--end-to-end``,
+``<model>/<learner>`` (``mlp/adam``, ``cnn/bayesian_k4_sampled``, ...).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import pathlib
 import platform
 import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 import multiscale_optax as mso
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import online_digits as digits
+from benchmarks import harness
+from benchmarks import online_digits as digits
 
 NUM_LEAVES = 4
 FISHER_MODES = ('exact', 'sampled', 'empirical')
 END_TO_END_SUBWEIGHTS = (1, 4, 8)
 # Ranks of the low-rank Bayesian rows (k = 1 and 4 subweights each).
 BAYES_RANKS = (1, 5, 10)
-RESULTS = pathlib.Path(__file__).parent / 'results'
+MODEL_DESCRIPTIONS = {
+    'mlp': 'MLP 64-48-10 (ReLU)',
+    'cnn': 'online_digits.cnn_apply (3x3 conv 4, 3x3 conv stride 2 8, '
+           'linear)'}
 
 
 def _pytree(size: int, value: float) -> dict:
@@ -289,94 +291,101 @@ def end_to_end(rounds: int, steps: int) -> dict:
   return rows
 
 
-def _machine(load_before: tuple[float, float, float]) -> dict:
+def _machine_other(load_before: tuple[float, float, float]) -> dict:
+  """What the harness's machine block has no slot for."""
+  device = jax.devices()[0]
   return {
-      'platform': platform.platform(), 'processor': platform.machine(),
-      'cpu_count': os.cpu_count(),
-      'load_average_1_5_15_min_before': list(load_before),
-      'load_average_1_5_15_min_after': list(os.getloadavg()),
+      'host': platform.node(),
+      'device': {'platform': device.platform, 'kind': device.device_kind,
+                 'count': jax.device_count()},
+      'load_average_before': list(load_before),
+      'load_average_after': list(os.getloadavg()),
       'note': 'other jobs may share the machine: see the load averages',
   }
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def end_to_end_rows(rows: dict) -> list[dict]:
+  """The results rows of :func:`end_to_end`'s ``{model: {learner: ...}}``."""
+  return [{'id': f'{model}/{learner}',
+           'label': 'Adam' if learner == 'adam' else learner,
+           'model': model, 'learner': learner,
+           'model_description': MODEL_DESCRIPTIONS[model], **record}
+          for model, by_learner in rows.items()
+          for learner, record in by_learner.items()]
+
+
+def optimizer_rows(results: list[dict]) -> list[dict]:
+  """The results rows of :func:`measure`'s blocks, one list."""
+  rows = []
+  for block in results:
+    size = block['size']
+    rows.append({'id': f'n{size}/axpy', 'label': 'axpy (x + a*y)',
+                 'size': size, 'optimizer': None,
+                 'axpy_GBps': block['axpy_GBps']})
+    rows += [{'id': f'n{size}/{name}', 'label': name, 'size': size,
+              'optimizer': name, **record}
+             for name, record in block['optimizers'].items()]
+  return rows
+
+
+def main(argv=None) -> dict:
+  parser = harness.parser(__doc__)
   parser.add_argument('--sizes', type=float, nargs='+',
                       default=[1e6, 1e7, 5e7])
   parser.add_argument('--rounds', type=int, default=15)
-  parser.add_argument('--output', type=pathlib.Path, default=None)
   parser.add_argument('--end-to-end', action='store_true',
                       help='the batch-1 classifier rows (module docstring) '
                            'instead of the optimizer-only rows')
   parser.add_argument('--scan-steps', type=int, default=200)
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
+  if args.plot_only:
+    parser.error('step_speed draws no figure (its rows are tables)')
+  stem = args.out or ('step_speed_fisher' if args.end_to_end
+                      else 'step_speed')
   device = jax.devices()[0]
   print(f'device: {device.platform} ({device.device_kind}), '
         f'{jax.device_count()} device(s), jax {jax.__version__}')
   load_before = os.getloadavg()
   started = time.perf_counter()
   if args.end_to_end:
-    output = args.output or RESULTS / 'step_speed_fisher.json'
-    rows = end_to_end(args.rounds, args.scan_steps)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({
-        'device': {'platform': device.platform, 'kind': device.device_kind,
-                   'count': jax.device_count()},
-        'jax_version': jax.__version__,
-        'optax_version': optax.__version__,
-        'machine': _machine(load_before),
-        'seconds': time.perf_counter() - started,
-        'command': ' '.join(['python', *sys.argv]),
-        'rounds': args.rounds,
+    rows = end_to_end_rows(end_to_end(args.rounds, args.scan_steps))
+    config = {
+        'end_to_end': True, 'rounds': args.rounds,
         'scan_steps': args.scan_steps,
         'prior': 'bayesian_multiscale, k decaying subweights with timescales '
                  'log-spaced 10..1e4, diagonal belief (the rows above)',
-        'models': {'mlp': 'MLP 64-48-10 (ReLU)',
-                   'cnn': 'online_digits.cnn_apply (3x3 conv 4, 3x3 conv '
-                          'stride 2 8, linear)'},
-        'rows': rows,
-    }, indent=2))
-    print(f'\nwrote {output}')
-    return
-  args.output = args.output or RESULTS / 'step_speed.json'
-  results = []
-  for size in args.sizes:
-    result = measure(int(size), args.rounds)
-    results.append(result)
-    print(f'\n{int(size):.0e} float32 parameters; a*x+y bandwidth '
-          f'{result["axpy_GBps"]:.1f} GB/s')
-    print(f'{"optimizer":<20}{"median ms":>11}{"x momentum":>12}{"x adam":>8}'
-          f'{"min arrays":>12}{"GB/s":>8}{"of axpy":>9}'
-          f'{"XLA arrays":>12}{"GB/s":>8}{"of axpy":>9}{"state":>7}')
-    for name, row in result['optimizers'].items():
-      print(f'{name:<20}{row["median_ms"]:>11.2f}'
-            f'{row["ratio_to_momentum"]:>12.3f}{row["ratio_to_adam"]:>8.2f}'
-            f'{row["minimal_arrays_moved"]:>12d}{row["achieved_GBps"]:>8.1f}'
-            f'{row["fraction_of_axpy_bandwidth"]:>9.0%}'
-            f'{row["xla_arrays_moved"]:>12.1f}{row["xla_traffic_GBps"]:>8.1f}'
-            f'{row["xla_traffic_fraction_of_axpy"]:>9.0%}'
-            f'{row["state_arrays_per_param"]:>7.1f}')
-  args.output.parent.mkdir(parents=True, exist_ok=True)
-  args.output.write_text(json.dumps({
-      'device': {'platform': device.platform, 'kind': device.device_kind,
-                 'count': jax.device_count()},
-      'jax_version': jax.__version__,
-      'optax_version': optax.__version__,
-      'host': platform.node(),
-      'machine': {
-          'platform': platform.platform(), 'processor': platform.machine(),
-          'cpu_count': os.cpu_count(),
-          'load_average_1_5_15_min_before': list(load_before),
-          'load_average_1_5_15_min_after': list(os.getloadavg()),
-          'note': 'other jobs may share the machine: see the load averages',
-      },
-      'seconds': time.perf_counter() - started,
-      'command': ' '.join(['python', *sys.argv]),
-      'numpy_version': np.__version__,
-      'rounds': args.rounds,
-      'results': results,
-  }, indent=2))
-  print(f'\nwrote {args.output}')
+        'models': dict(MODEL_DESCRIPTIONS)}
+  else:
+    results = []
+    for size in args.sizes:
+      result = measure(int(size), args.rounds)
+      results.append(result)
+      _print_block(result)
+    rows = optimizer_rows(results)
+    config = {'rounds': args.rounds,
+              'sizes': [int(size) for size in args.sizes]}
+  document = harness.results_document(
+      'step_speed', config=config, rows=rows,
+      seconds=time.perf_counter() - started,
+      machine_other=_machine_other(load_before))
+  print(f'\nwrote {harness.write_results(stem, document)}')
+  return document
+
+
+def _print_block(result: dict) -> None:
+  print(f'\n{result["size"]:.0e} float32 parameters; a*x+y bandwidth '
+        f'{result["axpy_GBps"]:.1f} GB/s')
+  print(f'{"optimizer":<20}{"median ms":>11}{"x momentum":>12}{"x adam":>8}'
+        f'{"min arrays":>12}{"GB/s":>8}{"of axpy":>9}'
+        f'{"XLA arrays":>12}{"GB/s":>8}{"of axpy":>9}{"state":>7}')
+  for name, row in result['optimizers'].items():
+    print(f'{name:<20}{row["median_ms"]:>11.2f}'
+          f'{row["ratio_to_momentum"]:>12.3f}{row["ratio_to_adam"]:>8.2f}'
+          f'{row["minimal_arrays_moved"]:>12d}{row["achieved_GBps"]:>8.1f}'
+          f'{row["fraction_of_axpy_bandwidth"]:>9.0%}'
+          f'{row["xla_arrays_moved"]:>12.1f}{row["xla_traffic_GBps"]:>8.1f}'
+          f'{row["xla_traffic_fraction_of_axpy"]:>9.0%}'
+          f'{row["state_arrays_per_param"]:>7.1f}')
 
 
 if __name__ == '__main__':
