@@ -505,21 +505,8 @@ def learners(task: str, config: Config) -> list[harness.Learner]:
   return result
 
 
-def target_scaling(targets: np.ndarray):
-  """Running (mean, sd) of the targets before and including each example,
-  as river's ``TargetStandardScaler`` (``trump_approval.target_scaling``)."""
-  targets = np.asarray(targets, np.float64)
-  mean, sd = np.empty_like(targets), np.empty_like(targets)
-  running, squares = 0.0, 0.0
-  for index, target in enumerate(targets):
-    delta = target - running
-    running += delta / (index + 1)
-    squares += delta * (target - running)
-    mean[index] = running
-    sd[index] = np.sqrt(squares / (index + 1)) if squares > 0.0 else 1.0
-  before = (np.concatenate([[0.0], mean[:-1]]),
-            np.concatenate([[1.0], sd[:-1]]))
-  return before, (mean, sd)
+# river's TargetStandardScaler, as trump_approval computes it.
+target_scaling = trump_approval.target_scaling
 
 
 def make_runner(learner: harness.Learner, model: str, stream: Stream,
