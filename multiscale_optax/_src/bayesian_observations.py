@@ -300,6 +300,78 @@ def _per_example_rows(
   return rows
 
 
+def _exact_extra(
+    logits_pullback: Callable[..., Any], logits: jax.Array,
+    probabilities: jax.Array, onehot: jax.Array, valid: jax.Array,
+    epsilon: Any, dtype: Any,
+) -> dict[str, Any]:
+  """``fisher='exact'``: every class's row (see
+  :func:`categorical_observation`)."""
+  classes = logits.shape[-1]
+  examples = valid.size
+  count = probabilities.size
+  basis = _unit_rows(count, logits.shape, dtype)
+  # Row n of H pulls back (diag(p) - p p^T) e_n through the logits.
+  cotangents = basis * probabilities - probabilities * jnp.sum(
+      basis * probabilities, axis=-1, keepdims=True)
+  (rows,) = jax.vmap(logits_pullback)(cotangents.astype(logits.dtype))
+  residual = jnp.where(
+      valid[..., None], onehot - probabilities, jnp.nan).reshape(-1)
+  flat = probabilities.reshape(-1, classes)
+  blocks = (jax.vmap(jnp.diag)(flat) - flat[:, :, None] * flat[:, None, :]
+            + epsilon * jnp.eye(classes, dtype=flat.dtype))
+  covariance = jnp.einsum(
+      'bij,bd->bidj', blocks, jnp.eye(examples, dtype=flat.dtype)).reshape(
+          examples * classes, examples * classes)
+  return {
+      'jacobian': rows, 'residual': residual,
+      'observation_covariance': covariance}
+
+
+def _sampled_extra(
+    logits_pullback: Callable[..., Any], logits: jax.Array,
+    wide_logits: jax.Array, probabilities: jax.Array, grads: Any,
+    valid: jax.Array, key: jax.Array, samples: int, empirical_weight: Any,
+    dtype: Any,
+) -> dict[str, Any]:
+  """``fisher='sampled'``: BONG's pseudo-observation (see
+  :func:`categorical_observation`)."""
+  classes = logits.shape[-1]
+  labels_shape = valid.shape
+  examples = valid.size
+  # M labels per example drawn from the model's predictive, examples
+  # first: drawn[m, *batch].
+  drawn = jax.random.categorical(
+      key, wide_logits, axis=-1, shape=(samples, *labels_shape))
+  scores = jax.nn.one_hot(drawn, classes, dtype=dtype) - probabilities
+  scores = jnp.where(valid[..., None], scores, 0.0)
+  # One backward pass per drawn label: row (n, m) is g_{n m}.
+  sampled_rows = jax.vmap(
+      lambda cotangents: _per_example_rows(
+          logits_pullback, cotangents, labels_shape, logits.dtype))(scores)
+  weight = jnp.asarray(empirical_weight, dtype)
+  sampled_scale = jnp.sqrt((1.0 - weight) / samples)
+  observed_scale = jnp.sqrt(weight)
+
+  def stack(gradient: jax.Array, rows: jax.Array) -> jax.Array:
+    rows = jnp.swapaxes(rows, 0, 1).reshape(
+        (examples * samples, *gradient.shape))
+    # Row 0 is sqrt(delta) grad log p(y) = -sqrt(delta) grads.
+    return jnp.concatenate([
+        (-observed_scale * gradient.astype(dtype))[None],
+        sampled_scale * rows.astype(dtype)]).astype(rows.dtype)
+
+  jacobian = jax.tree.map(stack, grads, sampled_rows)
+  residual = jnp.concatenate([
+      jnp.where(jnp.all(valid), 1.0 / observed_scale, jnp.nan)[None],
+      jnp.zeros(examples * samples, dtype)])
+  count = 1 + examples * samples
+  return {
+      'jacobian': jacobian, 'residual': residual.astype(dtype),
+      'observation_covariance': jnp.eye(count, dtype=dtype),
+      'pseudo_residual': True}
+
+
 def categorical_observation(
     apply_fn: Callable[[ParamsT, Any], jax.Array],
     params: ParamsT,
@@ -499,58 +571,14 @@ def categorical_observation(
   examples = labels.size
 
   if fisher == 'exact':
-    count = probabilities.size
-    basis = _unit_rows(count, logits.shape, dtype)
-    # Row n of H pulls back (diag(p) - p p^T) e_n through the logits.
-    cotangents = basis * probabilities - probabilities * jnp.sum(
-        basis * probabilities, axis=-1, keepdims=True)
-    (rows,) = jax.vmap(logits_pullback)(cotangents.astype(logits.dtype))
-    residual = jnp.where(
-        valid[..., None], onehot - probabilities, jnp.nan).reshape(-1)
-    flat = probabilities.reshape(-1, classes)
-    blocks = (jax.vmap(jnp.diag)(flat) - flat[:, :, None] * flat[:, None, :]
-              + epsilon * jnp.eye(classes, dtype=flat.dtype))
-    covariance = jnp.einsum(
-        'bij,bd->bidj', blocks, jnp.eye(examples, dtype=flat.dtype)).reshape(
-            examples * classes, examples * classes)
-    return info, grads, {
-        'jacobian': rows, 'residual': residual,
-        'observation_covariance': covariance}
-
+    return info, grads, _exact_extra(
+        logits_pullback, logits, probabilities, onehot, valid, epsilon,
+        dtype)
   if fisher == 'sampled':
     assert key is not None  # _check_key
-    # M labels per example drawn from the model's predictive, examples
-    # first: drawn[m, *batch].
-    drawn = jax.random.categorical(
-        key, wide_logits, axis=-1, shape=(samples, *labels.shape))
-    scores = jax.nn.one_hot(drawn, classes, dtype=dtype) - probabilities
-    scores = jnp.where(valid[..., None], scores, 0.0)
-    # One backward pass per drawn label: row (n, m) is g_{n m}.
-    sampled_rows = jax.vmap(
-        lambda cotangents: _per_example_rows(
-            logits_pullback, cotangents, labels.shape, logits.dtype))(scores)
-    weight = jnp.asarray(empirical_weight, dtype)
-    sampled_scale = jnp.sqrt((1.0 - weight) / samples)
-    observed_scale = jnp.sqrt(weight)
-
-    def stack(gradient: jax.Array, rows: jax.Array) -> jax.Array:
-      rows = jnp.swapaxes(rows, 0, 1).reshape(
-          (examples * samples, *gradient.shape))
-      # Row 0 is sqrt(delta) grad log p(y) = -sqrt(delta) grads.
-      return jnp.concatenate([
-          (-observed_scale * gradient.astype(dtype))[None],
-          sampled_scale * rows.astype(dtype)]).astype(rows.dtype)
-
-    jacobian = jax.tree.map(stack, grads, sampled_rows)
-    residual = jnp.concatenate([
-        jnp.where(jnp.all(valid), 1.0 / observed_scale, jnp.nan)[None],
-        jnp.zeros(examples * samples, dtype)])
-    count = 1 + examples * samples
-    return info, grads, {
-        'jacobian': jacobian, 'residual': residual.astype(dtype),
-        'observation_covariance': jnp.eye(count, dtype=dtype),
-        'pseudo_residual': True}
-
+    return info, grads, _sampled_extra(
+        logits_pullback, logits, wide_logits, probabilities, grads, valid,
+        key, samples, empirical_weight, dtype)
   rows = _per_example_rows(
       logits_pullback, observed_scores, labels.shape, logits.dtype)
   residual = jnp.where(valid, 1.0, jnp.nan).reshape(examples)
