@@ -108,7 +108,7 @@ _MISUSE_SCRIPT = textwrap.dedent('''
 
     mso.multiscale([0.1], [1.0], state_dtype=3.5)  # expect: arg-type
     mso.multiscale('0.1', [1.0])  # expect: arg-type
-    mso.kalman_learning_rates([0.5], [0.1], None)  # expect: arg-type
+    mso.kalman_learning_rates([0.5], [0.1], None)  # expect: call-overload
     state = mso.multiscale([0.1], [1.0]).init(jnp.zeros(2))
     assert isinstance(state, mso.MultiscaleState)
     count: str = state.count  # expect: assignment

@@ -88,6 +88,7 @@ from typing import Any
 from typing import NamedTuple
 from typing import SupportsFloat
 from typing import cast
+from typing import overload
 
 import jax
 import jax.numpy as jnp
@@ -279,6 +280,32 @@ def _noise_map(
   return noise_variance + (input_dim + 1) * prior_error
 
 
+@overload
+def steady_state_kalman(
+    decays: Sequence[float] | ArrayLike,
+    process_variances: Sequence[float] | ArrayLike,
+    noise_variance: ArrayLike,
+    *,
+    input_dim: int = ...,
+    input_normalization: bool = ...,
+    prior: None = ...,
+) -> SteadyStateKalman:
+  ...
+
+
+@overload
+def steady_state_kalman(
+    decays: None = ...,
+    process_variances: None = ...,
+    *,
+    noise_variance: ArrayLike,
+    input_dim: int = ...,
+    input_normalization: bool = ...,
+    prior: ar1_prior.AR1Prior,
+) -> SteadyStateKalman:
+  ...
+
+
 def steady_state_kalman(
     decays: Sequence[float] | ArrayLike | None = None,
     process_variances: Sequence[float] | ArrayLike | None = None,
@@ -464,6 +491,32 @@ def _steady_state(
       gains=gains, prior_covariance=covariance,
       effective_noise_variance=effective, converged=converged,
       residual=residual)
+
+
+@overload
+def kalman_learning_rates(
+    decays: Sequence[float] | ArrayLike,
+    process_variances: Sequence[float] | ArrayLike,
+    noise_variance: ArrayLike,
+    *,
+    input_dim: int = ...,
+    input_normalization: bool = ...,
+    prior: None = ...,
+) -> jax.Array:
+  ...
+
+
+@overload
+def kalman_learning_rates(
+    decays: None = ...,
+    process_variances: None = ...,
+    *,
+    noise_variance: ArrayLike,
+    input_dim: int = ...,
+    input_normalization: bool = ...,
+    prior: ar1_prior.AR1Prior,
+) -> jax.Array:
+  ...
 
 
 def kalman_learning_rates(
