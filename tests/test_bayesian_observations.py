@@ -7,6 +7,9 @@ exactly (the sampled label takes only C values, so its moments are sums).
 
 from __future__ import annotations
 
+import textwrap
+
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -399,6 +402,78 @@ def test_sampled_and_empirical_steps_agree_under_jit_and_vmap(rank, fisher):
   assert np.all(np.isfinite(batched))
   # The draws differ between keys, and so do the steps.
   assert float(jnp.max(jnp.abs(batched[0] - batched[1]))) > 1e-4
+
+
+_SHARDED_OBSERVATIONS_SCRIPT = textwrap.dedent('''
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    import multiscale_optax as mso
+
+    # A fresh process: float64 here leaks into no other test.
+    jax.config.update('jax_enable_x64', True)
+    mesh = Mesh(np.asarray(jax.devices()).reshape(4, 2), ('data', 'model'))
+    shardings = {'kernel': NamedSharding(mesh, P('data', 'model')),
+                 'bias': NamedSharding(mesh, P('model'))}
+    key = jax.random.key(0)
+    # NumPy, so that placing it makes new (donatable) arrays each time.
+    start = {'kernel': np.asarray(0.1 * jax.random.normal(key, (16, 8))),
+             'bias': np.zeros(8)}
+    inputs = jax.random.normal(jax.random.key(1), (4, 16))
+    labels = jnp.asarray([0, 3, 7, 5])
+
+    def apply_fn(params, inputs):
+      return inputs @ params['kernel'] + params['bias']
+
+    for fisher in ('exact', 'sampled', 'empirical'):
+      for rank in (None, 2):
+        opt = mso.bayesian_multiscale([0.9, 0.999], [0.01, 0.001], 1.0,
+                                      rank=rank)
+
+        def step(params, state, step_key, fisher=fisher, opt=opt):
+          _, grads, extra = mso.categorical_observation(
+              apply_fn, params, inputs, labels, fisher=fisher,
+              key=step_key if fisher == 'sampled' else None)
+          updates, state = opt.update(grads, state, params, **extra)
+          return optax.apply_updates(params, updates), state
+
+        results = []
+        for placed in (jax.device_put(start, shardings),
+                       jax.device_put(start, jax.devices()[0])):
+          params = placed
+          state = opt.init(params)
+          jitted = jax.jit(step, donate_argnums=(0, 1))
+          for step_key in jax.random.split(jax.random.key(2), 3):
+            params, state = jitted(params, state, step_key)
+          results.append((params, state))
+        (sharded, sharded_state), (single, _) = results
+        for name, leaf in sharded.items():
+          assert leaf.sharding.is_equivalent_to(shardings[name], leaf.ndim), (
+              fisher, rank, name, leaf.sharding)
+        for tree in (*sharded_state.means, *sharded_state.variances):
+          for name, leaf in tree.items():
+            assert leaf.sharding.is_equivalent_to(
+                shardings[name], leaf.ndim), (fisher, rank, name)
+        # Float64 sums over 136 params in another order: each differs by a
+        # few ulps of the largest term, far below 1e-10.
+        error = max(float(np.max(np.abs(
+            np.asarray(sharded[name]) - np.asarray(single[name]))))
+                    for name in single)
+        moved = float(np.max(np.abs(
+            np.asarray(single['kernel']) - start['kernel'])))
+        assert error < 1e-10 and moved > 1e-4, (fisher, rank, error, moved)
+    print('SHARDING-OK')
+''')
+
+
+def test_every_fisher_mode_keeps_the_params_sharding():
+  # The three observations, diagonal and low-rank beliefs, on an 8-device
+  # mesh: the state stays sharded like the params, and the steps equal the
+  # single-device ones.
+  helpers.run_on_eight_cpu_devices(_SHARDED_OBSERVATIONS_SCRIPT)
 
 
 def test_empirical_rows_give_the_observed_gradient_exactly():

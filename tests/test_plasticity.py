@@ -64,7 +64,9 @@ def test_steps_return_the_logits_before_learning(method):
       params, method.init(params), images, labels, jax.random.key(2))
   np.testing.assert_allclose(logits, plasticity.mlp_apply(params, images),
                              rtol=1e-6)
-  assert not np.allclose(new_params, params)
+  assert not all(
+      np.allclose(new, old) for new, old in zip(
+          jax.tree.leaves(new_params), jax.tree.leaves(params), strict=True))
 
 
 def test_ratio_metric_on_a_synthetic_curve():
@@ -90,6 +92,44 @@ def test_every_learner_runs_a_tiny_stream():
     assert accuracy.shape == (1, 1, TINY.tasks), learner.id
     assert np.all(np.isfinite(accuracy)), learner.id
     assert np.all((accuracy >= 0) & (accuracy <= 1)), learner.id
+
+
+def test_model_is_the_he_initialised_mlp():
+  params = plasticity.mlp_init(jax.random.key(0))
+  shapes = [(layer['weights'].shape, layer['bias'].shape) for layer in params]
+  assert shapes == [((64, 100), (100,)), ((100, 100), (100,)),
+                    ((100, 10), (10,))]
+  assert sum(leaf.size for leaf in jax.tree.leaves(params)) == (
+      plasticity.NUM_PARAMS)
+  for layer, variances in zip(params, plasticity.init_variances(),
+                              strict=True):
+    fan_in = layer['weights'].shape[0]
+    np.testing.assert_allclose(variances['weights'], 2.0 / fan_in)
+    np.testing.assert_array_equal(variances['bias'], 0.0)
+    np.testing.assert_array_equal(layer['bias'], 0.0)
+    # He initialisation: the weights' sample variance is 2 / fan-in to
+    # within 5 standard errors (sd of a sample variance: v sqrt(2 / n)).
+    count = layer['weights'].size
+    assert abs(np.var(layer['weights']) - 2.0 / fan_in) < (
+        5 * (2.0 / fan_in) * np.sqrt(2.0 / count))
+
+
+def test_shrink_and_perturb_keeps_the_initial_distribution():
+  # Without gradients (lr 0) the weights are AR(1) with stationary
+  # variance sigma^2 / (1 - (1 - shrink)^2) = the He variance.
+  method = plasticity.gradient_method(optax.sgd(0.0), shrink=0.5)
+  params = plasticity.mlp_init(jax.random.key(1))
+  state = method.init(params)
+  images, labels = plasticity.load_images()
+  images, labels = jnp.asarray(images[:1]), jnp.asarray(labels[:1])
+  for step_key in jax.random.split(jax.random.key(2), 20):
+    _, params, state = method.step(params, state, images, labels, step_key)
+  for layer in params:
+    fan_in = layer['weights'].shape[0]
+    count = layer['weights'].size
+    assert abs(np.var(layer['weights']) - 2.0 / fan_in) < (
+        5 * (2.0 / fan_in) * np.sqrt(2.0 / count))
+    np.testing.assert_array_equal(layer['bias'], 0.0)
 
 
 def test_bayesian_prior_sums_to_the_he_variance():
