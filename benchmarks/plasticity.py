@@ -502,7 +502,7 @@ def run(config: Config, only: Sequence[str] | None = None,
 
 def plot(document: dict[str, Any], stem: str) -> None:
   rows = document['rows']
-  fig, axes = harness.figure(width=6.4, panel_height=3.6)
+  fig, axes = harness.figure(width=6.4, panel_height=4.0)
   ax = axes[0, 0]
   window = max(1, document['config']['tasks'] // 20)
   for row, style in zip(rows, harness.styles(len(rows)), strict=True):
@@ -515,7 +515,8 @@ def plot(document: dict[str, Any], stem: str) -> None:
   ax.set_xlabel('task')
   ax.set_ylabel(f'online accuracy (%), mean of {window} tasks')
   ax.set_title('Permuted digits: accuracy per task (test seeds)')
-  ax.legend(loc='lower left', ncol=2, frameon=False)
+  fig.legend(*ax.get_legend_handles_labels(), loc='outside lower center',
+             ncols=3, frameon=False)
   harness.save_figure(fig, stem)
 
 

@@ -38,7 +38,9 @@ classifier on one example (batch 1), jitted, a ``jax.lax.scan`` of
 belief) observing through ``categorical_observation`` with each ``fisher``
 mode (``'exact'``: 10 Jacobian rows; ``'sampled'``: 1 + 1 rows;
 ``'empirical'``: 1 row), on an MLP 64-48-10 and the CNN of
-``online_digits.py``. Written to ``results/step_speed_fisher.json``.
+``online_digits.py``, and a ``draw`` row: the forward pass and the one
+categorical draw of ``'sampled'`` alone, nothing learned. Written to
+``results/step_speed_fisher.json``.
 
 Usage::
 
@@ -228,7 +230,11 @@ def _end_to_end_run(learner: str, model: str, steps: int):
         jax.random.normal(jax.random.key(1), (steps, 8, 8)))[:, None]
   labels = jax.random.randint(
       jax.random.key(2), (steps, 1), 0, digits.NUM_CLASSES)
-  if learner == 'adam':
+  if learner == 'draw':
+    # The sampled observation's randomness alone: the key split every
+    # learner here makes, and one categorical draw from the logits.
+    optimizer, fisher = optax.identity(), 'draw'
+  elif learner == 'adam':
     optimizer, fisher = optax.adam(1e-2), None
   else:
     num, fisher = (int(learner.split('_')[1][1:]), learner.split('_')[2])
@@ -238,6 +244,11 @@ def _end_to_end_run(learner: str, model: str, steps: int):
     params, state, key = carry
     image, label = example
     key, draw = jax.random.split(key)
+    if fisher == 'draw':
+      drawn = jax.random.categorical(draw, apply_fn(params, image), axis=-1)
+      params = jax.tree.map(
+          lambda leaf: leaf + drawn.sum().astype(leaf.dtype) * 0.0, params)
+      return (params, state, key), None
     if fisher is None:
       grads = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
           apply_fn(p, image), label).sum())(params)
@@ -262,7 +273,7 @@ def end_to_end(rounds: int, steps: int) -> dict:
   """Seconds per batch-1 step, medians of round-robin rounds."""
   rows = {}
   for model in ('mlp', 'cnn'):
-    learners = ['adam'] + [
+    learners = ['adam', 'draw'] + [
         f'bayesian_k{num}_{fisher}' for num in END_TO_END_SUBWEIGHTS
         for fisher in FISHER_MODES]
     runners = {}
@@ -307,7 +318,8 @@ def _machine_other(load_before: tuple[float, float, float]) -> dict:
 def end_to_end_rows(rows: dict) -> list[dict]:
   """The results rows of :func:`end_to_end`'s ``{model: {learner: ...}}``."""
   return [{'id': f'{model}/{learner}',
-           'label': 'Adam' if learner == 'adam' else learner,
+           'label': {'adam': 'Adam', 'draw': 'forward pass and one draw'}.get(
+               learner, learner),
            'model': model, 'learner': learner,
            'model_description': MODEL_DESCRIPTIONS[model], **record}
           for model, by_learner in rows.items()
