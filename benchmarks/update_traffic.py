@@ -20,8 +20,10 @@ Usage::
 
   python -m benchmarks.update_traffic              # 1e7 params, 15 rounds
   python -m benchmarks.update_traffic --size 1e6 --rounds 5
+  python -m benchmarks.update_traffic --only bayesian_k1 bayesian_k4 \
+      --out update_traffic_k1_k4
 
-Writes ``benchmarks/results/update_traffic.json``.
+Writes ``benchmarks/results/update_traffic.json`` (or ``--out``'s stem).
 """
 
 from __future__ import annotations
@@ -158,9 +160,19 @@ def main(argv: list[str] | None = None) -> int:
   parser = harness.parser(__doc__)
   parser.add_argument('--size', type=float, default=1e7)
   parser.add_argument('--rounds', type=int, default=15)
+  parser.add_argument(
+      '--only', nargs='+', default=None, metavar='ROW',
+      help='time only these rows (adam is always kept): what else is held '
+           'in memory changes the ratios')
   args = parser.parse_args(argv)
   start = time.perf_counter()
   rows = learners()
+  if args.only:
+    unknown = sorted(set(args.only) - set(rows))
+    if unknown:
+      parser.error(f'unknown rows {unknown}; choose from {sorted(rows)}')
+    rows = {row_id: row for row_id, row in rows.items()
+            if row_id == 'adam' or row_id in args.only}
   size = int(args.size)
   times = time_steps(size, args.rounds, rows, print)
   adam = statistics.median(times['adam'])
@@ -180,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
           f'{median / adam:5.2f}x Adam')
   document = harness.results_document(
       'update_traffic', config={'size': size, 'rounds': args.rounds,
+                                'rows': list(rows),
                                 'leaves': NUM_LEAVES,
                                 'count_size': COUNT_SIZE},
       rows=results, seconds=time.perf_counter() - start)
