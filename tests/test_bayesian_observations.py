@@ -601,15 +601,17 @@ def test_gaussian_projections_shrink_the_solve_and_run_under_jit():
   assert np.all(np.isfinite(updates['w']))
 
 
+@pytest.mark.parametrize('fisher', ['sampled', 'empirical'])
 @pytest.mark.parametrize('option', [
     {'learn_prior': True},
     {'learn_prior': True, 'learn_noise_variance': True},
     {'outlier_threshold': 5.0}])
-def test_sampled_pseudo_residual_refuses_options_that_read_the_residual(
-    option):
-  # The sampled observation's residual is a device (its first entry is
-  # 1/sqrt(delta) whatever the data): a scale or outlier bound learned from
-  # it would be silently wrong, so the learner refuses it by name.
+def test_pseudo_residuals_refuse_options_that_read_the_residual(
+    option, fisher):
+  # The sampled and empirical observations' residuals are devices (the
+  # sampled one's first entry is 1/sqrt(delta), the empirical one's are 1,
+  # whatever the data): a scale or outlier bound learned from them would be
+  # silently wrong, so the learner refuses it by name.
   params = {'w': jnp.zeros((3, 2))}
 
   def apply(p, x):
@@ -619,8 +621,8 @@ def test_sampled_pseudo_residual_refuses_options_that_read_the_residual(
                                 initial_variances=[1.0, 1.0], **option)
   state = opt.init(params)
   _, grads, extra = mso.categorical_observation(
-      apply, params, jnp.ones(3), jnp.asarray(1), fisher='sampled',
-      key=jax.random.key(0))
+      apply, params, jnp.ones(3), jnp.asarray(1), fisher=fisher,
+      key=jax.random.key(0) if fisher == 'sampled' else None)
   assert extra['pseudo_residual'] is True
   with pytest.raises(ValueError, match='pseudo-residual'):
     opt.update(grads, state, params, **extra)

@@ -524,10 +524,11 @@ def _observe(
 def _check_pseudo_residual(pseudo_residual: Any, prior: _Prior) -> None:
   """Refuses the options that read the residual as data, where it is not.
 
-  ``categorical_observation(fisher='sampled')`` passes
-  ``pseudo_residual=True``: its residual is a device that makes the mean
-  move along the observed gradient, not a prediction error, so a prior
-  scale, a noise scale or an outlier bound learned from it would be wrong.
+  ``categorical_observation`` with ``fisher='sampled'`` or
+  ``'empirical'`` passes ``pseudo_residual=True``: its residual is a device
+  that makes the mean move along the observed gradient, not a prediction
+  error, so a prior scale, a noise scale or an outlier bound learned from
+  it would be wrong.
   """
   if not isinstance(pseudo_residual, bool):
     raise TypeError('`pseudo_residual` must be a Python bool, got '
@@ -543,8 +544,8 @@ def _check_pseudo_residual(pseudo_residual: Any, prior: _Prior) -> None:
       raise ValueError(
           f'{name} reads the residual as a prediction error, but this '
           'observation\'s residual is a pseudo-residual '
-          "(categorical_observation(fisher='sampled')); use "
-          "fisher='exact' or 'empirical', or leave the prior fixed.")
+          "(categorical_observation with fisher='sampled' or "
+          "'empirical'); use fisher='exact', or leave the prior fixed.")
 
 
 def _update(

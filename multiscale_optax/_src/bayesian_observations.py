@@ -445,8 +445,9 @@ def categorical_observation(
   log-likelihood gradient, but :math:`H^\top R^{-1} H` is the empirical
   Fisher, which is not the Fisher: it vanishes on examples the model
   already fits and is large where it errs, so it can distort the step
-  (Kunstner, Balles & Hennig 2019). Its residual is constant, so
-  ``learn_prior=True`` drives the process scale down; do not combine them.
+  (Kunstner, Balles & Hennig 2019). Its residual is constant, not a
+  prediction error (``learn_prior=True`` would drive the process scale
+  down), so it too carries ``pseudo_residual=True``.
 
   Labels outside :math:`[0, C)` are refused where they are concrete
   (``ValueError``). Traced labels (under ``jax.jit`` or ``jax.vmap``)
@@ -584,4 +585,5 @@ def categorical_observation(
   residual = jnp.where(valid, 1.0, jnp.nan).reshape(examples)
   return info, grads, {
       'jacobian': rows, 'residual': residual.astype(dtype),
-      'observation_covariance': jnp.eye(examples, dtype=dtype)}
+      'observation_covariance': jnp.eye(examples, dtype=dtype),
+      'pseudo_residual': True}
