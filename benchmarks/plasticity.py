@@ -50,7 +50,7 @@ Learners (each a :class:`harness.Learner`):
   initial variances the stationary ones, scaled so that they sum to 2/64
   (the He variance of the first layer), as
   ``benchmarks/trump_approval.py``'s ``default_prior``. It runs on fewer
-  test seeds (one step costs about as much as 200 SGD steps).
+  test seeds (one step costs about as much as a hundred SGD steps).
 
 Multiscale learning and L2 Init
 -------------------------------
