@@ -29,6 +29,8 @@ from multiscale_optax._src.environments import KalmanFilterPredictions
 from multiscale_optax._src.environments import OneOverFEnvironment
 from multiscale_optax._src.environments import kalman_filter_predictions
 from multiscale_optax._src.environments import sample_environment
+from multiscale_optax._src.fit_prior import PriorFit
+from multiscale_optax._src.fit_prior import fit_prior
 from multiscale_optax._src.kalman import ScaleByInputNormState
 from multiscale_optax._src.kalman import SteadyStateKalman
 from multiscale_optax._src.kalman import kalman_learning_rates
@@ -43,6 +45,7 @@ from multiscale_optax._src.multiscale import SubweightLayout
 from multiscale_optax._src.multiscale import fast_weights
 from multiscale_optax._src.multiscale import get_subweights
 from multiscale_optax._src.multiscale import multiscale
+from multiscale_optax._src.prior_learning import PriorLearningState
 from multiscale_optax._src.timescales import decays_from_timescales
 from multiscale_optax._src.timescales import log_spaced_timescales
 from multiscale_optax._src.timescales import timescales_from_decays
@@ -62,6 +65,8 @@ __all__ = (
     "MultiscaleSubweights",
     "ObservationInfo",
     "OneOverFEnvironment",
+    "PriorFit",
+    "PriorLearningState",
     "ScaleByInputNormState",
     "SteadyStateKalman",
     "SubweightLayout",
@@ -73,6 +78,7 @@ __all__ = (
     "decays_from_timescales",
     "fast_weights",
     "fit_learning_rates",
+    "fit_prior",
     "from_aggmo",
     "from_linear_dynamics",
     "from_momentum",

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -160,3 +162,41 @@ def run_on_eight_cpu_devices(script: str) -> str:
   assert result.returncode == 0, result.stdout + result.stderr
   assert result.stdout.strip().endswith('SHARDING-OK'), result.stdout
   return result.stdout
+
+
+class OnlineRun(NamedTuple):
+  """What :func:`online_regression` returns."""
+
+  predictions: jax.Array
+  params: jax.Array
+  state: Any
+  collected: Any
+
+
+def online_regression(opt, inputs, targets, noise_variance, params=None,
+                      collect=None) -> OnlineRun:
+  """A linear model predicts each target, then ``opt`` learns from it.
+
+  ``opt`` is a Bayesian learner: it gets the gradient of
+  ``(y - x.w)^2 / (2 r)`` and the extra arguments ``jacobian=x`` and
+  ``residual=y - x.w``. ``collect(state)`` is recorded after every step.
+  """
+  if params is None:
+    params = jnp.zeros(inputs.shape[-1], inputs.dtype)
+
+  def step(carry, example):
+    params, state = carry
+    x, y = example
+    prediction = x @ params
+    error = y - prediction
+    updates, state = opt.update(
+        -x * error / noise_variance, state, params, jacobian=x,
+        residual=error)
+    recorded = None if collect is None else collect(state)
+    return (optax.apply_updates(params, updates), state), (
+        prediction, recorded)
+
+  (params, state), (predictions, collected) = jax.jit(
+      lambda carry, data: jax.lax.scan(step, carry, data))(
+          (params, opt.init(params)), (inputs, targets))
+  return OnlineRun(predictions, params, state, collected)

@@ -542,42 +542,6 @@ def test_update_errors():
     learner.update(params, learner.init(params), params, jacobian=params)
 
 
-@pytest.mark.parametrize('outputs', [0, 3])
-def test_prior_learning_step_is_the_likelihood_gradient(outputs):
-  # With S = R rho + c E (E = sum_i J V_i J^T), one step moves log c and
-  # log rho by eta times d/dlog log N(e; 0, S) at c = rho = 1.
-  with jax.enable_x64(True):
-    rng = np.random.default_rng(0)
-    num = 5
-    shape = (outputs, num) if outputs else (num,)
-    jac = jnp.asarray(rng.normal(size=shape))
-    error = jnp.asarray(rng.normal(size=outputs) if outputs else 1.3)
-    opt = mso.bayesian_multiscale(
-        [0.5, 0.9], [0.3, 0.1], 0.7, learn_prior=True,
-        learn_noise_variance=True, prior_learning_rate=0.1)
-    params = jnp.zeros(num)
-    state = opt.init(params)
-    _, new_state = opt.update(params, state, params, jacobian=jac,
-                              residual=error)
-    variances = 0.3 / 0.75 + 0.1 / 0.19
-    matrix = jac.reshape(max(outputs, 1), num)
-    explained = variances * matrix @ matrix.T
-    identity = jnp.eye(max(outputs, 1))
-    vector = jnp.reshape(error, (-1,))
-
-    def log_likelihood(log_c, log_rho):
-      covariance = 0.7 * jnp.exp(log_rho) * identity + jnp.exp(log_c) * (
-          explained)
-      return jax.scipy.stats.multivariate_normal.logpdf(
-          vector, jnp.zeros_like(vector), covariance)
-
-    grad_c, grad_rho = jax.grad(log_likelihood, argnums=(0, 1))(0.0, 0.0)
-    np.testing.assert_allclose(new_state.log_process_scale, 0.1 * grad_c,
-                               atol=TIGHT)
-    np.testing.assert_allclose(new_state.log_noise_scale, 0.1 * grad_rho,
-                               atol=TIGHT)
-
-
 def test_categorical_stream_with_learned_prior_learns():
   # Softmax regression on a fixed linear rule: the online accuracy over the
   # second half must beat chance (1/3) by a wide margin, and stay finite.

@@ -17,6 +17,7 @@ import optax
 import pytest
 
 import multiscale_optax as mso
+from multiscale_optax._src.gaussian_belief import PseudoResidual
 
 FISHERS = ('exact', 'sampled', 'empirical')
 
@@ -623,14 +624,56 @@ def test_pseudo_residuals_refuse_options_that_read_the_residual(
   _, grads, extra = mso.categorical_observation(
       apply, params, jnp.ones(3), jnp.asarray(1), fisher=fisher,
       key=jax.random.key(0) if fisher == 'sampled' else None)
-  assert extra['pseudo_residual'] is True
+  assert isinstance(extra['pseudo_residual'], PseudoResidual)
   with pytest.raises(ValueError, match='pseudo-residual'):
     opt.update(grads, state, params, **extra)
+  # Through jax.jit too: the marker has no leaves, so it stays a marker.
+  with pytest.raises(ValueError, match='pseudo-residual'):
+    jax.jit(opt.update)(grads, state, params, **extra)
   # The same options with the exact observation run.
   _, grads, extra = mso.categorical_observation(
       apply, params, jnp.ones(3), jnp.asarray(1))
   assert 'pseudo_residual' not in extra
   opt.update(grads, state, params, **extra)
+
+
+@pytest.mark.parametrize('fisher', ['sampled', 'empirical'])
+@pytest.mark.parametrize('wrap', [
+    'plain', 'chain', 'apply_if_finite', 'multi_steps', 'inject'])
+def test_pseudo_residual_extras_pass_through_jit_and_wrappers(fisher, wrap):
+  # A Python True among the extras arrived traced under jax.jit and was
+  # refused; the marker is structure, so every wrapper passes it on.
+  params = {'w': jnp.zeros((3, 2))}
+
+  def apply(p, x):
+    return x @ p['w']
+
+  def learner(**hyper):
+    return mso.bayesian_multiscale(
+        decays=hyper.get('decays', [0.9]),
+        process_variances=hyper.get('process_variances', [0.19]),
+        noise_variance=1.0)
+
+  opt = {
+      'plain': lambda: learner(),
+      'chain': lambda: optax.chain(optax.identity(), learner()),
+      'apply_if_finite': lambda: optax.apply_if_finite(learner(), 3),
+      'multi_steps': lambda: optax.MultiSteps(learner(), 2),
+      'inject': lambda: optax.inject_hyperparams(learner)(
+          decays=[0.9], process_variances=[0.19]),
+  }[wrap]()
+  _, grads, extra = mso.categorical_observation(
+      apply, params, jnp.ones(3), jnp.asarray(1), fisher=fisher,
+      key=jax.random.key(0) if fisher == 'sampled' else None)
+  updates, _ = jax.jit(opt.update)(grads, opt.init(params), params, **extra)
+  expected, _ = learner().update(grads, learner().init(params), params,
+                                 **extra)
+  if wrap != 'multi_steps':  # MultiSteps applies every second step
+    # One update, jitted or not: equal up to float32 rounding of the
+    # few-term sums (a few ulps of the largest entry).
+    np.testing.assert_allclose(updates['w'], expected['w'], rtol=1e-5,
+                               atol=1e-6 * float(jnp.max(jnp.abs(
+                                   expected['w']))))
 
 
 def test_pseudo_residual_must_be_a_python_bool():

@@ -406,6 +406,12 @@ _decays = st.one_of(
     st.floats(-0.999, 0.999), st.just(1.0), st.just(0.0), st.just(0.9999))
 _entries = st.lists(
     st.tuples(st.floats(-5.0, 5.0), _decays), min_size=1, max_size=4)
+# Rates whose products with a gradient stay out of float32's subnormal
+# range, where XLA:CPU flushes to zero and doubling is not exact.
+_normal_entries = st.lists(
+    st.tuples(st.floats(-5.0, 5.0).filter(
+        lambda rate: rate == 0.0 or abs(rate) > 1e-30), _decays),
+    min_size=1, max_size=4)
 _shapes = st.lists(
     st.lists(st.integers(1, 3), min_size=0, max_size=2).map(tuple),
     min_size=1, max_size=3)
@@ -453,7 +459,7 @@ def test_state_is_stable_and_updates_finite(
 
 @_SETTINGS
 @hypothesis.given(
-    entries=_entries, shapes=_shapes, state_dtype=_dtypes,
+    entries=_normal_entries, shapes=_shapes, state_dtype=_dtypes,
     seed=st.integers(0, 1000))
 def test_doubling_gradients_doubles_increments_from_zero_state(
     entries, shapes, state_dtype, seed):

@@ -77,6 +77,7 @@ import warnings
 from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
+from typing import Literal
 from typing import NamedTuple
 from typing import cast
 
@@ -91,6 +92,7 @@ from multiscale_optax._src import ar1_prior
 from multiscale_optax._src import checks
 from multiscale_optax._src import gaussian_belief
 from multiscale_optax._src import precision
+from multiscale_optax._src import prior_learning
 from multiscale_optax._src import scaled_storage
 from multiscale_optax._src import small_linalg
 from multiscale_optax._src import subweight_state
@@ -115,18 +117,30 @@ class BayesianMultiscaleState(NamedTuple):
       :math:`\mathrm{diag}(D) - UU^\top`; empty for ``rank=0``.
     mean_scales: per subweight, its scale :math:`s_i` as a float32 pair
       ``(high, low)`` (see :mod:`multiscale_optax._src.scaled_storage`).
-    log_process_scale: :math:`\log c`, a scalar: the process variances in
-      use are :math:`c\, q_i`. Zero unless ``learn_prior=True``.
-    log_noise_scale: :math:`\log \rho`, a scalar: the observation noise in
-      use is :math:`\rho R`. Zero unless ``learn_noise_variance=True``.
-    innovation_variance: the last step's innovation variance :math:`S`
-      (for :math:`C` outputs, :math:`\mathrm{tr}(S)/C`); ``nan`` before the
-      first update.
+    log_process_scale: :math:`\log c`: the process variances in use are
+      :math:`c\, q_i`. A scalar, or params-shaped (one :math:`c` per
+      weight) with ``learn_prior='per_weight'``; zero unless the prior is
+      learned.
+    log_noise_scale: :math:`\log \rho`, a scalar: the model's noise is
+      :math:`\rho R`, its process variances :math:`\rho c q_i`. The means
+      depend on the ratio only, so the filter runs with :math:`R` and
+      :math:`c q_i` and the stored variances are in units of :math:`\rho`
+      (:func:`get_bayesian_subweights` multiplies them back). Zero unless
+      ``learn_noise_variance=True``, where :math:`\rho` is profiled
+      (:mod:`multiscale_optax._src.prior_learning`).
+    innovation_variance: the last step's innovation variance :math:`\rho S`
+      (for :math:`C` outputs, :math:`\rho\,\mathrm{tr}(S)/C`); ``nan``
+      before the first update.
     skipped_observations: how many observations were not finite (a
       non-finite Jacobian, residual, gradient or observation covariance,
       or one whose innovation covariance was not positive definite) and so
       were skipped: for those steps only the prior's prediction was
       applied (``int32``).
+    prior_tangents: :math:`T_i = \partial\mu_i/\partial\log c`, one
+      params-shaped pytree per subweight, in the variances' dtype (empty
+      unless the prior is learned).
+    prior_learning: the window statistics and step moments of the learned
+      scales (a :class:`PriorLearningState`).
   """
 
   # The field shadows tuple.count, as in optax's own states (its name is
@@ -140,6 +154,8 @@ class BayesianMultiscaleState(NamedTuple):
   log_noise_scale: jax.Array
   innovation_variance: jax.Array
   skipped_observations: jax.Array
+  prior_tangents: tuple[optax.Params, ...]
+  prior_learning: prior_learning.PriorLearningState
 
 
 class BayesianSubweights(NamedTuple):
@@ -152,8 +168,8 @@ class BayesianSubweights(NamedTuple):
     prior_mean: :math:`w_0`, the params minus :math:`\sum_i \mu_i`.
     means: :math:`\mu_i`, one params-shaped pytree per subweight.
     variances: the marginal variances of the subweights,
-      :math:`D_i - \sum_l U_{i,l}^2`, one params-shaped pytree per
-      subweight.
+      :math:`\rho(D_i - \sum_l U_{i,l}^2)`, one params-shaped pytree per
+      subweight (:math:`\rho` the noise scale, 1 unless learned).
     learning_rates: ``None`` unless ``decays`` was given; else
       :math:`\gamma_i v_i / S` with :math:`v_i` the marginal variances and
       :math:`S` the last step's innovation variance, one params-shaped
@@ -161,8 +177,11 @@ class BayesianSubweights(NamedTuple):
       :math:`J e` at the next step if its innovation variance equals the
       last one and the belief is diagonal (for scalar outputs; multiply by
       :math:`r` for the rate on the gradient).
-    process_scale: :math:`c`, the learned scale of the process variances.
-    noise_scale: :math:`\rho`, the learned scale of the noise variance.
+    process_scale: :math:`c`, the learned scale of the process variances
+      relative to the noise: a scalar, or params-shaped for
+      ``learn_prior='per_weight'``.
+    noise_scale: :math:`\rho`, the learned (profiled) scale of the noise
+      variance; the model's process variances are :math:`\rho c q_i`.
   """
 
   decays: tuple[jax.Array, ...] | None
@@ -262,34 +281,66 @@ def _check_observation_covariance(value: Any, outputs: int | None) -> None:
 
 
 def _check_state_leaves(
-    state: BayesianMultiscaleState, grad_leaves: list[jax.Array],
-    treedef: treedefs.TreeDef, num: int, rank: int,
+    hyper: _Hyperparameters, state: BayesianMultiscaleState,
+    grad_leaves: list[jax.Array], treedef: treedefs.TreeDef,
 ) -> tuple[list[list[jax.Array]], list[list[jax.Array]],
-           list[list[jax.Array]]]:
-  """The state's leaves, checked against the updates' shapes."""
-  if (len(state.means) != num or len(state.variances) != num
-      or len(state.mean_scales) != num
-      or len(state.factors) != (num if rank else 0)):
+           list[list[jax.Array]], list[list[jax.Array]]]:
+  """The state's leaves, checked against this learner and the updates."""
+  num, rank = len(hyper.decays), hyper.rank
+  if len(state.means) != num:
     raise ValueError(
-        f'The state holds {len(state.means)} subweights and '
-        f'{len(state.factors)} factors, but this transformation has {num} '
-        f'subweights of rank {rank}: initialise the state with this '
+        f'The state holds {len(state.means)} subweights, but this '
+        f'transformation has {num}: initialise the state with this '
         'transformation.')
-  means, variances, factors = (
+  state_rank = (jax.tree.leaves(state.factors[0])[0].shape[0]
+                if state.factors and jax.tree.leaves(state.factors[0])
+                else None)
+  if bool(state.factors) != bool(rank) or (
+      state_rank is not None and state_rank != rank):
+    built = (f'rank {state_rank}' if state.factors
+             else 'a diagonal belief (rank 0)')
+    raise ValueError(
+        f'The state was built for {built}, but this transformation has rank '
+        f'{rank}: initialise the state with this transformation (the rank '
+        "sets the state's shapes).")
+  learns = hyper.learn_prior is not None
+  if bool(state.prior_tangents) != learns:
+    raise ValueError(
+        'The state was built ' + ('without' if learns else 'with')
+        + ' a learned prior, but this transformation has learn_prior='
+        f'{hyper.learn_prior or False!r}: initialise the state with this '
+        'transformation.')
+  per_weight = hyper.learn_prior == prior_learning.PER_WEIGHT
+  scale = state.log_process_scale
+  if per_weight:
+    fits = jax.tree.structure(scale) == treedef and all(
+        tuple(leaf.shape) == tuple(grad.shape) for leaf, grad in zip(
+            treedef.flatten_up_to(scale), grad_leaves))
+  else:
+    fits = isinstance(scale, jax.Array | np.ndarray) and scale.ndim == 0
+  if not fits:
+    raise ValueError(
+        "The state's `log_process_scale` is not "
+        + ('params-shaped' if per_weight else 'a scalar')
+        + f", as learn_prior={hyper.learn_prior!r} needs: initialise the "
+        'state with this transformation.')
+  means, variances, factors, tangents = (
       subweight_state.leaves_of(treedef, trees)
-      for trees in (state.means, state.variances, state.factors))
+      for trees in (state.means, state.variances, state.factors,
+                    state.prior_tangents))
   for position, grad in enumerate(grad_leaves):
     shape = tuple(grad.shape)
     for index in range(num):
       for name, leaves, expected in (
           ('means', means, shape), ('variances', variances, shape),
-          ('factors', factors, (rank, *shape))):
+          ('factors', factors, (rank, *shape)),
+          ('prior_tangents', tangents, shape)):
         if leaves and tuple(leaves[index][position].shape) != expected:
           raise ValueError(
               f'`state.{name}[{index}]` leaf {position} has shape '
               f'{tuple(leaves[index][position].shape)}, expected '
               f'{expected}: the state does not belong to these params.')
-  return means, variances, factors
+  return means, variances, factors, tangents
 
 
 def _observation(
@@ -298,7 +349,6 @@ def _observation(
     residual: Any,
     observation_covariance: Any,
     noise: jax.Array,
-    noise_scale: jax.Array,
     dtype: Any,
 ) -> tuple[Callable[[jax.Array], gaussian_belief.Observation], list[jax.Array],
            jax.Array]:
@@ -326,7 +376,6 @@ def _observation(
   else:
     covariance = jnp.asarray(observation_covariance, dtype).reshape(
         outputs, outputs)
-  covariance = noise_scale * covariance
   if residual is None:
     # One read of the gradient (the products themselves are formed inside
     # the loops that use them).
@@ -397,8 +446,8 @@ def _max_abs(leaves: Sequence[jax.Array]) -> jax.Array:
   return largest
 
 
-class _Prior(NamedTuple):
-  """The hyperparameters of a :func:`bayesian_multiscale` learner."""
+class _Hyperparameters(NamedTuple):
+  """The settings of a :func:`bayesian_multiscale` learner."""
 
   decays: tuple[Any, ...]
   leaks: tuple[tuple[Any, Any], ...]  # (1 - gamma, 1 - gamma^2)
@@ -406,10 +455,12 @@ class _Prior(NamedTuple):
   noise_variance: Any
   rank: int
   variance_update: str
-  learn_prior: bool
+  # None, prior_learning.GLOBAL or prior_learning.PER_WEIGHT.
+  learn_prior: str | None
   learn_noise_variance: bool
   prior_learning_rate: optax.ScalarOrSchedule
-  outlier_threshold: float | None
+  prior_window: Any
+  outlier_threshold: Any
 
 
 def _output_count(
@@ -437,62 +488,34 @@ def _output_count(
   return outputs
 
 
-def _prior_scales(
-    prior: _Prior, state: BayesianMultiscaleState,
-    observation: gaussian_belief.Observation,
-    innovation: gaussian_belief.Innovation, valid: jax.Array, dtype: Any,
-) -> tuple[jax.Array, jax.Array]:
-  """The log prior and noise scales after one observation."""
-  if not prior.learn_prior:
-    return state.log_process_scale, state.log_noise_scale
-  rate = (prior.prior_learning_rate(state.count)
-          if callable(prior.prior_learning_rate)
-          else prior.prior_learning_rate)
-  rate = jnp.asarray(rate, dtype)
-  gradients = gaussian_belief.prior_scale_gradients(observation, innovation)
-  # A hard bound on top of the capped residual: one observation never moves
-  # a scale by more than a factor of 10.
-  bound = float(np.log(10.0))
+class _Conditioned(NamedTuple):
+  """An observation's effect on the belief (see :func:`_observe`)."""
 
-  def step(log_scale: jax.Array, gradient: jax.Array) -> jax.Array:
-    change = jnp.where(valid, jnp.clip(rate * gradient, -bound, bound), 0.0)
-    return (log_scale.astype(dtype) + change).astype(log_scale.dtype)
-
-  log_noise_scale = state.log_noise_scale
-  if prior.learn_noise_variance:
-    log_noise_scale = step(log_noise_scale, gradients[1])
-  return step(state.log_process_scale, gradients[0]), log_noise_scale
+  belief: gaussian_belief.Belief
+  observation: gaussian_belief.Observation
+  innovation: gaussian_belief.Innovation
+  posterior: gaussian_belief.Posterior
+  valid: jax.Array
+  rescale: jax.Array
 
 
 def _observe(
-    prior: _Prior,
-    state: BayesianMultiscaleState,
+    hyper: _Hyperparameters,
     grad_leaves: list[jax.Array],
     jacobian_leaves: list[Any],
     variances: list[list[jax.Array]],
     factors: list[list[jax.Array]],
     trainable: list[int],
-    outputs: int | None,
     residual: Any,
     observation_covariance: Any,
     dtype: Any,
-) -> tuple[gaussian_belief.Posterior | None, jax.Array, jax.Array, jax.Array,
-           jax.Array]:
-  """Conditions the belief on the observation, where there is one.
-
-  Returns the posterior (``None`` where nothing is observed), whether the
-  observation was valid, and the new log prior and noise scales and
-  innovation variance.
-  """
-  if not trainable or outputs == 0:
-    return (None, jnp.asarray(False), state.log_process_scale,
-            state.log_noise_scale, state.innovation_variance)
-  noise_scale = jnp.exp(state.log_noise_scale.astype(dtype))
+) -> _Conditioned:
+  """Conditions the belief on the observation (of at least one output)."""
   observation_at, rows, valid = _observation(
       [grad_leaves[p] for p in trainable],
       [jacobian_leaves[p] for p in trainable], residual,
-      observation_covariance, jnp.asarray(prior.noise_variance, dtype),
-      noise_scale, dtype)
+      observation_covariance, jnp.asarray(hyper.noise_variance, dtype),
+      dtype)
   belief = gaussian_belief.Belief(
       diagonals=[[leaves[p].astype(dtype) for p in trainable]
                  for leaves in variances],
@@ -501,44 +524,131 @@ def _observe(
   observation, innovation, rescale = _innovation(
       belief, observation_at, rows, dtype)
   valid = valid & jnp.all(jnp.isfinite(innovation.cholesky))
-  if prior.outlier_threshold is not None:
+  if hyper.outlier_threshold is not None:
     observation = gaussian_belief.clip_residual(
-        observation, innovation, prior.outlier_threshold)
+        observation, innovation, hyper.outlier_threshold)
   if observation_covariance is not None:
     valid = valid & jnp.all(jnp.isfinite(
         small_linalg.cholesky(observation.covariance)))
   posterior = gaussian_belief.condition(
-      belief, observation, innovation, prior.variance_update)
-  log_process_scale, log_noise_scale = _prior_scales(
-      prior, state, observation, innovation, valid, dtype)
-  innovation_variance = jnp.where(
-      valid,
-      (jnp.trace(innovation.covariance) * jnp.square(rescale)
-       / innovation.covariance.shape[0]).astype(
-           state.innovation_variance.dtype),
-      state.innovation_variance)
-  return (posterior, valid, log_process_scale, log_noise_scale,
-          innovation_variance)
+      belief, observation, innovation, hyper.variance_update)
+  return _Conditioned(belief, observation, innovation, posterior, valid,
+                      rescale)
 
 
-def _check_pseudo_residual(pseudo_residual: Any, prior: _Prior) -> None:
+class _LearnedPrior(NamedTuple):
+  """The prior's scales after an observation (see :func:`_learn_prior`)."""
+
+  log_process_scales: Any  # a scalar, or per trainable leaf
+  log_noise_scale: jax.Array
+  learning: prior_learning.PriorLearningState
+  tangent_steps: list[list[jax.Array]] | None
+
+
+def _learn_prior(
+    hyper: _Hyperparameters,
+    state: BayesianMultiscaleState,
+    conditioned: _Conditioned,
+    tangents: list[list[jax.Array]],
+    log_process_scales: Any,
+    learning: prior_learning.PriorLearningState,
+    dtype: Any,
+) -> _LearnedPrior:
+  """One step of the learned prior scales and the means' sensitivities.
+
+  The terms are those of :mod:`multiscale_optax._src.prior_learning`;
+  ``log_process_scales``, ``learning.sensitivities`` and the moments are
+  scalars for the global scale and lists over the trainable leaves per
+  weight, as are the returned ones.
+  """
+  observation, innovation = conditioned.observation, conditioned.innovation
+  belief, valid = conditioned.belief, conditioned.valid
+  assert observation.residual is not None
+  cholesky = innovation.cholesky
+  solved = small_linalg.cho_solve(cholesky, observation.residual)
+  squared_residual = observation.residual @ solved
+  summed_tangents = [
+      sum(leaves[1:], leaves[0]).astype(dtype) for leaves in zip(*tangents)]
+  if hyper.learn_prior == prior_learning.GLOBAL:
+    tracking = gaussian_belief.tangent_projection(
+        observation, summed_tangents)
+    terms = prior_learning.Terms(
+        explained=solved @ innovation.explained @ solved,
+        trace=jnp.trace(small_linalg.cho_solve(cholesky, innovation.explained)),
+        tracking=solved @ tracking)
+    # dmu/dlog c steps by Sigma H^T S^-1 (R a - H T) (module docstring of
+    # prior_learning): a mean step with another right-hand side.
+    steps, _ = gaussian_belief.covariance_times(
+        belief, observation, innovation, small_linalg.cho_solve(
+            cholesky, observation.covariance @ solved - tracking))
+  else:
+    gains, precisions, own = gaussian_belief.weight_statistics(
+        belief, observation, innovation, solved)
+    terms = prior_learning.Terms(
+        explained=[m * jnp.square(g) for m, g in zip(own, gains)],
+        trace=[m * b for m, b in zip(own, precisions)],
+        tracking=[g * t for g, t in zip(gains, summed_tangents)])
+    steps = [[step * (1.0 - m * b) - diagonal * b * t
+              for step, diagonal, m, b, t in zip(
+                  mean_steps, diagonals, own, precisions, summed_tangents)]
+             for mean_steps, diagonals in zip(
+                 conditioned.posterior.mean_steps, belief.diagonals)]
+  forget = 1.0 - 1.0 / jnp.asarray(hyper.prior_window, dtype)
+  increments, learning = prior_learning.gradients(
+      learning, terms, squared_residual.astype(dtype),
+      observation.residual.shape[0], forget, hyper.learn_noise_variance,
+      valid)
+  rate = (hyper.prior_learning_rate(state.count)
+          if callable(hyper.prior_learning_rate)
+          else hyper.prior_learning_rate)
+  log_process_scales, learning = prior_learning.normalised_steps(
+      log_process_scales, increments, learning, jnp.asarray(rate, dtype),
+      valid)
+  log_noise_scale = state.log_noise_scale
+  if hyper.learn_noise_variance:
+    log_noise_scale = jnp.log(prior_learning.noise_scale(learning)).astype(
+        log_noise_scale.dtype)
+  steps = [[jnp.where(valid, step, 0.0) for step in leaves]
+           for leaves in steps]
+  return _LearnedPrior(log_process_scales, log_noise_scale, learning, steps)
+
+
+def _is_pseudo_residual(pseudo_residual: Any) -> bool:
+  """Whether the ``pseudo_residual`` extra argument marks a pseudo-residual.
+
+  ``categorical_observation`` with ``fisher='sampled'`` or
+  ``'empirical'`` passes a :class:`gaussian_belief.PseudoResidual` (a
+  pytree with no leaves, which ``jax.jit`` keeps as structure); a user may
+  pass a Python bool. A traced value cannot be read at trace time.
+  """
+  if isinstance(pseudo_residual, gaussian_belief.PseudoResidual):
+    return True
+  if isinstance(pseudo_residual, bool | np.bool_):
+    return bool(pseudo_residual)
+  raise TypeError(
+      '`pseudo_residual` must be a Python bool or the marker that '
+      'categorical_observation passes, got '
+      f'{type(pseudo_residual).__name__}: a bool passed through jax.jit '
+      'arrives traced; pass the extra arguments of categorical_observation '
+      'unchanged, or set pseudo_residual outside the jitted function.')
+
+
+def _check_pseudo_residual(
+    pseudo_residual: Any, hyper: _Hyperparameters) -> None:
   """Refuses the options that read the residual as data, where it is not.
 
   ``categorical_observation`` with ``fisher='sampled'`` or
-  ``'empirical'`` passes ``pseudo_residual=True``: its residual is a device
-  that makes the mean move along the observed gradient, not a prediction
-  error, so a prior scale, a noise scale or an outlier bound learned from
-  it would be wrong.
+  ``'empirical'`` marks its residual as a pseudo-residual: a device that
+  makes the mean move along the observed gradient, not a prediction error,
+  so a prior scale, a noise scale or an outlier bound learned from it would
+  be wrong.
   """
-  if not isinstance(pseudo_residual, bool):
-    raise TypeError('`pseudo_residual` must be a Python bool, got '
-                    f'{type(pseudo_residual).__name__}.')
-  if not pseudo_residual:
+  if not _is_pseudo_residual(pseudo_residual):
     return
-  for flag, name in ((prior.learn_prior, 'learn_prior=True'),
-                     (prior.learn_noise_variance,
+  for flag, name in ((hyper.learn_prior is not None, 'learn_prior'),
+                     (hyper.learn_noise_variance,
                       'learn_noise_variance=True'),
-                     (prior.outlier_threshold is not None,
+                     (hyper.outlier_threshold is not None,
                       '`outlier_threshold`')):
     if flag:
       raise ValueError(
@@ -548,21 +658,55 @@ def _check_pseudo_residual(pseudo_residual: Any, prior: _Prior) -> None:
           "'empirical'); use fisher='exact', or leave the prior fixed.")
 
 
+def _trainable_leaves(
+    treedef: treedefs.TreeDef, tree: Any, trainable: list[int]) -> list[Any]:
+  """The leaves of a params-shaped ``tree`` at the trainable positions."""
+  leaves = treedef.flatten_up_to(tree)
+  return [leaves[p] for p in trainable]
+
+
+def _with_trainable_leaves(
+    treedef: treedefs.TreeDef, tree: Any, trainable: list[int],
+    new_leaves: list[Any]) -> Any:
+  """``tree`` with its trainable leaves replaced by ``new_leaves``."""
+  leaves = treedef.flatten_up_to(tree)
+  for position, leaf in zip(trainable, new_leaves):
+    leaves[position] = leaf.astype(leaves[position].dtype)
+  return treedef.unflatten(leaves)
+
+
+class _Score(NamedTuple):
+  r"""What an update saw of its observation, for :func:`fit_prior`.
+
+  Attributes:
+    squared_residual: :math:`z = e^\top S^{-1} e` (0 where nothing was
+      observed or the residual is unknown).
+    log_determinant: :math:`\log\det S`.
+    outputs: :math:`N` where the observation was valid, else 0.
+  """
+
+  squared_residual: jax.Array
+  log_determinant: jax.Array
+  outputs: jax.Array
+
+
 def _update(
-    prior: _Prior,
+    hyper: _Hyperparameters,
     updates: optax.Updates,
     state: BayesianMultiscaleState,
     jacobian: Any,
     residual: Any,
     observation_covariance: Any,
-) -> tuple[optax.Updates, BayesianMultiscaleState]:
-  """One observation and one prediction (see :func:`bayesian_multiscale`)."""
+) -> tuple[optax.Updates, BayesianMultiscaleState, _Score]:
+  """One observation and one prediction (see :func:`bayesian_multiscale`).
+
+  Also returns the observation's :class:`_Score`.
+  """
   if jacobian is None:
     raise ValueError(
         'bayesian_multiscale needs the extra argument `jacobian` '
         '(d prediction / d params), e.g. opt.update(grads, state, params, '
         'jacobian=J); see mso.gaussian_observation.')
-  num, rank = len(prior.decays), prior.rank
   treedef: treedefs.TreeDef
   grad_leaves, treedef = jax.tree.flatten(updates)
   grad_leaves = [jnp.asarray(leaf) for leaf in grad_leaves]
@@ -572,12 +716,13 @@ def _update(
     raise ValueError(
         '`jacobian` must have the structure of the params (one leaf per '
         f'param): {error}') from error
-  means, variances, factors = _check_state_leaves(
-      state, grad_leaves, treedef, num, rank)
+  means, variances, factors, tangents = _check_state_leaves(
+      hyper, state, grad_leaves, treedef)
   trainable = [
       position for position, grad in enumerate(grad_leaves)
       if subweight_state.is_trainable(grad.dtype)
-      and subweight_state.is_trainable(means[0][position].dtype)]
+      and subweight_state.is_trainable(means[0][position].dtype)
+      and grad.size]
   for position in trainable:
     if jnp.iscomplexobj(grad_leaves[position]):
       raise TypeError(
@@ -585,37 +730,104 @@ def _update(
           f'complex gradient leaf {position}.')
   outputs = _output_count(grad_leaves, jacobian_leaves, trainable, residual,
                           observation_covariance)
-  for flag, name in ((prior.learn_prior, 'learn_prior=True'), (
-      prior.outlier_threshold is not None, '`outlier_threshold`')):
+  for flag, name in ((hyper.learn_prior is not None, 'learn_prior'), (
+      hyper.outlier_threshold is not None, '`outlier_threshold`')):
     if flag and residual is None:
       raise ValueError(
           f'{name} needs the extra argument `residual` (y - prediction).')
+  per_weight = hyper.learn_prior == prior_learning.PER_WEIGHT
+  learning = state.prior_learning
+  log_scales: Any = state.log_process_scale
+  if per_weight:
+    log_scales = _trainable_leaves(treedef, log_scales, trainable)
+    learning = prior_learning.map_scale_fields(
+        lambda tree: _trainable_leaves(treedef, tree, trainable), learning)
   dtype = precision.compute_dtype(
       *(grad_leaves[p].dtype for p in trainable),
       *(leaves[p].dtype for leaves in means + variances for p in trainable),
-      state.log_process_scale.dtype)
-  posterior, valid, log_process_scale, log_noise_scale, innovation_variance = (
-      _observe(prior, state, grad_leaves, jacobian_leaves, variances,
-               factors, trainable, outputs, residual, observation_covariance,
-               dtype))
-  increments, new_means, new_variances, new_factors, mean_scales = (
-      _predict_and_store(
-          prior, state, grad_leaves, means, variances, factors, trainable,
-          posterior, valid, jnp.exp(log_process_scale.astype(dtype)), dtype))
-  skipped = jnp.asarray(False) if posterior is None else ~valid
+      state.log_noise_scale.dtype)
+  conditioned = None
+  learned = _LearnedPrior(log_scales, state.log_noise_scale, learning, None)
+  innovation_variance = state.innovation_variance
+  zero = jnp.zeros([], dtype)
+  score = _Score(zero, zero, jnp.zeros([], jnp.int32))
+  if trainable and outputs != 0:
+    conditioned = _observe(
+        hyper, grad_leaves, jacobian_leaves, variances, factors, trainable,
+        residual, observation_covariance, dtype)
+    if hyper.learn_prior is not None:
+      learned = _learn_prior(
+          hyper, state, conditioned,
+          [[leaves[p] for p in trainable] for leaves in tangents],
+          log_scales, learning, dtype)
+    innovation = conditioned.innovation.covariance
+    innovation_variance = jnp.where(
+        conditioned.valid,
+        (jnp.exp(learned.log_noise_scale.astype(dtype))
+         * jnp.trace(innovation) * jnp.square(conditioned.rescale)
+         / innovation.shape[0]).astype(innovation_variance.dtype),
+        innovation_variance)
+    score = _score(conditioned)
+  if per_weight:
+    scale_changes = [
+        (jnp.exp(new.astype(dtype)), jnp.exp((new - old).astype(dtype)))
+        for new, old in zip(learned.log_process_scales, log_scales)]
+  else:
+    scale_changes = [(
+        jnp.exp(learned.log_process_scales.astype(dtype)),
+        jnp.exp((learned.log_process_scales - log_scales).astype(dtype)),
+    )] * len(trainable)
+  stored = _predict_and_store(
+      hyper, state, grad_leaves, means, variances, factors, tangents,
+      trainable, conditioned, learned.tangent_steps, scale_changes, dtype)
+  skipped = (jnp.asarray(False) if conditioned is None
+             else ~conditioned.valid)
+  learning = learned.learning
+  log_process_scale = learned.log_process_scales
+  if per_weight:
+    log_process_scale = _with_trainable_leaves(
+        treedef, state.log_process_scale, trainable, log_process_scale)
+    learning = prior_learning.map_scale_fields(
+        lambda leaves, tree: _with_trainable_leaves(
+            treedef, tree, trainable, leaves), learning, state.prior_learning)
   new_state = BayesianMultiscaleState(
       count=jnp.asarray(optax.safe_increment(state.count)),
-      means=subweight_state.trees_of(treedef, new_means),
-      variances=subweight_state.trees_of(treedef, new_variances),
-      factors=subweight_state.trees_of(treedef, new_factors),
-      mean_scales=mean_scales,
+      means=subweight_state.trees_of(treedef, stored.means),
+      variances=subweight_state.trees_of(treedef, stored.variances),
+      factors=subweight_state.trees_of(treedef, stored.factors),
+      mean_scales=stored.mean_scales,
       log_process_scale=log_process_scale,
-      log_noise_scale=log_noise_scale,
+      log_noise_scale=learned.log_noise_scale,
       innovation_variance=innovation_variance,
       skipped_observations=state.skipped_observations
       + skipped.astype(jnp.int32),
+      prior_tangents=subweight_state.trees_of(treedef, stored.tangents),
+      prior_learning=learning,
   )
-  return treedef.unflatten(increments), new_state
+  return treedef.unflatten(stored.increments), new_state, score
+
+
+def _score(conditioned: _Conditioned) -> _Score:
+  r"""The :class:`_Score` of a conditioned observation, in its own units.
+
+  The observation was divided by the power of two :math:`m`, so :math:`S`
+  by :math:`m^2`: :math:`\log\det S` gains :math:`2N\log m` back, and
+  :math:`z` is unchanged.
+  """
+  observation, innovation = conditioned.observation, conditioned.innovation
+  cholesky = innovation.cholesky
+  count = cholesky.shape[0]
+  valid = conditioned.valid
+  squared = (0.0 if observation.residual is None else
+             observation.residual @ small_linalg.cho_solve(
+                 cholesky, observation.residual))
+  log_determinant = 2.0 * (
+      jnp.sum(jnp.log(jnp.diagonal(cholesky)))
+      + count * jnp.log(conditioned.rescale))
+  return _Score(
+      squared_residual=jnp.where(valid, squared, 0.0),
+      log_determinant=jnp.where(valid, log_determinant, 0.0),
+      outputs=jnp.where(valid, count, 0).astype(jnp.int32))
 
 
 def _mean_step(
@@ -658,66 +870,101 @@ def _mean_step(
   return new, old_term + decay * step
 
 
+class _Stored(NamedTuple):
+  """The params' increments and the new state's leaves."""
+
+  increments: list[jax.Array]
+  means: list[list[jax.Array]]
+  variances: list[list[jax.Array]]
+  factors: list[list[jax.Array]]
+  tangents: list[list[jax.Array]]
+  mean_scales: tuple[tuple[jax.Array, jax.Array], ...]
+
+
 def _predict_and_store(
-    prior: _Prior,
+    hyper: _Hyperparameters,
     state: BayesianMultiscaleState,
     grad_leaves: list[jax.Array],
     means: list[list[jax.Array]],
     variances: list[list[jax.Array]],
     factors: list[list[jax.Array]],
+    tangents: list[list[jax.Array]],
     trainable: list[int],
-    posterior: gaussian_belief.Posterior | None,
-    valid: jax.Array,
-    process_scale: jax.Array,
+    conditioned: _Conditioned | None,
+    tangent_steps: list[list[jax.Array]] | None,
+    scale_changes: list[tuple[jax.Array, jax.Array]],
     dtype: Any,
-) -> tuple[list[jax.Array], list[list[jax.Array]], list[list[jax.Array]],
-           list[list[jax.Array]], tuple[tuple[jax.Array, jax.Array], ...]]:
+) -> _Stored:
   r"""Applies the prior's prediction to the posterior and stores it.
 
   :math:`\mu_i \leftarrow \gamma_i(\mu_i + \Delta\mu_i)`,
   :math:`D_i \leftarrow D_i - (1 - \gamma_i^2) D_i + c q_i`,
-  :math:`U_i \leftarrow U_i - (1 - \gamma_i) U_i`, each written with
-  :math:`1 - \gamma` (taken in float64 where concrete) so that a decay
-  close to 1 keeps its precision; a mean narrower than float64 decays
-  through its scale. Where the observation was not ``valid`` the prior
-  belief is carried instead of the posterior.
+  :math:`U_i \leftarrow U_i - (1 - \gamma_i) U_i` and the means'
+  sensitivities :math:`T_i \leftarrow \gamma_i(T_i + \Delta T_i)`, each
+  written with :math:`1 - \gamma` (taken in float64 where concrete) so that
+  a decay close to 1 keeps its precision; a mean narrower than float64
+  decays through its scale. Where the observation was not valid the prior
+  belief is carried instead of the posterior. ``scale_changes`` holds, per
+  trainable leaf, the prior scale :math:`c` after this step and its ratio
+  :math:`\kappa` to the one before: the covariance follows the scale,
+  :math:`D \leftarrow \kappa D`, :math:`U \leftarrow \sqrt\kappa\, U`
+  (the approximation :math:`\Sigma \propto c` of the learned prior, which
+  keeps the belief the one a filter run at the new scale would hold).
 
-  The means are stored first; each variance's and factor's update then depends on its
-  new mean (:func:`_after`), so that XLA orders every read of the old
-  variances before the loops that overwrite them and updates the donated
-  state in place.
+  The means are stored first; each variance's and factor's update then
+  depends on its new mean (:func:`_after`), so that XLA orders every read of
+  the old variances before the loops that overwrite them and updates the
+  donated state in place.
   """
+  posterior = None if conditioned is None else conditioned.posterior
+  valid = jnp.asarray(False) if conditioned is None else conditioned.valid
   scales, scale_steps = zip(*(
       scaled_storage.advance_scale(scale, leak[0])
-      for scale, leak in zip(state.mean_scales, prior.leaks)))
+      for scale, leak in zip(state.mean_scales, hyper.leaks)))
   increments, new_means = _store_means(
-      prior, grad_leaves, means, trainable, posterior, valid, scale_steps,
+      hyper, grad_leaves, means, trainable, posterior, valid, scale_steps,
       dtype)
   new_variances = [list(leaves) for leaves in variances]
   new_factors = [list(leaves) for leaves in factors]
-  for index, ((leak, variance_leak), process_variance) in enumerate(
-      zip(prior.leaks, prior.process_variances)):
+  new_tangents = [list(leaves) for leaves in tangents]
+  for index, ((leak, variance_leak), process_variance, decay) in enumerate(
+      zip(hyper.leaks, hyper.process_variances, hyper.decays)):
     leak_c = jnp.asarray(leak, dtype)
     variance_leak_c = jnp.asarray(variance_leak, dtype)
-    noise_c = process_scale * jnp.asarray(process_variance, dtype)
+    process_c = jnp.asarray(process_variance, dtype)
     for flat, position in enumerate(trainable):
+      scale, change = scale_changes[flat]
       diagonal = variances[index][position].astype(dtype)
       after_means = _after(new_means[index][position], dtype) if len(
-          prior.decays) > 1 else 0.0
+          hyper.decays) > 1 else 0.0
       if posterior is not None:
         diagonal = jnp.where(valid, posterior.diagonals[index][flat],
                              diagonal)
+      if tangents:
+        diagonal = change * diagonal
       new_variances[index][position] = precision.round_to_storage(
-          diagonal - variance_leak_c * diagonal + (noise_c + after_means),
+          diagonal - variance_leak_c * diagonal
+          + (scale * process_c + after_means),
           variances[index][position].dtype)
       if factors:
         old_factor = factors[index][position]
         factor = old_factor.astype(dtype)
         if posterior is not None:
           factor = jnp.where(valid, posterior.factors[index][flat], factor)
+        if tangents:
+          factor = jnp.sqrt(change) * factor
         new_factors[index][position] = precision.round_to_storage(
             factor - leak_c * factor + after_means, old_factor.dtype)
-  return increments, new_means, new_variances, new_factors, tuple(scales)
+      if tangents:
+        old_tangent = tangents[index][position]
+        tangent = old_tangent.astype(dtype)
+        step = (0.0 if tangent_steps is None
+                else tangent_steps[index][flat])
+        new_tangents[index][position] = precision.round_to_storage(
+            tangent - leak_c * tangent + jnp.asarray(decay, dtype) * step,
+            old_tangent.dtype)
+  return _Stored(increments, new_means, new_variances, new_factors,
+                 new_tangents, tuple(scales))
 
 
 def _after(array: jax.Array, dtype: Any) -> jax.Array:
@@ -736,7 +983,7 @@ def _after(array: jax.Array, dtype: Any) -> jax.Array:
 
 
 def _store_means(
-    prior: _Prior,
+    hyper: _Hyperparameters,
     grad_leaves: list[jax.Array],
     means: list[list[jax.Array]],
     trainable: list[int],
@@ -760,14 +1007,14 @@ def _store_means(
     read_after_update = posterior is not None and all(
         not checks.is_traced(decay) and abs(decay) >= 0.5
         and means[index][position].dtype == dtype
-        for index, decay in enumerate(prior.decays))
+        for index, decay in enumerate(hyper.decays))
     shape = grad_leaves[position].shape
     if read_after_update:
       assert posterior is not None
       increments[position] = jnp.where(
           valid, posterior.summed_mean_steps[flat], 0.0)
     for index, (decay, (leak, _)) in enumerate(
-        zip(prior.decays, prior.leaks)):
+        zip(hyper.decays, hyper.leaks)):
       decay_c = jnp.asarray(decay, dtype)
       leak_c = jnp.asarray(leak, dtype)
       step = (jnp.zeros(shape, dtype) if posterior is None else
@@ -781,6 +1028,21 @@ def _store_means(
       increment.astype(grad.dtype)
       for increment, grad in zip(increments, grad_leaves)]
   return increments, new_means
+
+
+def _check_learn_prior(learn_prior: Any) -> str | None:
+  """``learn_prior`` as ``None``, ``'global'`` or ``'per_weight'``."""
+  if isinstance(learn_prior, str):
+    if learn_prior != prior_learning.PER_WEIGHT:
+      raise ValueError(
+          "`learn_prior` must be False, True or 'per_weight', got "
+          f'{learn_prior!r}.')
+    return prior_learning.PER_WEIGHT
+  if not isinstance(learn_prior, bool | np.bool_):
+    raise TypeError(
+        "`learn_prior` must be False, True or 'per_weight', got "
+        f'{type(learn_prior).__name__} {learn_prior!r}.')
+  return prior_learning.GLOBAL if learn_prior else None
 
 
 def _check_rank(rank: Any) -> int:
@@ -816,7 +1078,7 @@ def _check_variance_update(variance_update: Any, rank: int) -> str:
 
 def _init_state(
     params: optax.Params, num: int, rank: int, initial_entries: Sequence[Any],
-    state_dtype: DTypeLike | None,
+    learn_prior: str | None, state_dtype: DTypeLike | None,
 ) -> BayesianMultiscaleState:
   leaves = jax.tree.leaves(params)
   for leaf in leaves:
@@ -837,10 +1099,17 @@ def _init_state(
     return jnp.full_like(
         param, value, dtype=_variance_dtype(param.dtype, state_dtype))
 
-  def factor(param: Any) -> jax.Array:
+  def zeros(param: Any) -> jax.Array:
     dtype = (_variance_dtype(param.dtype, state_dtype)
              if subweight_state.is_trainable(param.dtype) else param.dtype)
-    return jnp.zeros_like(param, dtype=dtype)[None].repeat(rank, axis=0)
+    return jnp.zeros_like(param, dtype=dtype)
+
+  def factor(param: Any) -> jax.Array:
+    return zeros(param)[None].repeat(rank, axis=0)
+
+  per_weight = learn_prior == prior_learning.PER_WEIGHT
+  log_scale = (jax.tree.map(zeros, params) if per_weight
+               else jnp.zeros([], scalar_dtype))
 
   return BayesianMultiscaleState(
       count=jnp.zeros([], jnp.int32),
@@ -852,10 +1121,16 @@ def _init_state(
       factors=tuple(
           jax.tree.map(factor, params) for _ in range(num if rank else 0)),
       mean_scales=tuple(scaled_storage.initial_scale() for _ in range(num)),
-      log_process_scale=jnp.zeros([], scalar_dtype),
+      log_process_scale=log_scale,
       log_noise_scale=jnp.zeros([], scalar_dtype),
       innovation_variance=jnp.full([], jnp.nan, scalar_dtype),
       skipped_observations=jnp.zeros([], jnp.int32),
+      prior_tangents=tuple(
+          jax.tree.map(zeros, params)
+          for _ in range(num if learn_prior is not None else 0)),
+      prior_learning=prior_learning.initial_state(
+          lambda: jax.tree.map(zeros, params) if per_weight else jnp.zeros(
+              [], scalar_dtype), scalar_dtype),
   )
 
 
@@ -868,9 +1143,10 @@ def bayesian_multiscale(
     initial_variances: Sequence[float] | ArrayLike | None = None,
     rank: int | None = None,
     variance_update: str | None = None,
-    learn_prior: bool = False,
+    learn_prior: bool | Literal['per_weight'] = False,
     learn_noise_variance: bool = False,
-    prior_learning_rate: optax.ScalarOrSchedule = 0.01,
+    prior_learning_rate: optax.ScalarOrSchedule = 0.03,
+    prior_window: float = 100.0,
     outlier_threshold: float | None = None,
     state_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -1073,31 +1349,69 @@ def bayesian_multiscale(
       ar1_prior.arguments(
           prior, decays, process_variances, noise_variance,
           initial_variances=initial_variances))
+  init_fn, scored_update = _scored_learner(
+      decays, process_variances, noise_variance, initial_variances,
+      rank=rank, variance_update=variance_update, learn_prior=learn_prior,
+      learn_noise_variance=learn_noise_variance,
+      prior_learning_rate=prior_learning_rate, prior_window=prior_window,
+      outlier_threshold=outlier_threshold, state_dtype=state_dtype)
+
+  def update_fn(
+      updates: optax.Updates,
+      state: BayesianMultiscaleState,
+      params: optax.Params | None = None,
+      **extra_args: Any,
+  ) -> tuple[optax.Updates, BayesianMultiscaleState]:
+    updates, state, _ = scored_update(updates, state, params, **extra_args)
+    return updates, state
+
+  # optax's protocols take any OptState and no named extra arguments;
+  # update_fn takes its own state and the observation's extra arguments.
+  return optax.GradientTransformationExtraArgs(
+      cast(optax.TransformInitFn, init_fn),
+      cast(optax.TransformUpdateExtraArgsFn, update_fn))
+
+
+def _scored_learner(
+    decays: Any, process_variances: Any, noise_variance: Any,
+    initial_variances: Any, *, rank: Any, variance_update: Any,
+    learn_prior: Any, learn_noise_variance: Any,
+    prior_learning_rate: optax.ScalarOrSchedule, prior_window: Any,
+    outlier_threshold: Any, state_dtype: DTypeLike | None,
+) -> tuple[Callable[[optax.Params], BayesianMultiscaleState],
+           Callable[..., tuple[optax.Updates, BayesianMultiscaleState,
+                               _Score]]]:
+  """The checked learner of :func:`bayesian_multiscale`: its ``init`` and an
+  ``update`` that also returns the observation's :class:`_Score`."""
+
+
   ar1 = _validate(
       decays, process_variances, noise_variance, initial_variances)
   rank = _check_rank(rank)
   variance_update = _check_variance_update(variance_update, rank)
-  learn_prior = checks.check_bool(learn_prior, 'learn_prior')
+  learn_mode = _check_learn_prior(learn_prior)
   learn_noise_variance = checks.check_bool(
       learn_noise_variance, 'learn_noise_variance')
-  if learn_noise_variance and not learn_prior:
+  if learn_noise_variance and learn_mode is None:
     raise ValueError(
-        '`learn_noise_variance=True` needs `learn_prior=True`.')
+        "`learn_noise_variance=True` needs `learn_prior=True` (or "
+        "'per_weight').")
   if not callable(prior_learning_rate):
     checks.check_scalar(
         prior_learning_rate, 'prior_learning_rate', low=0.0, high=np.inf)
+  checks.check_scalar(prior_window, 'prior_window', low=1.0, high=np.inf,
+                      high_inclusive=False)
   checks.check_state_dtype(state_dtype, 'state_dtype')
   if outlier_threshold is not None:
     checks.check_scalar(outlier_threshold, 'outlier_threshold', low=0.0,
                         high=np.inf, low_inclusive=False,
                         high_inclusive=False)
-    outlier_threshold = float(outlier_threshold)
-  hyperparameters = _Prior(
+  hyperparameters = _Hyperparameters(
       decays=ar1.decays, leaks=tuple(map(_leak, ar1.decays)),
       process_variances=ar1.process_variances, noise_variance=noise_variance,
-      rank=rank, variance_update=variance_update, learn_prior=learn_prior,
+      rank=rank, variance_update=variance_update, learn_prior=learn_mode,
       learn_noise_variance=learn_noise_variance,
-      prior_learning_rate=prior_learning_rate,
+      prior_learning_rate=prior_learning_rate, prior_window=prior_window,
       outlier_threshold=outlier_threshold)
 
   # optax.inject_hyperparams turns a NumPy `initial_variances` into a JAX
@@ -1107,9 +1421,9 @@ def bayesian_multiscale(
   def init_fn(params: optax.Params) -> BayesianMultiscaleState:
     return _init_state(
         params, ar1.num_components, rank, ar1.initial_variances or (),
-        state_dtype)
+        learn_mode, state_dtype)
 
-  def update_fn(
+  def scored_update(
       updates: optax.Updates,
       state: BayesianMultiscaleState,
       params: optax.Params | None = None,
@@ -1117,9 +1431,9 @@ def bayesian_multiscale(
       jacobian: optax.Params | None = None,
       residual: jax.Array | None = None,
       observation_covariance: jax.Array | None = None,
-      pseudo_residual: bool = False,
+      pseudo_residual: bool | gaussian_belief.PseudoResidual = False,
       **extra_args: Any,
-  ) -> tuple[optax.Updates, BayesianMultiscaleState]:
+  ) -> tuple[optax.Updates, BayesianMultiscaleState, _Score]:
     del params, extra_args
     _check_pseudo_residual(pseudo_residual, hyperparameters)
     if initial_is_array:
@@ -1131,10 +1445,7 @@ def bayesian_multiscale(
     return _update(hyperparameters, updates, state, jacobian, residual,
                    observation_covariance)
 
-  # optax's protocols take any OptState and no named extra arguments;
-  # update_fn takes its own state and the observation's extra arguments.
-  return optax.GradientTransformationExtraArgs(
-      init_fn, cast(optax.TransformUpdateExtraArgsFn, update_fn))
+  return init_fn, scored_update
 
 
 def get_bayesian_subweights(
@@ -1210,14 +1521,20 @@ def get_bayesian_subweights(
     return total.astype(param.dtype)
 
   prior_mean = over_state(prior_part, means[0], params, *means[1:])
-  variances = tuple(state.variances)
+  # The state's variances are in units of the learned noise scale.
+  noise_scale = jnp.exp(state.log_noise_scale)
   if state.factors:
     variances = tuple(
         over_state(
-            lambda diagonal, factor: diagonal - jnp.sum(
-                jnp.square(factor), axis=0).astype(diagonal.dtype),
+            lambda diagonal, factor: (noise_scale * (diagonal - jnp.sum(
+                jnp.square(factor), axis=0))).astype(diagonal.dtype),
             diagonal_tree, factor_tree)
         for diagonal_tree, factor_tree in zip(state.variances, state.factors))
+  else:
+    variances = tuple(
+        over_state(lambda diagonal: (noise_scale * diagonal).astype(
+            diagonal.dtype), tree)
+        for tree in state.variances)
   innovation = state.innovation_variance
   rates = None if decay_entries is None else tuple(
       over_state(
@@ -1232,6 +1549,6 @@ def get_bayesian_subweights(
       means=means,
       variances=variances,
       learning_rates=rates,
-      process_scale=jnp.exp(state.log_process_scale),
-      noise_scale=jnp.exp(state.log_noise_scale),
+      process_scale=jax.tree.map(jnp.exp, state.log_process_scale),
+      noise_scale=noise_scale,
   )

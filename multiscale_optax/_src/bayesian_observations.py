@@ -62,6 +62,7 @@ import optax
 from jax.typing import ArrayLike
 
 from multiscale_optax._src import checks
+from multiscale_optax._src import gaussian_belief
 from multiscale_optax._src import precision
 
 # The params as the model takes them (e.g. a dict of arrays); the gradient
@@ -369,7 +370,7 @@ def _sampled_extra(
   return {
       'jacobian': jacobian, 'residual': residual.astype(dtype),
       'observation_covariance': jnp.eye(count, dtype=dtype),
-      'pseudo_residual': True}
+      'pseudo_residual': gaussian_belief.PseudoResidual()}
 
 
 def categorical_observation(
@@ -436,7 +437,8 @@ def categorical_observation(
   incompatible with ``learn_prior=True`` (the learned scale would read
   :math:`e_0^2 = 1/\delta` as surprise) and with ``outlier_threshold``
   (it would be shrunk); use ``'exact'`` there. The extra arguments carry
-  ``pseudo_residual=True``, on which :func:`bayesian_multiscale` refuses
+  ``pseudo_residual`` (a marker that ``jax.jit`` passes as structure), on
+  which :func:`bayesian_multiscale` refuses
   those options.
 
   ``fisher='empirical'``: :math:`H_n = \nabla_w \log p_n(y_n)^\top`, the
@@ -447,7 +449,7 @@ def categorical_observation(
   already fits and is large where it errs, so it can distort the step
   (Kunstner, Balles & Hennig 2019). Its residual is constant, not a
   prediction error (``learn_prior=True`` would drive the process scale
-  down), so it too carries ``pseudo_residual=True``.
+  down), so it too carries ``pseudo_residual``.
 
   Labels outside :math:`[0, C)` are refused where they are concrete
   (``ValueError``). Traced labels (under ``jax.jit`` or ``jax.vmap``)
@@ -586,4 +588,4 @@ def categorical_observation(
   return info, grads, {
       'jacobian': rows, 'residual': residual.astype(dtype),
       'observation_covariance': jnp.eye(examples, dtype=dtype),
-      'pseudo_residual': True}
+      'pseudo_residual': gaussian_belief.PseudoResidual()}

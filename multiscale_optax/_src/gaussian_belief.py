@@ -37,8 +37,9 @@ keep their shapes (no flattening), so each keeps its param's sharding:
   :math:`D \leftarrow \gamma^2 D + c q`, :math:`U \leftarrow \gamma U`) is
   exact for this form and is applied by the transformation where it stores
   the state.
-* :func:`prior_scale_gradients`: the empirical-Bayes step of the log prior
-  and noise scales, with a bounded influence of any one observation.
+* :func:`tangent_projection` and :func:`weight_statistics`: what the
+  learned prior scale reads from an observation
+  (:mod:`multiscale_optax._src.prior_learning`).
 
 The structure follows the inference modules of dynamax
 (``inference_ekf.py``) and rebayes (LoFi: Chang, Durán-Martín, Shestopaloff,
@@ -49,6 +50,7 @@ neural networks from streaming data", CoLLAs 2023).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 from typing import NamedTuple
 
 import jax
@@ -61,12 +63,15 @@ from multiscale_optax._src import small_linalg
 VARIANCE_UPDATES = (
     'moment_matching', 'mean_field', 'others_as_noise', 'weight_marginal')
 
-# A whitened squared residual (chi-square with N degrees of freedom when the
-# model is calibrated) counts for at most this many times N in the
-# prior-scale step: a 5-sigma residual of one output. Under a calibrated
-# model the cap moves the expected step by a fraction
-# P(chi2_1 > 25) = 5.7e-7.
-RESIDUAL_CAP = 25.0
+class PseudoResidual(NamedTuple):
+  """The value of the ``pseudo_residual`` extra argument that marks an
+  observation's residual as a pseudo-residual (not a prediction error).
+
+  It has no fields, so it is a pytree with no leaves: ``jax.jit`` passes it
+  as structure (a Python ``True`` would become a traced array there), and so
+  do ``optax.chain``, ``apply_if_finite``, ``MultiSteps`` and
+  ``inject_hyperparams``.
+  """
 
 
 class Observation(NamedTuple):
@@ -256,6 +261,54 @@ def _diagonal_variances(
           for diagonals in belief.diagonals]
 
 
+def _coupling(
+    diagonals: list[list[jax.Array]], factors: list[list[jax.Array]],
+) -> jax.Array:
+  r""":math:`K = U^\top \mathrm{diag}(D)^{-1} U`, ``(L, L)``."""
+  tiny = jnp.finfo(diagonals[0][0].dtype).tiny
+  return _sum([
+      _inner(factor / jnp.maximum(diagonal, tiny), factor)
+      for subweight_diagonals, subweight_factors in zip(diagonals, factors)
+      for diagonal, factor in zip(subweight_diagonals, subweight_factors)])
+
+
+def _deflate(
+    diagonals: list[list[jax.Array]], factors: list[list[jax.Array]],
+    margin: Any,
+) -> tuple[list[list[jax.Array]], list[list[jax.Array]]]:
+  r"""The same covariance with :math:`D` as small as it allows, for
+  :math:`L \ge kP`.
+
+  With :math:`W = D^{-1/2}U` and :math:`WW^\top` of full rank (possible
+  only where :math:`U` has at least as many columns as there are
+  subweights), :math:`\Sigma = D^{1/2}(I - WW^\top)D^{1/2}` is also
+  :math:`\mathrm{diag}((1 - \delta)D) - U'U'^\top` with
+  :math:`U'U'^\top = UU^\top - \delta\,\mathrm{diag}(D)`, positive
+  semi-definite for :math:`\delta` up to the smallest eigenvalue of
+  :math:`WW^\top` (the :math:`kP`-th largest of :math:`K = W^\top W = V
+  \Lambda V^\top`): :math:`U' = U V \mathrm{diag}(\sqrt{(\lambda_j -
+  \delta)/\lambda_j})`. Where every direction has been learned,
+  :math:`\lambda_j \to 1`, and :math:`D` would stay at the prior's scale
+  while the marginal variances :math:`D - \sum U^2` shrink far below it: in
+  float32 their difference loses every digit (and the margin of
+  :func:`_truncate` keeps them above :math:`3 \cdot 10^{-5} D`). Deflating
+  keeps :math:`D` at the scale of the least-learned direction, so the
+  joint EKF (:math:`L \ge kP`) keeps its precision in float32.
+  """
+  eigenvalues, vectors = jnp.linalg.eigh(_coupling(diagonals, factors))
+  count = sum(leaf.size for leaves in diagonals for leaf in leaves)
+  rank = eigenvalues.shape[0]
+  # The smallest eigenvalue of W W^T, less a margin for its rounding.
+  deflation = jnp.clip(eigenvalues[rank - count] - margin, 0.0, 1.0 - margin)
+  scales = jnp.sqrt(jnp.maximum(eigenvalues - deflation, 0.0) / jnp.maximum(
+      eigenvalues, jnp.finfo(eigenvalues.dtype).tiny))
+  rotation = (vectors * scales).T
+  return ([[(1.0 - deflation) * diagonal for diagonal in leaves]
+           for leaves in diagonals],
+          [[_combine(rotation, factor) for factor in leaves]
+           for leaves in factors])
+
+
 def _truncate(
     diagonals: list[list[jax.Array]],
     stacked: list[list[jax.Array]],
@@ -296,17 +349,66 @@ def _truncate(
           jnp.finfo(dtype).eps * diagonal))
       new_factors[-1].append(_combine(kept_vectors.T, leaf))
   margin = 256 * jnp.finfo(dtype).eps
-  coupling = _sum([
-      _inner(factor / jnp.maximum(diagonal, jnp.finfo(dtype).tiny), factor)
-      for subweight_diagonals, subweight_factors in zip(
-          new_diagonals, new_factors)
-      for diagonal, factor in zip(subweight_diagonals, subweight_factors)])
-  largest = jnp.linalg.eigvalsh(coupling)[-1]
+  if rank >= sum(leaf.size for leaves in new_diagonals for leaf in leaves):
+    new_diagonals, new_factors = _deflate(new_diagonals, new_factors, margin)
+  largest = jnp.linalg.eigvalsh(_coupling(new_diagonals, new_factors))[-1]
   shrink = jnp.sqrt(jnp.minimum(
       1.0, (1.0 - margin) / jnp.maximum(largest, jnp.finfo(dtype).tiny)))
   new_factors = [[factor * shrink for factor in factors]
                  for factors in new_factors]
   return new_diagonals, new_factors
+
+
+def covariance_times(
+    belief: Belief,
+    observation: Observation,
+    innovation_: Innovation,
+    solved: jax.Array,
+) -> tuple[list[list[jax.Array]], list[jax.Array]]:
+  r""":math:`\Sigma H^\top w` for an :math:`N`-vector :math:`w`.
+
+  With :math:`\Sigma H^\top = D \circ H^\top - U (U^\top H^\top)`,
+  computed without forming :math:`\Sigma`. The Kalman update's mean step is
+  the case :math:`w = S^{-1} e`.
+
+  Args:
+    belief: the prior belief.
+    observation: the observation (its Jacobian rows).
+    innovation_: :func:`innovation` of both.
+    solved: :math:`w`, shape ``(N,)``.
+
+  Returns:
+    Per subweight and leaf, :math:`(\Sigma H^\top w)_i`; and per leaf
+    their sum over subweights, read from :math:`\sum_i D_i` and
+    :math:`\sum_i U_i`.
+  """
+  gains = [_combine(solved, row) for row in observation.rows]
+  return _covariance_times_gains(belief, innovation_, gains, solved)
+
+
+def _covariance_times_gains(
+    belief: Belief, innovation_: Innovation, gains: list[jax.Array],
+    solved: jax.Array | None,
+) -> tuple[list[list[jax.Array]], list[jax.Array]]:
+  """:func:`covariance_times` from the per-leaf gains :math:`J^\top w`."""
+  steps = [[variance * gain for variance, gain in zip(diagonals, gains)]
+           for diagonals in belief.diagonals]
+  summed_steps = [total * gain for total, gain in zip(
+      _summed_diagonals(belief), gains)]
+  if not belief.factors:
+    return steps, summed_steps
+  assert innovation_.projection is not None
+  if solved is not None:
+    coupling = innovation_.projection @ solved
+  else:
+    coupling = _sum([_inner(factor, gain[None])[:, 0] for factor, gain in zip(
+        _summed_factors(belief), gains)])
+  steps = [[step - _combine(coupling, factor)
+            for step, factor in zip(subweight_steps, factors)]
+           for subweight_steps, factors in zip(steps, belief.factors)]
+  summed_steps = [step - _combine(coupling, factor) for step, factor in zip(
+      summed_steps, _summed_factors(belief))]
+  return steps, summed_steps
 
 
 def condition(
@@ -322,10 +424,9 @@ def condition(
     \Delta\mu = \Sigma H^\top S^{-1} e, \qquad
     \Sigma \leftarrow \Sigma - C C^\top, \quad C = \Sigma H^\top L_S^{-\top},
 
-  with :math:`\Sigma H^\top = D \circ H^\top - U (U^\top H^\top)` computed
-  without forming :math:`\Sigma`. A low-rank belief keeps :math:`C` as new
-  columns of :math:`U` (then :func:`_truncate`); a diagonal one applies
-  ``variance_update``.
+  with :math:`\Sigma H^\top` from :func:`covariance_times`. A low-rank
+  belief keeps :math:`C` as new columns of :math:`U` (then
+  :func:`_truncate`); a diagonal one applies ``variance_update``.
 
   Args:
     belief: the prior belief.
@@ -338,17 +439,14 @@ def condition(
   """
   rows = observation.rows
   if observation.residual is not None:
-    solved = small_linalg.cho_solve(innovation_.cholesky,
-                                    observation.residual)
-    gains = [_combine(solved, row) for row in rows]
+    mean_steps, summed_steps = covariance_times(
+        belief, observation, innovation_,
+        small_linalg.cho_solve(innovation_.cholesky, observation.residual))
   else:
-    solved = None
-    gains = [product / innovation_.covariance[0, 0]
-             for product in observation.residual_products or ()]
-  mean_steps = [[variance * gain for variance, gain in zip(diagonals, gains)]
-                for diagonals in belief.diagonals]
-  summed_steps = [total * gain for total, gain in zip(
-      _summed_diagonals(belief), gains)]
+    mean_steps, summed_steps = _covariance_times_gains(
+        belief, innovation_,
+        [product / innovation_.covariance[0, 0]
+         for product in observation.residual_products or ()], None)
   if not belief.factors:
     return Posterior(
         mean_steps=mean_steps, summed_mean_steps=summed_steps,
@@ -356,16 +454,6 @@ def condition(
             belief, observation, innovation_, variance_update),
         factors=[])
   assert innovation_.projection is not None
-  if solved is not None:
-    coupling = innovation_.projection @ solved
-  else:
-    coupling = _sum([_inner(factor, gain[None])[:, 0] for factor, gain in zip(
-        _summed_factors(belief), gains)])
-  mean_steps = [[step - _combine(coupling, factor)
-                 for step, factor in zip(steps, factors)]
-                for steps, factors in zip(mean_steps, belief.factors)]
-  summed_steps = [step - _combine(coupling, factor) for step, factor in zip(
-      summed_steps, _summed_factors(belief))]
   inverse = small_linalg.lower_inverse(innovation_.cholesky)
   whitened = [_combine(inverse, row) for row in rows]
   # U^T H^T L_S^{-T}: how each new column reads the old factor.
@@ -410,43 +498,46 @@ def clip_residual(
   return observation._replace(residual=observation.residual * shrink)
 
 
-def prior_scale_gradients(
-    observation: Observation, innovation_: Innovation,
-) -> tuple[jax.Array, jax.Array]:
-  r"""Gradients of :math:`\log \mathcal N(e; 0, S)` in the log scales.
-
-  .. math::
-
-    g_c = \tfrac12\big(a^\top (S - R) a - \mathrm{tr}(S^{-1}(S - R))\big),
-    \qquad
-    g_\rho = \tfrac12\big(a^\top R a - \mathrm{tr}(S^{-1} R)\big),
-    \qquad a = S^{-1} e,
-
-  with :math:`\partial S/\partial \log c \approx S - R` and
-  :math:`\partial S/\partial \log \rho = R`. Robust to outliers: where the
-  whitened squared residual :math:`z = \|L_S^{-1} e\|^2` exceeds
-  :data:`RESIDUAL_CAP` :math:`\cdot N`, :math:`e` is shrunk to that bound
-  (a Huber-type rule), so one observation raises a log scale by at most
-  :math:`\tfrac{\eta}{2}(25 - 1) N` and the per-observation fall of
-  :math:`\tfrac{\eta}{2} N` undoes it in 24 observations.
+def tangent_projection(
+    observation: Observation, summed_tangents: Sequence[jax.Array],
+) -> jax.Array:
+  r""":math:`H T = \sum_{\text{leaves}} J \sum_i T_i`, shape ``(N,)``.
 
   Args:
-    observation: the observation (``residual`` required).
-    innovation_: its :func:`innovation`.
+    observation: the observation (its Jacobian rows).
+    summed_tangents: per leaf, :math:`\sum_i T_i` of the param's shape.
 
   Returns:
-    ``(g_c, g_rho)``.
+    The :math:`N`-vector :math:`HT`.
   """
-  assert observation.residual is not None
-  count = observation.residual.shape[0]
-  cholesky = innovation_.cholesky
-  shrink = _shrink_factor(observation.residual, cholesky,
-                          jnp.asarray(RESIDUAL_CAP * count, cholesky.dtype))
-  solved = small_linalg.cho_solve(cholesky, observation.residual) * shrink
-  noise_trace = jnp.trace(small_linalg.cho_solve(
-      cholesky, observation.covariance))
-  process_gradient = 0.5 * (
-      solved @ innovation_.explained @ solved - (count - noise_trace))
-  noise_gradient = 0.5 * (
-      solved @ observation.covariance @ solved - noise_trace)
-  return process_gradient, noise_gradient
+  return _sum([_inner(row, total[None])[:, 0]
+               for row, total in zip(observation.rows, summed_tangents)])
+
+
+def weight_statistics(
+    belief: Belief, observation: Observation, innovation_: Innovation,
+    solved: jax.Array,
+) -> tuple[list[jax.Array], list[jax.Array], list[jax.Array]]:
+  r"""Per weight: :math:`J_p^\top w`, :math:`J_p^\top S^{-1} J_p` and its
+  own variance.
+
+  Args:
+    belief: the prior belief.
+    observation: the observation.
+    innovation_: :func:`innovation` of both.
+    solved: :math:`w`, shape ``(N,)`` (e.g. :math:`S^{-1}e`).
+
+  Returns:
+    Per leaf: the gains :math:`J_p^\top w`; the precisions
+    :math:`b_p = J_p^\top S^{-1} J_p`; and the weight's own variance
+    :math:`m_p` (the sum over its subweights of their covariance block:
+    :math:`\sum_i D_{i,p} - \|\sum_i U_{i,p}\|^2`).
+  """
+  rows = observation.rows
+  gains = [_combine(solved, row) for row in rows]
+  precisions = _precision_diagonals(rows, innovation_.cholesky)
+  own = _summed_diagonals(belief)
+  if belief.factors:
+    own = [jnp.maximum(total - jnp.sum(jnp.square(factor), axis=0), 0.0)
+           for total, factor in zip(own, _summed_factors(belief))]
+  return gains, precisions, own
