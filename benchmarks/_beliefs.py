@@ -6,6 +6,10 @@ them alike (``online_1f.py``, ``online_teacher.py``, ``trump_approval.py``).
 
 from __future__ import annotations
 
+from typing import Any
+
+import multiscale_optax as mso
+
 # The diagonal rules reported besides the library's default.
 VARIANCE_UPDATES = ('moment_matching', 'mean_field', 'others_as_noise',
                     'weight_marginal')
@@ -24,3 +28,20 @@ def bayes_name(variance_update: str | None = None,
   assert variance_update is not None
   return ('Bayesian multiscale (true prior, diagonal, '
           f"{variance_update.replace('_', ' ')})")
+
+
+# The recommended start for data whose drift is unknown (docs/choosing.md):
+# nine log-spaced timescales from 1 to 10^4 steps with equal stationary
+# variances summing to 1 (a 1/f prior on standardised features), whose
+# scale and noise are learned online. Chosen without looking at any
+# benchmark's data.
+RECOMMENDED_TIMESCALES = (1.0, 1e4, 9)
+RECOMMENDED_OPTIONS: dict[str, Any] = {
+    'noise_variance': 1.0, 'learn_prior': True, 'learn_noise_variance': True}
+
+
+def recommended_prior() -> mso.AR1Prior:
+  """The recommended prior (before its scale is learned)."""
+  shortest, longest, count = RECOMMENDED_TIMESCALES
+  return mso.AR1Prior.from_timescales(
+      mso.log_spaced_timescales(shortest, longest, count), 1.0 / count)

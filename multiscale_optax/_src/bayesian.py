@@ -1224,38 +1224,36 @@ def bayesian_multiscale(
   costs :math:`O(kP(L + N)^2)` and one :math:`(L + N)`-square
   eigendecomposition.
 
-  **Learning the prior** (``learn_prior=True``). A global scale :math:`c`
-  of the process variances (and, with ``learn_noise_variance=True``, a
-  scale :math:`\rho` of :math:`R`) is learned online by gradient ascent on
-  the log predictive likelihood :math:`\log \mathcal N(e; 0, S)` of each
-  observation, with step size :math:`\eta` = ``prior_learning_rate``:
+  **Learning the prior** (``learn_prior``; empirical Bayes online). The
+  process variances in use are :math:`c\, q_i`, and :math:`\log c` (one
+  global scale, or one per weight with ``learn_prior='per_weight'``) follows
+  the gradient of the log predictive likelihood of the recent observations,
+  *including* the residual's own dependence on :math:`c` (a wider prior
+  tracks faster and makes :math:`e` smaller): the state carries the means'
+  sensitivity :math:`T_i = \partial\mu_i/\partial\log c`, one params-shaped
+  array per subweight, with
 
   .. math::
 
-    \log c \leftarrow \log c + \tfrac{\eta}{2}\big(a^\top (S - R) a
-      - \mathrm{tr}(S^{-1}(S - R))\big), \qquad
-    \log \rho \leftarrow \log \rho + \tfrac{\eta}{2}\big(a^\top R a
-      - \mathrm{tr}(S^{-1} R)\big),
+    g = \tfrac12\big(a^\top X a - \mathrm{tr}(S^{-1}X)\big) + a^\top H T,
+    \qquad a = S^{-1}e, \quad X = S - R,
 
-  :math:`a = S^{-1} e`; for one output these are
-  :math:`\tfrac{\eta}{2}(e^2/S - 1)(S - R)/S` and
-  :math:`\tfrac{\eta}{2}(e^2/S - 1)R/S`. The sensitivities
-  :math:`\partial S/\partial \log c \approx S - R` and
-  :math:`\partial S/\partial\log\rho = R` treat the predictive variances as
-  proportional to :math:`c` (exact when the process noise dominates); the
-  stationary point either way is a calibrated predictive variance,
-  :math:`\mathbb E[e^2] = S`. The noise scale is identifiable from the
-  process scale only where :math:`\|J\|` varies between examples.
-  Outliers are bounded: the whitened squared residual
-  :math:`\|L_S^{-1}e\|^2` counts for at most :math:`25N` (a 5-sigma
-  residual), so one observation moves :math:`\log c` by at most
-  :math:`12\eta N` (and never by more than :math:`\log 10`), and 24
-  ordinary observations undo it. This bounds the prior's step, not the
-  mean's: one large outlier still moves the means as far as the Kalman
-  update says, and the surprise of the predictions that follow raises
-  :math:`c` as it should (measured: a 100-sigma outlier raises the loss of
-  the next 200 steps as much with a fixed prior). For streams with
-  outliers, ``outlier_threshold`` makes the update itself robust.
+  and takes a normalised step of at most :math:`\eta` =
+  ``prior_learning_rate`` (Adam's moments of :math:`g`), so it moves as
+  fast from :math:`100\times` too wide as from too tight. When :math:`c`
+  changes, the covariance follows it (:math:`\Sigma \propto c`, the
+  approximation the sensitivity makes). With ``learn_noise_variance=True``
+  the noise scale :math:`\rho` is profiled out over a window of
+  ``prior_window`` observations (:math:`\rho` = the window's mean of
+  :math:`e^\top S^{-1} e` per output; the means depend on :math:`c` only, so
+  the model's process and noise variances are :math:`\rho c q_i` and
+  :math:`\rho R`), and the step follows the window's profile likelihood.
+  Take both when the noise variance is not known: with the noise fixed too
+  large no scale of the prior can calibrate :math:`S`, and the likelihood
+  drives :math:`c` down. Derivation, bounds and the per-weight rule:
+  :mod:`multiscale_optax._src.prior_learning`; measured in the docs
+  (*Choosing an optimizer*, *Bayesian multiscale*). To choose the scale
+  once from a warm-up window instead, see :func:`fit_prior`.
 
   **Outliers** (``outlier_threshold=t``). A residual whose whitened norm
   :math:`\|L_S^{-1} e\|` exceeds :math:`t\sqrt N` is shrunk to it before
@@ -1289,12 +1287,18 @@ def bayesian_multiscale(
     variance_update: for ``rank=0``, one of ``'others_as_noise'`` (the
       default, chosen by measurement), ``'moment_matching'``,
       ``'mean_field'`` and ``'weight_marginal'`` (above).
-    learn_prior: learn the scale :math:`c` of the process variances online
-      (above). Needs the ``residual`` extra argument.
+    learn_prior: ``False``; ``True`` to learn one global scale :math:`c`
+      of the process variances online (above); ``'per_weight'`` to learn
+      one per weight (params-shaped: for streams where some weights drift
+      and others stay). Needs the ``residual`` extra argument.
     learn_noise_variance: also learn the scale :math:`\rho` of the
-      observation noise (only with ``learn_prior=True``).
-    prior_learning_rate: :math:`\eta > 0`, a scalar or an
-      ``optax.Schedule`` of the step count.
+      observation noise, profiled over the window (needs ``learn_prior``).
+    prior_learning_rate: :math:`\eta \ge 0`, the largest step of
+      :math:`\log c` per observation; a scalar or an ``optax.Schedule`` of
+      the step count.
+    prior_window: :math:`\ge 1`, the number of recent observations whose
+      likelihood the learned scales follow (forgetting factor
+      :math:`1 - 1/` ``prior_window``).
     outlier_threshold: ``None`` (the exact Kalman update) or :math:`t > 0`,
       the whitened residual norm per output beyond which a residual is
       shrunk (above); 5 changes one calibrated observation in
