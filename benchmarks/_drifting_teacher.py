@@ -43,6 +43,8 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+import multiscale_optax as mso
+
 
 @dataclasses.dataclass(frozen=True)
 class TeacherConfig:
@@ -390,3 +392,44 @@ def fill_run_defaults(args: Any, *, default: tuple[int, int, int],
     args.tuning_seeds = tuning_seeds
   if args.test_seeds is None:
     args.test_seeds = test_seeds
+
+
+def fit_and_run(prior: mso.AR1Prior, noise_variance: float, rank: int,
+                streams: Any, warmup: int, scales: Any,
+                ) -> tuple[np.ndarray, list[mso.PriorFit]]:
+  """Per stream, ``mso.fit_prior`` on its first ``warmup`` steps, then the
+  fitted prior run from the start (the MLP of :func:`mlp_apply`).
+
+  ``streams`` is stacked on a leading axis (fields ``initial_params``,
+  ``inputs``, ``targets``). Returns the predictions, shape ``(seeds, T)``,
+  and the fits.
+  """
+
+  def observe(params, batch):
+    _, grads, extra = mso.gaussian_observation(
+        mlp_apply, params, batch[0], batch[1], noise_variance)
+    return grads, extra
+
+  fits = []
+  for index in range(streams.inputs.shape[0]):
+    stream = jax.tree.map(lambda leaf, index=index: leaf[index], streams)
+    fits.append(mso.fit_prior(
+        observe, stream.initial_params,
+        (stream.inputs[:warmup], stream.targets[:warmup]), prior,
+        noise_variance, rank=rank, scales=scales))
+
+  def run(stream, process, initial, noise):
+    # Each stream's fitted prior, traced: one compilation for all.
+    optimizer = mso.bayesian_multiscale(
+        prior.decays, tuple(process), noise,
+        initial_variances=tuple(initial), rank=rank)
+    return run_online(mlp_apply, stream.initial_params, optimizer,
+                      stream.inputs, stream.targets, noise_variance=noise,
+                      pass_jacobian=True)[0]
+
+  predictions = jax.jit(jax.vmap(run))(
+      streams,
+      jnp.asarray([fit.prior.process_variances for fit in fits]),
+      jnp.asarray([fit.prior.initial_variances for fit in fits]),
+      jnp.asarray([fit.noise_variance for fit in fits]))
+  return np.asarray(predictions), fits

@@ -86,9 +86,9 @@ from benchmarks import harness  # noqa: E402
 GENERIC_TIMESCALES = mso.log_spaced_timescales(1.0, 1e4, 9)
 GENERIC_POWER = 1.0 / 3.0
 WINDOW_RIDGE = 1e-6
-# Step size of the online empirical-Bayes scale of the process variances
-# (fixed once; 0.003 and 0.01 gave the same ratios within 0.002).
-BAYES_PRIOR_LEARNING_RATE = 0.01
+# Step size of the online empirical-Bayes scale of the process variances:
+# the library's default (the largest step of log c per observation).
+BAYES_PRIOR_LEARNING_RATE = 0.03
 
 
 # The beliefs of the Bayesian learner with the true prior reported besides
@@ -424,9 +424,11 @@ def run_setting(dim, timescales, noise_variance, args, label):
       # rank >= k d keeps the full covariance: the exact Kalman filter.
       hyper['full_rank'] = belief['rank'] >= len(decays) * dim
     if learn:
+      # The model's process variances are rho c (factor q), its noise
+      # rho r (rho = 1 unless the noise is learned).
       hyper['prior_learning_rate'] = BAYES_PRIOR_LEARNING_RATE
       hyper['learned_q_over_true_q'] = float(
-          np.mean(np.asarray(scales)) * factor)
+          np.mean(np.asarray(scales) * np.asarray(noise_scales)) * factor)
     if learn_noise:
       hyper['learned_r_over_true_r'] = float(np.mean(np.asarray(
           noise_scales)))

@@ -85,6 +85,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 
@@ -156,6 +157,11 @@ BAYES_TIMESCALES = (1.0, 1000.0, 7)
 VD_EKF_PROCESS_VARIANCES = (1e-6, 1e-3)
 BAYES_DRIFT_VARIANCES = (1e-3, 1e-1)
 BAYES_LEARNED_START = 1e-2
+# fit_prior on the first FIT_WARMUP steps of a run (each example one
+# observation, as the learner sees them), over the scales FIT_SCALES of the
+# prior started at BAYES_LEARNED_START.
+FIT_WARMUP = 20
+FIT_SCALES = tuple(float(c) for c in np.logspace(-2.0, 2.0, 9))
 
 
 # ---------------------------------------------------------------------------
@@ -178,6 +184,12 @@ class Family:
   # The categorical observation's `fisher` ('exact', 'sampled' or
   # 'empirical'; mso.categorical_observation).
   fisher: str = 'exact'
+  # True: no tuning; the grid value of each evaluation run (the scale of
+  # the prior) is chosen by mso.fit_prior on the run's first FIT_WARMUP
+  # steps (log-loss).
+  fit_prior: bool = False
+  # The Bayesian learner's rank (read by fit_prior).
+  rank: int = 0
 
 
 def _multiscale_adam(
@@ -237,36 +249,59 @@ def _fast_weights(fast_share=0.75, fast_timescale=20.0, adam=True):
   return build
 
 
+def _prior_arrays(batch, drift_variance, permanent_process_variance=0.0,
+                  timescales=True):
+  """Decays (NumPy) and process and initial variances (traced or not) of
+  the prior of :func:`_bayesian`."""
+  decays = np.concatenate([[1.0], np.exp(-1.0 / (
+      np.geomspace(*BAYES_TIMESCALES) * batch))]) if timescales else np.ones(1)
+  count = max(len(decays) - 1, 1)
+  drift = drift_variance / count if timescales else 0.0
+  process = jnp.concatenate([
+      jnp.reshape(permanent_process_variance, (1,)),
+      drift * (1.0 - jnp.asarray(decays[1:]) ** 2)])
+  initial = jnp.concatenate([
+      jnp.full((1,), BAYES_PERMANENT_VARIANCE),
+      drift * jnp.ones(len(decays) - 1)])
+  return decays, process, initial
+
+
+def bayesian_prior(batch: int, drift_variance: float) -> mso.AR1Prior:
+  """The prior of :func:`_bayesian` with ``tuned='prior_scale'`` at scale
+  1: what ``fit_prior`` scales."""
+  decays, process, initial = _prior_arrays(batch, drift_variance)
+  return mso.AR1Prior(tuple(decays.tolist()),
+                      tuple(np.asarray(process).tolist()),
+                      tuple(np.asarray(initial).tolist()))
+
+
 def _bayesian(batch, tuned='drift_variance', timescales=True,
-              drift_variance=None, learn_prior=False):
+              drift_variance=None, learn_prior=False, rank=None):
   """``bayesian_multiscale`` for the categorical observation, prior stated
   per example: a permanent part (decay 1, no process noise, initial
   variance ``BAYES_PERMANENT_VARIANCE``) plus, if ``timescales``, AR(1)
   subweights with ``BAYES_TIMESCALES`` (in steps of ``batch`` examples) and
   equal stationary variances summing to the drift variance. The grid value
-  is the drift variance (``tuned='drift_variance'``) or the permanent
+  is the drift variance (``tuned='drift_variance'``), the permanent
   part's process variance per example (``'permanent_process_variance'``,
   which makes it a random walk: with no timescales, the single-timescale
-  diagonal EKF)."""
-  decays = np.concatenate([[1.0], np.exp(-1.0 / (
-      np.geomspace(*BAYES_TIMESCALES) * batch))]) if timescales else np.ones(1)
-  count = max(len(decays) - 1, 1)
+  diagonal EKF), or a factor on every process and initial variance
+  (``'prior_scale'``, the scale ``fit_prior`` chooses)."""
 
   def build(hyper):
     values = {'drift_variance': drift_variance,
-              'permanent_process_variance': 0.0, tuned: hyper}
-    drift = values['drift_variance'] / count if timescales else 0.0
-    process = jnp.concatenate([
-        jnp.reshape(values['permanent_process_variance'], (1,)),
-        drift * (1.0 - jnp.asarray(decays[1:]) ** 2)])
-    initial = jnp.concatenate([
-        jnp.full((1,), BAYES_PERMANENT_VARIANCE),
-        drift * jnp.ones(len(decays) - 1)])
+              'permanent_process_variance': 0.0, 'prior_scale': 1.0,
+              tuned: hyper}
+    decays, process, initial = _prior_arrays(
+        batch, values['drift_variance'],
+        values['permanent_process_variance'], timescales)
+    scale = values['prior_scale']
     # The diagonal rule these rows were measured with (the library's
     # default then), so that the committed results reproduce.
     return mso.bayesian_multiscale(
-        decays, process, 1.0, initial_variances=initial,
-        learn_prior=learn_prior, variance_update='moment_matching')
+        decays, scale * process, 1.0, initial_variances=scale * initial,
+        learn_prior=learn_prior, rank=rank,
+        variance_update=None if rank else 'moment_matching')
   return build
 
 
@@ -335,6 +370,21 @@ def families(config: Config) -> list[Family]:
              'the same prior family, no tuning: total drift variance '
              f'{BAYES_LEARNED_START:g} at the start, its scale learned '
              'online (learn_prior=True)', observation='categorical'),
+      Family('bayesian_multiscale_learned_rank10', _bayesian(
+          config.batch, learn_prior=True, rank=10),
+             (BAYES_LEARNED_START,) * 2,
+             'as bayesian_multiscale_learned, rank 10',
+             observation='categorical'),
+      *(Family(f'bayesian_multiscale_fit{suffix}', _bayesian(
+          config.batch, tuned='prior_scale',
+          drift_variance=BAYES_LEARNED_START, rank=rank or None),
+               (1.0, 1.0),
+               f'the prior of bayesian_multiscale_learned{suffix}, fixed, '
+               'its scale chosen per run by fit_prior (log-loss) on the '
+               f'first {FIT_WARMUP} steps ({len(FIT_SCALES)} scales '
+               f'{FIT_SCALES[0]:g}..{FIT_SCALES[-1]:g})',
+               observation='categorical', fit_prior=True, rank=rank)
+        for rank, suffix in ((0, ''), (10, '_rank10'))),
   ]
   result.append(Family(
       'benna_fusi_adam', _benna_fusi_adam(), adam_range,
@@ -788,6 +838,41 @@ def _tune(family, learning_rates, tuning, correct, streams, tuning_seeds):
   return best, scores
 
 
+@functools.cache
+def _example_observer(model: str) -> Callable:
+  """``observe(params, (image, label))`` for ``fit_prior``: one example as
+  the Bayesian learners see it (the same function for every call, so that
+  ``fit_prior`` compiles once per model)."""
+  _, apply_fn, inputs_fn = MODELS[model]
+
+  def observe(params, example):
+    image, label = example
+    return mso.categorical_observation(
+        apply_fn, params, inputs_fn(image[None]), label[None])
+  return observe
+
+
+def _fitted_scale(family: Family, model: str, config: Config, data,
+                  streams: _Streams, row: int) -> float:
+  """``mso.fit_prior`` (log-loss) on the first ``FIT_WARMUP`` steps of run
+  ``row``, each example one observation: the chosen prior scale."""
+  init_fn = MODELS[model][0]
+  (train_images, train_labels), _ = data
+  steps = slice(0, FIT_WARMUP)
+  indices = streams.indices[row][steps].reshape(-1)
+  tasks = np.repeat(streams.tasks[row][steps], config.batch)
+  angles = np.repeat(streams.angles[row][steps], config.batch)
+  images = jax.vmap(rotate_images)(
+      jnp.asarray(train_images[indices])[:, None], jnp.asarray(angles))[:, 0]
+  labels = streams.permutations[row][tasks, train_labels[indices]]
+  params = init_fn(jax.random.key(streams.runs[row][1]))
+  fit = mso.fit_prior(
+      _example_observer(model), params, (images, jnp.asarray(labels)),
+      bayesian_prior(config.batch, BAYES_LEARNED_START), 1.0,
+      rank=family.rank, scales=FIT_SCALES, score='log_loss')
+  return fit.process_scale
+
+
 def benchmark(config: Config, log=print, names=None):
   """Tunes and evaluates every learner (or those named in ``names``)."""
   data = load_data()
@@ -822,12 +907,20 @@ def benchmark(config: Config, log=print, names=None):
     tuning = [(rate, row) for kind in STREAMS
               for row in streams.rows(kind, tuning_seeds)
               for rate in learning_rates]
-    correct, _ = _run_instances(runner, tuning, streams, width)
-    best, scores = _tune(family, learning_rates, tuning, correct, streams,
-                         tuning_seeds)
-    # Evaluation: the chosen rate on the evaluation seeds.
-    evaluation = [(learning_rates[best[kind]], row) for kind in STREAMS
-                  for row in streams.rows(kind, evaluation_seeds)]
+    if family.fit_prior:
+      best = dict.fromkeys(STREAMS, 0)
+      scores = dict.fromkeys(STREAMS, np.zeros(1))
+      evaluation = [(scale, row) for kind in STREAMS
+                    for row in streams.rows(kind, evaluation_seeds)
+                    for scale in [_fitted_scale(family, model, config, data,
+                                                streams, row)]]
+    else:
+      correct, _ = _run_instances(runner, tuning, streams, width)
+      best, scores = _tune(family, learning_rates, tuning, correct, streams,
+                           tuning_seeds)
+      # Evaluation: the chosen rate on the evaluation seeds.
+      evaluation = [(learning_rates[best[kind]], row) for kind in STREAMS
+                    for row in streams.rows(kind, evaluation_seeds)]
     correct, held_out = _run_instances(runner, evaluation, streams, width)
     log(f'[{done}/{len(runs)}] {model:3s} {family.name:18s} '
         f'{time.perf_counter() - tic:5.1f} s (compile, tune, evaluate), '
@@ -840,6 +933,8 @@ def benchmark(config: Config, log=print, names=None):
                       streams.tasks[evaluation[i][1]], config.block)
           for i in positions]
       entry = {
+          **({'fitted_scale': [float(evaluation[i][0]) for i in positions]}
+             if family.fit_prior else {}),
           'learning_rate': float(learning_rates[best[kind]]),
           'learning_rate_at_grid_edge': num_rates > 1 and best[kind] in (
               0, num_rates - 1),

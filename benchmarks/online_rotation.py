@@ -152,6 +152,16 @@ ADAM_RATES = (1e-5, 1e-1, 9)
 PROCESS_VARIANCES = (1e-9, 1.0, 10)
 PRIOR_SCALES = (1e-2, 1e3, 11)
 FULL_EKF_NAME = 'full EKF'
+# fit_prior: the warm-up window (the first steps of each test stream) and
+# its grid of prior scales.
+FIT_WARMUP = 300
+FIT_SCALES = tuple(float(c) for c in np.logspace(-2.0, 5.0, 15))
+FIT_RANKS = (0, 10)
+# The learners whose prior scale is learned online (their learned scale is
+# recorded).
+LEARNED_ONLINE = ('Bayesian multiscale (generic prior, learned online)',
+                  'Bayesian multiscale (generic prior, learned online, '
+                  'rank 10)')
 
 
 def log(message: str) -> None:
@@ -320,6 +330,10 @@ def learners(full: bool) -> dict[str, Learner]:
       'Bayesian multiscale (prior scale tuned, rank 10)': bayesian(
           tuned=True, rank=10),
       'Bayesian multiscale (equal variances)': bayesian(shape='equal'),
+      LEARNED_ONLINE[0]: bayesian(learn_prior=True,
+                                  learn_noise_variance=True),
+      LEARNED_ONLINE[1]: bayesian(rank=10, learn_prior=True,
+                                  learn_noise_variance=True),
       'diagonal EKF (1 timescale)': Learner(
           lambda hyper: mso.bayesian_multiscale(
               [1.0], [hyper['process_variance']], PRIOR_NOISE_VARIANCE,
@@ -352,6 +366,52 @@ def make_predict(learner: Learner):
         pass_jacobian=learner.jacobian)
     return predictions
   return predict
+
+
+def predictions_and_learned_scales(
+    learner: Learner, streams) -> tuple[np.ndarray, np.ndarray]:
+  """The online predictions of a learner whose prior scale is learned, and
+  the learned scale :math:`c` at the end of each stream."""
+
+  def run(stream):
+    predictions, scales = teacher.run_online(
+        teacher.mlp_apply, stream.initial_params, learner.build({}),
+        stream.inputs, stream.targets, noise_variance=PRIOR_NOISE_VARIANCE,
+        pass_jacobian=True,
+        keep_state=lambda params, state: state.log_process_scale)
+    return predictions, scales[-1]
+
+  predictions, scales = jax.jit(jax.vmap(run))(streams)
+  return np.asarray(predictions), np.exp(np.asarray(scales))
+
+
+def fit_rows(test, targets, window) -> dict[str, dict[str, Any]]:
+  """The generic prior from fit_prior, diagonal and rank 10."""
+  rows = {}
+  for rank in FIT_RANKS:
+    tic = time.perf_counter()
+    values = prior()
+    predictions, fits = teacher.fit_and_run(
+        mso.AR1Prior(values['decays'], values['process_variances'],
+                     values['stationary_variances']),
+        PRIOR_NOISE_VARIANCE, rank, test, FIT_WARMUP, FIT_SCALES)
+    name = ('Bayesian multiscale (generic prior, fit_prior'
+            + (f', rank {rank})' if rank else ')'))
+    rows[name] = summarise(squared_errors_degrees(predictions, targets),
+                           window)
+    rows[name].update(
+        kind='learner', hyperparameters=None, at_grid_edge=[],
+        seconds=time.perf_counter() - tic,
+        fitted_scale=[fit.process_scale for fit in fits],
+        fitted_noise_scale=[fit.noise_scale for fit in fits],
+        fit_at_grid_edge=[fit.at_grid_edge for fit in fits],
+        note=f'generic prior scaled by fit_prior on the first {FIT_WARMUP} '
+             f'steps of each test stream ({len(FIT_SCALES)} scales '
+             f'{FIT_SCALES[0]:g}..{FIT_SCALES[-1]:g}), then run from the '
+             'start')
+    log(f'  {name:<52s} final RMSE {_format(rows[name], "final")} deg  '
+        f"({rows[name]['seconds']:.1f} s)")
+  return rows
 
 
 # ---------------------------------------------------------------------------
@@ -430,18 +490,25 @@ def run_stream(kind, args, images, table):
       tuned[name] = dict(best)
       hyper = dict(best)
       chosen = jax.tree.map(jnp.asarray, best)
-    predictions = jax.jit(
-        lambda streams, chosen=chosen, predict=predict:
-        online_teacher.predict_all(predict, chosen, streams))(test)
-    predictions = np.asarray(predictions)
+    scales = None
+    if name in LEARNED_ONLINE:
+      predictions, scales = predictions_and_learned_scales(learner, test)
+    else:
+      predictions = np.asarray(jax.jit(
+          lambda streams, chosen=chosen, predict=predict:
+          online_teacher.predict_all(predict, chosen, streams))(test))
     rows[name] = summarise(squared_errors_degrees(predictions, targets),
                            args.window)
     rows[name].update(kind='learner', hyperparameters=hyper,
                       seconds=time.perf_counter() - tic, note=learner.note,
                       at_grid_edge=edges.get(name, []))
+    if scales is not None:
+      rows[name]['learned_scale'] = scales.tolist()
     log(f'  {kind:<10s} {name:<42s} final RMSE '
         f"{_format(rows[name], 'final')} deg  "
         f"({rows[name]['seconds']:.1f} s)")
+  if not args.skip_fit:
+    rows.update(fit_rows(test, targets, args.window))
   return rows
 
 
@@ -527,6 +594,8 @@ def main(argv=None):
                       'value adds it to the output name')
   parser.add_argument('--skip', default='',
                       help='comma-separated learner names to leave out')
+  parser.add_argument('--skip-fit', action='store_true',
+                      help='leave out the fit_prior rows')
   args = parser.parse_args(argv)
   teacher.fill_run_defaults(args, default=(3000, 2, 3), full=(10_000, 3, 8))
   if args.window is None:

@@ -124,6 +124,13 @@ def excess_errors(predictions, streams):
   return jnp.mean(jnp.square(predictions - streams.outputs), axis=-1)
 
 
+def second_half_excess_errors(predictions, streams):
+  """Per seed: the excess error over the second half of the stream."""
+  half = predictions.shape[-1] // 2
+  return jnp.mean(jnp.square(
+      predictions[..., half:] - streams.outputs[..., half:]), axis=-1)
+
+
 def target_errors(predictions, streams):
   return jnp.mean(jnp.square(predictions - streams.targets), axis=-1)
 
@@ -165,6 +172,14 @@ def make_score(streams):
 
 BAYES_RANKS = (1, 5, 10, 20)
 LOFI_RANK = 10
+# The mis-scaled start: process and initial variances this many times too
+# small, noise variance this many times too large; then learned online or
+# fitted by fit_prior on the first FIT_WARMUP steps of each test stream.
+MISSCALED_PRIOR = 0.01
+MISSCALED_NOISE = 10.0
+FIT_WARMUP = 300
+FIT_SCALES = tuple(float(c) for c in np.logspace(-1.0, 5.0, 13))
+MISSCALED_RANKS = (0, 10)
 
 
 
@@ -254,6 +269,32 @@ def learners(config):
       return predictions, {'final_prior_scale': factor * scales[-1]}
     return predict
 
+  def misscaled_optimizer(rank, learn):
+    options = {'rank': rank} if rank else {
+        'variance_update': _beliefs.MEASURED_DIAGONAL_RULE}
+    return lambda hyper: mso.bayesian_multiscale(
+        decays, MISSCALED_PRIOR * process, MISSCALED_NOISE * noise,
+        initial_variances=MISSCALED_PRIOR * config.stationary_variances,
+        learn_prior=learn, learn_noise_variance=learn, **options)
+
+  def misscaled(rank, learn):
+    def predict(hyper, stream):
+      del hyper
+      predictions, scales = teacher.run_online(
+          teacher.mlp_apply, stream.initial_params,
+          misscaled_optimizer(rank, learn)(None), stream.inputs,
+          stream.targets, noise_variance=MISSCALED_NOISE * noise,
+          pass_jacobian=True,
+          keep_state=lambda params, state: (
+              state.log_process_scale, state.log_noise_scale))
+      # The model's process variances are rho c (0.01 q) and its noise
+      # rho (10 r): relative to the truth, c / 1000 and 10 rho.
+      return predictions, {
+          'final_prior_scale': MISSCALED_PRIOR / MISSCALED_NOISE
+          * jnp.exp(scales[0][-1]),
+          'final_noise_scale': MISSCALED_NOISE * jnp.exp(scales[1][-1])}
+    return predict
+
   def blockwise(hyper, stream):
     del hyper
     return teacher.blockwise_ekf_predictions(
@@ -322,6 +363,15 @@ def learners(config):
     table[f'Bayesian multiscale (learned prior, x{factor:g} start)'] = (
         bayes_learned(factor), None, None,
         meta('Bayesian', bayes_learned_optimizer(factor), **default))
+  for rank in MISSCALED_RANKS:
+    belief = {**default, 'rank': rank} if rank else default
+    suffix = f', rank {rank})' if rank else ')'
+    for learn, what in ((False, 'fixed'), (True, 'learned online')):
+      table[f'Bayesian multiscale (prior x{MISSCALED_PRIOR:g}, noise '
+            f'x{MISSCALED_NOISE:g}, {what}{suffix}'] = (
+                misscaled(rank, learn), None, None,
+                meta('Bayesian', misscaled_optimizer(rank, learn),
+                     **belief))
   size = config.num_params * num
   table[BLOCK_NAME] = (
       blockwise, None, None,
@@ -348,11 +398,13 @@ def run(config, args):
       f'{len(test_seeds)} test seeds x {args.steps} steps')
 
   excess, target, hyperparameters, seconds = {}, {}, {}, {}
-  edges = {}
+  second_half, edges = {}, {}
   score = make_score({tuple(tuning_seeds): tuning})
 
   def report(name, predictions, hyper=None, tic=None):
     excess[name] = np.asarray(excess_errors(predictions, test))
+    second_half[name] = np.asarray(
+        second_half_excess_errors(predictions, test))
     target[name] = np.asarray(target_errors(predictions, test))
     hyperparameters[name] = hyper
     seconds[name] = time.perf_counter() - tic
@@ -401,6 +453,23 @@ def run(config, args):
     if meta['optimizer'] is None and meta['belief'] is not None:
       described[name]['state_arrays_per_param'] = meta['belief'].pop(
           'state_arrays_per_param')
+  for rank in MISSCALED_RANKS:
+    tic = time.perf_counter()
+    name = (f'Bayesian multiscale (prior x{MISSCALED_PRIOR:g}, noise '
+            f'x{MISSCALED_NOISE:g}, fit_prior'
+            + (f', rank {rank})' if rank else ')'))
+    predictions, fits = teacher.fit_and_run(
+        mso.AR1Prior(config.decays, MISSCALED_PRIOR * config.process_variances,
+                     MISSCALED_PRIOR * config.stationary_variances),
+        MISSCALED_NOISE * config.noise_variance, rank, test, FIT_WARMUP,
+        FIT_SCALES)
+    described[name] = {'kind': 'Bayesian',
+                       'belief': {'timescales': len(config.timescales),
+                                  'rank': rank, 'fit_prior': True}}
+    report(name, jnp.asarray(predictions), {
+        'fitted_scale': [fit.process_scale for fit in fits],
+        'fitted_noise_scale': [fit.noise_scale for fit in fits],
+        'fit_at_grid_edge': [fit.at_grid_edge for fit in fits]}, tic)
 
   reference = excess[EKF_NAME]
   bayes = excess[BAYES_NAME]
@@ -408,6 +477,7 @@ def run(config, args):
   for name, values in excess.items():
     finite = bool(np.all(np.isfinite(values)))
     ratios = values / reference
+    late_ratios = second_half[name] / second_half[EKF_NAME]
     difference = values - bayes
     summary = lambda value, finite=finite: value if finite else None  # noqa: E731
     rows.append({
@@ -420,6 +490,9 @@ def run(config, args):
         'target_error': {'mean': summary(float(target[name].mean()))},
         'ratio_to_ekf': {'mean': summary(float(ratios.mean())),
                          'sd': summary(float(ratios.std(ddof=1)))},
+        'second_half_ratio_to_ekf': {
+            'mean': summary(float(late_ratios.mean())),
+            'sd': summary(float(late_ratios.std(ddof=1)))},
         'minus_bayes': {'mean': summary(float(difference.mean())),
                         'sd': summary(float(difference.std(ddof=1)))},
         'seeds_worse_than_bayes': int(np.sum(difference > 0)),
@@ -531,6 +604,9 @@ def main(argv=None):
           'noise_variance': config.noise_variance,
           'steps': args.steps, 'tuning_seeds': args.tuning_seeds,
           'test_seeds': args.test_seeds, 'dtype': 'float64',
+          'misscaled_prior': MISSCALED_PRIOR,
+          'misscaled_noise': MISSCALED_NOISE, 'fit_warmup': FIT_WARMUP,
+          'fit_scales': list(FIT_SCALES),
           'metric': 'mean over all steps of (yhat_t - f(x_t; w_t))^2',
       })
   log(f'wrote {harness.write_results(stem, document)} and '

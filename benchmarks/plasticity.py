@@ -25,6 +25,18 @@ Learners (each a :class:`harness.Learner`):
   :math:`L(\theta) + \lambda\lVert\theta - \theta_0\rVert^2` (the
   regulariser's gradient goes through Adam as the loss's does), learning
   rate and :math:`\lambda` tuned;
+* ``multiscale_l2_init`` (L2 Init's multiscale generalisation):
+  ``mso.multiscale`` on raw gradients with the initial params as the
+  permanent part, learning rate 0 (as in L2 Init, which under SGD is this
+  with one decaying subweight, ``mso.from_l2_init``), plus the
+  ``multiscale`` learner's 5 decaying subweights, equal rates
+  :math:`\alpha_i = c/5`, the total rate :math:`c` tuned. Each subweight is
+  pulled toward zero at its own rate, :math:`\lambda_i =
+  (1-\gamma_i)/\alpha_i`, so the weights relax toward :math:`\theta_0`
+  over several timescales;
+* ``multiscale_l2_init_adam``: the same subweights after
+  ``optax.scale_by_adam()``; the pull toward :math:`\theta_0` is then
+  decoupled from Adam (as in AdamW), unlike ``l2_init``'s;
 * ``shrink_perturb`` (Ash & Adams 2020, applied every step as in Dohare et
   al.): an SGD step, then :math:`\theta \leftarrow (1-\lambda)\theta +
   \sigma\varepsilon`. Here :math:`\sigma^2 = \lambda(2-\lambda)\,v_0` with
@@ -269,8 +281,20 @@ def multiscale_shape() -> tuple[np.ndarray, np.ndarray]:
   return decays, rates
 
 
-def multiscale_method(scale: Any, adam: bool) -> optax.GradientTransformation:
-  decays, rates = multiscale_shape()
+def anchored_multiscale_shape() -> tuple[np.ndarray, np.ndarray]:
+  """Decays and relative rates of L2 Init's multiscale generalisation: the
+  permanent part with rate 0 (so it stays the initial params, as in L2
+  Init) and the ``TIMESCALES`` subweights, equal rates summing to 1."""
+  decays, _ = multiscale_shape()
+  decaying = len(decays) - 1
+  rates = np.concatenate([[0.0], np.full(decaying, 1.0 / decaying)])
+  return decays, rates
+
+
+def multiscale_method(scale: Any, adam: bool,
+                      anchored: bool = False) -> optax.GradientTransformation:
+  decays, rates = (anchored_multiscale_shape() if anchored
+                   else multiscale_shape())
   learner = mso.multiscale(scale * jnp.asarray(rates, jnp.float32), decays)
   if adam:
     return optax.chain(optax.scale_by_adam(), learner)
@@ -317,6 +341,7 @@ def bayesian_method(fisher: str) -> Method:
 
 def learners() -> list[harness.Learner]:
   decays, rates = multiscale_shape()
+  _, anchored_rates = anchored_multiscale_shape()
   timescales = (f'{TIMESCALES[0]:g}..{TIMESCALES[1]:g} steps '
                 f'({TIMESCALES[2]} log-spaced)')
   prior_decays, process, initial = bayesian_prior()
@@ -337,6 +362,25 @@ def learners() -> list[harness.Learner]:
                 'strength': harness.log_grid(1e-4, 1e-1, 4)},
           note='Adam on loss + strength * |theta - theta_0|^2 (Kumar et '
                'al.); learning rate and strength tuned'),
+      harness.Learner(
+          'multiscale_l2_init', 'multiscale L2 Init (SGD)',
+          lambda h: gradient_method(
+              multiscale_method(h['scale'], False, anchored=True)),
+          grid={'scale': harness.log_grid(1e-2, 1e-1, 4)},
+          note=f'mso.multiscale on gradients: the initial params as a '
+               f'permanent part with rate 0 + timescales {timescales}, '
+               'equal rates summing to scale (with one subweight this is '
+               'mso.from_l2_init); scale tuned',
+          meta={'decays': decays, 'relative_rates': anchored_rates}),
+      harness.Learner(
+          'multiscale_l2_init_adam', 'multiscale L2 Init (Adam)',
+          lambda h: gradient_method(
+              multiscale_method(h['scale'], True, anchored=True)),
+          grid={'scale': harness.log_grid(1e-4, 1e-2, 5)},
+          note='scale_by_adam -> mso.multiscale with the same anchored '
+               'subweights (the pull toward the initial params is '
+               'decoupled from Adam); scale tuned',
+          meta={'decays': decays, 'relative_rates': anchored_rates}),
       harness.Learner(
           'shrink_perturb', 'shrink and perturb (SGD)',
           lambda h: gradient_method(optax.sgd(h['lr']), shrink=h['shrink']),

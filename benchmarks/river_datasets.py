@@ -120,6 +120,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import itertools
 import math
 import sys
@@ -135,6 +136,7 @@ import numpy as np
 import optax
 
 import multiscale_optax as mso
+from benchmarks import _beliefs
 from benchmarks import harness
 from benchmarks import trump_approval
 
@@ -440,21 +442,34 @@ def _multiscale(scale):
   return mso.multiscale(rates, decays, learning_rate=scale)
 
 
-def _bayesian_build(rank: int):
-  decays, process, initial = default_prior()
+def _observe(apply_fn: Callable, classification: bool,
+             noise_variance: float = 1.0) -> Callable:
+  """``(params, inputs, target) -> (info, grads, extra)``: the softmax or
+  Gaussian observation of the Bayesian learner."""
+  if classification:
+    return lambda params, inputs, target: mso.categorical_observation(
+        apply_fn, params, inputs, target)
+  return lambda params, inputs, target: mso.gaussian_observation(
+      apply_fn, params, inputs, target, noise_variance)
+
+
+def _bayesian_build(rank: int, prior: mso.AR1Prior | None = None,
+                    learn: bool | str = False, noise_variance: float = 1.0):
+  """The Bayesian learner on ``prior`` (default: the default prior);
+  ``learn``: ``learn_prior`` (with the noise profiled for regression; a
+  softmax observation's noise is the model's own)."""
+  prior = prior or mso.AR1Prior(*default_prior())
 
   def build(point, apply_fn, classification):
     del point
-    transform = mso.bayesian_multiscale(decays, process, 1.0,
-                                        initial_variances=initial, rank=rank)
+    transform = mso.bayesian_multiscale(
+        prior=prior, noise_variance=noise_variance, rank=rank,
+        learn_prior=learn,
+        learn_noise_variance=bool(learn) and not classification)
+    observe = _observe(apply_fn, classification, noise_variance)
 
     def step(params, state, inputs, target):
-      if classification:
-        _, grads, extra = mso.categorical_observation(apply_fn, params, inputs,
-                                                      target)
-      else:
-        _, grads, extra = mso.gaussian_observation(apply_fn, params, inputs,
-                                                   target, 1.0)
+      _, grads, extra = observe(params, inputs, target)
       updates, state = transform.update(grads, state, params, **extra)
       return optax.apply_updates(params, updates), state
     return transform.init, step
@@ -502,11 +517,101 @@ def learners(task: str, config: Config) -> list[harness.Learner]:
             'decays': decays.tolist(), 'process_variances': process.tolist(),
             'initial_variances': initial.tolist(), 'observation': observation,
             'learned_scales': False}}))
+    result.append(harness.Learner(
+        f'bayes_learned_{belief}',
+        f'bayesian_multiscale, default prior learned online ({belief}'
+        + (f', rank {rank})' if rank else ')'),
+        _bayesian_build(rank, learn=True),
+        note='the default prior with its scale (and, for regression, the '
+             'noise) learned online (learn_prior=True)',
+        meta={'belief': {'rank': rank, 'learned_scales': True}}))
+    result.append(harness.Learner(
+        f'bayes_recommended_{belief}',
+        f'bayesian_multiscale, recommended prior learned online ({belief}'
+        + (f', rank {rank})' if rank else ')'),
+        _bayesian_build(rank, _beliefs.recommended_prior(), learn=True),
+        note='the recommended prior (docs: choosing) with its scale (and, '
+             'for regression, the noise) learned online',
+        meta={'belief': {'rank': rank, 'learned_scales': True,
+                         'prior': 'recommended'}}))
   return result
 
 
 # river's TargetStandardScaler, as trump_approval computes it.
 target_scaling = trump_approval.target_scaling
+
+
+@functools.cache
+def _batch_observer(model: str, classification: bool) -> Callable:
+  """``observe(params, (inputs, target))`` for ``fit_prior`` (the same
+  function for every call, so that ``fit_prior`` compiles once)."""
+  observe = _observe(MODELS[model][1], classification)
+
+  def observe_batch(params, batch):
+    info, grads, extra = observe(params, *batch)
+    return (info, grads, extra) if classification else (grads, extra)
+  return observe_batch
+
+
+def fit_learner(rank: int, model: str, stream: Stream, task: str,
+                config: Config, key: jax.Array) -> tuple[harness.Learner,
+                                                          Any]:
+  """The default prior fitted by ``mso.fit_prior`` on the tuning prefix
+  (the profile likelihood for regression, the online log-loss for
+  classification), as a learner, and the fit."""
+  classification = task != 'regression'
+  init_fn = MODELS[model][0]
+  outputs = len(stream.classes) if classification else 1
+  tune = round(config.tune_fraction * len(stream.targets))
+  targets = stream.targets
+  if not classification:
+    _, (mean, sd) = target_scaling(stream.targets)
+    targets = (stream.targets - mean) / sd
+  params = init_fn(key, stream.predict_inputs.shape[1], config.hidden,
+                   outputs)
+  fit = mso.fit_prior(
+      _batch_observer(model, classification), params,
+      (jnp.asarray(stream.learn_inputs[:tune]),
+                              jnp.asarray(targets[:tune])),
+      mso.AR1Prior(*default_prior()), 1.0, rank=rank,
+      scales=trump_approval.FIT_SCALES,
+      score='log_loss' if classification else 'profile')
+  learner = harness.Learner(
+      f'bayes_fit_{"lowrank" if rank else "diagonal"}', 'fitted',
+      _bayesian_build(rank, fit.prior, noise_variance=fit.noise_variance))
+  return learner, fit
+
+
+def evaluate_fit(rank: int, model: str, stream: Stream, task: str,
+                 config: Config) -> dict[str, Any]:
+  """The default prior fitted on the tuning prefix, run from the start;
+  scored as the tuned learners are (whole stream and the rest)."""
+  long = len(stream.targets) > config.long_stream
+  seeds = ((config.long_stream_mlp_seeds if long else config.mlp_seeds)
+           if model == 'mlp' else (0,))
+  values, fits = [], []
+  for seed in seeds:
+    key = jax.random.key(seed)
+    learner, fit = fit_learner(rank, model, stream, task, config, key)
+    fits.append(fit)
+    runner = make_runner(learner, model, stream, task, config.hidden)
+    values.append(np.asarray(runner(jnp.ones(1), key[None]))[0, 0])
+  values = np.stack(values)
+  n = values.shape[-1]
+  tune = round(config.tune_fraction * n)
+  running = np.cumsum(values, axis=-1) / np.arange(1, n + 1)
+  steps, curve_values = curve(running.mean(axis=0), config.curve_points)
+  return {
+      'tuned': False, 'hyperparameters': None, 'at_grid_edge': [],
+      'seeds': list(seeds),
+      'diverged': bool(not np.all(np.isfinite(values))),
+      'score': harness.summary(_mean_metric(values)),
+      'score_rest': harness.summary(_mean_metric(values[..., tune:])),
+      'tune_steps': tune, 'curve_steps': steps, 'curve': curve_values,
+      'fitted_scale': [fit.process_scale for fit in fits],
+      'fitted_noise_scale': [fit.noise_scale for fit in fits],
+      'fit_at_grid_edge': [fit.at_grid_edge for fit in fits],
+  }
 
 
 def make_runner(learner: harness.Learner, model: str, stream: Stream,
@@ -656,10 +761,28 @@ def dataset_rows(name: str, config: Config, log=print) -> list[dict]:
           'learner': learner.label, 'published': False, 'note': learner.note,
           **result, **harness.jsonable(dict(learner.meta)),
           'seconds': round(time.perf_counter() - tic, 2)})
-      log(f'  {model:6s} {learner.label:45s} {metric} '
-          f'{result["score"]["mean"]:.4f} (rest {result["score_rest"]["mean"]:.4f}) '
-          f'{time.perf_counter() - tic:5.1f} s', flush=True)
+      _log_row(log, model, learner.label, metric, result, tic)
+    for belief, rank in DEFAULT_RANKS.items():
+      tic = time.perf_counter()
+      result = evaluate_fit(rank, model, stream, task, config)
+      label = ('bayesian_multiscale, default prior from fit_prior ('
+               + belief + (f', rank {rank})' if rank else ')'))
+      rows.append({
+          'id': f'{name}/{model}/bayes_fit_{belief}',
+          'label': f'{label} ({model})', **base, 'model': model,
+          'learner': label, 'published': False,
+          'note': 'the default prior with its scale chosen by fit_prior on '
+                  'the tuning prefix, then run from the start',
+          'belief': {'rank': rank, 'fit_prior': True}, **result,
+          'seconds': round(time.perf_counter() - tic, 2)})
+      _log_row(log, model, label, metric, result, tic)
   return rows
+
+
+def _log_row(log, model, label, metric, result, tic) -> None:
+  log(f'  {model:6s} {label:45s} {metric} '
+      f'{result["score"]["mean"]:.4f} (rest {result["score_rest"]["mean"]:.4f}) '
+      f'{time.perf_counter() - tic:5.1f} s', flush=True)
 
 
 def goals(rows: list[dict]) -> list[dict]:
@@ -693,7 +816,37 @@ def goals(rows: list[dict]) -> list[dict]:
       row['linear_target'] = LINEAR_TARGETS[name]
       row['meets_linear_target'] = (
           'yes' if bayes[best_linear_key] <= LINEAR_TARGETS[name] else 'no')
+    row.update(_learned_prior_goals(name, task, by_id, better, pick))
     result.append(row)
+  return result
+
+
+LEARNED_PRIOR_ROWS = ('bayes_learned', 'bayes_recommended', 'bayes_fit')
+
+
+def _learned_prior_goals(name, task, by_id, better, pick) -> dict[str, Any]:
+  """The learned prior (best of its linear rows: online, recommended,
+  fit_prior) against tuned linear SGD and river's linear model (published
+  where river publishes one, else run here)."""
+  learned = {f'{kind}_{belief}': by_id[f'{name}/linear/{kind}_{belief}']
+             ['score']['mean']
+             for kind in LEARNED_PRIOR_ROWS for belief in DEFAULT_RANKS}
+  best = pick(learned, key=learned.get)
+  sgd = by_id[f'{name}/linear/sgd']['score']['mean']
+  published = by_id[f'{name}/river/linear_published']['published_value']
+  river_linear = (published if published is not None
+                  else by_id[f'{name}/river/linear']['score']['mean'])
+  result = {
+      'learned_prior_best_linear': learned[best],
+      'learned_prior_best_linear_row': f'{name}/linear/{best}',
+      'river_linear_compared': river_linear,
+      'river_linear_compared_source': ('published' if published is not None
+                                       else 'run here'),
+      'learned_prior_beats_river_linear': (
+          'yes' if better(learned[best], river_linear) else 'no')}
+  if task != 'regression':
+    result['learned_prior_at_or_above_tuned_sgd'] = (
+        'yes' if not better(sgd, learned[best]) else 'no')
   return result
 
 

@@ -119,22 +119,34 @@ def _optimizers() -> dict[str, tuple[optax.GradientTransformation, int]]:
     for rank in BAYES_RANKS:
       optimizers[f'bayesian_k{num}_rank{rank}'] = (
           _bayesian_with(num, rank), num * (3 * rank + 5) + 5)
+    # A learned prior also reads the k sensitivities T_i in the reduction
+    # (for H T) and reads and writes them in the update: 3k more arrays;
+    # per weight, the log scale and its four statistics (read and written):
+    # 10 more.
+    optimizers[f'bayesian_k{num}_learned'] = (
+        _bayesian_with(num, learn_prior=True), 8 * num + 5)
+    optimizers[f'bayesian_k{num}_learned_per_weight'] = (
+        _bayesian_with(num, learn_prior='per_weight'), 8 * num + 15)
   return optimizers
 
 
-def _bayesian_with(num: int, rank: int | None = None
+def _bayesian_with(num: int, rank: int | None = None,
+                   learn_prior: bool | str = False,
                    ) -> optax.GradientTransformation:
   timescales = mso.log_spaced_timescales(10.0, 1e4, num)
   decays = mso.decays_from_timescales(timescales)
   return mso.bayesian_multiscale(
-      decays.tolist(), (1e-6 * (1.0 - decays**2)).tolist(), 1.0, rank=rank)
+      decays.tolist(), (1e-6 * (1.0 - decays**2)).tolist(), 1.0, rank=rank,
+      learn_prior=learn_prior, learn_noise_variance=bool(learn_prior))
 
 
 def _make_step(optimizer, needs_jacobian=False):
   def step(params, state, grads):
     # The Bayesian learner also needs d prediction / d params; a linear
-    # model's Jacobian is its input, here the same pytree as the gradient.
-    extra = {'jacobian': grads} if needs_jacobian else {}
+    # model's Jacobian is its input, here the same pytree as the gradient
+    # (and a residual, read by a learned prior).
+    extra = ({'jacobian': grads, 'residual': jnp.asarray(0.5, jnp.float32)}
+             if needs_jacobian else {})
     updates, state = optimizer.update(grads, state, params, **extra)
     return optax.apply_updates(params, updates), state
 
@@ -154,9 +166,17 @@ def _axpy_seconds(size: int, rounds: int) -> float:
   return statistics.median(times)
 
 
-def measure(size: int, rounds: int) -> dict:
-  """Round-robin medians for every optimizer at one parameter count."""
+def measure(size: int, rounds: int, only: list[str] | None = None) -> dict:
+  """Round-robin medians for every optimizer (or those in ``only``, with
+  the momentum reference and Adam) at one parameter count."""
   optimizers = _optimizers()
+  if only:
+    unknown = set(only) - set(optimizers)
+    if unknown:
+      raise ValueError(f'unknown optimizers {sorted(unknown)}')
+    keep = {'sgd_momentum_0.9', 'adam', *only}
+    optimizers = {name: value for name, value in optimizers.items()
+                  if name in keep}
   grads = _pytree(size, 1e-3)
   runners = {}
   xla_bytes = {}
@@ -349,6 +369,10 @@ def main(argv=None) -> dict:
                       help='the batch-1 classifier rows (module docstring) '
                            'instead of the optimizer-only rows')
   parser.add_argument('--scan-steps', type=int, default=200)
+  parser.add_argument('--only', default=None,
+                      help='comma-separated optimizer rows to time (with '
+                           'the momentum reference and Adam): what else is '
+                           "held in memory changes a step's time")
   args = parser.parse_args(argv)
   if args.plot_only:
     parser.error('step_speed draws no figure (its rows are tables)')
@@ -370,12 +394,14 @@ def main(argv=None) -> dict:
   else:
     results = []
     for size in args.sizes:
-      result = measure(int(size), args.rounds)
+      result = measure(int(size), args.rounds,
+                       args.only.split(',') if args.only else None)
       results.append(result)
       _print_block(result)
     rows = optimizer_rows(results)
     config = {'rounds': args.rounds,
-              'sizes': [int(size) for size in args.sizes]}
+              'sizes': [int(size) for size in args.sizes],
+              'only': args.only.split(',') if args.only else None}
   document = harness.results_document(
       'step_speed', config=config, rows=rows,
       seconds=time.perf_counter() - started,

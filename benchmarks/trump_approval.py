@@ -99,6 +99,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import time
 from collections.abc import Callable
@@ -146,12 +147,23 @@ class Config:
   grid_points: int  # learning rates per optimizer
   mlp_seeds: tuple[int, ...]
   hidden: int
+  # The warm-up window of fit_prior, and the start of the "after warm-up"
+  # scores of every row.
+  warmup_steps: int = 300
 
 
 DEFAULT = Config(tune_steps=250, grid_points=13, mlp_seeds=(0, 1, 2, 3, 4),
                  hidden=16)
 FULL = Config(tune_steps=250, grid_points=25, mlp_seeds=tuple(range(10)),
               hidden=16)
+
+# fit_prior's grid: the prior's scale c and the slope p of its spectrum
+# (the variances of timescale tau multiplied by (tau / tau_ref)^-p).
+FIT_SCALES = tuple(float(c) for c in np.logspace(-2.0, 5.0, 15))
+FIT_SLOPES = tuple(float(p) for p in np.linspace(-1.5, 1.5, 7))
+# The grid of the "best fixed scale" rows: the prior's process and initial
+# variances multiplied by c.
+SCALE_GRID = (1.0, 1e5)
 
 
 # ---------------------------------------------------------------------------
@@ -402,6 +414,70 @@ def _default_prior_learner(rank):
       'learned', make_step, belief, scale_targets=True)
 
 
+def _prior_learner(name, prior, rank, note, *, learn=False, tuned=False,
+                   noise_variance=1.0):
+  """``bayesian_multiscale`` on ``prior`` (an AR1Prior), targets scaled
+  online; ``learn``: ``learn_prior`` (with the noise profiled); ``tuned``:
+  the prior's process and initial variances multiplied by a tuned factor
+  c."""
+
+  def make_step(apply_fn, hyper):
+    scale = hyper if tuned else 1.0
+    scaled = mso.AR1Prior(
+        prior.decays, tuple(scale * q for q in prior.process_variances),
+        tuple(scale * v for v in prior.initial_variances))
+    optimizer = mso.bayesian_multiscale(
+        prior=scaled, noise_variance=noise_variance, rank=rank,
+        learn_prior=learn, learn_noise_variance=bool(learn))
+    return optimizer.init, _bayesian_step(optimizer, apply_fn,
+                                          noise_variance)
+  belief = {'rank': rank, 'timescales': [float(t) for t in prior.timescales],
+            'learn_prior': learn, 'learn_noise_variance': bool(learn),
+            'scale_tuned': tuned, 'targets': 'standard-scaled online'}
+  return Learner(name, SCALE_GRID if tuned else 1.0, note, make_step,
+                 belief, scale_targets=True)
+
+
+def _default_ar1_prior() -> mso.AR1Prior:
+  return mso.AR1Prior(*default_prior())
+
+
+def prior_learners() -> list[Learner]:
+  """The learned-prior rows: the default and the recommended prior,
+  learned online (globally and per weight), with their scale tuned (the
+  best fixed scale), for the diagonal and the rank-10 belief."""
+  result = []
+  for rank in DEFAULT_RANKS:
+    belief = f'rank {rank}' if rank else 'diagonal'
+    result += [
+        _prior_learner(
+            f'bayesian_multiscale (default prior, learned online, {belief})',
+            _default_ar1_prior(), rank,
+            'the default prior, its scale and noise learned online',
+            learn=True),
+        _prior_learner(
+            f'bayesian_multiscale (default prior, scale tuned, {belief})',
+            _default_ar1_prior(), rank,
+            'the default prior with its variances multiplied by c, tuned '
+            '(best of grid: the best fixed scale)', tuned=True),
+        _prior_learner(
+            f'bayesian_multiscale (recommended prior, fixed, {belief})',
+            _beliefs.recommended_prior(), rank,
+            'the recommended prior (docs: choosing), nothing learned'),
+        _prior_learner(
+            f'bayesian_multiscale (recommended prior, learned online, '
+            f'{belief})', _beliefs.recommended_prior(), rank,
+            'the recommended prior, its scale and noise learned online',
+            learn=True),
+        _prior_learner(
+            f'bayesian_multiscale (recommended prior, learned per weight, '
+            f'{belief})', _beliefs.recommended_prior(), rank,
+            'the recommended prior, one scale per weight and the noise '
+            'learned online', learn='per_weight'),
+    ]
+  return result
+
+
 def learners() -> list[Learner]:
   # river's LinearRegression is SGD with rate 0.01 on (y - ŷ)², whose
   # gradient is twice that of (y - ŷ)² / 2: optax.sgd(0.02) here.
@@ -446,11 +522,23 @@ def learners() -> list[Learner]:
           'random-walk subweight (decay 1, initial variance 1e6), its '
           'process variance q tuned, r = 1', tuned='permanent_process_variance',
           timescales=(), learn_prior=False),
+      *prior_learners(),
   ]
 
 
+def _log_scale(opt_state: Any) -> jax.Array:
+  """The learned log prior scale of a Bayesian learner's state (its mean
+  over the weights where learned per weight); NaN for other learners."""
+  if not isinstance(opt_state, mso.BayesianMultiscaleState):
+    return jnp.asarray(jnp.nan)
+  leaves = jax.tree.leaves(opt_state.log_process_scale)
+  return sum(jnp.sum(leaf) for leaf in leaves) / sum(
+      leaf.size for leaf in leaves)
+
+
 def make_runner(learner: Learner, model: str, stream: Stream, hidden: int):
-  """A jitted function (hypers (h,), keys (s,)) -> predictions (h, s, n)."""
+  """A jitted function (hypers (h,), keys (s,)) -> predictions (h, s, n)
+  and the learned log prior scale after every example (h, s, n)."""
   init_fn, apply_fn = MODELS[model]
   predict_inputs = jnp.asarray(stream.predict_inputs)
   learn_inputs = jnp.asarray(stream.learn_inputs)
@@ -474,7 +562,7 @@ def make_runner(learner: Learner, model: str, stream: Stream, hidden: int):
       prediction = m0 + s0 * apply_fn(params, predict_input)
       params, opt_state = step(params, opt_state, learn_input,
                                (target - m1) / s1)
-      return (params, opt_state), prediction
+      return (params, opt_state), (prediction, _log_scale(opt_state))
 
     _, predictions = jax.lax.scan(
         body, (params, init(params)),
@@ -532,8 +620,8 @@ def evaluate(learner: Learner, model: str, stream: Stream,
     grid = np.asarray([learner.grid], np.float64)
   runner = make_runner(learner, model, stream, config.hidden)
   keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
-  predictions = np.asarray(jax.block_until_ready(
-      runner(jnp.asarray(grid), keys)))  # (grid, seeds, n)
+  predictions, log_scales = (np.asarray(value) for value in (
+      jax.block_until_ready(runner(jnp.asarray(grid), keys))))  # (grid, seeds, n)
   targets = stream.targets
   tune = config.tune_steps
   full = _mae(predictions, targets)  # (grid, seeds)
@@ -556,7 +644,22 @@ def evaluate(learner: Learner, model: str, stream: Stream,
   chosen, chosen_edge = choose(first)
   best, best_edge = choose(full)
   per_point = full.mean(axis=1)
+  warm = config.warmup_steps
+  after_warmup = _mae(predictions[..., warm:], targets[warm:])
+  learned = {}
+  belief = learner.belief or {}
+  if belief.get('learn_prior') or belief.get('learned_scales'):
+    learned = {'learned_scale_at_warmup': float(np.exp(np.mean(
+        log_scales[chosen][:, warm - 1]))),
+               'learned_scale': float(np.exp(np.mean(
+                   log_scales[chosen][:, -1])))}
   return {
+      **learned,
+      'mae_after_warmup': _summary(after_warmup[chosen]),
+      'best_of_grid_mae_after_warmup': _summary(
+          after_warmup[int(np.argmin(after_warmup.mean(axis=1)))]),
+      'best_of_grid_after_warmup_hyperparameter': float(
+          grid[int(np.argmin(after_warmup.mean(axis=1)))]),
       'note': learner.note,
       'belief': learner.belief,
       'diverged': bool(not np.all(np.isfinite(full))),
@@ -576,6 +679,97 @@ def evaluate(learner: Learner, model: str, stream: Stream,
   }
 
 
+def _fitted_prior(prior, rank, model, stream, config, key, slopes):
+  """``mso.fit_prior`` on the first ``warmup_steps`` examples (what the
+  learner learns from: features and online-scaled targets)."""
+  init_fn = MODELS[model][0]
+  _, (mean, sd) = target_scaling(stream.targets)
+  warm = config.warmup_steps
+  batches = (jnp.asarray(stream.learn_inputs[:warm]),
+             jnp.asarray(((stream.targets - mean) / sd)[:warm]))
+  params = init_fn(key, stream.predict_inputs.shape[1], config.hidden)
+  return mso.fit_prior(_observer(model), params, batches, prior, 1.0,
+                       rank=rank, scales=FIT_SCALES, slopes=slopes)
+
+
+@functools.cache
+def _observer(model: str) -> Callable:
+  """``observe(params, (x, y))`` for ``fit_prior``, r = 1 (the same function
+  for every call, so that ``fit_prior`` compiles once per model)."""
+  apply_fn = MODELS[model][1]
+
+  def observe(params, batch):
+    _, grads, extra = mso.gaussian_observation(
+        apply_fn, params, batch[0], batch[1], 1.0)
+    return grads, extra
+  return observe
+
+
+def evaluate_fit(name: str, prior, rank: int, model: str, stream: Stream,
+                 config: Config, slopes) -> dict[str, Any]:
+  """The prior from ``fit_prior`` on the warm-up window, run from the
+  start. ``mae``: the refit protocol (the first ``warmup_steps``
+  predictions by the prior as given, the rest by the fitted one, which has
+  learned from the start); ``mae_fitted_whole``: the fitted prior's
+  predictions throughout (optimistic: it chose on the first part)."""
+  seeds = config.mlp_seeds if model == 'mlp' else (0,)
+  warm = config.warmup_steps
+  given = make_runner(_prior_learner('given', prior, rank, ''), model,
+                      stream, config.hidden)
+  keys = [jax.random.key(seed) for seed in seeds]
+  fits, fitted = [], []
+  for key in keys:
+    fit = _fitted_prior(prior, rank, model, stream, config, key, slopes)
+    fits.append(fit)
+    runner = make_runner(
+        _prior_learner('fitted', fit.prior, rank, '',
+                       noise_variance=fit.noise_variance),
+        model, stream, config.hidden)
+    fitted.append(np.asarray(runner(jnp.ones(1), key[None])[0])[0, 0])
+  fitted = np.stack(fitted)
+  before = np.asarray(given(jnp.ones(1), jnp.stack(keys))[0])[0]
+  refit = np.concatenate([before[:, :warm], fitted[:, warm:]], axis=1)
+  targets = stream.targets
+  return {
+      'note': f'{name}: fit_prior on the first {warm} examples '
+              f'({len(FIT_SCALES)} scales'
+              + (f' x {len(slopes)} slopes' if slopes is not None else '')
+              + '), then run from the start',
+      'belief': {'rank': rank, 'fit_prior': True,
+                 'slopes_searched': slopes is not None},
+      'diverged': bool(not np.all(np.isfinite(refit))),
+      'seeds': list(seeds), 'grid': None, 'hyperparameter': 1.0,
+      'at_grid_edge': False,
+      'fitted_scale': [fit.process_scale for fit in fits],
+      'fitted_slope': [fit.slope for fit in fits],
+      'fitted_noise_scale': [fit.noise_scale for fit in fits],
+      'fit_at_grid_edge': [fit.at_grid_edge for fit in fits],
+      'mae': _summary(_mae(refit, targets)),
+      'mae_after_tuning': _summary(_mae(refit[:, config.tune_steps:],
+                                        targets[config.tune_steps:])),
+      'mae_after_warmup': _summary(_mae(refit[:, warm:], targets[warm:])),
+      'mae_fitted_whole': _summary(_mae(fitted, targets)),
+  }
+
+
+def fit_rows(model: str, stream: Stream, config: Config) -> dict[str, Any]:
+  """The fit_prior rows: the default and the recommended prior, scale
+  alone and scale and slope, diagonal and rank 10."""
+  result = {}
+  for prior_name, prior in (('default prior', _default_ar1_prior()),
+                            ('recommended prior',
+                             _beliefs.recommended_prior())):
+    for slopes in (None, FIT_SLOPES):
+      for rank in DEFAULT_RANKS:
+        belief = f'rank {rank}' if rank else 'diagonal'
+        searched = 'scale and slope' if slopes else 'scale'
+        name = (f'bayesian_multiscale ({prior_name}, fit_prior {searched}, '
+                f'{belief})')
+        result[name] = evaluate_fit(name, prior, rank, model, stream,
+                                    config, slopes)
+  return result
+
+
 def benchmark(config: Config, log=print) -> dict[str, Any]:
   stream = load_stream()
   results: dict[str, Any] = {'river': {}, 'jax': {}}
@@ -591,6 +785,10 @@ def benchmark(config: Config, log=print) -> dict[str, Any]:
           learner, model, stream, config)
       log(f'{model:6s} {learner.name:24s} {time.perf_counter() - tic:5.1f} s',
           flush=True)
+    tic = time.perf_counter()
+    results['jax'][model].update(fit_rows(model, stream, config))
+    log(f'{model:6s} fit_prior rows {time.perf_counter() - tic:5.1f} s',
+        flush=True)
   return results
 
 

@@ -19,6 +19,7 @@ from multiscale_optax._src.benna_fusi import benna_fusi_defaults
 from multiscale_optax._src.benna_fusi import benna_fusi_modes
 from multiscale_optax._src.converters import MultiscaleSpec
 from multiscale_optax._src.converters import from_aggmo
+from multiscale_optax._src.converters import from_l2_init
 from multiscale_optax._src.converters import from_linear_dynamics
 from multiscale_optax._src.converters import from_momentum
 from multiscale_optax._src.converters import from_qhm
@@ -80,6 +81,7 @@ __all__ = (
     "fit_learning_rates",
     "fit_prior",
     "from_aggmo",
+    "from_l2_init",
     "from_linear_dynamics",
     "from_momentum",
     "from_qhm",

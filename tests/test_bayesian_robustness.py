@@ -586,3 +586,21 @@ def test_an_empty_params_leaf_is_carried(rank, learn_prior):
   updates, _ = opt.update(only_empty, opt.init(only_empty), None,
                           jacobian=only_empty, residual=jnp.asarray(1.0))
   assert updates['empty'].shape == (0,)
+
+
+def test_params_holding_tuples_are_learned():
+  # eqx.nn.MLP keeps its layers in a tuple: the jacobian's leaves must be
+  # matched to the params' leaves through any container.
+  opt = mso.bayesian_multiscale([0.9], [0.19], 1.0)
+  params = (jnp.zeros(3), {'layers': (jnp.zeros(2), jnp.zeros(()))})
+  jacobian = (jnp.arange(3.0), {'layers': (jnp.ones(2), jnp.ones(()))})
+  updates, _ = opt.update(params, opt.init(params), params,
+                          jacobian=jacobian, residual=jnp.asarray(1.0))
+  flat = mso.bayesian_multiscale([0.9], [0.19], 1.0)
+  expected, _ = flat.update(
+      jnp.zeros(6), flat.init(jnp.zeros(6)), None,
+      jacobian=jnp.asarray([0.0, 1.0, 2.0, 1.0, 1.0, 1.0]),
+      residual=jnp.asarray(1.0))
+  np.testing.assert_allclose(
+      jnp.concatenate([updates[0], updates[1]['layers'][0],
+                       updates[1]['layers'][1][None]]), expected, rtol=1e-6)

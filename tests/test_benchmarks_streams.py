@@ -149,14 +149,31 @@ def test_jax_harness_with_sgd_reproduces_river_linear_regression():
       'sgd', optax.sgd, trump_approval.RIVER_LINEAR_REGRESSION_RATE, '')
   with jax.enable_x64(True):
     runner = trump_approval.make_runner(learner, 'linear', stream, hidden=4)
-    predictions = np.asarray(runner(
+    predictions, _ = runner(
         jnp.asarray([trump_approval.RIVER_LINEAR_REGRESSION_RATE]),
-        jax.vmap(jax.random.key)(jnp.zeros(1, jnp.int32))))
+        jax.vmap(jax.random.key)(jnp.zeros(1, jnp.int32)))
+    predictions = np.asarray(predictions)
   mae = trump_approval._mae(predictions, stream.targets)[0, 0]
   # river's SGD step on (y - p)^2 with rate 0.01 is optax.sgd(0.02) on
   # (y - p)^2 / 2: same arithmetic up to float64 rounding of a few
   # operations per step over 80 steps on values ~40 (relative 1e-12).
   np.testing.assert_allclose(mae, expected, rtol=1e-10)
+
+
+@requires_river
+def test_fit_prior_rows_run_on_a_slice():
+  # The refit protocol on a short slice: finite, and the refit predictions
+  # are the given prior's before the warm-up ends.
+  stream = trump_approval.load_stream(limit=SLICE)
+  config = trump_approval.Config(tune_steps=20, grid_points=3,
+                                 mlp_seeds=(0,), hidden=4, warmup_steps=30)
+  with jax.enable_x64(True):
+    row = trump_approval.evaluate_fit(
+        'test', trump_approval._default_ar1_prior(), 0, 'linear', stream,
+        config, slopes=(-0.5, 0.5))
+  assert np.isfinite(row['mae']['mean'])
+  assert np.isfinite(row['mae_fitted_whole']['mean'])
+  assert row['fitted_slope'][0] in (-0.5, 0.5)
 
 
 def test_mae_is_infinite_for_a_diverged_run():

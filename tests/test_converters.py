@@ -359,3 +359,217 @@ def test_tolerance_means_one_distance_and_decays_stay_in_range():
     mso.from_linear_dynamics(np.array([[0.5 + 0.1j]]), [1.0], [1.0])
   with pytest.raises(TypeError, match='complex'):
     mso.from_linear_dynamics([[0.5]], jnp.array([1.0 + 1.0j]), [1.0])
+
+
+# --- L2 Init (Kumar et al. 2023) ------------------------------------------
+
+
+def _reference_l2_init(learning_rate, l2, preconditioner=None):
+  """theta <- theta - lr (d + l2 (theta - theta_0)), theta_0 kept at init.
+
+  ``d`` is the gradient, or ``preconditioner``'s output for it (the pull
+  is added after the preconditioner: the decoupled form).
+  """
+  preconditioner = preconditioner or optax.identity()
+
+  def init_fn(params):
+    return params, preconditioner.init(params)
+
+  def update_fn(updates, state, params):
+    anchor, inner = state
+    directions, inner = preconditioner.update(updates, inner, params)
+    increment = jax.tree.map(
+        lambda d, w, w0: -learning_rate * (d + l2 * (w - w0)),
+        directions, params, anchor)
+    return increment, (anchor, inner)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _reference_adam_on_regularised_loss(learning_rate, l2):
+  """Adam on L + (l2/2)|theta - theta_0|^2: the pull goes through Adam."""
+  adam = optax.adam(learning_rate)
+
+  def init_fn(params):
+    return params, adam.init(params)
+
+  def update_fn(updates, state, params):
+    anchor, inner = state
+    gradients = jax.tree.map(
+        lambda g, w, w0: g + l2 * (w - w0), updates, params, anchor)
+    increment, inner = adam.update(gradients, inner, params)
+    return increment, (anchor, inner)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+# Rounding bound of the float64 equivalence tests on the MLP: each step the
+# two forms round a handful of float64 operations on weights of size <= 1.2
+# differently, a few ulp (<= 1e-15) per step, so 220 steps accumulate
+# <= ~2e-13 where the dynamics do not amplify it (measured: <= 1.4e-15 for
+# SGD and for Adam). 1e-10 leaves a factor of 500 for amplification and is
+# still eight orders below the pull's own effect on these runs (>= 0.2;
+# each test asserts > 1e-2), so a missing, doubled or coupled pull fails.
+_L2_INIT_TOLERANCE = 1e-10
+
+
+def test_l2_init_is_sgd_plus_pull_to_init_on_mlp():
+  with jax.enable_x64(True):
+    params, batches = helpers.mlp_problem(220)
+    learning_rate, l2 = 0.05, 0.3
+    spec = mso.from_l2_init(learning_rate, l2)
+    expected = helpers.run_trajectory(
+        _reference_l2_init(learning_rate, l2), params, batches)
+    actual = helpers.run_trajectory(
+        mso.multiscale(spec.learning_rates, spec.decays), params, batches)
+    sgd = helpers.run_trajectory(optax.sgd(learning_rate), params, batches)
+    assert helpers.max_abs_difference(expected, sgd) > 1e-2
+    assert helpers.max_abs_difference(expected, actual) <= _L2_INIT_TOLERANCE
+
+
+def test_l2_init_after_adam_is_the_decoupled_form():
+  with jax.enable_x64(True):
+    params, batches = helpers.mlp_problem(220)
+    learning_rate, l2 = 0.01, 0.5
+    spec = mso.from_l2_init(learning_rate, l2)
+    actual = helpers.run_trajectory(
+        optax.chain(optax.scale_by_adam(),
+                    mso.multiscale(spec.learning_rates, spec.decays)),
+        params, batches)
+    decoupled = helpers.run_trajectory(
+        _reference_l2_init(learning_rate, l2, optax.scale_by_adam()),
+        params, batches)
+    coupled = helpers.run_trajectory(
+        _reference_adam_on_regularised_loss(learning_rate, l2), params,
+        batches)
+    assert helpers.max_abs_difference(decoupled, actual) <= (
+        _L2_INIT_TOLERANCE)
+    # Not Adam on the regularised loss: there Adam normalises the pull too.
+    assert helpers.max_abs_difference(coupled, actual) > 1e-2
+
+
+def test_l2_init_state_continues_a_running_l2_init_exactly():
+  with jax.enable_x64(True):
+    params, (inputs, targets) = helpers.mlp_problem(200)
+    learning_rate, l2 = 0.05, 0.3
+    spec = mso.from_l2_init(learning_rate, l2)
+    reference = _reference_l2_init(learning_rate, l2)
+    full = helpers.run_trajectory(reference, params, (inputs, targets))
+    mid_params = jax.tree.map(lambda path: path[99], full)
+    # The reference's state (theta, theta_0) as subweights: theta_0 is the
+    # permanent part (implied), theta - theta_0 the decaying one.
+    initial = mso.state_to_subweights(spec, [mid_params, params])
+    assert initial[0] is None
+    switched = helpers.run_trajectory(
+        mso.multiscale(spec.learning_rates, spec.decays,
+                       initial_subweights=initial),
+        mid_params, (inputs[100:], targets[100:]))
+    assert helpers.max_abs_difference(
+        jax.tree.map(lambda path: path[100:], full), switched) <= (
+            _L2_INIT_TOLERANCE)
+    weight, anchor = mso.subweights_to_state(spec, mid_params, initial)
+    assert helpers.max_abs_difference(weight, mid_params) <= 1e-12
+    assert helpers.max_abs_difference(anchor, params) <= 1e-12
+
+
+@st.composite
+def _l2_init_hyperparameters(draw):
+  learning_rate = draw(st.floats(1e-3, 1.0))
+  # learning_rate * l2 up to 1.7: the decay 1 - lr * l2 down to -0.7, so
+  # the overshooting regime (negative decays) is covered too.
+  l2 = draw(st.floats(0.0, 1.7 / learning_rate))
+  return learning_rate, l2
+
+
+@hypothesis.settings(max_examples=30, deadline=None)
+@hypothesis.given(_l2_init_hyperparameters(), st.integers(0, 2**16))
+def test_property_l2_init_random_hyperparameters(hyperparameters, seed):
+  learning_rate, l2 = hyperparameters
+  rng = np.random.default_rng(seed)
+  steps, size = 60, 3
+  # Online linear regression, loss (x.w - y)^2 / 2, |x| = 1/2: with
+  # lr * l2 <= 1.7 every step contracts, so nothing overflows.
+  inputs = rng.normal(size=(steps, size))
+  inputs *= 0.5 / np.linalg.norm(inputs, axis=1, keepdims=True)
+  targets = rng.normal(size=steps)
+  anchor = rng.normal(size=size)
+  expected, weight = [], anchor.copy()
+  for x, y in zip(inputs, targets):
+    gradient = (x @ weight - y) * x
+    weight = weight - learning_rate * (gradient + l2 * (weight - anchor))
+    expected.append(weight)
+  expected = np.array(expected)
+  spec = mso.from_l2_init(learning_rate, l2)
+  with jax.enable_x64(True):
+    optimizer = mso.multiscale(spec.learning_rates, spec.decays)
+    params = jnp.asarray(anchor)
+    state = optimizer.init(params)
+    actual = []
+    for x, y in zip(inputs, targets):
+      gradient = (x @ np.asarray(params) - y) * x
+      updates, state = optimizer.update(jnp.asarray(gradient), state)
+      params = optax.apply_updates(params, updates)
+      actual.append(np.asarray(params))
+  # A few ulp per step over 60 contracting steps: far below 1e-12.
+  np.testing.assert_allclose(
+      actual, expected, rtol=0, atol=1e-12 * max(1.0, np.abs(expected).max()))
+  # The closed form is the spectral form of the linear system
+  # s = (theta, theta_0), T = [[1 - lr l2, lr l2], [0, 1]], b = (-lr, 0),
+  # wherever from_linear_dynamics separates the two eigenvalues. Its
+  # eigenvectors are computed with an error of about eps / (separation of
+  # the eigenvalues) = 1e-16 / (lr l2); the closed form has none.
+  pull = learning_rate * l2
+  if pull == 0.0 or pull > 1e-6:
+    general = mso.from_linear_dynamics(
+        [[1.0 - pull, pull], [0.0, 1.0]], [-learning_rate, 0.0], [1.0, 0.0])
+    eigenvector_error = 1e-12 + (1e-14 / pull if pull else 0.0)
+    for field, value in zip(spec._fields, spec):
+      np.testing.assert_allclose(
+          value, getattr(general, field), rtol=eigenvector_error,
+          atol=eigenvector_error * max(1.0, learning_rate), err_msg=field)
+
+
+def test_l2_init_modes_at_the_edges():
+  spec = mso.from_l2_init(0.1, 0.5)
+  np.testing.assert_array_equal(spec.decays, [1.0, 0.95])
+  np.testing.assert_array_equal(spec.learning_rates, [0.0, 0.1])
+  # The permanent part (rate 0) is implied: one stored subweight.
+  state = mso.multiscale(spec.learning_rates, spec.decays).init(jnp.zeros(3))
+  assert len(state.subweights) == 1
+  # No pull: plain SGD, one mode, as from_momentum(lr, 0).
+  sgd = mso.from_l2_init(0.1, 0.0)
+  np.testing.assert_array_equal(sgd.decays, [1.0])
+  np.testing.assert_array_equal(sgd.learning_rates, [0.1])
+  # A pull far below from_linear_dynamics' tolerance keeps its own mode.
+  tiny = mso.from_l2_init(1e-4, 1e-8)
+  np.testing.assert_array_equal(tiny.decays, [1.0, 1.0 - 1e-12])
+  # lr * l2 = 1: back to theta_0 every step (decay 0); up to 2: overshoot.
+  np.testing.assert_array_equal(mso.from_l2_init(0.5, 2.0).decays, [1.0, 0.0])
+  np.testing.assert_allclose(
+      mso.from_l2_init(1.0, 1.99).decays, [1.0, -0.99], rtol=1e-12)
+
+
+@pytest.mark.parametrize('learning_rate, l2, error, match', [
+    (0.0, 0.1, ValueError, r'`learning_rate` must lie in \(0.0, inf\]'),
+    (-0.1, 0.1, ValueError, '`learning_rate`'),
+    (float('inf'), 0.1, ValueError, '`learning_rate` must be finite'),
+    (float('nan'), 0.1, ValueError, '`learning_rate` must be finite'),
+    (0.1, -1e-3, ValueError, r'`l2` must lie in \[0.0, inf\]'),
+    (0.1, float('inf'), ValueError, '`l2` must be finite'),
+    (0.5, 4.0, ValueError, r'`learning_rate \* l2` must be < 2.*\(-1, 1\]'),
+    (1.0, 3.0, ValueError, r'`learning_rate \* l2` must be < 2.*diverges'),
+    (1e200, 1e200, ValueError, r'`learning_rate \* l2` must be < 2'),
+    ('0.1', 0.1, TypeError, '`learning_rate` must be a real scalar'),
+    (0.1, True, TypeError, '`l2` must be a real scalar'),
+    (0.1, np.ones(2), TypeError, '`l2` must be a real scalar'),
+])
+def test_l2_init_arguments_are_validated(learning_rate, l2, error, match):
+  with pytest.raises(error, match=match):
+    mso.from_l2_init(learning_rate, l2)
+
+
+def test_l2_init_refuses_traced_hyperparameters():
+  with pytest.raises(TypeError, match='`l2` must be concrete'):
+    jax.jit(lambda l2: mso.from_l2_init(0.1, l2))(jnp.asarray(0.5))
+  with pytest.raises(TypeError, match='`learning_rate` must be concrete'):
+    jax.jit(lambda lr: mso.from_l2_init(lr, 0.5))(jnp.asarray(0.1))

@@ -30,6 +30,9 @@ def tiny_grids(monkeypatch):
   monkeypatch.setattr(online_rotation, 'ADAM_RATES', (1e-3, 1e-2, 2))
   monkeypatch.setattr(online_rotation, 'PROCESS_VARIANCES', (1e-6, 1e-4, 2))
   monkeypatch.setattr(online_rotation, 'PRIOR_SCALES', (0.1, 1.0, 2))
+  monkeypatch.setattr(online_rotation, 'FIT_SCALES', (0.1, 1.0))
+  monkeypatch.setattr(online_rotation, 'FIT_WARMUP', 20)
+  monkeypatch.setattr(online_rotation, 'FIT_RANKS', (0,))
 
 
 def test_tiny_run_writes_finite_results(tmp_path, tiny_grids):
@@ -57,6 +60,10 @@ def test_tiny_run_writes_finite_results(tmp_path, tiny_grids):
     assert row['diverged_seeds'] == 0
   assert rows[online_rotation.FULL_EKF_NAME]['hyperparameters'][
       'reused_from'] == 'LoFi (rank 10)'
+  for name in online_rotation.LEARNED_ONLINE:
+    assert len(rows[name]['learned_scale']) == 2
+  fitted = rows['Bayesian multiscale (generic prior, fit_prior)']
+  assert set(fitted['fitted_scale']) <= {0.1, 1.0}
 
 
 def test_angles_are_clipped_and_drift_at_the_stated_scale():

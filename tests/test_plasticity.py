@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+import multiscale_optax as mso
 from benchmarks import plasticity
 
 TINY = plasticity.Config(tasks=3, examples=8, batch=2, tuning_seeds=(100,),
@@ -137,3 +138,30 @@ def test_bayesian_prior_sums_to_the_he_variance():
   assert decays[0] == 1.0 and process[0] > 0  # a random-walk permanent part
   np.testing.assert_allclose(initial.sum(), 2 / 64)
   np.testing.assert_allclose(initial[1:], process[1:] / (1 - decays[1:] ** 2))
+
+
+@pytest.mark.parametrize('adam', [False, True])
+def test_anchored_multiscale_keeps_the_initial_params_as_permanent_part(adam):
+  decays, rates = plasticity.anchored_multiscale_shape()
+  plain_decays, _ = plasticity.multiscale_shape()
+  np.testing.assert_array_equal(decays, plain_decays)
+  assert decays[0] == 1.0 and rates[0] == 0.0
+  np.testing.assert_allclose(rates[1:], 1.0 / (len(rates) - 1))
+  method = plasticity.gradient_method(
+      plasticity.multiscale_method(1e-3 if adam else 0.05, adam,
+                                   anchored=True))
+  initial = plasticity.mlp_init(jax.random.key(1))
+  params, state = initial, method.init(initial)
+  images, labels = plasticity.load_images()
+  for start in range(0, 20, 2):
+    _, params, state = method.step(
+        params, state, jnp.asarray(images[start:start + 2]),
+        jnp.asarray(labels[start:start + 2]), jax.random.key(start))
+  permanent = mso.get_subweights(params, state['opt']).values[0]
+  # The permanent part (rate 0) is theta_0, to float32 rounding of
+  # params - sum(stored subweights); the params themselves have moved.
+  for kept, start_value in zip(jax.tree.leaves(permanent),
+                               jax.tree.leaves(initial), strict=True):
+    np.testing.assert_allclose(kept, start_value, atol=1e-5)
+  assert max(float(jnp.max(jnp.abs(new - old))) for new, old in zip(
+      jax.tree.leaves(params), jax.tree.leaves(initial), strict=True)) > 1e-3

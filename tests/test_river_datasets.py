@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -137,3 +139,19 @@ def test_default_prior_sums_to_one():
   # total variance in standardised units).
   _, _, initial = rd.default_prior()
   assert initial.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize('name', ['trumpapproval', 'phishing'])
+def test_fit_prior_rows_score_like_the_tuned_rows(name):
+  # The fitted prior (regression: profile likelihood; classification:
+  # log-loss) runs from the start and is scored on the whole stream and the
+  # rest, as the tuned learners are.
+  stream = rd.load_stream(name, limit=120)
+  task = rd.DATASETS[name][1]
+  config = dataclasses.replace(rd.DEFAULT, mlp_seeds=(0,))
+  with jax.enable_x64(True):
+    result = rd.evaluate_fit(0, 'linear', stream, task, config)
+  assert result['tune_steps'] == 30
+  assert np.isfinite(result['score']['mean'])
+  assert np.isfinite(result['score_rest']['mean'])
+  assert result['fitted_scale'][0] in rd.trump_approval.FIT_SCALES

@@ -37,8 +37,8 @@ def _write_if_changed(path: pathlib.Path, text: str) -> None:
 
 
 # The order a reader meets the notebooks in: the quickstart first, then the
-# paper's sections in order, then the Bayesian learner. Notebooks not listed
-# follow, by file name.
+# paper's sections in order, then the Bayesian learner, then the training
+# loops of docs/training_loops.md. Notebooks not listed follow, by file name.
 READING_ORDER = (
     'quickstart',
     'fast_weights',
@@ -46,6 +46,9 @@ READING_ORDER = (
     'benna_fusi_modes',
     'online_1f',
     'bayesian_multiscale',
+    'optax_training_loop',
+    'flax_nnx_training_loop',
+    'equinox_training_loop',
 )
 _THIS_NOTEBOOK = re.compile(r'(?:^|(?<=[.!?]\s))This notebook\b')
 

@@ -204,12 +204,19 @@ def _aligned_leaves(reference: Any, tree: Any) -> list[Any]:
   (``optax.masked`` masks the updates but, by default, not the extra
   arguments); those are dropped.
   """
-  pairs = jax.tree.map(
-      lambda node, leaf: None if _is_masked(node) else (leaf,),
+  kept = jax.tree.map(
+      lambda node, leaf: None if _is_masked(node) else _Kept(leaf),
       reference, tree, is_leaf=_is_masked)
-  return [pair[0] for pair in jax.tree.leaves(
-      pairs, is_leaf=lambda node: isinstance(node, tuple))]
+  return [node.leaf for node in jax.tree.leaves(
+      kept, is_leaf=lambda node: isinstance(node, _Kept))]
 
+
+class _Kept:
+  """Wraps a kept leaf for :func:`_aligned_leaves` (not a pytree node, so
+  a tuple in the params' own structure is not mistaken for it)."""
+
+  def __init__(self, leaf: Any):
+    self.leaf = leaf
 
 
 def _variance_dtype(
@@ -1290,7 +1297,9 @@ def bayesian_multiscale(
     learn_prior: ``False``; ``True`` to learn one global scale :math:`c`
       of the process variances online (above); ``'per_weight'`` to learn
       one per weight (params-shaped: for streams where some weights drift
-      and others stay). Needs the ``residual`` extra argument.
+      and others stay; its sensitivities ignore the covariance between
+      weights, so use it with the diagonal belief). Needs the ``residual``
+      extra argument.
     learn_noise_variance: also learn the scale :math:`\rho` of the
       observation noise, profiled over the window (needs ``learn_prior``).
     prior_learning_rate: :math:`\eta \ge 0`, the largest step of

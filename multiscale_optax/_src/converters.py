@@ -1,11 +1,12 @@
-r"""Linear optimizers as multiscale learners: momentum, AggMo, QHM, any.
+r"""Linear optimizers as multiscale learners: momentum, AggMo, QHM, L2 Init.
 
 Jones, `Learning at Multiple Timescales <https://arxiv.org/abs/2211.10311>`_,
 NeurIPS 2022, §4–5: an optimizer whose per-weight state evolves linearly in
 the gradient is, after diagonalising its transition matrix, a sum of
 independently decaying subweights. :func:`from_linear_dynamics` does this
 for any such optimizer; heavy-ball and Nesterov momentum, AggMo and QHM are
-built on top of it.
+built on top of it, and L2 Init (SGD pulled toward the initial params) is a
+permanent part plus one decaying subweight (:func:`from_l2_init`).
 
 Convention (one weight; every weight of a network evolves the same way):
 the optimizer's state :math:`s \in \mathbb{R}^m` *includes the weight*, which
@@ -528,6 +529,140 @@ def from_qhm(learning_rate: float, nu: float, beta: float) -> MultiscaleSpec:
   transition = [[1.0, -eta * nu * beta], [0.0, beta]]
   gradient = [-eta * ((1.0 - nu) + nu * (1.0 - beta)), 1.0 - beta]
   return from_linear_dynamics(transition, gradient, [1.0, 0.0])
+
+
+def from_l2_init(learning_rate: float, l2: float) -> MultiscaleSpec:
+  r"""L2 Init (SGD with an L2 pull toward the initial params) as subweights.
+
+  L2 Init (Kumar, Marklund & Van Roy) regularises toward the initial params
+  :math:`\theta_0` instead of toward zero. Under SGD its step is
+
+  .. math::
+
+    \theta_{t+1} = \theta_t - \alpha\big(\nabla L(\theta_t)
+      + \lambda (\theta_t - \theta_0)\big),
+
+  where :math:`\alpha` is ``learning_rate`` and :math:`\lambda` is ``l2``
+  (the gradient of the penalty :math:`\tfrac{\lambda}{2}\lVert\theta -
+  \theta_0\rVert^2`; a penalty written :math:`\lambda'\lVert\theta -
+  \theta_0\rVert^2`, as in the paper, is ``l2`` :math:`= 2\lambda'`).
+  Writing :math:`\theta = \theta_0 + \omega` turns it into a multiscale
+  learner with two subweights:
+
+  .. math::
+
+    \omega_{t+1} = (1 - \alpha\lambda)\, \omega_t - \alpha \nabla L(\theta_t),
+    \qquad \omega_0 = 0,
+
+  a permanent part :math:`\theta_0` (decay 1, rate 0) and one subweight
+  with decay :math:`\gamma = 1 - \alpha\lambda` and rate :math:`\alpha`.
+  :func:`multiscale` stores the decaying subweight, starting at zero, and
+  implies the permanent part as the params minus it, which at ``init`` is
+  :math:`\theta_0`; with rate 0 it never moves. So
+  ``multiscale(spec.learning_rates, spec.decays)`` *is* ``optax.sgd``
+  plus the pull :math:`\alpha\lambda(\theta - \theta_0)`, with
+  :math:`\theta_0` the params passed to ``init``.
+
+  As a linear system (:func:`from_linear_dynamics`) the state is
+  :math:`s = (\theta, \theta_0)`, :math:`T = [[\gamma, \alpha\lambda], [0,
+  1]]`, :math:`b = (-\alpha, 0)`, :math:`c = (1, 0)`; the spec is built in
+  closed form rather than by eigendecomposition, so an :math:`\alpha\lambda`
+  below that function's tolerance still gets its own mode. Where
+  :math:`1 - \alpha\lambda` rounds to 1 in float64 (``l2 = 0``, or
+  :math:`\alpha\lambda < 2^{-53}`) the result is plain SGD, one mode.
+
+  The decay must lie in :math:`(-1, 1]`, i.e. :math:`0 \le \alpha\lambda <
+  2`. For :math:`\alpha\lambda < 1` the distance to :math:`\theta_0`
+  shrinks geometrically, the usual regime. At :math:`\alpha\lambda = 1` the
+  pull returns the weight to :math:`\theta_0` every step (it keeps only the
+  last gradient step); for :math:`1 < \alpha\lambda < 2` the pull overshoots
+  :math:`\theta_0` and the distance alternates in sign while it shrinks:
+  valid, as L2 Init itself does it, but rarely wanted. At
+  :math:`\alpha\lambda = 2` the distance flips sign without shrinking and
+  above 2 it grows every step (L2 Init diverges): both are refused.
+
+  Under a preconditioner, ``optax.chain(optax.scale_by_adam(),
+  multiscale(...))``, only the gradient is preconditioned: the step is
+  :math:`\theta \leftarrow \theta - \alpha\, \mathrm{adam}(\nabla L) -
+  \alpha\lambda(\theta - \theta_0)`, the *decoupled* form (as AdamW
+  decouples weight decay, but toward :math:`\theta_0`), not Adam on the
+  regularised loss, whose moments would also see :math:`\lambda(\theta -
+  \theta_0)`. Likewise ``multiscale(..., learning_rate=schedule)`` scales
+  the rates but not the decay, so the pull does not follow the schedule.
+
+  Args:
+    learning_rate: :math:`\alpha > 0`, finite.
+    l2: :math:`\lambda \ge 0`, finite, with ``learning_rate * l2 < 2``.
+
+  Returns:
+    A :class:`MultiscaleSpec` on the state :math:`(\theta, \theta_0)`:
+    rates :math:`(0, \alpha)` and decays :math:`(1, 1 - \alpha\lambda)`
+    (one mode, rate :math:`\alpha` and decay 1, where the decay rounds
+    to 1).
+
+  Raises:
+    TypeError: an argument is not a real scalar, or is traced.
+    ValueError: ``learning_rate`` is not in :math:`(0, \infty)`, ``l2`` is
+      not in :math:`[0, \infty)`, or ``learning_rate * l2`` :math:`\ge 2`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import multiscale_optax as mso
+    >>> spec = mso.from_l2_init(0.1, 0.5)
+    >>> print(spec.decays, spec.learning_rates)
+    [1.   0.95] [0.  0.1]
+    >>> opt = mso.multiscale(spec.learning_rates, spec.decays)
+    >>> params = jnp.array([1.0])  # theta_0
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update(jnp.array([2.0]), state)
+    >>> params = optax.apply_updates(params, updates)  # 1 - 0.1 * 2
+    >>> updates, state = opt.update(jnp.array([0.0]), state)
+    >>> print(optax.apply_updates(params, updates))  # 0.8 - 0.05 * (0.8 - 1)
+    [0.81]
+
+  References:
+    Kumar, Marklund & Van Roy, `Maintaining Plasticity in Continual
+    Learning via Regenerative Regularization
+    <https://arxiv.org/abs/2308.11958>`_, 2023; Jones, `Learning at
+    Multiple Timescales <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022,
+    eq. (1) and §5.
+  """
+  checks.check_scalar(
+      learning_rate, 'learning_rate', low=0.0, high=np.inf,
+      low_inclusive=False)
+  checks.check_scalar(l2, 'l2', low=0.0, high=np.inf)
+  for value, name in ((learning_rate, 'learning_rate'), (l2, 'l2')):
+    if checks.is_traced(value):
+      raise TypeError(
+          f'`{name}` must be concrete (not traced): the decay '
+          '1 - learning_rate * l2 and the number of modes are fixed at '
+          'construction.')
+  alpha, strength = float(learning_rate), float(l2)
+  pull = alpha * strength
+  if not pull < 2.0:
+    raise ValueError(
+        f'`learning_rate * l2` must be < 2, got {alpha} * {strength} = '
+        f'{pull}: the decay 1 - learning_rate * l2 must lie in (-1, 1]. At '
+        '2 the distance to the initial params flips sign without '
+        'shrinking; above 2 it grows every step (L2 Init diverges).')
+  decay = float(np.float64(1.0) - np.float64(pull))
+  if decay == 1.0:
+    # No pull survives rounding: plain SGD, the slow weight is the weight.
+    return MultiscaleSpec(
+        learning_rates=np.array([alpha], np.float64),
+        decays=np.array([1.0], np.float64),
+        subweights_from_state=np.array([[1.0, 0.0]]),
+        state_from_subweights=np.array([[1.0], [0.0]]),
+    )
+  return MultiscaleSpec(
+      learning_rates=np.array([0.0, alpha], np.float64),
+      decays=np.array([1.0, decay], np.float64),
+      # Rows: the permanent part is theta_0, the decaying one theta - theta_0.
+      subweights_from_state=np.array([[0.0, 1.0], [1.0, -1.0]]),
+      # Columns: theta = theta_0 + omega, with theta_0 the permanent part.
+      state_from_subweights=np.array([[1.0, 1.0], [1.0, 0.0]]),
+  )
 
 
 def _map_matrix(

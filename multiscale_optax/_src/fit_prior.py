@@ -11,6 +11,7 @@ noise variance profiled out for a Gaussian observation.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 from typing import Literal
@@ -350,18 +351,38 @@ def _run_grid(
     multipliers: np.ndarray, options: dict[str, Any],
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """Sums of the scores over the window, one per row of ``multipliers``."""
-  process = jnp.asarray(prior.process_variances)
-  initial = jnp.asarray(prior.initial_variances)
+  runner = _grid_runner(
+      observe, prior.decays, prior.process_variances,
+      prior.initial_variances or (), noise, rank,
+      tuple(sorted(options.items())))
+  multiplier_dtype = jnp.result_type(*(
+      leaf.dtype for leaf in jax.tree.leaves(params)))
+  return runner(params, batches, jnp.asarray(multipliers, multiplier_dtype))
 
-  def run(multiplier: jax.Array) -> tuple[jax.Array, ...]:
+
+@functools.lru_cache(maxsize=8)
+def _grid_runner(
+    observe: Callable[[Any, Any], Any], decays: tuple[Any, ...],
+    process_variances: tuple[Any, ...], initial_variances: tuple[Any, ...],
+    noise: float, rank: int, options: tuple[tuple[str, Any], ...],
+) -> Callable[..., tuple[jax.Array, jax.Array, jax.Array, jax.Array]]:
+  """The jitted grid run ``(params, batches, multipliers) -> sums``, kept
+  for the next call with the same observation and prior (a refit on a
+  later window, or another seed, compiles nothing)."""
+  settings = dict(options)
+  process = jnp.asarray(process_variances)
+  initial = jnp.asarray(initial_variances)
+
+  def run(params: Any, batches: Any,
+          multiplier: jax.Array) -> tuple[jax.Array, ...]:
     init, scored_update = bayesian._scored_learner(
-        prior.decays, tuple(process * multiplier), noise,
+        decays, tuple(process * multiplier), noise,
         tuple(initial * multiplier), rank=rank,
-        variance_update=options.get('variance_update'),
+        variance_update=settings.get('variance_update'),
         learn_prior=False, learn_noise_variance=False,
         prior_learning_rate=0.0, prior_window=100.0,
-        outlier_threshold=options.get('outlier_threshold'),
-        state_dtype=options.get('state_dtype'))
+        outlier_threshold=settings.get('outlier_threshold'),
+        state_dtype=settings.get('state_dtype'))
 
     def step(carry: Any, batch: Any) -> tuple[Any, tuple[jax.Array, ...]]:
       current, state = carry
@@ -376,6 +397,4 @@ def _run_grid(
         jnp.int32 if value.dtype == jnp.int32 else jnp.result_type(
             float)), axis=0) for value in seen)
 
-  multiplier_dtype = jnp.result_type(*(
-      leaf.dtype for leaf in jax.tree.leaves(params)))
-  return jax.jit(jax.vmap(run))(jnp.asarray(multipliers, multiplier_dtype))
+  return jax.jit(jax.vmap(run, in_axes=(None, None, 0)))
