@@ -582,54 +582,60 @@ PLOT_KINDS = (
 
 
 def plot(rows, stem):
-  """Draws the figure from the results rows, one panel per setting."""
+  """Draws the figure from the results rows, one panel per setting, stacked
+  (one column: readable at a page's width)."""
   from matplotlib.lines import Line2D  # pylint: disable=import-outside-toplevel
 
   settings = list(dict.fromkeys(row['setting'] for row in rows))
-  columns = min(2, len(settings))
-  fig, axes = harness.figure(-(-len(settings) // columns), columns,
-                             width=7.2 * columns, panel_height=4.8)
-  for axis in axes.ravel()[len(settings):]:
-    axis.set_visible(False)
-  kind_styles = dict(zip([k for k, _ in PLOT_KINDS],
-                         harness.styles(len(PLOT_KINDS)), strict=True))
-  # One line per learner in any panel, in one order, so panels share labels.
+  # One line per learner in any panel, in one order, so panels share labels;
+  # a learner that diverged on every seed keeps its line, marked so.
   names = list(dict.fromkeys(
       row['label'] for row in rows
-      if row['learner'] != 'kalman_filter_bayes_optimal'
-      and row['ratio']['mean']))
-  for axis, setting in zip(axes.ravel(), settings, strict=False):
+      if row['learner'] != 'kalman_filter_bayes_optimal'))
+  fig, axes = harness.figure(len(settings), 1, width=6.4,
+                             panel_height=1.3 + 0.2 * len(names))
+  kind_styles = dict(zip([k for k, _ in PLOT_KINDS],
+                         harness.styles(len(PLOT_KINDS)), strict=True))
+  for axis, setting in zip(axes.ravel(), settings, strict=True):
     by_name = {row['label']: row for row in rows
-               if row['setting'] == setting and row['ratio']['mean']}
-    shown = [(position, name) for position, name in enumerate(names)
-             if name in by_name]
-    means = np.asarray([by_name[n]['ratio']['mean'] for _, n in shown])
-    right = max(1.1, min(2.0, means.max() * 1.1))
+               if row['setting'] == setting}
+    means = [by_name[n]['ratio']['mean'] for n in names
+             if n in by_name and by_name[n]['ratio']['mean']]
+    right = max(1.1, min(2.0, max(means) * 1.1))
     axis.axvline(1.0, color='k', lw=1)
-    for position, name in shown:
+    for position, name in enumerate(names):
+      if name not in by_name:
+        continue
       mean, sd = by_name[name]['ratio']['mean'], by_name[name]['ratio']['sd']
+      if mean is None:
+        axis.text(right * 1.05, position, 'diverged', va='center',
+                  ha='right', fontsize=8, color='0.35')
+        continue
       style = next(kind_styles[kind] for kind, _ in PLOT_KINDS
                    if name.startswith(kind))
       # A marker, not a bar from 1: a ratio of 1.000 stays visible.
       axis.errorbar(min(mean, right), position, xerr=sd, fmt=style['marker'],
-                    color=style['color'], markersize=6, capsize=2)
+                    color=style['color'], markersize=5, capsize=2)
       axis.text(min(mean + sd, right) + 0.012 * (right - 0.99), position,
                 f'{mean:.3f}', va='center', fontsize=8)
-    axis.set_yticks(range(len(names)), [PLOT_NAMES.get(n, n) for n in names])
+    axis.set_yticks(range(len(names)), [PLOT_NAMES.get(n, n) for n in names],
+                    fontsize=8)
     axis.set_ylim(len(names) - 0.5, -0.5)
     axis.set_xlim(0.99, right * 1.06)
     axis.grid(axis='y', color='0.92', lw=0.6)
-    axis.set_xlabel("excess loss / Kalman filter's (1 = Bayes-optimal)")
+    axis.set_xlabel("excess loss / Kalman filter's (1 = Bayes-optimal)",
+                    fontsize=9)
     first = next(iter(by_name.values()))
     axis.set_title(f"{'input' if first['input_dim'] == 1 else 'inputs'} "
                    f"d = {first['input_dim']}, "
-                   f"{first['num_timescales']} timescales,\n"
-                   f"noise variance r = {first['noise_variance']:g}")
+                   f"{first['num_timescales']} timescales, "
+                   f"noise variance r = {first['noise_variance']:g}",
+                   fontsize=9)
   handles = [Line2D([], [], color=kind_styles[kind]['color'],
                     marker=kind_styles[kind]['marker'], linestyle='',
                     label=text) for kind, text in PLOT_KINDS]
-  fig.legend(handles=handles, loc='outside lower center', ncols=len(handles),
-             frameon=False)
+  fig.legend(handles=handles, loc='outside lower center', ncols=2,
+             frameon=False, fontsize=8)
   return harness.save_figure(fig, stem)
 
 

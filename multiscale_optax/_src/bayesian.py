@@ -31,9 +31,8 @@ subweights, with means :math:`\mu_i` and covariance
 diagonal); the params are its mean :math:`w_0 + \sum_i \mu_i`. With
 :math:`J = \partial f/\partial w` at the params (the extended Kalman
 filter's linearisation) and the residual :math:`e = y - f`, the exact
-Gaussian update is computed by the kernel in
-:mod:`multiscale_optax._src.gaussian_belief`: for one scalar output and a
-diagonal belief,
+Gaussian update is computed by the filter's kernel: for one scalar output
+and a diagonal belief,
 
 .. math::
 
@@ -60,7 +59,7 @@ and one subweight this is the scalar Kalman filter exactly; with rank
 :math:`L \ge kP` it is the joint Kalman filter of all subweights.
 
 Storage. The means :math:`\mu_i` are stored as a double-float32 scale
-times an array (:mod:`multiscale_optax._src.scaled_storage`) wherever their
+times an array (the docs page *Numerics*) wherever their
 dtype is narrower than float64, so they decay at the full rate
 :math:`\gamma_i` in any storage dtype; :math:`D` and :math:`U` describe
 how much has been learned and are stored in at least float32 (a narrower
@@ -116,7 +115,7 @@ class BayesianMultiscaleState(NamedTuple):
       ``(rank, *param.shape)``: the low-rank part of the covariance
       :math:`\mathrm{diag}(D) - UU^\top`; empty for ``rank=0``.
     mean_scales: per subweight, its scale :math:`s_i` as a float32 pair
-      ``(high, low)`` (see :mod:`multiscale_optax._src.scaled_storage`).
+      ``(high, low)`` (the docs page *Numerics*).
     log_process_scale: :math:`\log c`: the process variances in use are
       :math:`c\, q_i`. A scalar, or params-shaped (one :math:`c` per
       weight) with ``learn_prior='per_weight'``; zero unless the prior is
@@ -127,7 +126,7 @@ class BayesianMultiscaleState(NamedTuple):
       :math:`c q_i` and the stored variances are in units of :math:`\rho`
       (:func:`get_bayesian_subweights` multiplies them back). Zero unless
       ``learn_noise_variance=True``, where :math:`\rho` is profiled
-      (:mod:`multiscale_optax._src.prior_learning`).
+      (:class:`PriorLearningState`).
     innovation_variance: the last step's innovation variance :math:`\rho S`
       (for :math:`C` outputs, :math:`\rho\,\mathrm{tr}(S)/C`); ``nan``
       before the first update.
@@ -1225,8 +1224,8 @@ def bayesian_multiscale(
   :math:`kP` subweights: an observation appends the :math:`N` columns of
   :math:`\Sigma H^\top L_S^{-\top}` to :math:`U` and cuts back to the
   :math:`L` leading directions, keeping the marginal variances exact and the
-  covariance positive definite by construction
-  (:mod:`multiscale_optax._src.gaussian_belief`). With :math:`L \ge kP` it
+  covariance positive definite by construction (the docs page *Bayesian
+  multiscale*, *Beliefs*). With :math:`L \ge kP` it
   is the joint EKF of all subweights. Memory :math:`k(L + 2)P`; a step
   costs :math:`O(kP(L + N)^2)` and one :math:`(L + N)`-square
   eigendecomposition.
@@ -1257,9 +1256,10 @@ def bayesian_multiscale(
   :math:`\rho R`), and the step follows the window's profile likelihood.
   Take both when the noise variance is not known: with the noise fixed too
   large no scale of the prior can calibrate :math:`S`, and the likelihood
-  drives :math:`c` down. Derivation, bounds and the per-weight rule:
-  :mod:`multiscale_optax._src.prior_learning`; measured in the docs
-  (*Choosing an optimizer*, *Bayesian multiscale*). To choose the scale
+  drives :math:`c` down. The derivation, the bounds and the per-weight
+  rule are in the API reference beside :class:`PriorLearningState`;
+  measurements in the docs (*Which optimizer to use*, *Bayesian
+  multiscale*). To choose the scale
   once from a warm-up window instead, see :func:`fit_prior`.
 
   **Outliers** (``outlier_threshold=t``). A residual whose whitened norm

@@ -25,12 +25,12 @@ How the state is stored, and why:
   CPU). Otherwise the increment is the difference of the stored values,
   which keeps the implied slow weight free of rounding error and is exact
   for any decay, 0 included.
-* Every value stored narrower than the compute dtype is rounded with
-  :func:`multiscale_optax._src.precision.round_to_storage`, so that the
+* Every value stored narrower than the compute dtype is rounded to its
+  storage dtype explicitly (``jax.lax.reduce_precision``), so that the
   increment is the change of the value actually stored on every backend.
 * A subweight stored narrower than float32 keeps its decay in a float32
-  scale (:mod:`multiscale_optax._src.scaled_storage`), so that a decay such
-  as 0.9999 is not lost to the rounding of the stored values.
+  scale (the docs page *Numerics*), so that a decay such as 0.9999 is not
+  lost to the rounding of the stored values.
 """
 
 from __future__ import annotations
