@@ -14,7 +14,13 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+import re
 import sys
+
+from docutils import nodes
+from sphinx import addnodes
+from sphinx.ext import intersphinx
+from sphinx.transforms.post_transforms import SphinxPostTransform
 
 DOCS_DIR = pathlib.Path(__file__).resolve().parent
 REPO_ROOT = DOCS_DIR.parent
@@ -22,6 +28,7 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(DOCS_DIR / '_ext'))
 
 import multiscale_optax  # noqa: E402
+import optax as _optax  # noqa: E402
 
 # -- Project -----------------------------------------------------------------
 
@@ -36,6 +43,7 @@ version = release
 extensions = [
     'sphinx.ext.autodoc',
     'sphinx.ext.autosummary',
+    'sphinx.ext.intersphinx',
     'sphinx.ext.mathjax',
     'sphinx.ext.napoleon',
     'sphinx.ext.viewcode',
@@ -46,7 +54,8 @@ extensions = [
 ]
 
 templates_path = ['_templates']
-exclude_patterns = ['_build', 'Thumbs.db', '.DS_Store', '**.ipynb_checkpoints']
+exclude_patterns = ['_build', '_inventories', 'Thumbs.db', '.DS_Store',
+                    '**.ipynb_checkpoints']
 source_suffix = {'.rst': 'restructuredtext', '.md': 'myst-nb',
                  '.ipynb': 'myst-nb'}
 
@@ -81,6 +90,36 @@ add_module_names = False
 # The page contents list a class's members as `count`, not
 # `BayesianMultiscaleState.count` (long names were cut off there).
 toc_object_entries_show_parents = 'hide'
+
+# -- Links to optax and jax --------------------------------------------------
+
+# The inventories are read from the repository, never downloaded, so that the
+# build stays offline: `_inventories/generate.py` wrote them from the names
+# that optax's and jax's docs list and the installed packages define (see its
+# docstring; rerun it after upgrading either). optax.ScalarOrSchedule has no
+# page in optax's docs: it links to its definition in optax's source.
+_INVENTORIES = DOCS_DIR / '_inventories'
+intersphinx_mapping = {
+    'optax': ('https://optax.readthedocs.io/en/latest/',
+              str(_INVENTORIES / 'optax.inv')),
+    'jax': ('https://docs.jax.dev/en/latest/', str(_INVENTORIES / 'jax.inv')),
+    'optax_source': (
+        f'https://github.com/google-deepmind/optax/blob/v{_optax.__version__}/',
+        str(_INVENTORIES / 'optax_source.inv')),
+}
+# Type hints as autodoc writes them, and the names they stand for.
+_TYPE_TARGETS = {
+    'ArrayLike': 'jax.typing.ArrayLike',
+    'DTypeLike': 'jax.typing.DTypeLike',
+    'jax.jaxlib._jax.Array': 'jax.Array',
+    'jaxlib._jax.Array': 'jax.Array',
+    'optax._src.base.GradientTransformation': 'optax.GradientTransformation',
+    'optax._src.base.GradientTransformationExtraArgs':
+        'optax.GradientTransformationExtraArgs',
+}
+# Inline code naming an optax or jax object (``optax.adam``,
+# ``optax.scale_by_adam()``, ``jnp.linalg.eigh``) links to its page.
+_CODE_NAME = re.compile(r'(optax|jax|jnp)(\.[A-Za-z_][A-Za-z0-9_]*)+(\(\))?')
 
 # -- MyST / myst-nb ----------------------------------------------------------
 
@@ -129,5 +168,47 @@ def _skip_namedtuple_fields(app, what, name, obj, skip, options):
   return skip
 
 
+def _retarget_type_hints(app, env, node, contnode):
+  """Points a type hint written as an alias (``ArrayLike``) or by its
+  defining module (``optax._src.base.…``) at the public name, which the
+  inventories hold; intersphinx (connected after this) then resolves it."""
+  del app, env, contnode
+  if node.get('refdomain') == 'py':
+    target = _TYPE_TARGETS.get(node.get('reftarget'))
+    if target:
+      node['reftarget'] = target
+
+
+class _LinkCodeNames(SphinxPostTransform):
+  """Makes inline code that is exactly an optax or jax name a link."""
+
+  default_priority = 5  # before the references are resolved (10)
+
+  def run(self, **kwargs):
+    inventory = intersphinx.InventoryAdapter(self.env).main_inventory
+    known = set()
+    for kind in ('py:function', 'py:class', 'py:type', 'py:module',
+                 'py:method', 'py:attribute', 'py:data', 'py:exception'):
+      known.update(inventory.get(kind, {}))
+    for literal in list(self.document.findall(nodes.literal)):
+      text = literal.astext()
+      if not _CODE_NAME.fullmatch(text) or isinstance(
+          literal.parent, (nodes.reference, addnodes.pending_xref,
+                           nodes.title, addnodes.desc_name)):
+        continue
+      name = text.removesuffix('()')
+      if name.startswith('jnp.'):
+        name = 'jax.numpy.' + name[len('jnp.'):]
+      if name not in known:
+        continue
+      reference = addnodes.pending_xref(
+          '', refdomain='py', reftype='obj', reftarget=name,
+          refexplicit=True, refwarn=False)
+      literal.replace_self(reference)
+      reference += literal
+
+
 def setup(app):
   app.connect('autodoc-skip-member', _skip_namedtuple_fields)
+  app.connect('missing-reference', _retarget_type_hints, priority=100)
+  app.add_post_transform(_LinkCodeNames)

@@ -298,3 +298,149 @@ def test_link_check_finds_missing_files_and_anchors(tmp_path):
       'a.html: sub/b.html#gone (no such anchor)',
       'a.html: sub/missing.png (no such file)',
   ]
+
+
+# --- Measured numbers are rendered, never typed ---------------------------
+
+RESULTS_PAGES = ('online_benchmarks.md', 'bayes_optimal.md',
+                 'bayesian_multiscale.md', 'river_datasets.md',
+                 'plasticity.md', 'speed.md', 'numerics.md',
+                 'observations.md')
+
+# What is not prose: blanked out (newlines kept, so line numbers hold).
+_FENCE = re.compile(r'^\s*(`{3,}|~{3,}|:{3,})')
+_NOT_PROSE = [re.compile(pattern, re.S) for pattern in (
+    r'<!--.*?-->',                      # comments
+    r'\$\$.*?\$\$',                     # display maths
+    r'\$[^$\n](?:[^$]|\n(?!\s*\n))*?\$',  # inline maths, within a paragraph
+    r'\{[\w:.-]+\}`[^`]*`',             # roles: {bench}, {doc}, {term}, ...
+    r'``.*?``|`[^`]*`',                 # inline code
+    r'!?\[[^\]]*\]\([^)]*\)',           # links and images
+    r'<https?://[^>]*>|https?://\S+',   # bare links
+)]
+
+# A measurement-like number: a decimal with two or more significant digits
+# (0.277, 1.05, 91.6; not 0.5 or 0.001), a percentage, or a ratio (3×, 2x).
+# Dotted versions (river 0.26.1) and sizes (8×8) are not numbers of this kind.
+_NUMBER = re.compile(
+    r'(?<![\w.])(?:'
+    r'(?P<percent>\d+(?:\.\d+)?\s?%)'
+    r'|(?P<ratio>\d+(?:\.\d+)?(?:\s?[–-]\s?\d+(?:\.\d+)?)?\s?(?:×|x\b)'
+    r'(?!\s?\d))'
+    r'|(?P<decimal>\d+\.\d+)(?![\w.]*\d)'  # not a version (0.26.1)
+    r')')
+
+# Numbers in prose that are not measurements, each pattern with its reason:
+# a pattern matches the number with the words that say what it is; every
+# other hit is a claim about a measurement.
+_TARGET_THRESHOLD = (
+    r'\b(?:[Tt]argets?|[Gg]oals?)\b(?:'
+    # ... then, later in the sentence, a comparison,
+    r'(?:[^.;]|\.(?=\d))*?(?:\b(?:within|at most|at least|no more than'
+    r'|at or below|at or above)|[≤≥])'
+    # ... or right after it ("goal 1.015", "the targets were 1.005").
+    r'|(?:\s+(?:of|was|were|is|are))?\s*\(?'
+    r')\s*\d+(?:\.\d+)?\s?[%×]?')
+MEASUREMENT_LIKE_ALLOWED = {
+    # "first 10%", "last 20% of the steps": the window a metric averages
+    # over (plasticity's first/last 10% of the tasks, the rotation RMSE's
+    # last 20%), part of the metric's definition.
+    r'\b(?:first|last)\s+\d+\s?%|\b\d+\s?% of the tasks': 'metric window',
+    # A target stated as a threshold: a sentence that names a target or goal,
+    # then the threshold ("Target: rank 10 within 2% of ...", "the goal (at
+    # most 1.5 times Adam's)", "the goal of 0.24", "the targets were
+    # 1.005"). Whether it is met is a measurement, rendered beside it.
+    _TARGET_THRESHOLD: 'target threshold',
+}
+
+
+def _prose(text: str) -> str:
+  """``text`` with everything but prose replaced by spaces."""
+  def blank(match: re.Match) -> str:
+    return re.sub(r'[^\n]', ' ', match.group(0))
+
+  lines, fence = text.split('\n'), None
+  for index, line in enumerate(lines):
+    found = _FENCE.match(line)
+    if fence is None and found:
+      fence = found.group(1)
+    elif fence is None:
+      continue
+    elif (found and found.group(1)[0] == fence[0]
+          and len(found.group(1)) >= len(fence) and not line[
+              found.end():].strip()):
+      fence = None
+    lines[index] = ''
+  text = '\n'.join(lines)
+  for pattern in _NOT_PROSE:
+    text = pattern.sub(blank, text)
+  return text
+
+
+def _significant_digits(decimal: str) -> int:
+  return len(decimal.replace('.', '').lstrip('0'))
+
+
+def typed_measurements(text: str) -> list[tuple[int, str]]:
+  """(line number, number) of each measurement-like number in the prose."""
+  prose = _prose(text)
+  allowed = [match.span() for pattern in MEASUREMENT_LIKE_ALLOWED
+             for match in re.finditer(pattern, prose)]
+  found = []
+  for match in _NUMBER.finditer(prose):
+    if match.group('decimal') and _significant_digits(
+        match.group('decimal')) < 2:
+      continue
+    if any(start <= match.start() and match.end() <= end
+           for start, end in allowed):
+      continue
+    found.append((prose.count('\n', 0, match.start()) + 1,
+                  match.group(0).strip()))
+  return found
+
+
+def test_measured_claims_are_rendered_not_typed():
+  """No results page types a measured number into its prose.
+
+  A measured number reaches a page only through the `bench` role or a
+  `benchmark-table` block (docs/_ext/benchmark_tables.py), so that it
+  follows the JSON when a benchmark is rerun. The rule, kept simple: in
+  prose (outside code blocks, fenced directives such as tables and figures,
+  maths, roles, inline code and links), no decimal with two or more
+  significant digits (0.277, 1.05, 91.6), no percentage and no ratio
+  written as a number followed by × or x. Numbers that are not measurements
+  (a metric's name, a target stated as a threshold) are allowed only by the
+  patterns in MEASUREMENT_LIKE_ALLOWED, each with its reason; say a
+  measurement in words (near chance, several points) or render it.
+  """
+  problems = []
+  for name in RESULTS_PAGES:
+    lines = (DOCS / name).read_text(encoding='utf-8').split('\n')
+    for number, value in typed_measurements('\n'.join(lines)):
+      problems.append(f'docs/{name}:{number}: {value!r} in: '
+                      f'{lines[number - 1].strip()}')
+  assert not problems, ('measured numbers typed by hand (render them with '
+                        '{bench}, or state them without digits):\n'
+                        + '\n'.join(problems))
+
+
+def test_claim_checker_sees_prose_only():
+  page = '\n'.join([
+      'Adam reached 91.6 % and was 2× slower, 0.277 in all.',
+      '{bench}`x.json row {a:.3f}` and `0.25` and $0.25$ and',
+      '[1.05](https://example.org/1.05) river 0.26.1, an 8×8 image, δ = 0.1',
+      '```{benchmark-table} x.json',
+      'columns: {a: "0.99"}',
+      '```',
+      'first 10% and 3.5x, maths $x =',
+      '1.25$ over two lines.',
+      '$$',
+      'x = 1.25',
+      '$$',
+      'The goal (at most 1.5 times Adam\'s) is missed: 2.31 times. Within 2%.',
+      'The targets were 1.005 and the last',
+      '10% of the tasks.',
+  ])
+  assert typed_measurements(page) == [
+      (1, '91.6 %'), (1, '2×'), (1, '0.277'), (7, '3.5x'), (12, '2.31'),
+      (12, '2%')]
