@@ -51,7 +51,13 @@ observing a batch one example at a time, their prior stated per example:
   instead of the 10 exact rows;
 * ``bayesian_multiscale_learned``: the same prior family started at a fixed
   drift variance, its scale learned online (``learn_prior=True``); no
-  tuning.
+  tuning;
+* ``bayesian_multiscale_fit``: the same prior, its scale chosen for each
+  run by ``multiscale_optax.fit_prior`` (the online log-loss) on the run's
+  first ``FIT_WARMUP`` steps, then fixed from the first step;
+* ``--full`` only (an update at rank 10 costs hundreds of gradient steps
+  here): ``bayesian_multiscale_learned_rank10`` and
+  ``bayesian_multiscale_fit_rank10``, the two above with ``rank=10``.
 
 They cost about 30 times a gradient step here (10 Jacobian rows per
 example, one example at a time), so the default runs them on the MLP only,
@@ -126,6 +132,10 @@ class Config:
   bayesian_tuning_seeds: tuple[int, ...]
   bayesian_evaluation_seeds: tuple[int, ...]
   bayesian_num_grid: int
+  # The rank-10 Bayesian rows (learned and fitted prior): at rank 10 an
+  # update on this MLP costs hundreds of gradient steps, about an hour of
+  # the default run's budget, so only --full runs them.
+  bayesian_low_rank: bool = False
 
 
 DEFAULT = Config(
@@ -139,7 +149,8 @@ FULL = Config(
     tuning_seeds=(100, 101, 102), evaluation_seeds=tuple(range(10)),
     models=('mlp', 'cnn'), ablations=True, bayesian_models=('mlp', 'cnn'),
     bayesian_tuning_seeds=(100, 101, 102),
-    bayesian_evaluation_seeds=tuple(range(10)), bayesian_num_grid=10)
+    bayesian_evaluation_seeds=tuple(range(10)), bayesian_num_grid=10,
+    bayesian_low_rank=True)
 
 # Timescales of multiscale-Adam: log-spaced from a few steps up to the
 # length of a few recurring blocks, plus a permanent (decay 1) part.
@@ -370,11 +381,12 @@ def families(config: Config) -> list[Family]:
              'the same prior family, no tuning: total drift variance '
              f'{BAYES_LEARNED_START:g} at the start, its scale learned '
              'online (learn_prior=True)', observation='categorical'),
-      Family('bayesian_multiscale_learned_rank10', _bayesian(
+      *([Family('bayesian_multiscale_learned_rank10', _bayesian(
           config.batch, learn_prior=True, rank=10),
-             (BAYES_LEARNED_START,) * 2,
-             'as bayesian_multiscale_learned, rank 10',
-             observation='categorical'),
+                (BAYES_LEARNED_START,) * 2,
+                'as bayesian_multiscale_learned, rank 10',
+                observation='categorical')]
+        if config.bayesian_low_rank else []),
       *(Family(f'bayesian_multiscale_fit{suffix}', _bayesian(
           config.batch, tuned='prior_scale',
           drift_variance=BAYES_LEARNED_START, rank=rank or None),
@@ -384,7 +396,8 @@ def families(config: Config) -> list[Family]:
                f'first {FIT_WARMUP} steps ({len(FIT_SCALES)} scales '
                f'{FIT_SCALES[0]:g}..{FIT_SCALES[-1]:g})',
                observation='categorical', fit_prior=True, rank=rank)
-        for rank, suffix in ((0, ''), (10, '_rank10'))),
+        for rank, suffix in ((0, ''), (10, '_rank10'))
+        if config.bayesian_low_rank or not rank),
   ]
   result.append(Family(
       'benna_fusi_adam', _benna_fusi_adam(), adam_range,
@@ -1200,6 +1213,7 @@ def main(argv=None):
       machine_other={'backend': jax.default_backend()},
       config={
           **dataclasses.asdict(config),
+          'fit_warmup': FIT_WARMUP, 'fit_scales': list(FIT_SCALES),
           'metrics': {
               'online_accuracy': 'mean accuracy of each batch, predicted '
                                  'before training on it',

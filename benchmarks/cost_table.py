@@ -1,0 +1,137 @@
+"""One table of what a step costs, gathered from the speed benchmarks.
+
+Every cost the docs quote comes from this table (``docs/speed.md``): one row
+per learner and setting, its step time relative to Adam's measured in the
+same process, and where, when and by which command it was measured. It
+reads, and does not re-measure:
+
+* ``step_speed.json`` (``python -m benchmarks.step_speed``): the optimizer
+  update alone, float32 params in four leaves, on this project's 2-core
+  CPU;
+* ``step_speed_h200.json``: the same on an NVIDIA H200 (ratios to momentum
+  SGD; Adam's ratio gives the ratio to Adam);
+* ``step_speed_fisher.json`` (``python -m benchmarks.step_speed
+  --end-to-end``): a whole training step (forward, backward passes and
+  update) of a digits classifier on one example.
+
+Usage::
+
+  python -m benchmarks.cost_table
+
+Writes ``benchmarks/results/cost_table.json``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from benchmarks import harness
+
+STEM = 'cost_table'
+# The update-only rows: optimizer id -> label.
+UPDATE_ROWS = {
+    'adam': '`optax.adam`',
+    'sgd_momentum_0.9': '`optax.sgd(momentum=0.9)`',
+    'multiscale_k1': '`multiscale`, 1 decaying subweight',
+    'multiscale_k4': '`multiscale`, 4 decaying subweights',
+    'multiscale_k4_bf16': '`multiscale`, 4 decaying, bfloat16 state',
+    'bayesian_k1': '`bayesian_multiscale`, k = 1, diagonal',
+    'bayesian_k1_learned': '`bayesian_multiscale`, k = 1, scale learned',
+    'bayesian_k1_learned_per_weight':
+        '`bayesian_multiscale`, k = 1, scales learned per weight',
+    'bayesian_k4': '`bayesian_multiscale`, k = 4, diagonal',
+    'bayesian_k4_learned': '`bayesian_multiscale`, k = 4, scale learned',
+    'bayesian_k4_learned_per_weight':
+        '`bayesian_multiscale`, k = 4, scales learned per weight',
+    'bayesian_k1_rank10': '`bayesian_multiscale`, k = 1, rank 10',
+    'bayesian_k4_rank10': '`bayesian_multiscale`, k = 4, rank 10',
+}
+# The end-to-end rows: id in step_speed_fisher.json -> label.
+END_TO_END_ROWS = {
+    'mlp/bayesian_k4_exact': "`bayesian_multiscale`, k = 4, `fisher='exact'`",
+    'mlp/bayesian_k4_sampled':
+        "`bayesian_multiscale`, k = 4, `fisher='sampled'`",
+    'cnn/bayesian_k4_exact': "`bayesian_multiscale`, k = 4, `fisher='exact'`",
+    'cnn/bayesian_k4_sampled':
+        "`bayesian_multiscale`, k = 4, `fisher='sampled'`",
+}
+
+
+def _where(document: dict[str, Any]) -> str:
+  machine = document['machine']
+  devices = ', '.join(machine.get('devices') or []) or 'unknown device'
+  cores = machine.get('cpu_count')
+  return f'{devices}' + (f', {cores} cores' if cores else '')
+
+
+def _provenance(document: dict[str, Any]) -> dict[str, Any]:
+  date = document['machine'].get('date')
+  return {'date': date[:10] if date else 'not recorded',
+          'command': document.get('command') or document['config'].get(
+              'provenance', 'not recorded'),
+          'where': _where(document)}
+
+
+def update_rows(document: dict[str, Any], size: int) -> list[dict]:
+  """The CPU update-only rows at ``size`` params."""
+  rows = []
+  for optimizer, label in UPDATE_ROWS.items():
+    row_id = f'n{size}/{optimizer}'
+    if not any(row['id'] == row_id for row in document['rows']):
+      continue
+    row = harness.row(document, row_id)
+    rows.append({
+        'id': f'cpu_update/{optimizer}', 'label': label,
+        'setting': f'update only, {size:.0e} params', 'kind': 'cpu_update',
+        'ratio_to_adam': row['ratio_to_adam'],
+        'median_ms': row['median_ms'],
+        'state_arrays_per_param': row['state_arrays_per_param'],
+        **_provenance(document)})
+  return rows
+
+
+def gpu_rows(document: dict[str, Any]) -> list[dict]:
+  """The H200 update-only rows, as ratios to Adam."""
+  adam = harness.row(document, 'adam')['ratio_to_momentum']
+  return [{
+      'id': f'gpu_update/{row["optimizer"]}',
+      'label': UPDATE_ROWS.get(row['optimizer'], row['optimizer']),
+      'setting': f'update only, {document["config"]["size"]:.0e} params',
+      'kind': 'gpu_update', 'ratio_to_adam': row['ratio_to_momentum'] / adam,
+      **_provenance(document)} for row in document['rows']]
+
+
+def end_to_end_rows(document: dict[str, Any]) -> list[dict]:
+  """The batch-1 training-step rows."""
+  models = document['config']['models']
+  return [{
+      'id': f'end_to_end/{row_id}', 'label': label,
+      'setting': f'training step, batch 1, {models[row_id.split("/")[0]]}',
+      'kind': 'end_to_end',
+      'ratio_to_adam': harness.row(document, row_id)['ratio_to_adam'],
+      **_provenance(document)} for row_id, label in END_TO_END_ROWS.items()]
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = harness.parser(__doc__)
+  parser.add_argument('--size', type=int, default=10_000_000,
+                      help='the CPU rows\' parameter count')
+  args = parser.parse_args(argv)
+  if args.plot_only:
+    parser.error('cost_table draws no figure')
+  cpu = harness.load_results('step_speed')
+  rows = [*update_rows(cpu, args.size),
+          *gpu_rows(harness.load_results('step_speed_h200')),
+          *end_to_end_rows(harness.load_results('step_speed_fisher'))]
+  document = harness.results_document(
+      STEM, config={'size': args.size,
+                    'sources': ['step_speed', 'step_speed_h200',
+                                'step_speed_fisher']},
+      rows=rows, seconds=0.0)
+  print(f'wrote {harness.write_results(args.out or STEM, document)}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
