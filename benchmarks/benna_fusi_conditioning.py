@@ -79,14 +79,14 @@ def finite_or_text(value: float) -> float | str:
   return value if math.isfinite(value) else str(value)
 
 
-def main():
+def main(argv=None):
   parser = harness.parser(__doc__)
   parser.add_argument('--steps', type=int, default=100_000)
   parser.add_argument('--lengths', type=int, nargs='*',
                       default=[2, 4, 8, 16, 25, 26, 32, 64])
   parser.add_argument('--learning-rate', type=float, default=0.05)
   parser.add_argument('--seed', type=int, default=0)
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   steps = args.steps - args.steps % RECORD_EVERY
   started = time.perf_counter()
   print(f'condition number of V (float64), threshold '

@@ -83,12 +83,25 @@ def update_rows(document: dict[str, Any], size: int) -> list[dict]:
     row = harness.row(document, row_id)
     rows.append({
         'id': f'cpu_update/{optimizer}', 'label': label,
-        'setting': f'update only, {size:.0e} params', 'kind': 'cpu_update',
+        'setting': f'update only, {size:,} params', 'kind': 'cpu_update',
         'ratio_to_adam': row['ratio_to_adam'],
         'median_ms': row['median_ms'],
         'state_arrays_per_param': row['state_arrays_per_param'],
+        'ratio_to_fixed_prior': _ratio_to_fixed_prior(
+            document, size, optimizer, row),
         **_provenance(document)})
   return rows
+
+
+def _ratio_to_fixed_prior(document: dict[str, Any], size: int,
+                          optimizer: str, row: dict[str, Any]
+                          ) -> float | None:
+  """A learned-prior row's step time over the same learner's with its
+  prior fixed (both timed in the same process), else ``None``."""
+  if '_learned' not in optimizer:
+    return None
+  fixed = harness.row(document, f'n{size}/{optimizer.split("_learned")[0]}')
+  return row['median_ms'] / fixed['median_ms']
 
 
 def gpu_rows(document: dict[str, Any]) -> list[dict]:
@@ -97,7 +110,7 @@ def gpu_rows(document: dict[str, Any]) -> list[dict]:
   return [{
       'id': f'gpu_update/{row["optimizer"]}',
       'label': UPDATE_ROWS.get(row['optimizer'], row['optimizer']),
-      'setting': f'update only, {document["config"]["size"]:.0e} params',
+      'setting': f'update only, {int(document["config"]["size"]):,} params',
       'kind': 'gpu_update', 'ratio_to_adam': row['ratio_to_momentum'] / adam,
       **_provenance(document)} for row in document['rows']]
 

@@ -133,14 +133,14 @@ def subweight_row(index: int, name: str) -> tuple[str, str]:
   return f'tau_{tau:g}', f'timescale {tau:g}'
 
 
-def main():
+def main(argv=None):
   parser = harness.parser(__doc__)
   parser.add_argument('--steps', type=int, default=1_000_000)
   parser.add_argument('--chunk', type=int, default=50_000)
   parser.add_argument('--learning-rate', type=float, default=0.02)
   parser.add_argument('--longest-timescale', type=float, default=1e5)
   parser.add_argument('--seed', type=int, default=0)
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   timescales = mso.log_spaced_timescales(
       1.0, args.longest_timescale,
       int(np.rint(np.log10(args.longest_timescale))) + 1)

@@ -997,6 +997,9 @@ NATURAL_BASELINE = {
     'multiscale_sgd': 'sgd', 'fast_weights_sgd': 'sgd',
     'ms_adam_b1_0': 'adam_b1_0', 'vd_ekf': 'sgd',
     'bayesian_multiscale': 'sgd', 'bayesian_multiscale_learned': 'sgd',
+    'bayesian_multiscale_fit': 'sgd',
+    'bayesian_multiscale_learned_rank10': 'bayesian_multiscale_learned',
+    'bayesian_multiscale_fit_rank10': 'bayesian_multiscale_fit',
     'bayesian_multiscale_sampled': 'bayesian_multiscale',
     'bayesian_multiscale_empirical': 'bayesian_multiscale',
 }
@@ -1004,7 +1007,10 @@ NATURAL_BASELINE = {
 BAYESIAN_FAMILIES = ('vd_ekf', 'bayesian_multiscale',
                      'bayesian_multiscale_sampled',
                      'bayesian_multiscale_empirical',
-                     'bayesian_multiscale_learned')
+                     'bayesian_multiscale_learned',
+                     'bayesian_multiscale_learned_rank10',
+                     'bayesian_multiscale_fit',
+                     'bayesian_multiscale_fit_rank10')
 
 
 def _paired(by_family, name, baseline):
@@ -1095,12 +1101,26 @@ def plot(document, stem):
             if any(row['model'] == model for row in rows.values())]
   names = [name for name in PLOT_FAMILIES
            if any(row['learner'] == name for row in rows.values())]
-  fig, axes = harness.figure(len(models), len(PLOT_STREAMS), width=7.0,
-                             panel_height=2.7)
-  styles = dict(zip(names, harness.styles(len(names)), strict=True))
-  for name in names:  # the tuned baselines dashed, the rest solid
-    if name in ('sgd', 'adam', 'adam_b1_0', 'vd_ekf'):
-      styles[name] = {**styles[name], 'linestyle': '--'}
+  fig, axes = harness.figure(len(models), len(PLOT_STREAMS), width=7.5,
+                             panel_height=3.3)
+  # Every learner its own hue and marker. The tuned baselines are dashed and
+  # thin, drawn under the library's learners (solid, thicker), so that the
+  # recurring panels' dips stay legible.
+  baseline = {'linestyle': '--', 'linewidth': 1.0, 'alpha': 0.85,
+              'zorder': 2}
+  ours = {'linestyle': '-', 'linewidth': 1.6, 'zorder': 3}
+  known = {
+      'sgd': {'color': '#000000', 'marker': 'o', **baseline},
+      'adam': {'color': '#8C8C8C', 'marker': 's', **baseline},
+      'adam_b1_0': {'color': '#56B4E9', 'marker': '^', **baseline},
+      'vd_ekf': {'color': '#009E73', 'marker': 'v', **baseline},
+      'multiscale_adam': {'color': '#D55E00', 'marker': 'D', **ours},
+      'benna_fusi_adam': {'color': '#CC79A7', 'marker': 'P', **ours},
+      'bayesian_multiscale': {'color': '#5E3C99', 'marker': 'X', **ours},
+  }
+  fallback = iter(harness.styles(len(names)))
+  styles = {name: known.get(name) or {**next(fallback), **ours}
+            for name in names}
   bin_steps = config['block'] // 10
   for row_index, model in enumerate(models):
     for col, kind in enumerate(PLOT_STREAMS):
@@ -1111,8 +1131,8 @@ def plot(document, stem):
           continue
         curve = 100 * np.asarray(entry[f'curve_mean_per_{bin_steps}_steps'])
         axis.plot(bin_steps * (np.arange(len(curve)) + 0.5), curve,
-                  label=PLOT_FAMILIES[name], linewidth=1.3,
-                  markevery=max(len(curve) // 8, 1), markersize=3.5,
+                  label=PLOT_FAMILIES[name],
+                  markevery=max(len(curve) // 8, 1), markersize=4,
                   **styles[name])
       if kind == 'recurring':
         for boundary in range(config['block'], config['steps'],
@@ -1120,13 +1140,17 @@ def plot(document, stem):
           axis.axvline(boundary, color='0.88', linewidth=0.6, zorder=0)
       axis.set_title(f'{PLOT_MODELS[model]}, {PLOT_STREAMS[kind]}')
       axis.set_ylim(0, 100)
+      axis.set_xlim(0, config['steps'])
       if row_index == len(models) - 1:
         axis.set_xlabel('step')
       if col == 0:
         axis.set_ylabel(f'online accuracy (%),\n{bin_steps}-step mean')
-  handles, labels = axes[0, 0].get_legend_handles_labels()
-  fig.legend(handles, labels, loc='outside lower center', ncols=3,
-             frameon=False)
+  legend = {}  # every learner drawn, whichever panel it is in
+  for axis in axes.ravel():
+    for handle, label in zip(*axis.get_legend_handles_labels()):
+      legend.setdefault(label, handle)
+  fig.legend(legend.values(), legend.keys(), loc='outside lower center',
+             ncols=3, frameon=False, fontsize=9)
   return harness.save_figure(fig, stem)
 
 
@@ -1135,6 +1159,28 @@ def _binned(curve, bin_steps):
   (keeps the JSON small)."""
   return np.round(np.asarray(curve).reshape(-1, bin_steps).mean(axis=1),
                   4).tolist()
+
+
+def comparisons(results) -> dict[str, list[str]]:
+  """The config's two lists of paired differences."""
+  return {
+      'comparison_vs_natural_baseline': comparison(results).split('\n'),
+      'comparison_vs_best_baseline': comparison_with_best(
+          results).split('\n')}
+
+
+def results_from_rows(rows):
+  """What :func:`comparison` reads, rebuilt from saved rows: per model,
+  stream and learner the evaluation seeds and each seed's accuracy."""
+  results = {}
+  for row in rows:
+    results.setdefault(row['model'], {}).setdefault(row['stream'], {})[
+        row['learner']] = {
+            'online_accuracy': row['online_accuracy'],
+            'evaluation_seeds': row['evaluation_seeds'],
+            'per_seed': [{'online_accuracy': value}
+                         for value in row['online_accuracy']['values']]}
+  return results
 
 
 def result_rows(results, bin_steps):
@@ -1192,7 +1238,11 @@ def main(argv=None):
                   '_' + '_'.join(names) if names else '')
   stem = args.out or f'online_digits{suffix}'
   if args.plot_only:
-    print(f'wrote {plot(harness.load_results(stem), stem)}')
+    document = harness.load_results(stem)
+    document['config'].update(comparisons(results_from_rows(
+        document['rows'])))
+    print(f"rewrote the comparisons in {harness.write_results(stem, document)}")
+    print(f'wrote {plot(document, stem)}')
     return None
   print(f'config: {config}', flush=True)
   results, seconds = benchmark(config, names=names)
@@ -1225,9 +1275,7 @@ def main(argv=None):
               'retention': 'held-out accuracy on the most recent other '
                            f'task, every {config.block} steps',
           },
-          'comparison_vs_natural_baseline': comparison(results).split('\n'),
-          'comparison_vs_best_baseline': comparison_with_best(
-              results).split('\n'),
+          **comparisons(results),
       })
   path = harness.write_results(stem, document)
   print(f'wrote {path}')

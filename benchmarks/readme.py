@@ -34,7 +34,9 @@ def _sci(value: float, digits: int) -> str:
 
 
 def _power_of_ten(value: float) -> str:
-  return f'10^{round(math.log10(value))}'
+  """``10⁷``: superscript digits, which GitHub's Markdown shows."""
+  return '10' + str(round(math.log10(value))).translate(
+      str.maketrans('-0123456789', '⁻⁰¹²³⁴⁵⁶⁷⁸⁹'))
 
 
 def _one_f() -> str:
@@ -45,6 +47,9 @@ def _one_f() -> str:
         f"{harness.row(one_f, f'main_d{dim}_r1_m5/{learner}')['ratio']['mean']:.3f}"
         for dim in (1, 10))
 
+  def ten(learner: str) -> str:
+    return f"{harness.row(one_f, f'main_d10_r1_m5/{learner}')['ratio']['mean']:.3f}"
+
   return f"""\
 - **A drifting 1/f world** (`benchmarks/online_1f.py`; excess loss over the
   exact Kalman filter, scalar / 10-d inputs; tuned rows tuned on separate
@@ -54,8 +59,8 @@ def _one_f() -> str:
 {both('multiscale_generic_1_scale_tuned')}, and
   `bayesian_multiscale` learning its prior's scale from a 10× too large
   start {both('bayesian_multiscale_prior_learned_start_q_x10')}, against \
-{both('sgd')} for tuned SGD, {both('sgd_normalised_nlms')} for NLMS,
-  {both('rls_forgetting')} for RLS with forgetting and {both('adam')} for \
+{both('sgd')} for tuned SGD ({ten('sgd_normalised_nlms')} for NLMS at
+  10-d), {both('rls_forgetting')} for RLS with forgetting and {both('adam')} for \
 Adam.
 """
 
@@ -75,17 +80,21 @@ def _digits() -> str:
   for stream, label in (('recurring', 'recurring tasks'),
                         ('one_over_f', 'tasks switching at 1/f intervals')):
     score, name = best('mlp', stream)
-    ours = accuracy('mlp', stream, 'bayesian_multiscale_sampled')
+    ours = accuracy('mlp', stream, 'bayesian_multiscale_fit')
     cells.append(f'{ours:.1f} against {score:.1f} ({NAMES[name]}) on '
                  f'{label}')
   gains = [accuracy(m, s, 'multiscale_adam') - accuracy(m, s, 'adam')
            for m in ('mlp', 'cnn') for s in ('recurring', 'one_over_f')]
   return f"""\
 - **Digits with task switches** (`benchmarks/online_digits.py`; online
-  accuracy, %, of an MLP): `bayesian_multiscale` with the sampled Fisher
-  scores {cells[0]}, and
-  {cells[1]}, the best of tuned SGD, momentum, Adam, Adam without momentum
-  and AdEMAMix. Multiscale on momentum Adam gains \
+  accuracy, %, of an MLP): `bayesian_multiscale` with its prior's scale
+  chosen by `fit_prior` on the first \
+{digits['config']['fit_warmup']} steps scores
+  {cells[0]}, and
+  {cells[1]}, the best of tuned SGD, momentum, Adam, Adam
+  without momentum and AdEMAMix (on a stationary stream tuned Adam stays
+  ahead).
+  Multiscale on momentum Adam gains \
 {min(gains):.0f} to {max(gains):.0f} points over
   momentum Adam on those streams, but Adam without momentum is stronger
   still: momentum is itself a fast weight with a negative learning rate.
@@ -126,7 +135,8 @@ def _real_streams() -> str:
   plasticity = harness.load_results('plasticity_full')
 
   def mae(row_id: str) -> float:
-    return harness.row(trump, row_id)['mae']['mean']
+    value = harness.row(trump, row_id)['mae']
+    return value if isinstance(value, float) else value['mean']
 
   goals = [row for row in river['rows'] if row.get('section') == 'goals']
   beats = sum(row['learned_prior_beats_river_linear'] == 'yes'
@@ -146,9 +156,9 @@ def _real_streams() -> str:
   learned online, has MAE {mae(recommended + '_rank_10'):.3f} (rank 10) and \
 {mae(recommended + '_diagonal'):.3f} (diagonal), against
   {mae('linear/sgd'):.3f} for tuned SGD and \
-{mae('river/published/river_best_model'):.3f} for river's best published model. Over river's
-  eight bundled datasets a learned prior beats river's linear model on \
-{beats} of {len(goals)},
+{mae('river/published/river_best_model'):.3f} for river's best published
+  model. Over river's eight bundled datasets a learned prior beats river's
+  linear model on {beats} of {len(goals)},
   and matches or beats tuned linear SGD on {at_sgd} of \
 {len(classification)} classification sets.
 - **Loss of plasticity** (`benchmarks/plasticity.py --full`, 400
@@ -160,31 +170,24 @@ def _real_streams() -> str:
 
 
 def _cost() -> str:
-  h200 = harness.load_results('step_speed_h200')
-  traffic = harness.load_results('update_traffic')
-  learned = harness.load_results('step_speed_learned_prior')
+  costs = harness.load_results('cost_table')
 
-  def adam_ratio(document: dict, row_id: str) -> str:
-    return f"{harness.row(document, row_id)['ratio_to_adam']:.1f}"
+  def adam(row_id: str) -> float:
+    return harness.row(costs, row_id)['ratio_to_adam']
 
-  def h200_ratio(row_id: str) -> str:
-    return f"{harness.row(h200, row_id)['ratio_to_momentum']:.2f}"
-
-  size = learned['config']['sizes'][0]
+  size = costs['config']['size']
   return f"""\
-- **Cost** (`benchmarks/step_speed.py`, `benchmarks/update_traffic.py`;
-  optimizer update alone): on an NVIDIA H200 at \
-5·{_power_of_ten(h200['config']['size'] / 5)} parameters, one
-  decaying subweight costs {h200_ratio('multiscale_k1')}× \
-`optax.sgd(momentum=0.9)`'s step, four {h200_ratio('multiscale_k4')}× and \
-Adam {h200_ratio('adam')}×. On a 2-core CPU
-  at {_power_of_ten(size)} parameters, `bayesian_multiscale` costs \
-{adam_ratio(traffic, 'bayesian_k1')}× Adam with one subweight and \
-{adam_ratio(traffic, 'bayesian_k4')}× with four;
-  learning its prior's scale multiplies its step by \
-{harness.row(learned, f'n{size}/bayesian_k1_learned')['median_ms'] / harness.row(learned, f'n{size}/bayesian_k1')['median_ms']:.2f} \
-(one subweight) and
-  {harness.row(learned, f'n{size}/bayesian_k4_learned')['median_ms'] / harness.row(learned, f'n{size}/bayesian_k4')['median_ms']:.2f} (four).
+- **Cost** (`benchmarks/cost_table.py`, from the speed benchmarks; the
+  optimizer update alone, relative to Adam's): on a 2-core CPU at \
+{_power_of_ten(size)}
+  parameters, `multiscale` with four decaying subweights \
+{adam('cpu_update/multiscale_k4'):.1f}×, `bayesian_multiscale`
+  {adam('cpu_update/bayesian_k1'):.1f}× with one subweight and \
+{adam('cpu_update/bayesian_k4'):.1f}× with four,
+  {adam('cpu_update/bayesian_k4_learned'):.1f}× with four and its prior's scale learned, \
+{adam('cpu_update/bayesian_k4_rank10'):.0f}× at rank 10.
+  On an NVIDIA H200, `multiscale` with four subweights
+  {adam('gpu_update/multiscale_k4'):.2f}×.
 """
 
 

@@ -27,8 +27,9 @@ REPO_ROOT = DOCS_DIR.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(DOCS_DIR / '_ext'))
 
-import multiscale_optax  # noqa: E402
 import optax as _optax  # noqa: E402
+
+import multiscale_optax  # noqa: E402
 
 # -- Project -----------------------------------------------------------------
 
@@ -152,6 +153,11 @@ html_theme = 'sphinx_book_theme'
 html_title = f'multiscale_optax {release}'
 html_static_path = ['_static', str(MATHJAX_STATIC)]
 html_css_files = ['custom.css']
+# Line-break opportunities inside long identifiers (see the script).
+html_js_files = [('wrap_names.js', {'defer': 'defer'})]
+# The pydata theme reads its colour mode from here; left unset, every page
+# logs "Got invalid theme mode" before falling back to 'auto'.
+html_context = {'default_mode': 'auto'}
 html_theme_options = {
     'show_toc_level': 2,
     'navigation_with_keys': False,
@@ -208,7 +214,48 @@ class _LinkCodeNames(SphinxPostTransform):
       reference += literal
 
 
+_OPENING = re.compile(r'[(\[{‘“]+$')
+_CLOSING = re.compile(r'^[)\]},.;:!?’”]+')
+
+
+class _KeepMathWithPunctuation(SphinxPostTransform):
+  """Groups inline maths with the brackets and punctuation touching it
+  (``($b_1 = 0$)``) in a ``span.math-nowrap``, so that a line never breaks
+  between them: in a narrow table cell, a lone ")" used to start a line."""
+
+  default_priority = 800
+
+  def run(self, **kwargs):
+    for math in list(self.document.findall(nodes.math)):
+      parent = math.parent
+      index = parent.index(math)
+      before = parent[index - 1] if index > 0 else None
+      after = parent[index + 1] if index + 1 < len(parent) else None
+      lead = isinstance(before, nodes.Text) and _OPENING.search(before)
+      trail = isinstance(after, nodes.Text) and _CLOSING.search(after)
+      if not (lead or trail):
+        continue
+      group = nodes.inline(classes=['math-nowrap'])
+      if lead:
+        rest = str(before)[:lead.start()]
+        if rest:
+          parent.replace(before, nodes.Text(rest))
+        else:
+          parent.remove(before)
+        group += nodes.Text(lead.group())
+      parent.replace(math, group)
+      group += math
+      if trail:
+        rest = str(after)[trail.end():]
+        if rest:
+          parent.replace(after, nodes.Text(rest))
+        else:
+          parent.remove(after)
+        group += nodes.Text(trail.group())
+
+
 def setup(app):
   app.connect('autodoc-skip-member', _skip_namedtuple_fields)
   app.connect('missing-reference', _retarget_type_hints, priority=100)
   app.add_post_transform(_LinkCodeNames)
+  app.add_post_transform(_KeepMathWithPunctuation)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import subprocess
 import sys
 
 import numpy as np
@@ -17,6 +18,34 @@ import benchmark_tables  # noqa: E402
 
 RESULT_FILES = sorted(harness.RESULTS.glob('*.json'))
 
+# Run in a fresh interpreter: importing some scripts switches on float64.
+# Every script's argument parser, stopped once it has parsed: a recorded
+# command that no longer parses exits with argparse's status 2.
+_PARSE_RECORDED_COMMANDS = '''
+import argparse, importlib, json, pathlib, shlex, sys
+
+class Parsed(Exception):
+  pass
+
+parse = argparse.ArgumentParser.parse_args
+def parse_then_stop(self, args=None, namespace=None):
+  parse(self, args, namespace)
+  raise Parsed
+
+argparse.ArgumentParser.parse_args = parse_then_stop
+for path in map(pathlib.Path, sys.argv[1:]):
+  words = shlex.split(json.loads(path.read_text('utf-8'))['command'])
+  if words[:2] != ['python', '-m'] or not words[2].startswith('benchmarks.'):
+    sys.exit(f'{path.name}: {words} is not python -m benchmarks.<script>')
+  try:
+    importlib.import_module(words[2]).main(words[3:])
+  except Parsed:
+    continue
+  except SystemExit:
+    sys.exit(f'{path.name}: {words[2]} does not parse {words[3:]}')
+  sys.exit(f'{path.name}: {words[2]}.main never parsed its arguments')
+'''
+
 
 @pytest.mark.parametrize('path', RESULT_FILES, ids=lambda p: p.name)
 def test_every_results_file_follows_the_schema(path):
@@ -28,6 +57,22 @@ def test_every_results_file_follows_the_schema(path):
       if isinstance(value, dict):  # one nested level, no deeper
         assert not any(isinstance(v, dict) for v in value.values()), (
             path.name, row['id'], key)
+
+
+def test_results_files_are_found():
+  # The tests parametrized over RESULT_FILES would pass on an empty glob.
+  assert len(RESULT_FILES) >= 20
+
+
+def test_every_recorded_command_reruns_with_its_script():
+  """Each results file records the ``python -m benchmarks.<script> ...``
+  command that rebuilds it, and that script's parser accepts it."""
+  result = subprocess.run(
+      [sys.executable, '-c', _PARSE_RECORDED_COMMANDS,
+       *map(str, RESULT_FILES)],
+      cwd=harness.RESULTS.parent.parent, capture_output=True, text=True,
+      check=False, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_check_document_rejects_other_layouts():
@@ -151,3 +196,13 @@ def test_renderer_values_for_prose():
   # A null value is a dash (a learner that diverged), not an error.
   assert benchmark_tables.value_text(SYNTHETIC, 'd1/adam', '{ratio.sd}') == (
       '–')
+
+
+def test_renderer_says_diverged_where_every_seed_diverged():
+  document = {**SYNTHETIC, 'rows': [
+      {'id': 'gone', 'ratio': {'mean': None, 'sd': None}, 'diverged_seeds': 8},
+      {'id': 'unset', 'ratio': {'mean': None, 'sd': None}}]}
+  assert benchmark_tables.value_text(
+      document, 'gone', '{ratio.mean:.3f} ± {ratio.sd:.3f}') == 'diverged'
+  assert benchmark_tables.value_text(document, 'unset',
+                                     '{ratio.mean:.3f}') == '–'

@@ -159,7 +159,8 @@ def render(row: dict[str, Any], template: str) -> tuple[str, list[str]]:
         f'cannot format {template!r} for row {row.get("id")!r}: {error}'
     ) from error
   if formatter.values and all(v is None for v in formatter.values):
-    text = '–'
+    # A learner that diverged on every seed has no mean: say so.
+    text = 'diverged' if row.get('diverged_seeds') else '–'
   return text, formatter.absent
 
 

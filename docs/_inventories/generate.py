@@ -103,7 +103,7 @@ def role(obj: object, member: bool) -> str:
   if inspect.isclass(obj):
     return 'py:exception' if issubclass(obj, BaseException) else 'py:class'
   if typing.get_origin(obj) is not None or isinstance(
-      obj, (typing.TypeVar, type(typing.Union[int, str]))):
+      obj, (typing.TypeVar, type(typing.Union[int, str]))):  # noqa: UP007 (the old alias type)
     return 'py:type'  # a type alias such as optax.Schedule
   if callable(obj):
     return 'py:method' if member else 'py:function'
