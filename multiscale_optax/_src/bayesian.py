@@ -503,6 +503,7 @@ class _Conditioned(NamedTuple):
   posterior: gaussian_belief.Posterior
   valid: jax.Array
   rescale: jax.Array
+  rows: list[jax.Array]  # the Jacobian rows as given (before ``rescale``)
 
 
 def _observe(
@@ -539,7 +540,7 @@ def _observe(
   posterior = gaussian_belief.condition(
       belief, observation, innovation, hyper.variance_update)
   return _Conditioned(belief, observation, innovation, posterior, valid,
-                      rescale)
+                      rescale, rows)
 
 
 class _LearnedPrior(NamedTuple):
@@ -576,8 +577,10 @@ def _learn_prior(
   summed_tangents = [
       sum(leaves[1:], leaves[0]).astype(dtype) for leaves in zip(*tangents)]
   if hyper.learn_prior == prior_learning.GLOBAL:
+    # H is J / m (m = conditioned.rescale): the division applied to the
+    # N-vector J T, not to every entry of J.
     tracking = gaussian_belief.tangent_projection(
-        observation, summed_tangents)
+        conditioned.rows, summed_tangents) / conditioned.rescale
     terms = prior_learning.Terms(
         explained=solved @ innovation.explained @ solved,
         trace=jnp.trace(small_linalg.cho_solve(cholesky, innovation.explained)),

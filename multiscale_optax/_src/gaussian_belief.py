@@ -499,19 +499,22 @@ def clip_residual(
 
 
 def tangent_projection(
-    observation: Observation, summed_tangents: Sequence[jax.Array],
+    rows: Sequence[jax.Array], summed_tangents: Sequence[jax.Array],
 ) -> jax.Array:
   r""":math:`H T = \sum_{\text{leaves}} J \sum_i T_i`, shape ``(N,)``.
 
   Args:
-    observation: the observation (its Jacobian rows).
+    rows: per leaf, the Jacobian rows :math:`J`, shape ``(N, *shape)``
+      (those as given: a rescaling of the observation is applied to the
+      result, a scalar, rather than to every entry of :math:`J`, which XLA
+      would otherwise write out before the inner product).
     summed_tangents: per leaf, :math:`\sum_i T_i` of the param's shape.
 
   Returns:
     The :math:`N`-vector :math:`HT`.
   """
   return _sum([_inner(row, total[None])[:, 0]
-               for row, total in zip(observation.rows, summed_tangents)])
+               for row, total in zip(rows, summed_tangents)])
 
 
 def weight_statistics(
