@@ -53,9 +53,9 @@ Usage::
   python -m benchmarks.online_1f           # d = 1 and d = 10, r = 1
   python -m benchmarks.online_1f --full    # + noise and m sweeps
 
-(30-75 s and 4-9 min on an idle machine before the Bayesian rows were
-added; the default run with them took 277 s on a 2-core CPU shared with
-other jobs.)
+Each results file records the run's duration in seconds (``seconds``);
+the default run takes one to a few minutes on a 2-core CPU, ``--full``
+about half an hour.
 
 Writes ``benchmarks/results/online_1f.json`` and ``online_1f.png``
 (``online_1f_full.*`` with ``--full``).

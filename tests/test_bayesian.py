@@ -650,29 +650,32 @@ def test_state_is_sharded_like_the_params():
   helpers.run_on_eight_cpu_devices(_SHARDING_SCRIPT)
 
 
+@pytest.mark.parametrize('learn_prior', [False, True])
 @pytest.mark.parametrize('num', [1, 2, 4])
-def test_donated_means_are_updated_in_place(num):
+def test_donated_means_are_updated_in_place(num, learn_prior):
   # The params' increment is read from the new means (not the old ones),
   # so XLA need not copy the donated means before overwriting them; on
   # XLA:CPU a copy is an extra read and write of every mean per step. With
   # two or more subweights the same holds for the variances: the params'
-  # increment reads their sum, and each variance's loop reads its new mean,
-  # so every read of the old variances comes before it.
+  # increment reads their sum, and each variance's loop reads its new mean
+  # (and, with a learned prior scale, its new sensitivity, whose step read
+  # the old variance), so every read of the old variances comes before it.
   decays = [0.5 ** (1 / 4 ** i) for i in range(num)]
-  opt = mso.bayesian_multiscale(decays, [1 - d * d for d in decays], 1.0)
+  opt = mso.bayesian_multiscale(decays, [1 - d * d for d in decays], 1.0,
+                                learn_prior=learn_prior)
   params = jnp.zeros(4096)
   state = opt.init(params)
 
   def step(params, state, jacobian, grads):
-    updates, state = opt.update(grads, state, params, jacobian=jacobian)
+    updates, state = opt.update(grads, state, params, jacobian=jacobian,
+                                residual=jnp.ones(()))
     return optax.apply_updates(params, updates), state
 
   text = jax.jit(step, donate_argnums=(0, 1)).lower(
       params, state, params, params).compile().as_text()
-  copied = [line for line in text.splitlines()
-            if ' copy(' in line and 'state_means' in line]
-  assert not copied, copied
+  state_arrays = ['state_means', 'state_prior_tangents']
   if num > 1:
-    copied = [line for line in text.splitlines()
-              if ' copy(' in line and 'state_variances' in line]
-    assert not copied, copied
+    state_arrays.append('state_variances')
+  copied = [line for line in text.splitlines() if ' copy(' in line
+            and any(name in line for name in state_arrays)]
+  assert not copied, copied

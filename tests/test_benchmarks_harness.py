@@ -206,3 +206,13 @@ def test_renderer_says_diverged_where_every_seed_diverged():
       document, 'gone', '{ratio.mean:.3f} ± {ratio.sd:.3f}') == 'diverged'
   assert benchmark_tables.value_text(document, 'unset',
                                      '{ratio.mean:.3f}') == '–'
+
+
+def test_renderer_leaves_out_the_spread_of_one_series():
+  document = {**SYNTHETIC, 'rows': [
+      {'id': 'one', 'score': {'mean': 1.5, 'sd': 0.0, 'values': [1.5]}},
+      {'id': 'two', 'score': {'mean': 1.5, 'sd': 0.5, 'values': [1.0, 2.0]}}]}
+  template = '{score.mean:.2f} ± {score.sd:.2f}'
+  assert benchmark_tables.value_text(document, 'one', template) == '1.50'
+  assert benchmark_tables.value_text(document, 'two', template) == (
+      '1.50 ± 0.50')

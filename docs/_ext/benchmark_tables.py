@@ -87,6 +87,9 @@ def lookup(record: Any, path: str) -> Any:
   """The value at dotted ``path`` in ``record``; ``_ABSENT`` if none."""
   value = record
   for part in path.split('.'):
+    if (part == 'sd' and isinstance(value, dict)
+        and len(value.get('values', [None, None])) < 2):
+      return None  # one seed or one series: the spread is undefined
     if isinstance(value, dict) and part in value:
       value = value[part]
     elif isinstance(value, list) and re.fullmatch(r'-?\d+', part):
@@ -161,6 +164,8 @@ def render(row: dict[str, Any], template: str) -> tuple[str, list[str]]:
   if formatter.values and all(v is None for v in formatter.values):
     # A learner that diverged on every seed has no mean: say so.
     text = 'diverged' if row.get('diverged_seeds') else '–'
+  # An undefined spread is left out rather than printed as a number.
+  text = text.replace(' ± –', '')
   return text, formatter.absent
 
 

@@ -920,10 +920,11 @@ def _predict_and_store(
   (the approximation :math:`\Sigma \propto c` of the learned prior, which
   keeps the belief the one a filter run at the new scale would hold).
 
-  The means are stored first; each variance's and factor's update then
-  depends on its new mean (:func:`_after`), so that XLA orders every read of
-  the old variances before the loops that overwrite them and updates the
-  donated state in place.
+  The means and sensitivities are stored first; each variance's and
+  factor's update then depends on its new mean and sensitivity
+  (:func:`_after`), so that XLA orders every read of the old variances
+  before the loops that overwrite them and updates the donated state in
+  place.
   """
   posterior = None if conditioned is None else conditioned.posterior
   valid = jnp.asarray(False) if conditioned is None else conditioned.valid
@@ -943,9 +944,22 @@ def _predict_and_store(
     process_c = jnp.asarray(process_variance, dtype)
     for flat, position in enumerate(trainable):
       scale, change = scale_changes[flat]
+      if tangents:
+        # Stored before the variance: its step read the old variance.
+        old_tangent = tangents[index][position]
+        tangent = old_tangent.astype(dtype)
+        step = (0.0 if tangent_steps is None
+                else tangent_steps[index][flat])
+        new_tangents[index][position] = precision.round_to_storage(
+            tangent - leak_c * tangent + jnp.asarray(decay, dtype) * step,
+            old_tangent.dtype)
       diagonal = variances[index][position].astype(dtype)
-      after_means = _after(new_means[index][position], dtype) if len(
-          hyper.decays) > 1 else 0.0
+      after_means = 0.0
+      if len(hyper.decays) > 1:
+        after_means = _after(new_means[index][position], dtype)
+        if tangents:
+          after_means = after_means + _after(
+              new_tangents[index][position], dtype)
       if posterior is not None:
         diagonal = jnp.where(valid, posterior.diagonals[index][flat],
                              diagonal)
@@ -964,14 +978,6 @@ def _predict_and_store(
           factor = jnp.sqrt(change) * factor
         new_factors[index][position] = precision.round_to_storage(
             factor - leak_c * factor + after_means, old_factor.dtype)
-      if tangents:
-        old_tangent = tangents[index][position]
-        tangent = old_tangent.astype(dtype)
-        step = (0.0 if tangent_steps is None
-                else tangent_steps[index][flat])
-        new_tangents[index][position] = precision.round_to_storage(
-            tangent - leak_c * tangent + jnp.asarray(decay, dtype) * step,
-            old_tangent.dtype)
   return _Stored(increments, new_means, new_variances, new_factors,
                  new_tangents, tuple(scales))
 
