@@ -954,7 +954,7 @@ def _predict_and_store(
             tangent - leak_c * tangent + jnp.asarray(decay, dtype) * step,
             old_tangent.dtype)
       diagonal = variances[index][position].astype(dtype)
-      after_means = 0.0
+      after_means: float | jax.Array = 0.0
       if len(hyper.decays) > 1:
         after_means = _after(new_means[index][position], dtype)
         if tangents:
