@@ -32,10 +32,10 @@ from multiscale_optax._src.environments import kalman_filter_predictions
 from multiscale_optax._src.environments import sample_environment
 from multiscale_optax._src.fit_prior import PriorFit
 from multiscale_optax._src.fit_prior import fit_prior
-from multiscale_optax._src.kalman import ScaleByInputNormState
+from multiscale_optax._src.input_norm import ScaleByInputNormState
+from multiscale_optax._src.input_norm import scale_by_input_norm
 from multiscale_optax._src.kalman import SteadyStateKalman
 from multiscale_optax._src.kalman import kalman_learning_rates
-from multiscale_optax._src.kalman import scale_by_input_norm
 from multiscale_optax._src.kalman import steady_state_kalman
 from multiscale_optax._src.memory_kernel import fit_learning_rates
 from multiscale_optax._src.memory_kernel import memory_kernel

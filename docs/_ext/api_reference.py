@@ -37,6 +37,7 @@ SECTION_TITLES = {
     'benna_fusi': 'The Benna–Fusi synapse',
     'converters': 'Momentum and other linear optimizers',
     'kalman': 'Bayes-optimal learning rates',
+    'input_norm': 'Input normalisation (normalised LMS)',
     'environments': 'Drifting environments',
 }
 

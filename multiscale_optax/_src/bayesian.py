@@ -1175,8 +1175,10 @@ def bayesian_multiscale(
   state holds a Gaussian belief over all subweights of all weights with
   means :math:`\mu_i` and covariance :math:`\mathrm{diag}(D) - UU^\top`
   (:math:`U` of rank :math:`L` = ``rank``). Each update observes one example
-  (or a minibatch) and predicts ahead; for a diagonal belief updated by
-  moment matching and one output (module docstring for the general case)
+  (or a minibatch) and predicts ahead; for a diagonal belief, one output
+  and ``variance_update='moment_matching'`` (the default for ``rank=0``,
+  ``'others_as_noise'``, differs in the variance update: see
+  ``variance_update`` below; the module docstring has the general case)
 
   .. math::
 

@@ -502,6 +502,10 @@ def multiscale(
             'it is implied by the params (set the params to the sum of all '
             'subweights instead).')
 
+  # Construction-time constants (float64 where concrete).
+  slow_rate, coefficients = _group_coefficients(
+      learning_rate_entries, decay_entries, layout)
+
   def init_fn(params: optax.Params) -> MultiscaleState:
     return _init_state(
         params, layout, initial_subweights, state_dtype, scaled_subweights)
@@ -517,8 +521,6 @@ def multiscale(
     step_rate = (
         learning_rate(state.count) if callable(learning_rate)
         else learning_rate)
-    slow_rate, coefficients = _group_coefficients(
-        learning_rate_entries, decay_entries, layout)
     if state.scales:
       advanced = [
           scaled_storage.advance_scale(old_scale, leak)
