@@ -93,11 +93,8 @@ def _digits() -> str:
   {cells[0]}, and
   {cells[1]}, the best of tuned SGD, momentum, Adam, Adam
   without momentum and AdEMAMix (on a stationary stream tuned Adam stays
-  ahead).
-  Multiscale on momentum Adam gains \
-{min(gains):.0f} to {max(gains):.0f} points over
-  momentum Adam on those streams, but Adam without momentum is stronger
-  still: momentum is itself a fast weight with a negative learning rate.
+  ahead). Multiscale on momentum Adam gains \
+{min(gains):.0f} to {max(gains):.0f} points over momentum Adam.
 """
 
 

@@ -203,23 +203,26 @@ def measure(size: int, rounds: int, only: list[str] | None = None) -> dict:
   # products): each round runs them last, after the axpy reference, and
   # the next round starts after a pause and untimed copies. The other
   # steps run back to back, as in a training loop.
-  order = sorted(runners, key=lambda name: '_rank' in name)
-  for round_index in range(rounds):
-    print(f'  size {size:.0e}: round {round_index + 1}/{rounds}',
-          end='\r', flush=True)
-    time.sleep(SETTLE_SECONDS)
-    _axpy_seconds(size, 5)  # untimed: a buffer after the last round's rows
-    for position, name in enumerate(order):
-      if position == sum('_rank' not in n for n in order):
-        axpy_times.append(_axpy_seconds(size, 1))
+  ranked = [name for name in runners if '_rank' in name]
+  others = [name for name in runners if name not in ranked]
+
+  def time_steps(names: list[str]) -> None:
+    for name in names:
       step, params, state = runners[name]
       start = time.perf_counter()
       params, state = step(params, state, grads)
       jax.block_until_ready(params)
       times[name].append(time.perf_counter() - start)
       runners[name][1], runners[name][2] = params, state
-    if all('_rank' not in name for name in order):
-      axpy_times.append(_axpy_seconds(size, 1))
+
+  for round_index in range(rounds):
+    print(f'  size {size:.0e}: round {round_index + 1}/{rounds}',
+          end='\r', flush=True)
+    time.sleep(SETTLE_SECONDS)
+    _axpy_seconds(size, 5)  # untimed: a buffer after the last round's rows
+    time_steps(others)
+    axpy_times.append(_axpy_seconds(size, 1))
+    time_steps(ranked)
   print()
   axpy_seconds = statistics.median(axpy_times)
   axpy_bandwidth = 3 * 4 * size / axpy_seconds / 1e9
