@@ -84,6 +84,9 @@ class Learner:
       neighbours of the best coarse value, as keyword arguments of
       :func:`refine_values` (``{'scale': 'log'}``); the other
       hyperparameters keep their best value. Empty: one grid only.
+    reuse: the id of a learner tuned earlier (in the same
+      :func:`tune_and_evaluate` call, or in the ``chosen`` record it was
+      given) whose chosen point this one takes instead of tuning its own.
   """
 
   id: str
@@ -95,6 +98,7 @@ class Learner:
   meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   refine: Mapping[str, Mapping[str, Any]] = dataclasses.field(
       default_factory=dict)
+  reuse: str | None = None
 
   def points(self) -> list[dict[str, Any]]:
     """Every grid point, each merged with ``fixed`` (one point if no grid)."""
@@ -106,6 +110,11 @@ class Learner:
 # score(learner, points, seeds) -> array (len(points), len(seeds)): one
 # scalar per grid point and seed. A benchmark may vmap over the points.
 Score = Callable[[Learner, list[dict[str, Any]], Sequence[int]], np.ndarray]
+# evaluate(learner, point, seeds) -> the row's measured fields: what a
+# benchmark reports about the chosen point on the test seeds when one
+# summary of its score is not enough (several metrics, learned values).
+Evaluate = Callable[[Learner, dict[str, Any], Sequence[int]],
+                    Mapping[str, Any]]
 
 
 def slug(text: str) -> str:
@@ -220,33 +229,92 @@ def summary(values: Sequence[float] | np.ndarray) -> dict[str, Any]:
           'values': [_finite_or_none(v) for v in values]}
 
 
+def choose(learner: Learner, score: Score, seeds: Sequence[int], *,
+           chosen: Mapping[str, Mapping[str, Any]],
+           lower_is_better: bool = True) -> dict[str, Any]:
+  """The point a learner runs with, and how it was chosen.
+
+  Returns:
+    ``hyperparameters`` (the point, ``fixed`` included), ``tuned`` (whether
+    a grid was searched), ``at_grid_edge`` (:func:`at_grid_edge`) and, for a
+    learner with ``reuse``, ``reused_from``: the id whose point
+    (``chosen[reuse]``) it takes.
+  """
+  if learner.reuse is not None:
+    if learner.reuse not in chosen:
+      raise KeyError(f'{learner.id} reuses {learner.reuse!r}, which has not '
+                     'been tuned yet')
+    return {'hyperparameters': {**learner.fixed, **chosen[learner.reuse]},
+            'tuned': False, 'at_grid_edge': [],
+            'reused_from': learner.reuse}
+  if not learner.grid:
+    return {'hyperparameters': dict(learner.fixed), 'tuned': False,
+            'at_grid_edge': []}
+  best, edge = search(learner, score, seeds, lower_is_better=lower_is_better)
+  return {'hyperparameters': best, 'tuned': True, 'at_grid_edge': edge}
+
+
+def diverged(fields: Mapping[str, Any], metric: str) -> bool:
+  """Whether a row's ``metric`` summary has a non-finite (``None``) value:
+  the learner diverged on at least one seed."""
+  summary_ = fields.get(metric)
+  if not isinstance(summary_, Mapping):
+    return False
+  values = summary_.get('values', [summary_.get('mean')])
+  return any(value is None for value in values)
+
+
 def tune_and_evaluate(
     learners: Sequence[Learner], score: Score, *, tuning_seeds: Sequence[int],
     test_seeds: Sequence[int], metric: str, lower_is_better: bool = True,
-    log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    log: Callable[[str], None] = print, evaluate: Evaluate | None = None,
+    chosen: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
   """Tune each learner on ``tuning_seeds``, score it on ``test_seeds``.
 
+  Args:
+    learners: the registry, run in order (a learner with ``reuse`` after
+      the one it reuses).
+    score: scores grid points on seeds (:data:`Score`).
+    tuning_seeds: the seeds the grids are searched on.
+    test_seeds: the separate seeds every reported number comes from.
+    metric: the name of the reported summary of ``score`` on the test seeds.
+    lower_is_better: the direction of ``score``.
+    log: where one line per learner goes.
+    evaluate: the row's measured fields for the chosen point
+      (:data:`Evaluate`); default ``{metric: summary(score on the test
+      seeds)}``.
+    chosen: id -> chosen point, read by learners with ``reuse`` and
+      updated with every learner's choice (share it across calls to reuse
+      a choice made on another stream).
+
   Returns:
-    One row per learner: ``id``, ``label``, ``note``, ``hyperparameters``
-    (the chosen point), ``at_grid_edge``, ``tuned`` (whether it had a grid),
-    ``metric`` (its summary over the test seeds) and the learner's ``meta``.
+    One row per learner: ``id``, ``label``, ``note``, the fields of
+    :func:`choose`, the measured fields, ``diverged`` (:func:`diverged`),
+    ``seconds`` and the learner's ``meta``.
   """
+  chosen = {} if chosen is None else chosen
   rows = []
   for learner in learners:
     start = time.perf_counter()
-    if learner.grid:
-      best, edge = search(learner, score, tuning_seeds,
-                          lower_is_better=lower_is_better)
+    choice = choose(learner, score, tuning_seeds, chosen=chosen,
+                    lower_is_better=lower_is_better)
+    best = choice['hyperparameters']
+    chosen[learner.id] = best
+    if evaluate is None:
+      values = np.asarray(score(learner, [best], test_seeds), dtype=float)[0]
+      fields: Mapping[str, Any] = {metric: summary(values)}
     else:
-      best, edge = dict(learner.fixed), []
-    values = np.asarray(score(learner, [best], test_seeds), dtype=float)[0]
-    rows.append({'id': learner.id, 'label': learner.label,
-                 'note': learner.note, 'tuned': bool(learner.grid),
-                 'hyperparameters': jsonable(best),
-                 'at_grid_edge': edge,
-                 metric: summary(values), **jsonable(dict(learner.meta))})
-    log(f'  {learner.label}: {metric} {rows[-1][metric]["mean"]} '
-        f'({time.perf_counter() - start:.1f} s)')
+      fields = evaluate(learner, best, test_seeds)
+    seconds = time.perf_counter() - start
+    rows.append(jsonable({'id': learner.id, 'label': learner.label,
+                          'note': learner.note, **choice, **fields,
+                          'diverged': diverged(jsonable(fields), metric),
+                          'seconds': round(seconds, 2),
+                          **dict(learner.meta)}))
+    mean = rows[-1].get(metric, {})
+    log(f'  {learner.label}: {metric} '
+        f'{mean.get("mean") if isinstance(mean, Mapping) else mean} '
+        f'({seconds:.1f} s)')
   return rows
 
 

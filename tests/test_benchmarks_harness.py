@@ -140,6 +140,32 @@ def test_tune_and_evaluate_scores_the_chosen_point_on_test_seeds():
   assert rows[1]['tuned'] is False
 
 
+
+def test_tune_and_evaluate_reuses_choices_and_takes_an_evaluate():
+  learners = [harness.Learner('q', 'quadratic', build=lambda p: p,
+                              grid={'x': [0.0, 1.0, 2.0]}),
+              harness.Learner('r', 'reused', build=lambda p: p, reuse='q',
+                              fixed={'y': 5.0})]
+  chosen = {}
+
+  def evaluate(learner, point, seeds):
+    return {'loss': harness.summary([np.nan if learner.id == 'r' else 0.0
+                                     for _ in seeds]),
+            'point': dict(point)}
+
+  rows = harness.tune_and_evaluate(
+      learners, _quadratic_score(2.0), tuning_seeds=[0], test_seeds=[1, 2],
+      metric='loss', log=lambda message: None, evaluate=evaluate,
+      chosen=chosen)
+  assert chosen == {'q': {'x': 2.0}, 'r': {'y': 5.0, 'x': 2.0}}
+  assert rows[1]['reused_from'] == 'q' and rows[1]['tuned'] is False
+  assert rows[1]['point'] == {'y': 5.0, 'x': 2.0}
+  assert [row['diverged'] for row in rows] == [False, True]
+  with pytest.raises(KeyError, match='reuses'):
+    harness.tune_and_evaluate(
+        [learners[1]], _quadratic_score(2.0), tuning_seeds=[0],
+        test_seeds=[1], metric='loss', log=lambda message: None)
+
 SYNTHETIC = {
     'schema': harness.SCHEMA, 'benchmark': 'synthetic', 'command': 'c',
     'machine': {}, 'seconds': 12.3, 'config': {'steps': 1000},
