@@ -54,6 +54,7 @@ import numpy as np
 import optax
 
 import multiscale_optax as mso
+from benchmarks import _digits
 from benchmarks import harness
 from benchmarks import online_digits as digits
 
@@ -74,7 +75,7 @@ def make_run(learner: str, steps: int, data, learning_rate: float = 0.0):
   (train_images, train_labels), _ = data
   train_images = jnp.asarray(train_images)
   train_labels = jnp.asarray(train_labels)
-  apply_fn = digits.mlp_apply
+  apply_fn = _digits.mlp_apply
   if learner == 'adam':
     optimizer = optax.adam(learning_rate)
   else:
@@ -97,12 +98,12 @@ def make_run(learner: str, steps: int, data, learning_rate: float = 0.0):
     return logits, optax.apply_updates(params, updates), opt_state
 
   def run(init_key, noise_key, indices, tasks, permutations, angles):
-    params = digits.mlp_init(init_key)
+    params = _digits.mlp_init(init_key)
 
     def step(carry, inputs):
       params, opt_state = carry
       index, task, angle, key = inputs
-      image = digits.rotate_images(train_images[index], angle)
+      image = _digits.rotate_images(train_images[index], angle)
       label = permutations[task][train_labels[index]]
       logits, params, opt_state = learn(params, opt_state, image, label, key)
       return (params, opt_state), jnp.mean(jnp.argmax(logits, -1) == label)
@@ -117,13 +118,8 @@ def make_run(learner: str, steps: int, data, learning_rate: float = 0.0):
 
 
 def stream_inputs(kind: str, seed: int, steps: int, num_train: int):
-  config = digits.Config(
-      steps=steps, batch=1, block=100, num_learning_rates=1,
-      tuning_seeds=(), evaluation_seeds=(), models=('mlp',),
-      ablations=False, bayesian_models=('mlp',), bayesian_tuning_seeds=(),
-      bayesian_evaluation_seeds=(), bayesian_num_grid=1)
-  indices, tasks, permutations, angles = digits.make_stream(
-      kind, seed, config, num_train)
+  indices, tasks, permutations, angles = _digits.make_stream(
+      kind, seed, steps=steps, batch=1, block=100, num_train=num_train)
   return (jnp.asarray(indices), jnp.asarray(tasks),
           jnp.asarray(permutations), jnp.asarray(angles))
 
@@ -143,7 +139,7 @@ def tune_adam(steps, data, num_train, log) -> float:
     return np.asarray([[np.mean([
         accuracy(make_run('adam', steps, data, point['learning_rate']),
                  kind, seed, steps, num_train)
-        for kind in digits.STREAMS]) for seed in seeds] for point in points])
+        for kind in _digits.STREAMS]) for seed in seeds] for point in points])
 
   best, scores = harness.tune(
       harness.Learner('adam', 'Adam', build=lambda point: point,
@@ -179,7 +175,7 @@ def main(argv=None) -> int:
     parser.error('fisher_observations draws no figure (its rows are a table)')
   stem = args.out or 'fisher_observations'
   started = time.perf_counter()
-  data = digits.load_data()
+  data = _digits.load_data()
   num_train = len(data[0][1])
   adam_rate = tune_adam(args.steps, data, num_train, print)
   runs = {'adam': make_run('adam', args.steps, data, adam_rate)}
@@ -187,7 +183,7 @@ def main(argv=None) -> int:
   rows = {}
   for name, run in runs.items():
     rows[name] = {'id': name, 'label': name}
-    for kind in digits.STREAMS:
+    for kind in _digits.STREAMS:
       values = [accuracy(run, kind, seed, args.steps, num_train)
                 for seed in range(args.test_seeds)]
       rows[name][f'online_accuracy_{kind}'] = {
@@ -195,7 +191,7 @@ def main(argv=None) -> int:
           'values': values}
       print(f'{name:10s} {kind:11s} online accuracy '
             f'{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}')
-  for kind in digits.STREAMS:
+  for kind in _digits.STREAMS:
     gap = (rows['exact'][f'online_accuracy_{kind}']['mean']
            - rows['sampled'][f'online_accuracy_{kind}']['mean'])
     # Next to the stream's accuracy, as in the committed file.
@@ -216,7 +212,7 @@ def main(argv=None) -> int:
       seconds=time.perf_counter() - started,
       config={'steps': args.steps, 'test_seeds': args.test_seeds,
               'tuning_seed': TUNING_SEED, 'batch': 1, 'model': 'mlp',
-              'streams': list(digits.STREAMS), 'rounds': args.rounds,
+              'streams': list(_digits.STREAMS), 'rounds': args.rounds,
               'adam_rates': list(ADAM_RATES), 'adam_rate': adam_rate,
               'drift_variance': DRIFT_VARIANCE})
   path = harness.write_results(stem, document)

@@ -6,7 +6,7 @@ learning of neural networks from streaming data", CoLLAs 2023): every step
 one of scikit-learn's 1797 ``load_digits`` images (8x8, pixels / 16, drawn
 uniformly with replacement) is rotated about its centre by an angle
 :math:`\theta_t` (exact bilinear rotation, zero outside:
-``online_digits.rotate_images``), and a tanh MLP 64-32-1 (2113 params,
+``_digits.rotate_images``), and a tanh MLP 64-32-1 (2113 params,
 initialised :math:`\mathcal N(0, 1/\mathrm{fan\_in})` as
 ``_drifting_teacher.init_params``) predicts :math:`y_t = \theta_t /
 45^\circ`. The angle drifts, so the input distribution does:
@@ -125,10 +125,10 @@ import optax  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
 import multiscale_optax as mso  # noqa: E402
+from benchmarks import _digits  # noqa: E402
 from benchmarks import _drifting_teacher as teacher  # noqa: E402
 from benchmarks import _lofi  # noqa: E402
 from benchmarks import harness  # noqa: E402
-from benchmarks import online_digits  # noqa: E402
 from benchmarks import online_teacher  # noqa: E402
 
 # New streams go at the end: a stream's random draws are seeded by its index.
@@ -193,7 +193,7 @@ def angle_process(kind: str, rng: np.random.Generator, steps: int,
   """The clipped angle in degrees, ``(steps,)`` (module docstring)."""
   timescales = {'ou': (ou_timescale,),
                 'one_over_f': ONE_OVER_F_TIMESCALES}[kind]
-  radians = online_digits.rotation_angles(
+  radians = _digits.rotation_angles(
       rng, steps, timescales=timescales, sd_degrees=ANGLE_SD_DEGREES)
   return np.clip(np.rad2deg(radians), -ANGLE_CLIP_DEGREES,
                  ANGLE_CLIP_DEGREES)
@@ -213,7 +213,7 @@ def make_streams(kind: str, seeds: list[int], steps: int,
     rng = np.random.default_rng([seed, STREAMS.index(kind)])
     angles = angle_process(kind, rng, steps, ou_timescale)
     indices = rng.integers(len(images), size=steps)
-    rotated = jax.vmap(online_digits.rotate_images)(
+    rotated = jax.vmap(_digits.rotate_images)(
         jnp.asarray(images[indices]), jnp.deg2rad(jnp.asarray(angles)))
     params = teacher.init_params(
         config, jax.random.key(int(rng.integers(2**31))))

@@ -65,8 +65,8 @@ import jax.numpy as jnp
 import optax
 
 import multiscale_optax as mso
+from benchmarks import _digits as digits
 from benchmarks import harness
-from benchmarks import online_digits as digits
 
 NUM_LEAVES = 4
 FISHER_MODES = ('exact', 'sampled', 'empirical')
@@ -76,7 +76,7 @@ BAYES_RANKS = (1, 5, 10)
 SETTLE_SECONDS = 0.2
 MODEL_DESCRIPTIONS = {
     'mlp': 'MLP 64-48-10 (ReLU)',
-    'cnn': 'online_digits.cnn_apply (3x3 conv 4, 3x3 conv stride 2 8, '
+    'cnn': '_digits.cnn_apply (3x3 conv 4, 3x3 conv stride 2 8, '
            'linear)'}
 
 
@@ -250,8 +250,8 @@ def measure(size: int, rounds: int, only: list[str] | None = None) -> dict:
 
 def _mlp_64_48_init(key: jax.Array) -> dict:
   first, second = jax.random.split(key)
-  return {'hidden': digits._dense_init(first, 64, 48),
-          'out': digits._dense_init(second, 48, digits.NUM_CLASSES)}
+  return {'hidden': digits.dense_init(first, 64, 48),
+          'out': digits.dense_init(second, 48, digits.NUM_CLASSES)}
 
 
 def _end_to_end_run(learner: str, model: str, steps: int):

@@ -14,7 +14,7 @@ import optax
 import pytest
 from hypothesis import strategies as st
 
-from benchmarks import online_digits
+from benchmarks import _digits
 from benchmarks import trump_approval
 
 requires_river = pytest.mark.skipif(
@@ -43,14 +43,14 @@ def _reference_rotation(images, angle):
 
 def test_rotation_by_zero_is_exactly_the_identity():
   images = _images(dtype=np.float32)
-  rotated = online_digits.rotate_images(jnp.asarray(images), 0.0)
+  rotated = _digits.rotate_images(jnp.asarray(images), 0.0)
   np.testing.assert_array_equal(np.asarray(rotated), images)
 
 
 def test_rotation_by_a_right_angle_is_rot90():
   with jax.enable_x64(True):
     images = _images()
-    rotated = np.asarray(online_digits.rotate_images(
+    rotated = np.asarray(_digits.rotate_images(
         jnp.asarray(images), np.pi / 2))
   expected = np.rot90(images.reshape(-1, 8, 8), axes=(1, 2)).reshape(-1, 64)
   # cos(pi/2) is 6e-17, not 0, in float64: source coordinates are off by at
@@ -63,7 +63,7 @@ def test_rotation_by_a_right_angle_is_rot90():
 def test_rotation_matches_bilinear_map_coordinates(angle):
   with jax.enable_x64(True):
     images = _images()
-    rotated = np.asarray(online_digits.rotate_images(
+    rotated = np.asarray(_digits.rotate_images(
         jnp.asarray(images), angle))
     expected = _reference_rotation(images, angle)
   # Both are sums of at most 4 products of pixels (<= 1) and weights
@@ -79,7 +79,7 @@ def test_rotation_angles_have_the_1_over_f_prior_statistics():
   sd_degrees = 30.0
   draws = 4000
   angles = np.stack([
-      online_digits.rotation_angles(np.random.default_rng(seed), 30,
+      _digits.rotation_angles(np.random.default_rng(seed), 30,
                                     timescales, sd_degrees)
       for seed in range(draws)])
   variance = np.deg2rad(sd_degrees) ** 2
@@ -95,17 +95,17 @@ def test_rotation_angles_have_the_1_over_f_prior_statistics():
 
 
 def test_rotation_stream_is_the_only_rotated_one():
-  config = online_digits.DEFAULT
-  for kind in online_digits.STREAMS:
-    *_, angles = online_digits.make_stream(kind, 0, config, 100)
-    assert angles.shape == (config.steps,)
+  for kind in _digits.STREAMS:
+    *_, angles = _digits.make_stream(kind, 0, steps=1000, batch=16,
+                                     block=100, num_train=100)
+    assert angles.shape == (1000,)
     assert np.any(angles != 0) == (kind == 'rotation')
 
 
 def test_existing_streams_keep_their_draws():
   # A stream's random draws are seeded by its index in STREAMS: the streams
   # that existed before the rotation stream keep their positions.
-  assert online_digits.STREAMS[:3] == ('recurring', 'one_over_f',
+  assert _digits.STREAMS[:3] == ('recurring', 'one_over_f',
                                        'stationary')
 
 

@@ -84,7 +84,7 @@ def test_streams_are_rotated_digits_with_the_angle_as_target():
     rng = np.random.default_rng([3, online_rotation.STREAMS.index('ou')])
     angles = online_rotation.angle_process('ou', rng, 5)
     indices = rng.integers(len(images), size=5)
-    expected = online_rotation.online_digits.rotate_images(
+    expected = online_rotation._digits.rotate_images(
         images[indices[0]], np.deg2rad(angles[0]))
   assert streams.inputs.dtype == np.float64
   np.testing.assert_allclose(
