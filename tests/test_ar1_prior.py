@@ -40,15 +40,25 @@ def test_from_timescales_is_the_one_over_f_prior():
     assert environment.prior == prior
 
 
-def test_random_walk_needs_its_initial_variance():
-  with pytest.raises(ValueError, match=r'initial_variances.*decays\[1\]'):
-    mso.AR1Prior([0.5, 1.0], [0.1, 0.1])
-  prior = mso.AR1Prior([0.5, 1.0], [0.75, 0.1], [1.0, 0.0])
+def test_one_random_walk_rule_for_priors_learners_and_environments():
+  # A random walk has no stationary variance: by default it starts at its
+  # mean, in a prior, a learner and an environment alike.
+  prior = mso.AR1Prior([0.5, 1.0], [0.75, 0.1])
+  assert prior.initial_variances == (1.0, 0.0)
+  assert prior == mso.AR1Prior([0.5, 1.0], [0.75, 0.1], [1.0, 0.0])
   assert prior.stationary_variances == (1.0, float('inf'))
   assert prior.timescales[1] == float('inf')
-  # The environment's own default starts a random walk at zero.
   environment = mso.OneOverFEnvironment((0.5, 1.0), (0.75, 0.1))
   assert environment.prior == prior
+  params = jnp.zeros(3)
+  loose = mso.bayesian_multiscale([0.5, 1.0], [0.75, 0.1], 1.0).init(params)
+  given = mso.bayesian_multiscale(prior=prior, noise_variance=1.0).init(
+      params)
+  for first, second in zip(loose.variances, given.variances, strict=True):
+    np.testing.assert_array_equal(first, second)
+  np.testing.assert_array_equal(loose.variances[1], np.zeros(3))
+  # An uncertain start is given explicitly.
+  assert mso.AR1Prior([1.0], [0.1], [2.0]).initial_variances == (2.0,)
 
 
 @pytest.mark.parametrize(('kwargs', 'error', 'match'), [

@@ -511,8 +511,6 @@ def test_get_bayesian_subweights():
      ValueError, 'process_variances'),
     (dict(decays=[0.5], process_variances=[0.1], noise_variance=0.0),
      ValueError, 'noise_variance'),
-    (dict(decays=[1.0], process_variances=[0.1], noise_variance=1.0),
-     ValueError, 'initial_variances'),
     (dict(decays=[0.5, 0.9], process_variances=[0.1], noise_variance=1.0),
      ValueError, 'same length'),
     (dict(decays=[0.5], process_variances=[0.1], noise_variance=1.0,

@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from multiscale_optax._src import checks
+from multiscale_optax._src import precision
 
 
 def stationary_variance(decay: Any, process_variance: Any) -> Any:
@@ -42,12 +43,10 @@ def stationary_variance(decay: Any, process_variance: Any) -> Any:
   same arithmetic in their own dtype (no Python branch on their values).
   """
   if checks.is_traced(decay) or checks.is_traced(process_variance):
-    return process_variance / ((1.0 - decay) * (1.0 + decay))
+    return process_variance / precision.leak(decay)[1]
   if decay == 1.0:
     return math.inf
-  decay64 = np.float64(decay)
-  return float(np.float64(process_variance)
-               / np.float64((1.0 - decay64) * (1.0 + decay64)))
+  return float(np.float64(process_variance) / precision.leak(decay)[1])
 
 
 def _flatten(prior: AR1Prior) -> tuple[tuple[Any, ...], None]:
@@ -84,12 +83,13 @@ class AR1Prior:
 
     \frac{q_i}{1 - \gamma_i^2}.
 
-  **The default initial variances** are the stationary ones: the process
-  has run for ever before the first step. A random walk
-  (:math:`\gamma_i = 1`) has no stationary variance, so where a decay is 1
-  ``initial_variances`` must be given (e.g. 0 to start the component at its
-  mean, as :class:`multiscale_optax.OneOverFEnvironment` does by default);
-  the library never invents it.
+  **The default initial variances** (the one rule, for learners and
+  environments alike) are the stationary ones: the process has run for
+  ever before the first step. A random walk (:math:`\gamma_i = 1`) has no
+  stationary variance: it has not run before the first step, so by default
+  it starts at its mean (initial variance 0) and its variance grows by
+  :math:`q_i` a step from there. Give ``initial_variances`` to start it
+  uncertain (a learner's permanent part that should move at once).
 
   Pass it as ``prior=`` to :func:`multiscale_optax.kalman_learning_rates`,
   :func:`multiscale_optax.steady_state_kalman` and
@@ -111,9 +111,8 @@ class AR1Prior:
 
   Raises:
     TypeError: an argument is not a 1-D vector of reals.
-    ValueError: lengths differ, a vector is empty, a value is not finite or
-      lies outside its range, or ``initial_variances`` is missing where a
-      decay is 1.
+    ValueError: lengths differ, a vector is empty, or a value is not finite
+      or lies outside its range.
 
   Examples:
     >>> import multiscale_optax as mso
@@ -139,13 +138,10 @@ class AR1Prior:
     decays, process_variances = checks.decays_and_process_variances(
         self.decays, self.process_variances, lowest_decay=-1.0)
     if self.initial_variances is None:
-      for index, decay in enumerate(decays):
-        if not checks.is_traced(decay) and decay == 1.0:
-          raise ValueError(
-              f'`initial_variances` must be given: `decays[{index}]` is 1 (a '
-              'random walk), which has no stationary variance (pass e.g. 0.0 '
-              'for it to start at its mean).')
-      initial = tuple(map(stationary_variance, decays, process_variances))
+      initial = tuple(
+          0.0 if not checks.is_traced(decay) and decay == 1.0
+          else stationary_variance(decay, variance)
+          for decay, variance in zip(decays, process_variances, strict=True))
     else:
       initial = checks.initial_variances(self.initial_variances, decays)
     object.__setattr__(self, 'decays', decays)
@@ -265,8 +261,11 @@ jax.tree_util.register_pytree_node(AR1Prior, _flatten, _unflatten)
 def arguments(
     prior: Any, decays: Any, process_variances: Any, noise_variance: Any,
     *, initial_variances: Any = None,
-) -> tuple[Any, Any, Any, Any]:
-  """The AR(1) arguments of a function that takes them loose or as ``prior``.
+) -> tuple[AR1Prior, Any]:
+  """The prior of a function that takes it loose or as ``prior``.
+
+  The one place where loose AR(1) arguments become an :class:`AR1Prior`:
+  every function below the public edge works with the prior.
 
   Args:
     prior: ``None`` or an :class:`AR1Prior`.
@@ -275,13 +274,14 @@ def arguments(
     noise_variance: checked to be given (it is not part of the prior).
 
   Returns:
-    ``(decays, process_variances, initial_variances)``: the loose arguments,
-    or the prior's fields.
+    ``(prior, noise_variance)``: ``prior``, or the :class:`AR1Prior` of the
+    loose arguments (checked as it is built).
 
   Raises:
     TypeError: ``prior`` is not an :class:`AR1Prior`, both ``prior`` and a
       loose argument are given, neither is, or ``noise_variance`` is
-      missing.
+      missing; as :class:`AR1Prior` for malformed loose arguments.
+    ValueError: as :class:`AR1Prior`.
   """
   if noise_variance is None:
     raise TypeError('`noise_variance` must be given.')
@@ -289,7 +289,8 @@ def arguments(
     if decays is None or process_variances is None:
       raise TypeError(
           'Pass `decays` and `process_variances`, or `prior` (an AR1Prior).')
-    return decays, process_variances, initial_variances, noise_variance
+    return AR1Prior(decays, process_variances, initial_variances), (
+        noise_variance)
   if not isinstance(prior, AR1Prior):
     raise TypeError(
         f'`prior` must be an AR1Prior, got {type(prior).__name__}.')
@@ -300,5 +301,40 @@ def arguments(
     raise TypeError(
         f'Pass either `prior` or {", ".join(f"`{n}`" for n in given)}, not '
         'both: the prior holds them.')
-  return (prior.decays, prior.process_variances, prior.initial_variances,
-          noise_variance)
+  return prior, noise_variance
+
+
+def check_filterable(prior: AR1Prior, noise_variance: Any) -> None:
+  """Refuses a prior without a steady-state Kalman filter.
+
+  The conditions of :func:`multiscale_optax.steady_state_kalman` (and of the
+  environments, so that each has one): decays in :math:`(0, 1]` and
+  distinct, a random walk with a positive process variance, and a positive
+  finite noise variance.
+
+  Args:
+    prior: the checked prior.
+    noise_variance: the observation noise variance.
+
+  Raises:
+    TypeError, ValueError: naming the argument and its allowed range.
+  """
+  checks.decays_and_process_variances(
+      prior.decays, prior.process_variances, lowest_decay=0.0)
+  concrete = [d for d in prior.decays if not checks.is_traced(d)]
+  if len(set(concrete)) != len(concrete):
+    raise ValueError(
+        f'`decays` must be distinct (components with equal decays are '
+        f'indistinguishable; merge them by adding their process variances), '
+        f'got {list(prior.decays)}.')
+  for index, (decay, variance) in enumerate(
+      zip(prior.decays, prior.process_variances, strict=True)):
+    if (not checks.is_traced(decay) and not checks.is_traced(variance)
+        and decay == 1.0 and variance == 0.0):
+      raise ValueError(
+          f'`process_variances[{index}]` must be positive where the decay is '
+          '1 (a random walk without innovations is a constant, which has no '
+          'steady-state filter).')
+  checks.check_scalar(
+      noise_variance, 'noise_variance', low=0.0, high=np.inf,
+      low_inclusive=False, high_inclusive=False)

@@ -192,10 +192,6 @@ class BayesianSubweights(NamedTuple):
   noise_scale: jax.Array
 
 
-def _is_masked(node: Any) -> bool:
-  return isinstance(node, optax.MaskedNode)
-
-
 def _aligned_leaves(reference: Any, tree: Any) -> list[Any]:
   """The leaves of ``tree`` at the leaves of ``reference``.
 
@@ -204,8 +200,9 @@ def _aligned_leaves(reference: Any, tree: Any) -> list[Any]:
   arguments); those are dropped.
   """
   kept = jax.tree.map(
-      lambda node, leaf: None if _is_masked(node) else _Kept(leaf),
-      reference, tree, is_leaf=_is_masked)
+      lambda node, leaf: (None if subweight_state.is_masked(node)
+                          else _Kept(leaf)),
+      reference, tree, is_leaf=subweight_state.is_masked)
   return [node.leaf for node in jax.tree.leaves(
       kept, is_leaf=lambda node: isinstance(node, _Kept))]
 
@@ -225,14 +222,6 @@ def _variance_dtype(
       param_dtype if state_dtype is None else state_dtype)
 
 
-def _leak(decay: Any) -> tuple[Any, Any]:
-  """:math:`(1 - \\gamma, 1 - \\gamma^2)`, in float64 where concrete."""
-  if checks.is_traced(decay):
-    return 1.0 - decay, (1.0 - decay) * (1.0 + decay)
-  decay64 = np.float64(decay)
-  return float(1.0 - decay64), float((1.0 - decay64) * (1.0 + decay64))
-
-
 def _check_decay_dtype(decays: Any) -> None:
   """Refuses decays that arrive narrower than float32."""
   values = decays if isinstance(decays, Sequence) else [decays]
@@ -248,16 +237,12 @@ def _check_decay_dtype(decays: Any) -> None:
           "static_args=('decays',).")
 
 
-def _validate(
-    decays: Any, process_variances: Any, noise_variance: Any,
-    initial_variances: Any,
-) -> ar1_prior.AR1Prior:
-  _check_decay_dtype(decays)
-  prior = ar1_prior.AR1Prior(decays, process_variances, initial_variances)
+def _validate(prior: ar1_prior.AR1Prior, noise_variance: Any) -> None:
+  """Checks what the learner adds to an :class:`AR1Prior`'s own checks."""
+  _check_decay_dtype(prior.decays)
   checks.check_scalar(
       noise_variance, 'noise_variance', low=0.0, high=np.inf,
       low_inclusive=False, high_inclusive=False)
-  return prior
 
 
 def _check_observation_covariance(value: Any, outputs: int | None) -> None:
@@ -729,8 +714,7 @@ def _update(
       hyper, state, grad_leaves, treedef)
   trainable = [
       position for position, grad in enumerate(grad_leaves)
-      if subweight_state.is_trainable(grad.dtype)
-      and subweight_state.is_trainable(means[0][position].dtype)
+      if subweight_state.is_trainable(grad.dtype, means[0][position].dtype)
       and grad.size]
   for position in trainable:
     if jnp.iscomplexobj(grad_leaves[position]):
@@ -1369,12 +1353,14 @@ def bayesian_multiscale(
     filtering for online learning of neural networks from streaming data",
     CoLLAs 2023.
   """
-  decays, process_variances, initial_variances, noise_variance = (
-      ar1_prior.arguments(
-          prior, decays, process_variances, noise_variance,
-          initial_variances=initial_variances))
+  # optax.inject_hyperparams turns a NumPy `initial_variances` into a JAX
+  # array and would let a user change it after init, where it has no effect.
+  initial_is_array = isinstance(initial_variances, jax.Array)
+  ar1, noise_variance = ar1_prior.arguments(
+      prior, decays, process_variances, noise_variance,
+      initial_variances=initial_variances)
   init_fn, scored_update = _scored_learner(
-      decays, process_variances, noise_variance, initial_variances,
+      ar1, noise_variance, warn_initial_variances=initial_is_array,
       rank=rank, variance_update=variance_update, learn_prior=learn_prior,
       learn_noise_variance=learn_noise_variance,
       prior_learning_rate=prior_learning_rate, prior_window=prior_window,
@@ -1397,20 +1383,20 @@ def bayesian_multiscale(
 
 
 def _scored_learner(
-    decays: Any, process_variances: Any, noise_variance: Any,
-    initial_variances: Any, *, rank: Any, variance_update: Any,
+    ar1: ar1_prior.AR1Prior, noise_variance: Any, *, rank: Any,
+    variance_update: Any,
     learn_prior: Any, learn_noise_variance: Any,
     prior_learning_rate: optax.ScalarOrSchedule, prior_window: Any,
     outlier_threshold: Any, state_dtype: DTypeLike | None,
+    warn_initial_variances: bool = False,
 ) -> tuple[Callable[[optax.Params], BayesianMultiscaleState],
            Callable[..., tuple[optax.Updates, BayesianMultiscaleState,
                                _Score]]]:
-  """The checked learner of :func:`bayesian_multiscale`: its ``init`` and an
-  ``update`` that also returns the observation's :class:`_Score`."""
-
-
-  ar1 = _validate(
-      decays, process_variances, noise_variance, initial_variances)
+  """The checked learner of :func:`bayesian_multiscale` with prior ``ar1``:
+  its ``init`` and an ``update`` that also returns the observation's
+  :class:`_Score`. ``warn_initial_variances``: warn on every update that
+  the initial variances (given as a JAX array) are read only by init."""
+  _validate(ar1, noise_variance)
   rank = _check_rank(rank)
   variance_update = _check_variance_update(variance_update, rank)
   learn_mode = _check_learn_prior(learn_prior)
@@ -1431,16 +1417,12 @@ def _scored_learner(
                         high=np.inf, low_inclusive=False,
                         high_inclusive=False)
   hyperparameters = _Hyperparameters(
-      decays=ar1.decays, leaks=tuple(map(_leak, ar1.decays)),
+      decays=ar1.decays, leaks=tuple(map(precision.leak, ar1.decays)),
       process_variances=ar1.process_variances, noise_variance=noise_variance,
       rank=rank, variance_update=variance_update, learn_prior=learn_mode,
       learn_noise_variance=learn_noise_variance,
       prior_learning_rate=prior_learning_rate, prior_window=prior_window,
       outlier_threshold=outlier_threshold)
-
-  # optax.inject_hyperparams turns a NumPy `initial_variances` into a JAX
-  # array and would let a user change it after init, where it has no effect.
-  initial_is_array = isinstance(initial_variances, jax.Array)
 
   def init_fn(params: optax.Params) -> BayesianMultiscaleState:
     return _init_state(
@@ -1460,7 +1442,7 @@ def _scored_learner(
   ) -> tuple[optax.Updates, BayesianMultiscaleState, _Score]:
     del params, extra_args
     _check_pseudo_residual(pseudo_residual, hyperparameters)
-    if initial_is_array:
+    if warn_initial_variances:
       warnings.warn(
           '`initial_variances` is read only by init: given as a JAX array '
           '(as optax.inject_hyperparams passes a NumPy array), a change '
@@ -1524,9 +1506,9 @@ def get_bayesian_subweights(
   def over_state(function: Callable[..., Any], *trees: Any) -> Any:
     """Maps over the state's leaves; masked leaves stay MaskedNode."""
     return jax.tree.map(
-        lambda first, *rest: first if _is_masked(first) else function(
-            first, *rest),
-        *trees, is_leaf=_is_masked)
+        lambda first, *rest: (first if subweight_state.is_masked(first)
+                               else function(first, *rest)),
+        *trees, is_leaf=subweight_state.is_masked)
 
   means = tuple(
       over_state(
@@ -1535,16 +1517,9 @@ def get_bayesian_subweights(
           if scaled_storage.is_scaled(leaf.dtype) else leaf, tree)
       for tree, scale in zip(state.means, state.mean_scales))
 
-  def prior_part(first_mean: jax.Array, param: jax.Array,
-                 *other_means: jax.Array) -> jax.Array:
-    parts = (first_mean, *other_means)
-    dtype = precision.compute_dtype(param.dtype, *(m.dtype for m in parts))
-    total = param.astype(dtype)
-    for mean in parts:
-      total = total - mean.astype(dtype)
-    return total.astype(param.dtype)
-
-  prior_mean = over_state(prior_part, means[0], params, *means[1:])
+  prior_mean = over_state(
+      lambda first, param, *rest: subweight_state.remainder(
+          param, (first, *rest)), means[0], params, *means[1:])
   # The state's variances are in units of the learned noise scale.
   noise_scale = jnp.exp(state.log_noise_scale)
   if state.factors:

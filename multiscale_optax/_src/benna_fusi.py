@@ -489,9 +489,8 @@ def _chain_leaf_update(
     inflow: Sequence[Any], outflow: Sequence[Any], input_scale: Any,
 ) -> tuple[jax.Array, list[jax.Array]]:
   """One leaf's increment of u_1 and its new chain u_1..u_n."""
-  if not (subweight_state.is_trainable(update.dtype)
-          and all(subweight_state.is_trainable(leaf.dtype)
-                  for leaf in stored)):
+  if not subweight_state.is_trainable(
+      update.dtype, *(leaf.dtype for leaf in stored)):
     # Integer and boolean leaves (counters, masks) are left alone.
     return jnp.zeros_like(update), stored
   compute_dtype = precision.compute_dtype(

@@ -27,7 +27,6 @@ from jax.typing import DTypeLike
 
 from multiscale_optax._src import ar1_prior
 from multiscale_optax._src import checks
-from multiscale_optax._src import kalman
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +53,8 @@ class OneOverFEnvironment:
     input_dim: :math:`d \ge 1`.
     initial_variances: :math:`s_j \ge 0`, the prior variance of each
       component at :math:`t = 0`; ``None`` means stationary,
-      :math:`q_j/(1-\rho_j^2)` (``AR1Prior.stationary_variances``), and 0
-      for a random walk: the environment starts it at zero (an
-      :class:`multiscale_optax.AR1Prior` asks for it instead; build an
+      :math:`q_j/(1-\rho_j^2)`, and 0 for a random walk, which starts at
+      its mean: the one rule of :class:`multiscale_optax.AR1Prior` (build an
       environment from one with :meth:`from_prior`).
 
   Raises:
@@ -83,22 +81,16 @@ class OneOverFEnvironment:
 
   def __post_init__(self) -> None:
     # The same rules as for the learner's rates, so that every environment
-    # has a steady-state filter.
-    decays, variances = kalman.validate(
-        self.decays, self.process_variances, self.noise_variance,
-        self.input_dim, False)
-    if any(checks.is_traced(value) for value in (*decays, *variances)) or (
-        checks.is_traced(self.noise_variance)):
+    # has a steady-state filter; initial variances by the one AR(1) rule
+    # (AR1Prior: stationary, and 0 for a random walk).
+    prior = ar1_prior.AR1Prior(
+        self.decays, self.process_variances, self.initial_variances)
+    ar1_prior.check_filterable(prior, self.noise_variance)
+    checks.check_integer(self.input_dim, 'input_dim', low=1)
+    if any(checks.is_traced(value) for value in (
+        *prior.decays, *prior.process_variances)) or (
+            checks.is_traced(self.noise_variance)):
       raise TypeError('An environment must be built from concrete values.')
-    initial = self.initial_variances
-    if initial is None:
-      # An environment's random walk starts at zero (an AR1Prior asks for
-      # its initial variance explicitly).
-      initial = tuple(
-          0.0 if decay == 1.0 else ar1_prior.stationary_variance(
-              decay, variance)
-          for decay, variance in zip(decays, variances, strict=True))
-    prior = ar1_prior.AR1Prior(decays, variances, initial)
     object.__setattr__(self, 'decays', prior.decays)
     object.__setattr__(self, 'process_variances', prior.process_variances)
     object.__setattr__(self, 'noise_variance', float(self.noise_variance))

@@ -376,8 +376,8 @@ def _grid_runner(
   def run(params: Any, batches: Any,
           multiplier: jax.Array) -> tuple[jax.Array, ...]:
     init, scored_update = bayesian._scored_learner(
-        decays, tuple(process * multiplier), noise,
-        tuple(initial * multiplier), rank=rank,
+        ar1_prior.AR1Prior(decays, tuple(process * multiplier),
+                           tuple(initial * multiplier)), noise, rank=rank,
         variance_update=settings.get('variance_update'),
         learn_prior=False, learn_noise_variance=False,
         prior_learning_rate=0.0, prior_window=100.0,

@@ -138,41 +138,8 @@ class SteadyStateKalman(NamedTuple):
   residual: jax.Array
 
 
-def validate(
-    decays: Any,
-    process_variances: Any,
-    noise_variance: Any,
-    input_dim: Any,
-    input_normalization: Any,
-) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-  """Checks the environment's hyperparameters (shared with environments).
-
-  Returns:
-    The entries of ``decays`` and ``process_variances`` (see
-    :func:`checks.vector_entries`).
-
-  Raises:
-    TypeError, ValueError: as :func:`steady_state_kalman`.
-  """
-  decay_entries, variance_entries = checks.decays_and_process_variances(
-      decays, process_variances, lowest_decay=0.0)
-  concrete = [d for d in decay_entries if not checks.is_traced(d)]
-  if len(set(concrete)) != len(concrete):
-    raise ValueError(
-        f'`decays` must be distinct (components with equal decays are '
-        f'indistinguishable; merge them by adding their process variances), '
-        f'got {list(decay_entries)}.')
-  for index, (decay, variance) in enumerate(
-      zip(decay_entries, variance_entries, strict=True)):
-    if (not checks.is_traced(decay) and not checks.is_traced(variance)
-        and decay == 1.0 and variance == 0.0):
-      raise ValueError(
-          f'`process_variances[{index}]` must be positive where the decay is '
-          '1 (a random walk without innovations is a constant, which has no '
-          'steady-state filter).')
-  checks.check_scalar(
-      noise_variance, 'noise_variance', low=0.0, high=np.inf,
-      low_inclusive=False, high_inclusive=False)
+def _check_inputs(input_dim: Any, input_normalization: Any) -> None:
+  """Checks the inputs' dimension and the normalisation flag."""
   input_dim = checks.check_integer(input_dim, 'input_dim', low=1)
   input_normalization = checks.check_bool(
       input_normalization, 'input_normalization')
@@ -181,7 +148,6 @@ def validate(
         '`input_normalization=True` needs `input_dim` of 1 or at least 3: for '
         'x ~ N(0, I_2) the normalised update has infinite variance '
         '(E[1/|x|^2] diverges).')
-  return decay_entries, variance_entries
 
 
 def _solve_riccati(
@@ -387,20 +353,22 @@ def steady_state_kalman(
     Jones, `Learning at Multiple Timescales
     <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022, eq. (1) and §6.
   """
-  decays, process_variances, _, noise_variance = ar1_prior.arguments(
+  ar1, noise_variance = ar1_prior.arguments(
       prior, decays, process_variances, noise_variance)
-  decay_entries, variance_entries = validate(
-      decays, process_variances, noise_variance, input_dim,
-      input_normalization)
+  ar1_prior.check_filterable(ar1, noise_variance)
+  _check_inputs(input_dim, input_normalization)
+  decay_entries, variance_entries = ar1.decays, ar1.process_variances
   dtype = jnp.result_type(float)
   concrete = not any(checks.is_traced(entry) for entry in (
       *decay_entries, *variance_entries, noise_variance))
   if not concrete:
     return _steady_state(
-        jnp.asarray(decays, dtype), jnp.asarray(process_variances, dtype),
+        jnp.asarray(decay_entries, dtype),
+        jnp.asarray(variance_entries, dtype),
         jnp.asarray(noise_variance, dtype), int(input_dim),
         bool(input_normalization))
-  # validate() refused complex and boolean values, which ArrayLike admits.
+  # check_filterable() refused complex and boolean values (ArrayLike
+  # admits them).
   real_noise_variance = cast(SupportsFloat, noise_variance)
   # Concrete inputs are solved in float64 whatever the default dtype, so
   # that float32 users get the float64 answer rounded once (a float32
@@ -598,15 +566,16 @@ def kalman_learning_rates(
     <https://arxiv.org/abs/2211.10311>`_, NeurIPS 2022, eq. (1) and §6.
   """
   dtype = jnp.result_type(float)
-  decays, process_variances, _, noise_variance = ar1_prior.arguments(
+  ar1, noise_variance = ar1_prior.arguments(
       prior, decays, process_variances, noise_variance)
-  decay_entries, variance_entries = validate(
-      decays, process_variances, noise_variance, input_dim,
-      input_normalization)
+  ar1_prior.check_filterable(ar1, noise_variance)
+  _check_inputs(input_dim, input_normalization)
+  decay_entries, variance_entries = ar1.decays, ar1.process_variances
   if not any(checks.is_traced(entry) for entry in (
       *decay_entries, *variance_entries, noise_variance)):
     # Concrete: the float64 rates, rounded once to the default dtype.
-    # validate() refused complex and boolean values, which ArrayLike admits.
+    # check_filterable() refused complex and boolean values (ArrayLike
+  # admits them).
     real_noise_variance = cast(SupportsFloat, noise_variance)
     with jax.enable_x64(True), jax.ensure_compile_time_eval():
       kalman = steady_state_kalman(
@@ -615,9 +584,9 @@ def kalman_learning_rates(
       rates = np.asarray(decay_entries) * np.asarray(kalman.gains)
     return jnp.asarray(rates, dtype)
   kalman = steady_state_kalman(
-      decays, process_variances, noise_variance, input_dim=input_dim,
+      prior=ar1, noise_variance=noise_variance, input_dim=input_dim,
       input_normalization=input_normalization)
-  rates = jnp.asarray(decays, kalman.gains.dtype) * kalman.gains
+  rates = jnp.asarray(decay_entries, kalman.gains.dtype) * kalman.gains
   # Traced inputs cannot raise: a solve that did not converge gives NaN
   # rates rather than quietly wrong ones.
   return jnp.where(kalman.converged, rates, jnp.nan)

@@ -226,8 +226,7 @@ def _group_coefficients(
   coefficients = []
   for group in layout.stored_groups:
     decay = decay_entries[group[0]]
-    leak = 1.0 - decay if checks.is_traced(decay) else float(
-        np.float64(1.0) - np.float64(decay))
+    leak, _ = precision.leak(decay)
     coefficients.append(
         (_sum_entries(learning_rate_entries, group), leak, decay))
   return slow_rate, coefficients
@@ -256,8 +255,8 @@ def _leafwise_update(
     scale_steps: per stored subweight, its scale's step, or ``None`` for a
       state without scales.
   """
-  if not (subweight_state.is_trainable(update.dtype)
-          and all(subweight_state.is_trainable(leaf.dtype) for leaf in stored)):
+  if not subweight_state.is_trainable(
+      update.dtype, *(leaf.dtype for leaf in stored)):
     # Integer and boolean leaves (counters, masks) are left alone.
     return jnp.zeros_like(update), list(stored)
   compute_dtype = precision.compute_dtype(
@@ -684,19 +683,14 @@ def get_subweights(
     return leaf.astype(precision.compute_dtype(leaf.dtype))
 
   def parts(param: Any, *stored: Any) -> tuple[Any, ...]:
-    if any(_is_masked_node(leaf) for leaf in (param, *stored)):
+    if any(subweight_state.is_masked(leaf) for leaf in (param, *stored)):
       return (optax.MaskedNode(),) * (1 + len(stored))
     param = jnp.asarray(param)
-    if not (subweight_state.is_trainable(param.dtype)
-            and all(subweight_state.is_trainable(leaf.dtype)
-                    for leaf in stored)):
+    if not subweight_state.is_trainable(
+        param.dtype, *(leaf.dtype for leaf in stored)):
       return (param, *stored)
     values = [value_of(leaf, scale) for leaf, scale in zip(stored, scales)]
-    total = param.astype(precision.compute_dtype(param.dtype, *(
-        value.dtype for value in values)))
-    for value in values:
-      total = total - value
-    return (total.astype(param.dtype), *(
+    return (subweight_state.remainder(param, values), *(
         value.astype(leaf.dtype) for value, leaf in zip(values, stored)))
 
   # The learner's state decides which leaves it sees: masked ones are
@@ -704,7 +698,7 @@ def get_subweights(
   structure: treedefs.TreeDef
   if state.subweights:
     structure = jax.tree.structure(
-        state.subweights[0], is_leaf=_is_masked_node)
+        state.subweights[0], is_leaf=subweight_state.is_masked)
     param_leaves = structure.flatten_up_to(params)
     stored_leaves = [
         structure.flatten_up_to(tree) for tree in state.subweights]
@@ -719,7 +713,3 @@ def get_subweights(
       for index in range(1 + len(state.subweights)))
   return MultiscaleSubweights(
       decays=(1.0, *state.layout.group_decays), values=values)
-
-
-def _is_masked_node(node: Any) -> bool:
-  return isinstance(node, optax.MaskedNode)

@@ -74,3 +74,25 @@ def round_to_storage(value: jax.Array, dtype: DTypeLike) -> jax.Array:
     value = jax.lax.reduce_precision(
         value, exponent_bits=info.nexp, mantissa_bits=info.nmant)
   return value.astype(dtype)
+
+
+def leak(decay: Any) -> tuple[Any, Any]:
+  r""":math:`(1 - \gamma,\ 1 - \gamma^2)`, accurate for a decay near 1.
+
+  :math:`1 - \gamma^2` is written :math:`(1 - \gamma)(1 + \gamma)`, which
+  keeps the relative precision of :math:`1 - \gamma` (squaring first loses
+  it to the rounding of :math:`\gamma^2`). A concrete decay is subtracted
+  in float64 and returned as Python floats, so a narrower compute dtype
+  later rounds the difference once; a traced decay gives the same
+  arithmetic in its own dtype (no Python branch on its value).
+
+  Args:
+    decay: :math:`\gamma`, a Python or NumPy real or a traced scalar.
+
+  Returns:
+    ``(1 - decay, 1 - decay**2)``.
+  """
+  if isinstance(decay, jax.core.Tracer):
+    return 1.0 - decay, (1.0 - decay) * (1.0 + decay)
+  decay64 = np.float64(decay)
+  return float(1.0 - decay64), float((1.0 - decay64) * (1.0 + decay64))

@@ -39,16 +39,49 @@ LeafStep = Callable[
     [jax.Array, list[jax.Array]], tuple[jax.Array, list[jax.Array]]]
 
 
-def is_trainable(dtype: DTypeLike) -> bool:
-  """Whether a leaf of ``dtype`` is learned (integer and bool leaves are not).
+def is_trainable(*dtypes: DTypeLike) -> bool:
+  """Whether a leaf is learned: integer and bool leaves are not.
 
   Args:
-    dtype: the leaf's dtype.
+    *dtypes: the dtypes of the leaf's param (or update) and of every leaf
+      stored for it.
 
   Returns:
-    True for floating and complex dtypes.
+    True where every one is a floating or complex dtype.
   """
-  return bool(jnp.issubdtype(dtype, jnp.inexact))
+  return all(bool(jnp.issubdtype(dtype, jnp.inexact)) for dtype in dtypes)
+
+
+def is_masked(node: Any) -> bool:
+  """Whether ``node`` is ``optax.MaskedNode`` (a leaf ``optax.masked`` hides
+  from the transformation; its state holds the node in the leaf's place)."""
+  return isinstance(node, optax.MaskedNode)
+
+
+def remainder(param: jax.Array, parts: Sequence[jax.Array]) -> jax.Array:
+  r"""The part of a weight its stored parts do not hold.
+
+  .. math::
+
+    w - \sum_i \omega_i,
+
+  in the compute dtype of all of them (:func:`precision.compute_dtype`),
+  returned in the param's dtype: the slow part of
+  :func:`multiscale_optax.get_subweights` and the prior mean of
+  :func:`multiscale_optax.get_bayesian_subweights`.
+
+  Args:
+    param: the weight :math:`w`.
+    parts: the stored parts :math:`\omega_i`, each shaped like ``param``.
+
+  Returns:
+    :math:`w - \sum_i \omega_i` with the dtype of ``param``.
+  """
+  dtype = precision.compute_dtype(param.dtype, *(part.dtype for part in parts))
+  total = param.astype(dtype)
+  for part in parts:
+    total = total - part.astype(dtype)
+  return total.astype(param.dtype)
 
 
 def find_state(opt_state: Any, state_type: type[StateT]) -> StateT:
