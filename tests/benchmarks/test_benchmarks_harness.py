@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks import harness
 
-DOCS_EXT = pathlib.Path(__file__).resolve().parents[1] / 'docs' / '_ext'
+DOCS_EXT = pathlib.Path(__file__).resolve().parents[2] / 'docs' / '_ext'
 sys.path.insert(0, str(DOCS_EXT))
 import benchmark_tables  # noqa: E402
 
