@@ -263,8 +263,9 @@ def test_page_snippets_run(page):
     exec(compile(block, f'{page.name}[{index}]', 'exec'), namespace)
 
 
-# The renderer's own tests are in tests/benchmarks/test_benchmarks_harness.py; here,
-# that every results file the pages name renders.
+# The renderer's own tests are in
+# tests/benchmarks/test_benchmarks_harness.py; here, that every results file
+# the pages name renders.
 def test_every_table_and_value_on_the_pages_renders():
   count = 0
   for page in sorted(DOCS.glob('*.md')):
