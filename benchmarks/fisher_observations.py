@@ -178,7 +178,8 @@ def tune_and_evaluate(steps: int, data, test_seeds, log,
 
   return harness.tune_and_evaluate(
       learners(), score, tuning_seeds=[TUNING_SEED], test_seeds=test_seeds,
-      metric='online_accuracy', lower_is_better=False, log=log,
+      metric=f'online_accuracy_{_digits.STREAMS[0]}', lower_is_better=False,
+      log=log,
       evaluate=evaluate), runs
 
 
