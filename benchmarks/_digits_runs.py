@@ -249,7 +249,7 @@ def summary(values):
 
 def binned(curve, bin_steps):
   """An online-accuracy curve averaged over bins of ``bin_steps`` steps
-  (keeps the JSON small)."""
+  (keeps the JSON small), in float64 (pass a list of Python floats)."""
   return np.round(np.asarray(curve).reshape(-1, bin_steps).mean(axis=1),
                   4).tolist()
 
@@ -433,7 +433,8 @@ class LearnerRuns:
           **{metric: summary([m[metric] for m in per_seed])
              for metric in per_seed[0]},
           f'curve_mean_per_{self.config.block // 10}_steps': binned(
-              correct[positions].mean(axis=0), self.config.block // 10)}
+              correct[positions].mean(axis=0).tolist(),
+              self.config.block // 10)}
     return result
 
   def _tuning_fields(self, kind: str, point: dict[str, Any]) -> dict:
