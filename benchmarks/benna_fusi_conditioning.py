@@ -79,6 +79,55 @@ def finite_or_text(value: float) -> float | str:
   return value if math.isfinite(value) else str(value)
 
 
+def conditioning(lengths=range(2, 65)) -> dict[int, dict]:
+  """cond(V), whether ``benna_fusi_modes`` warned and the slowest decaying
+  mode's leak, per chain length (float64 must be enabled)."""
+  print('condition number of V (float64); warned: benna_fusi_modes warned '
+        'that it is ill-conditioned')
+  result = {}
+  for n in lengths:
+    capacities, conductances = mso.benna_fusi_defaults(n)
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter('always')
+      modes = mso.benna_fusi_modes(capacities, conductances)
+    result[n] = {
+        'condition_number': finite_or_text(float(modes.condition_number)),
+        'warned': any(issubclass(w.category, UserWarning) for w in caught),
+        # 1 - decay of the slowest decaying mode: 0 once it rounds to 1.
+        'second_mode_leak': float(1.0 - modes.decays[1]),
+    }
+  print(f'{"n":>3} {"cond(V)":>10} {"warned":>6} {"1 - decay[1]":>13}')
+  for n, row in result.items():
+    print(f'{n:>3} {float(row["condition_number"]):10.3e} '
+          f'{row["warned"]!s:>6} {row["second_mode_leak"]:13.3e}')
+  return result
+
+
+def float32_errors(n: int, learning_rate: float, targets) -> dict[str, float]:
+  """The float32 multiscale form's, the float32 chain's and the float64
+  multiscale form's weight error against the float64 chain of length ``n``
+  (float64 must be enabled)."""
+  capacities, conductances = mso.benna_fusi_defaults(n)
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', UserWarning)
+    modes = mso.benna_fusi_modes(
+        capacities, conductances, learning_rate=learning_rate)
+  rates = np.asarray(modes.learning_rates, np.float64).tolist()
+  decays = np.asarray(modes.decays, np.float64).tolist()
+  chain = mso.benna_fusi(capacities.tolist(), conductances.tolist(),
+                         learning_rate=learning_rate)
+  multiscale = mso.multiscale(rates, decays)
+  reference = trajectory(chain, jnp.float64, targets)
+  return {
+      'multiscale_float32': relative_error(
+          trajectory(multiscale, jnp.float32, targets), reference),
+      'chain_float32': relative_error(
+          trajectory(chain, jnp.float32, targets), reference),
+      'multiscale_float64': relative_error(
+          trajectory(multiscale, jnp.float64, targets), reference),
+  }
+
+
 def main(argv=None):
   parser = harness.parser(__doc__)
   parser.add_argument('--steps', type=int, default=100_000)
@@ -89,61 +138,22 @@ def main(argv=None):
   args = parser.parse_args(argv)
   steps = args.steps - args.steps % RECORD_EVERY
   started = time.perf_counter()
-  print(f'condition number of V (float64), threshold '
-        f'{mso._src.benna_fusi.CONDITION_WARNING_THRESHOLD:.0e}')
-  conditioning = {}
-  for n in range(2, 65):
-    capacities, conductances = mso.benna_fusi_defaults(n)
-    with warnings.catch_warnings(record=True) as caught:
-      warnings.simplefilter('always')
-      modes = mso.benna_fusi_modes(capacities, conductances)
-    conditioning[n] = {
-        'condition_number': finite_or_text(float(modes.condition_number)),
-        'warned': any(issubclass(w.category, UserWarning) for w in caught),
-        # 1 - decay of the slowest decaying mode: 0 once it rounds to 1.
-        'second_mode_leak': float(1.0 - modes.decays[1]),
-    }
-  print(f'{"n":>3} {"cond(V)":>10} {"warned":>6} {"1 - decay[1]":>13}')
-  for n, row in conditioning.items():
-    print(f'{n:>3} {float(row["condition_number"]):10.3e} '
-          f'{row["warned"]!s:>6} {row["second_mode_leak"]:13.3e}')
-
-  targets = target_stream(steps, args.seed)
-  errors = {}
-  start = time.perf_counter()
-  print(f'\nfloat32 weight error against the float64 chain, {steps:,d} '
-        'steps')
-  print(f'{"n":>3} {"cond(V)":>10} {"multiscale32":>12} {"chain32":>10} '
-        f'{"multiscale64":>12} {"seconds":>8}')
-  for n in args.lengths:
-    capacities, conductances = mso.benna_fusi_defaults(n)
-    with warnings.catch_warnings():
-      warnings.simplefilter('ignore', UserWarning)
-      modes = mso.benna_fusi_modes(
-          capacities, conductances, learning_rate=args.learning_rate)
-    rates = np.asarray(modes.learning_rates, np.float64).tolist()
-    decays = np.asarray(modes.decays, np.float64).tolist()
-    chain = mso.benna_fusi(capacities.tolist(), conductances.tolist(),
-                           learning_rate=args.learning_rate)
-    multiscale = mso.multiscale(rates, decays)
-    reference = trajectory(chain, jnp.float64, targets)
-    row = {
-        'multiscale_float32': relative_error(
-            trajectory(multiscale, jnp.float32, targets), reference),
-        'chain_float32': relative_error(
-            trajectory(chain, jnp.float32, targets), reference),
-        'multiscale_float64': relative_error(
-            trajectory(multiscale, jnp.float64, targets), reference),
-    }
-    errors[n] = row
-    print(f'{n:>3} {float(conditioning[n]["condition_number"]):10.3e} '
-          f'{row["multiscale_float32"]:12.2e} {row["chain_float32"]:10.2e} '
-          f'{row["multiscale_float64"]:12.2e} '
-          f'{time.perf_counter() - start:8.1f}', flush=True)
-  rows = []
-  for n, record in conditioning.items():
-    rows.append({'id': f'n{n}', 'label': str(n), 'n': n, **record,
-                 **errors.get(n, {})})
+  with jax.enable_x64(True):
+    record = conditioning()
+    targets = target_stream(steps, args.seed)
+    errors, start = {}, time.perf_counter()
+    print(f'\nfloat32 weight error against the float64 chain, {steps:,d} '
+          'steps')
+    print(f'{"n":>3} {"cond(V)":>10} {"multiscale32":>12} {"chain32":>10} '
+          f'{"multiscale64":>12} {"seconds":>8}')
+    for n in args.lengths:
+      errors[n] = row = float32_errors(n, args.learning_rate, targets)
+      print(f'{n:>3} {float(record[n]["condition_number"]):10.3e} '
+            f'{row["multiscale_float32"]:12.2e} {row["chain_float32"]:10.2e} '
+            f'{row["multiscale_float64"]:12.2e} '
+            f'{time.perf_counter() - start:8.1f}', flush=True)
+  rows = [{'id': f'n{n}', 'label': str(n), 'n': n, **values,
+           **errors.get(n, {})} for n, values in record.items()]
   document = harness.results_document(
       'benna_fusi_conditioning',
       config={'steps': steps, 'learning_rate': args.learning_rate},
@@ -152,5 +162,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  with jax.enable_x64(True):
-    main()
+  main()

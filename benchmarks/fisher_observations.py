@@ -9,7 +9,8 @@ from the model's predictive sets the information, a row carrying the
 observed label's gradient moves the mean; one extra backward pass, a
 :math:`2 \times 2` solve) and ``'empirical'`` (one row, the observed
 label's gradient). This benchmark runs the three side
-by side with Adam on the digits streams of ``online_digits.py``, one example
+by side with Adam on the digits streams of ``online_digits.py``
+(``benchmarks/_digits.py``), one example
 per step (batch 1), the whole stream in one ``jax.lax.scan``, and reports
 
 * online accuracy (the prediction for each example made before learning
@@ -24,10 +25,11 @@ mode: a permanent part (decay 1, initial variance 2/64) and 7 AR(1)
 subweights with timescales log-spaced from 1 to 1000 examples and equal
 stationary variances summing to 0.0215 (the one-prior drift variance that
 ``online_digits.py`` chose on its tuning seeds), the diagonal belief with the
-library's default rule. Adam's learning rate is tuned on a separate seed
-over ``ADAM_RATES`` (``harness.tune``: the best mean accuracy over the
-four streams on that seed). The MLP is ``online_digits.mlp_apply`` (64-64-10,
-ReLU). Issue goals: ``'sampled'`` within 1 point of ``'exact'`` on every
+library's default rule. The learners are ``harness.Learner`` entries run by
+``harness.tune_and_evaluate``: Adam's learning rate is tuned on a separate
+seed over ``ADAM_RATES`` (the best mean accuracy over the four streams on
+that seed); the Bayesian learners have nothing to tune. The MLP is
+``_digits.mlp_apply`` (64-64-10, ReLU). Issue goals: ``'sampled'`` within 1 point of ``'exact'`` on every
 stream, at no more than 1.5 times Adam's end-to-end step time.
 
 Usage::
@@ -55,8 +57,8 @@ import optax
 
 import multiscale_optax as mso
 from benchmarks import _digits
+from benchmarks import _digits_learners
 from benchmarks import harness
-from benchmarks import online_digits as digits
 
 MODES = ('exact', 'sampled', 'empirical')
 ADAM_RATES = (1e-3, 3e-3, 1e-2, 3e-2)
@@ -66,23 +68,38 @@ TUNING_SEED = 100
 
 def bayesian_optimizer() -> optax.GradientTransformationExtraArgs:
   """The fixed prior of the module docstring (batch of 1 example)."""
-  return digits._bayesian(1, drift_variance=DRIFT_VARIANCE)(DRIFT_VARIANCE)
+  return _digits_learners.bayesian(1)({'drift_variance': DRIFT_VARIANCE})
 
 
-def make_run(learner: str, steps: int, data, learning_rate: float = 0.0):
+def learners() -> list[harness.Learner]:
+  """Adam (learning rate tuned) and the three Fisher modes (nothing
+  tuned); ``build`` gives the transformation, ``fixed['fisher']`` the
+  observation (``None``: Adam's gradient of the cross-entropy)."""
+  return [
+      harness.Learner('adam', 'adam', lambda point: optax.adam(
+          point['learning_rate']), grid={'learning_rate': ADAM_RATES},
+                      fixed={'fisher': None},
+                      note='optax.adam, learning rate tuned'),
+      *(harness.Learner(mode, mode, lambda point: bayesian_optimizer(),
+                        fixed={'fisher': mode},
+                        note=f'bayesian_multiscale, fisher={mode!r}, the '
+                             'fixed prior')
+        for mode in MODES)]
+
+
+def make_run(optimizer: optax.GradientTransformation, fisher: str | None,
+             steps: int, data):
   """A jitted ``(init_key, noise_key, indices, tasks, permutations, angles)
-  -> correct`` for one stream: online correctness per example."""
+  -> correct`` for one stream: online correctness per example, learning
+  with ``optimizer`` from the gradient (``fisher=None``) or the categorical
+  observation with that ``fisher``."""
   (train_images, train_labels), _ = data
   train_images = jnp.asarray(train_images)
   train_labels = jnp.asarray(train_labels)
   apply_fn = _digits.mlp_apply
-  if learner == 'adam':
-    optimizer = optax.adam(learning_rate)
-  else:
-    optimizer = bayesian_optimizer()
 
   def learn(params, opt_state, image, label, key):
-    if learner == 'adam':
+    if fisher is None:
       def loss(params):
         logits = apply_fn(params, image)
         return optax.softmax_cross_entropy_with_integer_labels(
@@ -91,8 +108,8 @@ def make_run(learner: str, steps: int, data, learning_rate: float = 0.0):
       updates, opt_state = optimizer.update(grads, opt_state, params)
     else:
       info, grads, extra = mso.categorical_observation(
-          apply_fn, params, image, label, fisher=learner,
-          key=key if learner == 'sampled' else None)
+          apply_fn, params, image, label, fisher=fisher,
+          key=key if fisher == 'sampled' else None)
       logits = jnp.log(info.predictions)
       updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
     return logits, optax.apply_updates(params, updates), opt_state
@@ -130,24 +147,40 @@ def accuracy(run, kind, seed, steps, num_train) -> float:
   return float(jnp.mean(correct))
 
 
-def tune_adam(steps, data, num_train, log) -> float:
-  """Adam's learning rate: the best mean online accuracy over the streams
-  on ``TUNING_SEED`` (``harness.tune``; ties: the first rate)."""
+def tune_and_evaluate(steps: int, data, test_seeds, log,
+                      ) -> tuple[list[dict], dict]:
+  """Every learner's row (``harness.tune_and_evaluate``: Adam tuned by the
+  mean online accuracy over the streams on ``TUNING_SEED``, each row the
+  online accuracy per stream on the test seeds) and its compiled run."""
+  num_train = len(data[0][1])
+  runs = {}
+
+  def make(learner, point):
+    runs[learner.id] = make_run(learner.build(point), point['fisher'],
+                                steps, data)
+    return runs[learner.id]
 
   def score(learner, points, seeds):
-    del learner
     return np.asarray([[np.mean([
-        accuracy(make_run('adam', steps, data, point['learning_rate']),
-                 kind, seed, steps, num_train)
+        accuracy(make(learner, point), kind, seed, steps, num_train)
         for kind in _digits.STREAMS]) for seed in seeds] for point in points])
 
-  best, scores = harness.tune(
-      harness.Learner('adam', 'Adam', build=lambda point: point,
-                      grid={'learning_rate': ADAM_RATES}),
-      score, [TUNING_SEED], lower_is_better=False)
-  for rate, value in zip(ADAM_RATES, scores.mean(axis=1), strict=True):
-    log(f'  adam lr {rate:g}: tuning accuracy {value:.3f}')
-  return best['learning_rate']
+  def evaluate(learner, point, seeds):
+    run, fields = make(learner, point), {}
+    for kind in _digits.STREAMS:
+      values = [accuracy(run, kind, seed, steps, num_train) for seed in seeds]
+      fields[f'online_accuracy_{kind}'] = {
+          'mean': float(np.mean(values)), 'sd': float(np.std(values)),
+          'values': values}
+      log(f'{learner.id:10s} {kind:11s} online accuracy '
+          f'{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}')
+    return fields
+
+  return harness.tune_and_evaluate(
+      learners(), score, tuning_seeds=[TUNING_SEED], test_seeds=test_seeds,
+      metric=f'online_accuracy_{_digits.STREAMS[0]}', lower_is_better=False,
+      log=log,
+      evaluate=evaluate), runs
 
 
 def step_times(runs, steps, num_train, rounds):
@@ -165,6 +198,19 @@ def step_times(runs, steps, num_train, rounds):
   return {name: float(np.median(values)) for name, values in times.items()}
 
 
+def _points_behind_exact(rows: dict[str, dict]) -> None:
+  """Adds to the ``sampled`` row, next to each stream's accuracy, how many
+  points it is behind ``exact`` there."""
+  sampled = rows['sampled']
+  rows['sampled'] = {}
+  for key, value in sampled.items():
+    rows['sampled'][key] = value
+    if key.startswith('online_accuracy_'):
+      kind = key[len('online_accuracy_'):]
+      rows['sampled'][f'points_behind_exact_{kind}'] = 100 * (
+          rows['exact'][key]['mean'] - value['mean'])
+
+
 def main(argv=None) -> int:
   parser = harness.parser(__doc__)
   parser.add_argument('--steps', type=int, default=1500)
@@ -173,40 +219,19 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   if args.plot_only:
     parser.error('fisher_observations draws no figure (its rows are a table)')
-  stem = args.out or 'fisher_observations'
   started = time.perf_counter()
   data = _digits.load_data()
-  num_train = len(data[0][1])
-  adam_rate = tune_adam(args.steps, data, num_train, print)
-  runs = {'adam': make_run('adam', args.steps, data, adam_rate)}
-  runs.update({mode: make_run(mode, args.steps, data) for mode in MODES})
-  rows = {}
-  for name, run in runs.items():
-    rows[name] = {'id': name, 'label': name}
-    for kind in _digits.STREAMS:
-      values = [accuracy(run, kind, seed, args.steps, num_train)
-                for seed in range(args.test_seeds)]
-      rows[name][f'online_accuracy_{kind}'] = {
-          'mean': float(np.mean(values)), 'sd': float(np.std(values)),
-          'values': values}
-      print(f'{name:10s} {kind:11s} online accuracy '
-            f'{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}')
-  for kind in _digits.STREAMS:
-    gap = (rows['exact'][f'online_accuracy_{kind}']['mean']
-           - rows['sampled'][f'online_accuracy_{kind}']['mean'])
-    # Next to the stream's accuracy, as in the committed file.
-    sampled = rows['sampled']
-    rows['sampled'] = {}
-    for key, value in sampled.items():
-      rows['sampled'][key] = value
-      if key == f'online_accuracy_{kind}':
-        rows['sampled'][f'points_behind_exact_{kind}'] = 100 * gap
-  seconds = step_times(runs, args.steps, num_train, args.rounds)
+  rows_list, runs = tune_and_evaluate(args.steps, data,
+                                      range(args.test_seeds), print)
+  rows = {row['id']: row for row in rows_list}
+  _points_behind_exact(rows)
+  seconds = step_times(runs, args.steps, len(data[0][1]), args.rounds)
   for name in runs:
     rows[name]['seconds_per_step'] = seconds[name]
     rows[name]['ratio_to_adam'] = seconds[name] / seconds['adam']
     print(f'{name:10s} {1e3 * seconds[name]:.3f} ms per step, '
           f'{seconds[name] / seconds["adam"]:.2f} x Adam')
+  adam_rate = rows['adam']['hyperparameters']['learning_rate']
   document = harness.results_document(
       'fisher_observations', rows=list(rows.values()),
       seconds=time.perf_counter() - started,
@@ -215,7 +240,7 @@ def main(argv=None) -> int:
               'streams': list(_digits.STREAMS), 'rounds': args.rounds,
               'adam_rates': list(ADAM_RATES), 'adam_rate': adam_rate,
               'drift_variance': DRIFT_VARIANCE})
-  path = harness.write_results(stem, document)
+  path = harness.write_results(args.out or 'fisher_observations', document)
   print(f'wrote {path} in {document["seconds"]:.0f} s')
   return 0
 

@@ -133,79 +133,67 @@ def subweight_row(index: int, name: str) -> tuple[str, str]:
   return f'tau_{tau:g}', f'timescale {tau:g}'
 
 
-def main(argv=None):
-  parser = harness.parser(__doc__)
-  parser.add_argument('--steps', type=int, default=1_000_000)
-  parser.add_argument('--chunk', type=int, default=50_000)
-  parser.add_argument('--learning-rate', type=float, default=0.02)
-  parser.add_argument('--longest-timescale', type=float, default=1e5)
-  parser.add_argument('--seed', type=int, default=0)
-  args = parser.parse_args(argv)
-  timescales = mso.log_spaced_timescales(
-      1.0, args.longest_timescale,
-      int(np.rint(np.log10(args.longest_timescale))) + 1)
-  # name: (params dtype, transformation dtype, scaled_subweights)
-  variants = {
-      'closed_loop': {
-          'float64': (jnp.float64, jnp.float64, False),
-          'float32': (jnp.float32, jnp.float32, False),
-          'float32_scaled': (jnp.float32, jnp.float32, True),
-          'float32_params': (jnp.float32, jnp.float64, False),
-      },
-      'open_loop': {
-          'float64': (jnp.float64, jnp.float64, False),
-          'float32_transform': (jnp.float64, jnp.float32, False),
-          'float32_transform_scaled': (jnp.float64, jnp.float32, True),
-          'float32_params': (jnp.float32, jnp.float64, False),
-      },
-  }
+# name: (params dtype, transformation dtype, scaled_subweights), per mode.
+VARIANTS = {
+    'closed_loop': {
+        'float64': (jnp.float64, jnp.float64, False),
+        'float32': (jnp.float32, jnp.float32, False),
+        'float32_scaled': (jnp.float32, jnp.float32, True),
+        'float32_params': (jnp.float32, jnp.float64, False),
+    },
+    'open_loop': {
+        'float64': (jnp.float64, jnp.float64, False),
+        'float32_transform': (jnp.float64, jnp.float32, False),
+        'float32_transform_scaled': (jnp.float64, jnp.float32, True),
+        'float32_params': (jnp.float32, jnp.float64, False),
+    },
+}
+
+
+def run_mode(mode: str, timescales, args, start: float) -> dict[str, dict]:
+  """The largest drift from the float64 run of every variant of ``mode``
+  over ``args.steps`` steps, checked every ``args.chunk`` steps (float64
+  must be enabled)."""
+  variants = VARIANTS[mode]
+  runs, carries = {}, {}
+  for name, (param_dtype, transform_dtype, scaled) in variants.items():
+    optimizer = make_optimizer(timescales, args.learning_rate, scaled)
+    params = {'w': jnp.zeros(NUM_FEATURES, param_dtype),
+              'b': jnp.zeros([], param_dtype)}
+    # The state lives in the transformation's dtype, not the params'.
+    state = optimizer.init(optax.tree.cast(params, transform_dtype))
+    carries[name] = (params, state, jnp.zeros(
+        (len(TARGET_TIMESCALES), NUM_FEATURES), jnp.float32))
+    runs[name] = make_chunk(optimizer, param_dtype, transform_dtype,
+                            args.chunk, mode == 'open_loop')
+  drift = {name: {'params': 0.0, 'subweights': [0.0] * (len(timescales) + 1)}
+           for name in variants if name != 'float64'}
   base_key = jax.random.key(args.seed)
-  names = ['slow(1)'] + [f'tau={t:.0e}' for t in timescales]
-  results = {}
-  start = time.perf_counter()
-  for mode, mode_variants in variants.items():
-    print(f'{mode}: gradients '
-          + ('of the loss at the current params' if mode == 'closed_loop'
-             else 'from a fixed float32 stream (no feedback)'))
-    runs = {}
-    carries = {}
-    for name, (param_dtype, transform_dtype, scaled) in mode_variants.items():
-      optimizer = make_optimizer(timescales, args.learning_rate, scaled)
-      params = {
-          'w': jnp.zeros(NUM_FEATURES, param_dtype),
-          'b': jnp.zeros([], param_dtype)}
-      # The state lives in the transformation's dtype, not the params'.
-      state = optimizer.init(optax.tree.cast(params, transform_dtype))
-      carries[name] = (params, state, jnp.zeros(
-          (len(TARGET_TIMESCALES), NUM_FEATURES), jnp.float32))
-      runs[name] = make_chunk(
-          optimizer, param_dtype, transform_dtype, args.chunk,
-          mode == 'open_loop')
-    drift = {
-        name: {'params': 0.0, 'subweights': [0.0] * len(names)}
-        for name in mode_variants if name != 'float64'}
-    for first in range(0, args.steps, args.chunk):
-      for name in mode_variants:
-        carries[name] = runs[name](carries[name], first, base_key)
-      reference_params = np.asarray(carries['float64'][0]['w'], np.float64)
-      reference_subweights = subweight_values(*carries['float64'][:2])
-      for name in drift:
-        params, state, _ = carries[name]
-        drift[name]['params'] = max(drift[name]['params'], relative(
-            np.asarray(params['w'], np.float64), reference_params))
-        for index, (value, reference) in enumerate(zip(
-            subweight_values(params, state), reference_subweights)):
-          drift[name]['subweights'][index] = max(
-              drift[name]['subweights'][index], relative(value, reference))
-      done = first + args.chunk
-      worst = max(max(values['subweights']) for values in drift.values())
-      print(f'  step {done:>9,d}/{args.steps:,d}  '
-            f'{time.perf_counter() - start:6.1f} s  largest subweight drift '
-            f'so far {worst:.2e}', flush=True)
-    results[mode] = drift
+  for first in range(0, args.steps, args.chunk):
+    for name in variants:
+      carries[name] = runs[name](carries[name], first, base_key)
+    reference_params = np.asarray(carries['float64'][0]['w'], np.float64)
+    reference_subweights = subweight_values(*carries['float64'][:2])
+    for name, values in drift.items():
+      params, state, _ = carries[name]
+      values['params'] = max(values['params'], relative(
+          np.asarray(params['w'], np.float64), reference_params))
+      for index, (value, reference) in enumerate(zip(
+          subweight_values(params, state), reference_subweights)):
+        values['subweights'][index] = max(
+            values['subweights'][index], relative(value, reference))
+    worst = max(max(values['subweights']) for values in drift.values())
+    print(f'  step {first + args.chunk:>9,d}/{args.steps:,d}  '
+          f'{time.perf_counter() - start:6.1f} s  largest subweight drift '
+          f'so far {worst:.2e}', flush=True)
+  return drift
+
+
+def result_rows(results: dict[str, dict], names: list[str]) -> list[dict]:
+  """Prints the drift tables; one row for the params and one per
+  subweight, a column per (mode, variant)."""
   for mode, drift in results.items():
-    print(f'\n{mode}: max relative drift from float64 over '
-          f'{args.steps:,d} steps')
+    print(f'\n{mode}: max relative drift from float64')
     print(f'{"variant":<25} {"params":>9} '
           + ' '.join(f'{n:>9}' for n in names))
     for name, values in drift.items():
@@ -221,15 +209,38 @@ def main(argv=None):
     rows.append({'id': row_id, 'label': label, 'subweight': index,
                  **{column: values['subweights'][index]
                     for column, values in columns}})
+  return rows
+
+
+def main(argv=None):
+  parser = harness.parser(__doc__)
+  parser.add_argument('--steps', type=int, default=1_000_000)
+  parser.add_argument('--chunk', type=int, default=50_000)
+  parser.add_argument('--learning-rate', type=float, default=0.02)
+  parser.add_argument('--longest-timescale', type=float, default=1e5)
+  parser.add_argument('--seed', type=int, default=0)
+  args = parser.parse_args(argv)
+  timescales = mso.log_spaced_timescales(
+      1.0, args.longest_timescale,
+      int(np.rint(np.log10(args.longest_timescale))) + 1)
+  names = ['slow(1)'] + [f'tau={t:.0e}' for t in timescales]
+  start = time.perf_counter()
+  # The float64 reference and the float64 parts of the variants.
+  with jax.enable_x64(True):
+    results = {}
+    for mode in VARIANTS:
+      print(f'{mode}: gradients '
+            + ('of the loss at the current params' if mode == 'closed_loop'
+               else 'from a fixed float32 stream (no feedback)'))
+      results[mode] = run_mode(mode, timescales, args, start)
   document = harness.results_document(
       'long_run_precision',
       config={'steps': args.steps, 'chunk': args.chunk,
               'learning_rate': args.learning_rate,
               'timescales': [float(t) for t in timescales]},
-      rows=rows, seconds=time.perf_counter() - start)
+      rows=result_rows(results, names), seconds=time.perf_counter() - start)
   print(f"wrote {harness.write_results(args.out or 'long_run_precision', document)}")
 
 
 if __name__ == '__main__':
-  with jax.enable_x64(True):
-    main()
+  main()

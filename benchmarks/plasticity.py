@@ -225,16 +225,17 @@ def mlp_apply(params: list[dict[str, jax.Array]],
 
 
 # ---------------------------------------------------------------------------
-# Learners. ``build(hyper)`` gives a Method: ``init(params) -> state`` and
-# ``step(params, state, images, labels, key) -> (logits, params, state)``,
-# the logits those of the params *before* the step. Hyperparameters may be
-# traced (they are vmapped over grid points).
+# Learners: harness.Learner entries whose ``build(point)`` gives the optax
+# transformation; :func:`training` turns it and the point into the
+# ``init(params) -> state`` and ``step(params, state, images, labels, key)
+# -> (logits, params, state)`` a stream runs, the logits those of the params
+# *before* the step. The point's ``observation`` (``'gradient'``, the
+# default, or ``'categorical'``) and ``fisher`` say how a batch is observed;
+# ``strength`` (L2 Init) and ``shrink`` (shrink and perturb) add to a
+# gradient step. Numeric hyperparameters may be traced (they are vmapped
+# over grid points).
 
-
-@dataclasses.dataclass(frozen=True)
-class Method:
-  init: Callable[[jax.Array], Any]
-  step: Callable[..., tuple[jax.Array, jax.Array, Any]]
+TrainStep = tuple[Callable[[Any], Any], Callable[..., tuple[Any, Any, Any]]]
 
 
 def _loss(params, images, labels):
@@ -243,8 +244,8 @@ def _loss(params, images, labels):
   return jnp.mean(loss), logits
 
 
-def gradient_method(optimizer: optax.GradientTransformation, *,
-                    l2_init: Any = None, shrink: Any = None) -> Method:
+def gradient_training(optimizer: optax.GradientTransformation, *,
+                      l2_init: Any = None, shrink: Any = None) -> TrainStep:
   """An optax optimizer on the cross-entropy, optionally with L2 Init
   (:math:`\\lambda\\lVert\\theta-\\theta_0\\rVert^2` added to the loss) or
   shrink-and-perturb after every step."""
@@ -268,7 +269,41 @@ def gradient_method(optimizer: optax.GradientTransformation, *,
           lambda param, unit, epsilon: (1.0 - shrink) * param
           + scale * unit * epsilon, params, noise_sd_unit, noise)
     return logits, params, {'opt': opt_state, 'anchor': state['anchor']}
-  return Method(init, step)
+  return init, step
+
+
+def categorical_training(optimizer: optax.GradientTransformationExtraArgs,
+                         fisher: str) -> TrainStep:
+  """A Bayesian learner observing a batch one example at a time through
+  ``mso.categorical_observation(..., fisher=fisher)``: the prior advances
+  one step per example."""
+
+  def step(params, state, images, labels, key):
+    logits = mlp_apply(params, images)
+
+    def observe(carry, example):
+      params, state, key = carry
+      image, label = example
+      key, sample_key = jax.random.split(key)
+      _, grads, extra = mso.categorical_observation(
+          mlp_apply, params, image[None], label[None], fisher=fisher,
+          key=sample_key)
+      updates, state = optimizer.update(grads, state, params, **extra)
+      return (optax.apply_updates(params, updates), state, key), None
+
+    (params, state, _), _ = jax.lax.scan(
+        observe, (params, state, key), (images, labels))
+    return logits, params, state
+  return optimizer.init, step
+
+
+def training(optimizer: optax.GradientTransformation,
+             point: dict[str, Any]) -> TrainStep:
+  """How a learner built at ``point`` trains (the section's comment)."""
+  if point.get('observation', 'gradient') == 'categorical':
+    return categorical_training(optimizer, point['fisher'])
+  return gradient_training(optimizer, l2_init=point.get('strength'),
+                           shrink=point.get('shrink'))
 
 
 def multiscale_shape() -> tuple[np.ndarray, np.ndarray]:
@@ -293,6 +328,8 @@ def anchored_multiscale_shape() -> tuple[np.ndarray, np.ndarray]:
 
 def multiscale_method(scale: Any, adam: bool,
                       anchored: bool = False) -> optax.GradientTransformation:
+  """``mso.multiscale`` with the (anchored) subweights at total rate
+  ``scale``, on raw gradients or after ``scale_by_adam``."""
   decays, rates = (anchored_multiscale_shape() if anchored
                    else multiscale_shape())
   learner = mso.multiscale(scale * jnp.asarray(rates, jnp.float32), decays)
@@ -301,98 +338,87 @@ def multiscale_method(scale: Any, adam: bool,
   return learner
 
 
-def bayesian_prior() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Decays, process variances and initial variances of the Bayesian prior
-  (module docstring): permanent random walk first, then the AR(1) parts."""
+def bayesian_prior() -> mso.AR1Prior:
+  """The Bayesian prior (module docstring): a permanent random walk first,
+  then the AR(1) parts, process variances :math:`\\propto 1/\\tau_i`, the
+  initial variances the stationary ones (the permanent part's that of the
+  slowest AR(1) part), scaled to sum to ``BAYES_TOTAL_VARIANCE``."""
   timescales = mso.log_spaced_timescales(*TIMESCALES)
   ar_decays = np.exp(-1.0 / timescales)
+  stationary = np.asarray(mso.AR1Prior(
+      ar_decays, 1.0 / timescales).stationary_variances)
   process = np.concatenate([[1.0 / timescales[-1]], 1.0 / timescales])
-  stationary = (1.0 / timescales) / (1.0 - ar_decays ** 2)
   initial = np.concatenate([[stationary[-1]], stationary])
   scale = BAYES_TOTAL_VARIANCE / np.sum(initial)
-  return (np.concatenate([[1.0], ar_decays]), scale * process,
-          scale * initial)
+  return mso.AR1Prior(np.concatenate([[1.0], ar_decays]), scale * process,
+                      scale * initial)
 
 
-def bayesian_method(fisher: str) -> Method:
-  decays, process, initial = bayesian_prior()
-  optimizer = mso.bayesian_multiscale(decays, process, 1.0,
-                                      initial_variances=initial)
-
-  def step(params, state, images, labels, key):
-    logits = mlp_apply(params, images)
-
-    # One example at a time: the prior advances one step per example.
-    def observe(carry, example):
-      params, state, key = carry
-      image, label = example
-      key, sample_key = jax.random.split(key)
-      _, grads, extra = mso.categorical_observation(
-          mlp_apply, params, image[None], label[None], fisher=fisher,
-          key=sample_key)
-      updates, state = optimizer.update(grads, state, params, **extra)
-      return (optax.apply_updates(params, updates), state, key), None
-
-    (params, state, _), _ = jax.lax.scan(
-        observe, (params, state, key), (images, labels))
-    return logits, params, state
-  return Method(optimizer.init, step)
+def bayesian_optimizer() -> optax.GradientTransformationExtraArgs:
+  """``mso.bayesian_multiscale`` (diagonal, default rule) with the prior of
+  :func:`bayesian_prior`."""
+  return mso.bayesian_multiscale(prior=bayesian_prior(), noise_variance=1.0)
 
 
-def learners() -> list[harness.Learner]:
-  decays, rates = multiscale_shape()
-  _, anchored_rates = anchored_multiscale_shape()
-  timescales = (f'{TIMESCALES[0]:g}..{TIMESCALES[1]:g} steps '
-                f'({TIMESCALES[2]} log-spaced)')
-  prior_decays, process, initial = bayesian_prior()
+def _gradient_learners(timescales: str) -> list[harness.Learner]:
+  """SGD, Adam, L2 Init and shrink and perturb."""
   return [
       harness.Learner(
-          'sgd', 'SGD', lambda h: gradient_method(optax.sgd(h['lr'])),
+          'sgd', 'SGD', lambda h: optax.sgd(h['lr']),
           grid={'lr': harness.log_grid(3e-3, 1e-1, 4)},
           note='optax.sgd, learning rate tuned'),
       harness.Learner(
-          'adam', 'Adam', lambda h: gradient_method(optax.adam(h['lr'])),
+          'adam', 'Adam', lambda h: optax.adam(h['lr']),
           grid={'lr': harness.log_grid(1e-4, 3e-3, 4)},
           note='optax.adam, learning rate tuned'),
       harness.Learner(
-          'l2_init', 'L2 Init (Adam)',
-          lambda h: gradient_method(optax.adam(h['lr']),
-                                    l2_init=h['strength']),
+          'l2_init', 'L2 Init (Adam)', lambda h: optax.adam(h['lr']),
           grid={'lr': harness.log_grid(3e-4, 1e-2, 4),
                 'strength': harness.log_grid(1e-4, 1e-1, 4)},
           note='Adam on loss + strength * |theta - theta_0|^2 (Kumar et '
                'al.); learning rate and strength tuned'),
       harness.Learner(
           'multiscale_l2_init', 'multiscale L2 Init (SGD)',
-          lambda h: gradient_method(
-              multiscale_method(h['scale'], False, anchored=True)),
+          lambda h: multiscale_method(h['scale'], False, anchored=True),
           grid={'scale': harness.log_grid(1e-2, 1e-1, 4)},
           note=f'mso.multiscale on gradients: the initial params as a '
                f'permanent part with rate 0 + timescales {timescales}, '
                'equal rates summing to scale (with one subweight this is '
                'mso.from_l2_init); scale tuned',
-          meta={'decays': decays, 'relative_rates': anchored_rates}),
+          meta={'decays': multiscale_shape()[0],
+                'relative_rates': anchored_multiscale_shape()[1]}),
       harness.Learner(
           'multiscale_l2_init_adam', 'multiscale L2 Init (Adam)',
-          lambda h: gradient_method(
-              multiscale_method(h['scale'], True, anchored=True)),
+          lambda h: multiscale_method(h['scale'], True, anchored=True),
           grid={'scale': harness.log_grid(1e-4, 1e-2, 5)},
           note='scale_by_adam -> mso.multiscale with the same anchored '
                'subweights (the pull toward the initial params is '
                'decoupled from Adam); scale tuned',
-          meta={'decays': decays, 'relative_rates': anchored_rates}),
+          meta={'decays': multiscale_shape()[0],
+                'relative_rates': anchored_multiscale_shape()[1]}),
       harness.Learner(
           'shrink_perturb', 'shrink and perturb (SGD)',
-          lambda h: gradient_method(optax.sgd(h['lr']), shrink=h['shrink']),
+          lambda h: optax.sgd(h['lr']),
           grid={'lr': harness.log_grid(1e-2, 1e-1, 3),
                 'shrink': harness.log_grid(1e-5, 1e-3, 3)},
           note='SGD step, then theta <- (1 - shrink) theta + sigma eps every '
                'step, sigma^2 = shrink (2 - shrink) * He variance (so the '
                'weights relax to the initial distribution); learning rate '
                'and shrink tuned'),
+  ]
+
+
+def learners() -> list[harness.Learner]:
+  """The registry (module docstring), in the order of the rows."""
+  decays, rates = multiscale_shape()
+  timescales = (f'{TIMESCALES[0]:g}..{TIMESCALES[1]:g} steps '
+                f'({TIMESCALES[2]} log-spaced)')
+  prior = bayesian_prior()
+  return [
+      *_gradient_learners(timescales),
       harness.Learner(
           'multiscale', 'multiscale (SGD)',
-          lambda h: gradient_method(multiscale_method(h['scale'], False)),
+          lambda h: multiscale_method(h['scale'], False),
           grid={'scale': harness.log_grid(1e-2, 1e-1, 4)},
           note=f'mso.multiscale on gradients: permanent part + timescales '
                f'{timescales}, equal rates summing to scale (the total '
@@ -400,23 +426,23 @@ def learners() -> list[harness.Learner]:
           meta={'decays': decays, 'relative_rates': rates}),
       harness.Learner(
           'multiscale_adam', 'multiscale (Adam)',
-          lambda h: gradient_method(multiscale_method(h['scale'], True)),
+          lambda h: multiscale_method(h['scale'], True),
           grid={'scale': harness.log_grid(1e-4, 1e-2, 5)},
           note='scale_by_adam -> mso.multiscale with the same subweights; '
                'scale tuned',
           meta={'decays': decays, 'relative_rates': rates}),
       harness.Learner(
           'bayesian_multiscale', 'Bayesian multiscale',
-          lambda h: bayesian_method(h['fisher']),
-          fixed={'fisher': 'exact'},
+          lambda h: bayesian_optimizer(),
+          fixed={'observation': 'categorical', 'fisher': 'exact'},
           note='mso.bayesian_multiscale (diagonal, default variance rule) '
                "with categorical_observation(fisher='exact'), one "
                'example at a time; prior fixed a priori: random-walk '
                f'permanent part + timescales {timescales}, q_i ~ 1/tau_i, '
                'stationary initial variances summing to 2/64; nothing tuned',
-          meta={'prior': {'decays': prior_decays,
-                          'process_variances': process,
-                          'initial_variances': initial}}),
+          meta={'prior': {'decays': prior.decays,
+                          'process_variances': prior.process_variances,
+                          'initial_variances': prior.initial_variances}}),
   ]
 
 
@@ -424,7 +450,7 @@ def learners() -> list[harness.Learner]:
 # Running a stream.
 
 
-def run_stream(method: Method, key: jax.Array, images: jax.Array,
+def run_stream(train: TrainStep, key: jax.Array, images: jax.Array,
                labels: jax.Array, permutations: jax.Array,
                indices: jax.Array, batch: int) -> jax.Array:
   """Online accuracy per task, ``(tasks,)``, of one learner on one stream.
@@ -446,7 +472,7 @@ def run_stream(method: Method, key: jax.Array, images: jax.Array,
       key, step_key = jax.random.split(key)
       batch_images = images[batch_indices][:, permutation]
       batch_labels = labels[batch_indices]
-      logits, params, state = method.step(
+      logits, params, state = train[1](
           params, state, batch_images, batch_labels, step_key)
       correct = jnp.sum(jnp.argmax(logits, -1) == batch_labels)
       return (params, state, key), correct
@@ -454,7 +480,7 @@ def run_stream(method: Method, key: jax.Array, images: jax.Array,
     carry, correct = jax.lax.scan(step, carry, task_batches)
     return carry, jnp.sum(correct) / examples
 
-  carry = (params, method.init(params), key)
+  carry = (params, train[0](params), key)
   _, accuracy = jax.lax.scan(task, carry, (permutations, batches))
   return accuracy
 
@@ -480,8 +506,8 @@ def run_learner(learner: harness.Learner, points: Sequence[dict[str, Any]],
   images, labels = jnp.asarray(images), jnp.asarray(labels)
 
   def single(hyper, key, permutations, indices):
-    method = learner.build({**static, **hyper})
-    return run_stream(method, key, images, labels, permutations, indices,
+    point = {**static, **hyper}
+    return run_stream(training(learner.build(point), point), key, images, labels, permutations, indices,
                       config.batch)
 
   accuracy = jax.jit(jax.vmap(single))(hyper, keys, jnp.asarray(permutations),

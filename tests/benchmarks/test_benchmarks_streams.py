@@ -15,6 +15,8 @@ import pytest
 from hypothesis import strategies as st
 
 from benchmarks import _digits
+from benchmarks import _digits_learners
+from benchmarks import _digits_runs
 from benchmarks import trump_approval
 
 requires_river = pytest.mark.skipif(
@@ -216,3 +218,49 @@ def test_default_prior_is_the_one_the_docstring_states():
       initial[1:], process[1:] / (1.0 - decays[1:] ** 2), rtol=1e-12)
   np.testing.assert_allclose(initial[0], initial[-1], rtol=1e-12)
   np.testing.assert_allclose(np.sum(initial), 1.0, rtol=1e-12)
+
+
+def test_digits_prior_is_stationary_with_equal_variances_summing_to_drift():
+  prior = _digits_learners.bayesian_prior(16, 0.07)
+  timescales = np.geomspace(*_digits_learners.BAYES_TIMESCALES) * 16
+  np.testing.assert_allclose(prior.decays[1:], np.exp(-1.0 / timescales),
+                             rtol=1e-12)
+  assert prior.decays[0] == 1.0 and prior.process_variances[0] == 0.0
+  assert prior.initial_variances[0] == _digits_learners.BAYES_PERMANENT_VARIANCE
+  np.testing.assert_allclose(prior.initial_variances[1:], 0.01, rtol=1e-6)
+  # float32 q = v (1 - gamma^2): stationary to float32 rounding of 1 - gamma^2.
+  np.testing.assert_allclose(prior.stationary_variances[1:], 0.01,
+                             rtol=1e-3)
+
+
+def test_digits_runs_tune_per_stream_and_share_one_choice():
+  config = _digits_runs.Config(
+      steps=100, batch=4, block=100, num_learning_rates=2,
+      tuning_seeds=(100,), evaluation_seeds=(0,), models=('mlp',),
+      ablations=False, bayesian_models=('mlp',), bayesian_tuning_seeds=(100,),
+      bayesian_evaluation_seeds=(0,), bayesian_num_grid=2)
+  rows, _ = _digits_runs.benchmark(
+      config, log=lambda *a, **k: None, names=('sgd', 'bayesian_multiscale'))
+  assert [row['id'] for row in rows] == [
+      f'mlp/{kind}/{name}' for kind in _digits.STREAMS
+      for name in ('sgd', 'bayesian_multiscale')]
+  shared = [row for row in rows if row['learner'] == 'bayesian_multiscale']
+  first = f'mlp/{_digits.STREAMS[0]}/bayesian_multiscale'
+  assert shared[0]['tuned'] and 'reused_from' not in shared[0]
+  assert all(row['reused_from'] == first for row in shared[1:])
+  assert len({row['learning_rate'] for row in shared}) == 1
+  # The shared point is the best mean tuning accuracy over the streams.
+  means = np.mean([row['tuning_online_accuracy_per_rate'] for row in shared],
+                  axis=0)
+  assert shared[0]['learning_rate'] == shared[0]['learning_rate_grid'][
+      int(np.argmax(means))]
+  for row in rows:
+    if row['learner'] == 'sgd':
+      accuracy = row['tuning_online_accuracy_per_rate']
+      assert row['learning_rate'] == row['learning_rate_grid'][
+          int(np.argmax(accuracy))]
+    assert row['hyperparameters'][
+        'learning_rate' if row['learner'] == 'sgd' else 'drift_variance'
+    ] == row['learning_rate']
+    assert 0.0 <= row['online_accuracy']['mean'] <= 1.0
+    assert len(row['curve_mean_per_10_steps']) == 10

@@ -41,28 +41,29 @@ def test_accuracy_is_online_predict_before_learn():
     logits = jax.nn.one_hot(jnp.full(labels.shape, state), 10)
     return logits, params, labels[-1]
 
-  method = plasticity.Method(init, step)
   images = jnp.zeros((6, 64))
   labels = jnp.asarray([1, 1, 2, 2, 2, 3])
   indices = jnp.arange(6)[None]
   accuracy = plasticity.run_stream(
-      method, jax.random.key(0), images, labels, jnp.arange(64)[None],
+      (init, step), jax.random.key(0), images, labels, jnp.arange(64)[None],
       indices, 1)
   np.testing.assert_allclose(accuracy, [3 / 6])
 
 
-@pytest.mark.parametrize('method', [
-    plasticity.gradient_method(optax.sgd(0.5)),
-    plasticity.gradient_method(optax.adam(0.1), l2_init=0.01),
-    plasticity.gradient_method(optax.sgd(0.5), shrink=0.01),
-    plasticity.bayesian_method('exact'),
+@pytest.mark.parametrize('optimizer, point', [
+    (optax.sgd(0.5), {}),
+    (optax.adam(0.1), {'strength': 0.01}),
+    (optax.sgd(0.5), {'shrink': 0.01}),
+    (plasticity.bayesian_optimizer(),
+     {'observation': 'categorical', 'fisher': 'exact'}),
 ])
-def test_steps_return_the_logits_before_learning(method):
+def test_steps_return_the_logits_before_learning(optimizer, point):
+  init, step = plasticity.training(optimizer, point)
   params = plasticity.mlp_init(jax.random.key(1))
   images, labels = plasticity.load_images()
   images, labels = jnp.asarray(images[:2]), jnp.asarray(labels[:2])
-  logits, new_params, _ = method.step(
-      params, method.init(params), images, labels, jax.random.key(2))
+  logits, new_params, _ = step(
+      params, init(params), images, labels, jax.random.key(2))
   np.testing.assert_allclose(logits, plasticity.mlp_apply(params, images),
                              rtol=1e-6)
   assert not all(
@@ -118,13 +119,13 @@ def test_model_is_the_he_initialised_mlp():
 def test_shrink_and_perturb_keeps_the_initial_distribution():
   # Without gradients (lr 0) the weights are AR(1) with stationary
   # variance sigma^2 / (1 - (1 - shrink)^2) = the He variance.
-  method = plasticity.gradient_method(optax.sgd(0.0), shrink=0.5)
+  init, step = plasticity.gradient_training(optax.sgd(0.0), shrink=0.5)
   params = plasticity.mlp_init(jax.random.key(1))
-  state = method.init(params)
+  state = init(params)
   images, labels = plasticity.load_images()
   images, labels = jnp.asarray(images[:1]), jnp.asarray(labels[:1])
   for step_key in jax.random.split(jax.random.key(2), 20):
-    _, params, state = method.step(params, state, images, labels, step_key)
+    _, params, state = step(params, state, images, labels, step_key)
   for layer in params:
     fan_in = layer['weights'].shape[0]
     count = layer['weights'].size
@@ -134,7 +135,10 @@ def test_shrink_and_perturb_keeps_the_initial_distribution():
 
 
 def test_bayesian_prior_sums_to_the_he_variance():
-  decays, process, initial = plasticity.bayesian_prior()
+  prior = plasticity.bayesian_prior()
+  decays, process, initial = (np.asarray(prior.decays),
+                              np.asarray(prior.process_variances),
+                              np.asarray(prior.initial_variances))
   assert decays[0] == 1.0 and process[0] > 0  # a random-walk permanent part
   np.testing.assert_allclose(initial.sum(), 2 / 64)
   np.testing.assert_allclose(initial[1:], process[1:] / (1 - decays[1:] ** 2))
@@ -147,14 +151,14 @@ def test_anchored_multiscale_keeps_the_initial_params_as_permanent_part(adam):
   np.testing.assert_array_equal(decays, plain_decays)
   assert decays[0] == 1.0 and rates[0] == 0.0
   np.testing.assert_allclose(rates[1:], 1.0 / (len(rates) - 1))
-  method = plasticity.gradient_method(
+  init, step = plasticity.gradient_training(
       plasticity.multiscale_method(1e-3 if adam else 0.05, adam,
                                    anchored=True))
   initial = plasticity.mlp_init(jax.random.key(1))
-  params, state = initial, method.init(initial)
+  params, state = initial, init(initial)
   images, labels = plasticity.load_images()
   for start in range(0, 20, 2):
-    _, params, state = method.step(
+    _, params, state = step(
         params, state, jnp.asarray(images[start:start + 2]),
         jnp.asarray(labels[start:start + 2]), jax.random.key(start))
   permanent = mso.get_subweights(params, state['opt']).values[0]
