@@ -148,6 +148,7 @@ import optax
 
 import multiscale_optax as mso
 from benchmarks import _beliefs
+from benchmarks import _online_regression
 from benchmarks import harness
 
 STREAMS = ('five_of_twenty', 'idbd')
@@ -300,19 +301,8 @@ def kalman_runner(kind: str, variant: str) -> Callable[[Streams], dict]:
 @jax.jit
 @functools.partial(jax.vmap, in_axes=(None, 0, 0))
 def _lms(rate, inputs, targets):
-  optimizer = optax.sgd(rate)
-
-  def step(carry, example):
-    params, state = carry
-    x, y = example
-    prediction = x @ params
-    updates, state = optimizer.update(-x * (y - prediction), state, params)
-    return (optax.apply_updates(params, updates), state), prediction
-
-  params = jnp.zeros(inputs.shape[-1], inputs.dtype)
-  _, predictions = jax.lax.scan(
-      step, (params, optimizer.init(params)), (inputs, targets))
-  return predictions
+  return _online_regression.online_regression(
+      optax.sgd(rate), inputs, targets, extra_args=()).predictions
 
 
 @jax.jit
@@ -360,30 +350,14 @@ def idbd_runner(point: dict) -> Callable[[Streams], dict]:
 
 
 def _online(optimizer, noise_variance, inputs, targets, log_scales=None):
-  """One stream through a Bayesian learner (tests/helpers.py's
-  online_regression); returns the predictions and the final log scales.
-  ``log_scales``: per-weight log scales to start from (with
-  ``learn_prior='per_weight'`` and a zero rate: scales set, not learned)."""
-
-  def step(carry, example):
-    params, state = carry
-    x, y = example
-    prediction = x @ params
-    error = y - prediction
-    updates, state = optimizer.update(
-        -x * error / noise_variance, state, params, jacobian=x,
-        residual=error)
-    return (optax.apply_updates(params, updates), state), prediction
-
-  params = jnp.zeros(inputs.shape[-1], inputs.dtype)
-  state = optimizer.init(params)
-  if log_scales is not None:
-    state = state._replace(log_process_scale=jnp.asarray(
-        log_scales, state.log_process_scale.dtype))
-  (_, state), predictions = jax.lax.scan(
-      step, (params, state), (inputs, targets))
-  scale = jnp.broadcast_to(state.log_process_scale, params.shape)
-  return predictions, scale, state.log_noise_scale
+  """One stream through a Bayesian learner; returns the predictions and the
+  final log scales (per weight) and log noise scale. ``log_scales``:
+  per-weight log scales to start from (with ``learn_prior='per_weight'``
+  and a zero rate: scales set, not learned)."""
+  run = _online_regression.online_regression(
+      optimizer, inputs, targets, noise_variance, log_process_scale=log_scales)
+  scale = jnp.broadcast_to(run.state.log_process_scale, run.params.shape)
+  return run.predictions, scale, run.state.log_noise_scale
 
 
 # The recommended prior as first written (timescales from 1 step): a

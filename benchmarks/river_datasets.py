@@ -72,7 +72,9 @@ seeds); regression outputs one number, classification one logit per class
 * ``bayesian_multiscale`` with the **default prior** (below), diagonal and
   low-rank, nothing tuned.
 
-**Tuning**, as ``trump_approval.py`` does: a learner's grid point is chosen
+**Tuning**, as ``trump_approval.py`` does (every learner a
+``harness.Learner`` run by ``harness.tune_and_evaluate``, each grid point
+run once over the whole stream): a learner's grid point is chosen
 by its metric on the first quarter of the stream (``tune_fraction``); the
 row reports the metric of that point on the whole stream (river's number,
 which includes the tuning prefix, so mildly optimistic) as ``score`` and on
@@ -82,8 +84,8 @@ Shuttle, 49097 examples, to keep the default run near 10 minutes).
 
 **The default prior** of ``bayesian_multiscale``, one for every dataset,
 fixed before any dataset here was run and not tuned on any of them. For
-regression it is ``trump_approval.default_prior()`` unchanged (chosen
-there before TrumpApproval was run):
+regression it is ``_tabular.default_prior()``, the prior ``trump_approval.py``
+reports, unchanged (chosen before TrumpApproval was run):
 
 * the targets are standard-scaled online as river's
   ``TargetStandardScaler`` does (prediction :math:`m + s f(x)` with the
@@ -111,6 +113,10 @@ Usage::
 
   python -m benchmarks.river_datasets            # every dataset
   python -m benchmarks.river_datasets --plot-only
+  # a quick check: two datasets, their first 200 examples, fewer grid
+  # points and MLP seeds (no goal rows, no figure)
+  python -m benchmarks.river_datasets --datasets chickweights phishing \
+      --limit 200 --grid-points 3 --mlp-seeds 2 --out tmp_check
 
 Writes ``benchmarks/results/river_datasets.json`` and ``river_datasets.png``
 (the running metric of each dataset). Runs in float64.
@@ -120,7 +126,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import functools
 import itertools
 import math
 import sys
@@ -137,8 +142,8 @@ import optax
 
 import multiscale_optax as mso
 from benchmarks import _beliefs
+from benchmarks import _tabular
 from benchmarks import harness
-from benchmarks import trump_approval
 
 STEM = 'river_datasets'
 
@@ -203,7 +208,7 @@ LINEAR_TARGETS = {'trumpapproval': 0.24}
 
 # river's benchmark setting of LogisticRegression (benchmarks/config.py).
 RIVER_LOGISTIC_RATE = 0.005
-DEFAULT_TIMESCALES = trump_approval.DEFAULT_TIMESCALES
+DEFAULT_TIMESCALES = _tabular.DEFAULT_TIMESCALES
 DEFAULT_RANKS = {'diagonal': 0, 'lowrank': 10}
 
 
@@ -349,89 +354,34 @@ def river_metric(task: str):
   return metrics.MAE() if task == 'regression' else metrics.Accuracy()
 
 
-def river_run(name: str, model: Any) -> np.ndarray:
-  """river's running metric after every example, by river's own
-  ``evaluate.iter_progressive_val_score``; the last value is river's
-  ``progressive_val_score``."""
+def river_run(name: str, model: Any, limit: int | None = None) -> np.ndarray:
+  """river's running metric after every example (of the first ``limit``),
+  by river's own ``evaluate.iter_progressive_val_score``; the last value is
+  river's ``progressive_val_score``."""
   from river import evaluate  # pylint: disable=import-outside-toplevel
 
   task = DATASETS[name][1]
   steps = evaluate.iter_progressive_val_score(
-      river_examples(name), model, river_metric(task), step=1)
+      river_examples(name, limit), model, river_metric(task), step=1)
   return np.asarray([checkpoint[river_metric(task).__class__.__name__].get()
                      for checkpoint in steps])
 
 
 # ---------------------------------------------------------------------------
-# Models.
-
-
-def linear_init(key: jax.Array, num_features: int, hidden: int,
-                outputs: int) -> dict:
-  del key, hidden
-  shape = (num_features,) if outputs == 1 else (num_features, outputs)
-  return {'w': jnp.zeros(shape),
-          'b': jnp.zeros(() if outputs == 1 else (outputs,))}
-
-
-def linear_apply(params: dict, inputs: jax.Array) -> jax.Array:
-  return inputs @ params['w'] + params['b']
-
-
-def mlp_init(key: jax.Array, num_features: int, hidden: int,
-             outputs: int) -> dict:
-  first, second = jax.random.split(key)
-  out_shape = (hidden,) if outputs == 1 else (hidden, outputs)
-  return {
-      'hidden': {'w': jax.random.normal(first, (num_features, hidden))
-                      / np.sqrt(num_features),
-                 'b': jnp.zeros(hidden)},
-      'out': {'w': jax.random.normal(second, out_shape) / np.sqrt(hidden),
-              'b': jnp.zeros(() if outputs == 1 else (outputs,))},
-  }
-
-
-def mlp_apply(params: dict, inputs: jax.Array) -> jax.Array:
-  hidden = jnp.tanh(inputs @ params['hidden']['w'] + params['hidden']['b'])
-  return hidden @ params['out']['w'] + params['out']['b']
-
-
-MODELS = {'linear': (linear_init, linear_apply),
-          'mlp': (mlp_init, mlp_apply)}
-
-
-# ---------------------------------------------------------------------------
-# Learners. ``build(point)`` maps one grid point (traced values) and the
-# model to (init, step): step(params, state, learn_input, target) -> (params,
+# Learners: ``harness.Learner`` entries, one per dataset, model and learner
+# (row id ``<dataset>/<model>/<learner>``), whose ``build(point)`` maps one
+# grid point (traced values) to the step maker ``make_step(apply_fn) ->
+# (init, step)``: step(params, state, learn_input, target) -> (params,
 # state), where the target is a scaled target or a class index.
 
 
-# The regression prior is trump_approval's, fixed before either was run; the
-# classification prior uses the same decays and variances.
-default_prior = trump_approval.default_prior
-
-
-def _loss(apply_fn: Callable, classification: bool) -> Callable:
-  if classification:
-    def loss(params, inputs, label):
-      return optax.softmax_cross_entropy_with_integer_labels(
-          apply_fn(params, inputs), label)
-  else:
-    def loss(params, inputs, target):
-      return 0.5 * (apply_fn(params, inputs) - target) ** 2
-  return loss
-
-
-def _gradient_learner(optimizer: Callable[[Any], Any]):
-  def build(point, apply_fn, classification):
-    transform = optimizer(point['learning_rate'])
-    grad = jax.grad(_loss(apply_fn, classification))
-
-    def step(params, state, inputs, target):
-      updates, state = transform.update(grad(params, inputs, target), state,
-                                        params)
-      return optax.apply_updates(params, updates), state
-    return transform.init, step
+def _gradient_build(optimizer: Callable[[Any], Any],
+                    classification: bool) -> Callable:
+  """``optimizer(learning_rate)`` on the squared error or cross-entropy."""
+  def build(point):
+    return lambda apply_fn: _tabular.gradient_step(
+        optimizer(point['learning_rate']),
+        _tabular.loss(apply_fn, classification))
   return build
 
 
@@ -442,219 +392,159 @@ def _multiscale(scale):
   return mso.multiscale(rates, decays, learning_rate=scale)
 
 
-def _observe(apply_fn: Callable, classification: bool,
-             noise_variance: float = 1.0) -> Callable:
-  """``(params, inputs, target) -> (info, grads, extra)``: the softmax or
-  Gaussian observation of the Bayesian learner."""
-  if classification:
-    return lambda params, inputs, target: mso.categorical_observation(
-        apply_fn, params, inputs, target)
-  return lambda params, inputs, target: mso.gaussian_observation(
-      apply_fn, params, inputs, target, noise_variance)
-
-
-def _bayesian_build(rank: int, prior: mso.AR1Prior | None = None,
-                    learn: bool | str = False, noise_variance: float = 1.0):
+def _bayesian_build(rank: int, classification: bool,
+                    prior: mso.AR1Prior | None = None,
+                    learn: bool | str = False,
+                    noise_variance: float = 1.0) -> Callable:
   """The Bayesian learner on ``prior`` (default: the default prior);
   ``learn``: ``learn_prior`` (with the noise profiled for regression; a
   softmax observation's noise is the model's own)."""
-  prior = prior or mso.AR1Prior(*default_prior())
+  prior = prior or _tabular.default_prior()
 
-  def build(point, apply_fn, classification):
+  def build(point):
     del point
     transform = mso.bayesian_multiscale(
         prior=prior, noise_variance=noise_variance, rank=rank,
         learn_prior=learn,
         learn_noise_variance=bool(learn) and not classification)
-    observe = _observe(apply_fn, classification, noise_variance)
-
-    def step(params, state, inputs, target):
-      _, grads, extra = observe(params, inputs, target)
-      updates, state = transform.update(grads, state, params, **extra)
-      return optax.apply_updates(params, updates), state
-    return transform.init, step
+    return lambda apply_fn: _tabular.bayesian_step(
+        transform, _tabular.observation(apply_fn, classification,
+                                        noise_variance))
   return build
 
 
-def learners(task: str, config: Config) -> list[harness.Learner]:
-  grids = GRIDS['regression' if task == 'regression' else 'classification']
-  decays, process, initial = default_prior()
-  observation = ('gaussian_observation (r = 1), targets standard-scaled '
-                 'online' if task == 'regression' else
-                 "categorical_observation (fisher='exact', epsilon=1e-3)")
-  result = [
-      harness.Learner(
-          'sgd', 'SGD', _gradient_learner(optax.sgd),
-          grid={'learning_rate': harness.log_grid(*grids['sgd'],
-                                                  config.grid_points)},
-          note='optax.sgd, learning rate tuned on the first part'),
-      harness.Learner(
-          'adam', 'Adam', _gradient_learner(optax.adam),
-          grid={'learning_rate': harness.log_grid(*grids['adam'],
-                                                  config.grid_points)},
-          note='optax.adam, learning rate tuned on the first part'),
-      harness.Learner(
-          'multiscale', 'multiscale', _gradient_learner(_multiscale),
-          grid={'learning_rate': harness.log_grid(*grids['multiscale'],
-                                                  config.grid_points)},
-          note='mso.multiscale on raw gradients: permanent part + 9 '
-               'timescales 1..1e4 steps, equal rates s/10, scale s tuned '
-               'on the first part'),
-  ]
-  for belief, rank in DEFAULT_RANKS.items():
-    result.append(harness.Learner(
-        f'bayes_{belief}',
-        f'bayesian_multiscale, default prior ({belief}'
-        + (f', rank {rank})' if rank else ')'),
-        _bayesian_build(rank),
-        note='the one default prior (module docstring), nothing tuned',
-        meta={'belief': {
-            'rank': rank,
-            'variance_update': 'others_as_noise (library default)'
-                               if rank == 0 else None,
-            'timescales': list(DEFAULT_TIMESCALES),
-            'permanent_part_random_walk': True,
-            'decays': decays.tolist(), 'process_variances': process.tolist(),
-            'initial_variances': initial.tolist(), 'observation': observation,
-            'learned_scales': False}}))
-    result.append(harness.Learner(
-        f'bayes_learned_{belief}',
-        f'bayesian_multiscale, default prior learned online ({belief}'
-        + (f', rank {rank})' if rank else ')'),
-        _bayesian_build(rank, learn=True),
-        note='the default prior with its scale (and, for regression, the '
+def _rows_of(name: str, model: str) -> dict[str, Any]:
+  """The fields every row of ``name`` on ``model`` carries."""
+  river_name, task = DATASETS[name]
+  return {'dataset': river_name, 'task': task, 'metric_name': METRIC[task],
+          'section': 'results', 'model': model, 'published': False}
+
+
+def _entry(name: str, model: str, key: str, label: str, build: Callable,
+           note: str, **options: Any) -> harness.Learner:
+  """A learner's registry entry; ``options``: ``grid`` and ``meta``."""
+  meta = options.pop('meta', {})
+  return harness.Learner(
+      f'{name}/{model}/{key}', f'{label} ({model})', build, note=note,
+      meta={**_rows_of(name, model), 'learner': label, **meta}, **options)
+
+
+def _tuned_learners(name: str, model: str,
+                    config: Config) -> list[harness.Learner]:
+  """SGD, Adam and multiscale, each with its learning rate (scale) tuned."""
+  task = DATASETS[name][1]
+  classification = task != 'regression'
+  grids = GRIDS['classification' if classification else 'regression']
+  return [
+      _entry(name, model, key, label,
+             _gradient_build(optimizer, classification), note,
+             grid={'learning_rate': harness.log_grid(*grids[key],
+                                                     config.grid_points)})
+      for key, label, optimizer, note in (
+          ('sgd', 'SGD', optax.sgd,
+           'optax.sgd, learning rate tuned on the first part'),
+          ('adam', 'Adam', optax.adam,
+           'optax.adam, learning rate tuned on the first part'),
+          ('multiscale', 'multiscale', _multiscale,
+           'mso.multiscale on raw gradients: permanent part + 9 timescales '
+           '1..1e4 steps, equal rates s/10, scale s tuned on the first '
+           'part'))]
+
+
+def _default_belief(task: str, rank: int) -> dict[str, Any]:
+  prior = _tabular.default_prior()
+  return {
+      'rank': rank,
+      'variance_update': 'others_as_noise (library default)'
+                         if rank == 0 else None,
+      'timescales': list(DEFAULT_TIMESCALES),
+      'permanent_part_random_walk': True, 'decays': list(prior.decays),
+      'process_variances': list(prior.process_variances),
+      'initial_variances': list(prior.initial_variances),
+      'observation': ('gaussian_observation (r = 1), targets standard-'
+                      'scaled online' if task == 'regression' else
+                      "categorical_observation (fisher='exact', "
+                      'epsilon=1e-3)'),
+      'learned_scales': False}
+
+
+def _bayesian_learners(name: str, model: str,
+                       belief: str) -> list[harness.Learner]:
+  """The default prior fixed and learned online, and the recommended prior
+  learned online, with ``belief`` (a key of :data:`DEFAULT_RANKS`)."""
+  task = DATASETS[name][1]
+  rank, classification = DEFAULT_RANKS[belief], task != 'regression'
+  suffix = f' ({belief}' + (f', rank {rank})' if rank else ')')
+  return [
+      _entry(name, model, f'bayes_{belief}',
+             'bayesian_multiscale, default prior' + suffix,
+             _bayesian_build(rank, classification),
+             'the one default prior (module docstring), nothing tuned',
+             meta={'belief': _default_belief(task, rank)}),
+      _entry(name, model, f'bayes_learned_{belief}',
+             'bayesian_multiscale, default prior learned online' + suffix,
+             _bayesian_build(rank, classification, learn=True),
+             'the default prior with its scale (and, for regression, the '
              'noise) learned online (learn_prior=True)',
-        meta={'belief': {'rank': rank, 'learned_scales': True}}))
-    result.append(harness.Learner(
-        f'bayes_recommended_{belief}',
-        f'bayesian_multiscale, recommended prior learned online ({belief}'
-        + (f', rank {rank})' if rank else ')'),
-        _bayesian_build(rank, _beliefs.recommended_prior(), learn=True),
-        note='the recommended prior (docs: choosing) with its scale (and, '
+             meta={'belief': {'rank': rank, 'learned_scales': True}}),
+      _entry(name, model, f'bayes_recommended_{belief}',
+             'bayesian_multiscale, recommended prior learned online' + suffix,
+             _bayesian_build(rank, classification,
+                             _beliefs.recommended_prior(), learn=True),
+             'the recommended prior (docs: choosing) with its scale (and, '
              'for regression, the noise) learned online',
-        meta={'belief': {'rank': rank, 'learned_scales': True,
-                         'prior': 'recommended'}}))
+             meta={'belief': {'rank': rank, 'learned_scales': True,
+                              'prior': 'recommended'}})]
+
+
+def learners(name: str, model: str, config: Config) -> list[harness.Learner]:
+  """The tuned and the Bayesian learners of dataset ``name`` on ``model``."""
+  return [*_tuned_learners(name, model, config),
+          *[learner for belief in DEFAULT_RANKS
+            for learner in _bayesian_learners(name, model, belief)]]
+
+
+def fit_learners(name: str, model: str) -> list[harness.Learner]:
+  """The default prior with its scale from ``fit_prior`` (diagonal and
+  low-rank); ``build`` runs the prior as given, :func:`fit_protocol` the
+  fitted one."""
+  classification = DATASETS[name][1] != 'regression'
+  result = []
+  for belief, rank in DEFAULT_RANKS.items():
+    label = ('bayesian_multiscale, default prior from fit_prior ('
+             + belief + (f', rank {rank})' if rank else ')'))
+    result.append(_entry(
+        name, model, f'bayes_fit_{belief}', label,
+        _bayesian_build(rank, classification),
+        'the default prior with its scale chosen by fit_prior on the '
+        'tuning prefix, then run from the start',
+        meta={'belief': {'rank': rank, 'fit_prior': True}}))
   return result
 
 
-# river's TargetStandardScaler, as trump_approval computes it.
-target_scaling = trump_approval.target_scaling
+# ---------------------------------------------------------------------------
+# Running and scoring.
 
 
-@functools.cache
-def _batch_observer(model: str, classification: bool) -> Callable:
-  """``observe(params, (inputs, target))`` for ``fit_prior`` (the same
-  function for every call, so that ``fit_prior`` compiles once)."""
-  observe = _observe(MODELS[model][1], classification)
+def make_runner(learner: harness.Learner, stream: Stream, hidden: int):
+  """A jitted function (points (h,), keys (s,)) -> per-example metric
+  (h, s, n): absolute error (regression) or 1 if correct. The Bayesian
+  learners (ids ``.../bayes...``) see regression targets scaled online."""
+  model, key = learner.id.split('/')[1:]
+  classification = bool(stream.classes)
 
-  def observe_batch(params, batch):
-    info, grads, extra = observe(params, *batch)
-    return (info, grads, extra) if classification else (grads, extra)
-  return observe_batch
+  def record(output, target, mean, sd, state):
+    del state
+    if classification:
+      return (jnp.argmax(output) == target).astype(jnp.float64)
+    return jnp.abs(target - (mean + sd * output))
 
-
-def fit_learner(rank: int, model: str, stream: Stream, task: str,
-                config: Config, key: jax.Array) -> tuple[harness.Learner,
-                                                          Any]:
-  """The default prior fitted by ``mso.fit_prior`` on the tuning prefix
-  (the profile likelihood for regression, the online log-loss for
-  classification), as a learner, and the fit."""
-  classification = task != 'regression'
-  init_fn = MODELS[model][0]
-  outputs = len(stream.classes) if classification else 1
-  tune = round(config.tune_fraction * len(stream.targets))
-  targets = stream.targets
-  if not classification:
-    _, (mean, sd) = target_scaling(stream.targets)
-    targets = (stream.targets - mean) / sd
-  params = init_fn(key, stream.predict_inputs.shape[1], config.hidden,
-                   outputs)
-  fit = mso.fit_prior(
-      _batch_observer(model, classification), params,
-      (jnp.asarray(stream.learn_inputs[:tune]),
-                              jnp.asarray(targets[:tune])),
-      mso.AR1Prior(*default_prior()), 1.0, rank=rank,
-      scales=trump_approval.FIT_SCALES,
-      score='log_loss' if classification else 'profile')
-  learner = harness.Learner(
-      f'bayes_fit_{"lowrank" if rank else "diagonal"}', 'fitted',
-      _bayesian_build(rank, fit.prior, noise_variance=fit.noise_variance))
-  return learner, fit
-
-
-def evaluate_fit(rank: int, model: str, stream: Stream, task: str,
-                 config: Config) -> dict[str, Any]:
-  """The default prior fitted on the tuning prefix, run from the start;
-  scored as the tuned learners are (whole stream and the rest)."""
-  long = len(stream.targets) > config.long_stream
-  seeds = ((config.long_stream_mlp_seeds if long else config.mlp_seeds)
-           if model == 'mlp' else (0,))
-  values, fits = [], []
-  for seed in seeds:
-    key = jax.random.key(seed)
-    learner, fit = fit_learner(rank, model, stream, task, config, key)
-    fits.append(fit)
-    runner = make_runner(learner, model, stream, task, config.hidden)
-    values.append(np.asarray(runner(jnp.ones(1), key[None]))[0, 0])
-  values = np.stack(values)
-  n = values.shape[-1]
-  tune = round(config.tune_fraction * n)
-  running = np.cumsum(values, axis=-1) / np.arange(1, n + 1)
-  steps, curve_values = curve(running.mean(axis=0), config.curve_points)
-  return {
-      'tuned': False, 'hyperparameters': None, 'at_grid_edge': [],
-      'seeds': list(seeds),
-      'diverged': bool(not np.all(np.isfinite(values))),
-      'score': harness.summary(_mean_metric(values)),
-      'score_rest': harness.summary(_mean_metric(values[..., tune:])),
-      'tune_steps': tune, 'curve_steps': steps, 'curve': curve_values,
-      'fitted_scale': [fit.process_scale for fit in fits],
-      'fitted_noise_scale': [fit.noise_scale for fit in fits],
-      'fit_at_grid_edge': [fit.at_grid_edge for fit in fits],
-  }
-
-
-def make_runner(learner: harness.Learner, model: str, stream: Stream,
-                task: str, hidden: int):
-  """A jitted function (rates (h,), keys (s,)) -> per-example metric
-  (h, s, n): absolute error (regression) or 1 if correct."""
-  init_fn, apply_fn = MODELS[model]
-  classification = task != 'regression'
-  outputs = len(stream.classes) if classification else 1
-  num_features = stream.predict_inputs.shape[1]
-  scale_targets = learner.id.startswith('bayes') and not classification
-  if scale_targets:
-    before, after = target_scaling(stream.targets)
-  else:
-    zeros = np.zeros(len(stream.targets))
-    before = after = (zeros, zeros + 1.0)
-  data = (jnp.asarray(stream.predict_inputs), jnp.asarray(stream.learn_inputs),
-          jnp.asarray(stream.targets), tuple(map(jnp.asarray, before)),
-          tuple(map(jnp.asarray, after)))
-
-  def single(rate, key):
-    init, step = learner.build({'learning_rate': rate}, apply_fn,
-                               classification)
-    params = init_fn(key, num_features, hidden, outputs)
-
-    def body(carry, example):
-      params, state = carry
-      predict_input, learn_input, target, (m0, s0), (m1, s1) = example
-      output = apply_fn(params, predict_input)
-      if classification:
-        metric = (jnp.argmax(output) == target).astype(jnp.float64)
-        learn_target = target
-      else:
-        metric = jnp.abs(target - (m0 + s0 * output))
-        learn_target = (target - m1) / s1
-      params, state = step(params, state, learn_input, learn_target)
-      return (params, state), metric
-
-    _, metrics = jax.lax.scan(body, (params, init(params)), data)
-    return metrics
-
-  over_keys = jax.vmap(single, in_axes=(None, 0))
-  return jax.jit(jax.vmap(over_keys, in_axes=(0, None)))
+  return _tabular.make_runner(
+      learner.build, model,
+      (stream.predict_inputs, stream.learn_inputs, stream.targets),
+      hidden=hidden, outputs=len(stream.classes) if classification else 1,
+      scale_targets=key.startswith('bayes') and not classification,
+      record=record)
 
 
 def _mean_metric(values: np.ndarray) -> np.ndarray:
@@ -670,59 +560,120 @@ def curve(running: np.ndarray, points: int) -> tuple[list[int], list[float]]:
   return steps.tolist(), [harness.jsonable(v) for v in running[steps - 1]]
 
 
-def evaluate_learner(learner: harness.Learner, model: str, stream: Stream,
-                     task: str, config: Config) -> dict[str, Any]:
-  """Tune on the first part, score on the whole stream and on the rest."""
-  lower = task == 'regression'
+def seeds_of(model: str, stream: Stream, config: Config) -> tuple[int, ...]:
+  """The initialisations ``model`` runs from on ``stream``."""
   long = len(stream.targets) > config.long_stream
-  seeds = ((config.long_stream_mlp_seeds if long else config.mlp_seeds)
-           if model == 'mlp' else (0,))
-  points = learner.points() if learner.grid else [dict(learner.fixed)]
-  rates = jnp.asarray([p.get('learning_rate', 1.0) for p in points])
-  runner = make_runner(learner, model, stream, task, config.hidden)
-  keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
-  values = np.asarray(jax.block_until_ready(runner(rates, keys)))
-  n = values.shape[-1]
-  tune = round(config.tune_fraction * n)
+  return ((config.long_stream_mlp_seeds if long else config.mlp_seeds)
+          if model == 'mlp' else (0,))
 
-  def prefix_score(_, points_, seeds_):
-    del points_, seeds_
-    return _mean_metric(values[..., :tune])
 
-  if learner.grid:
-    best, tuning = harness.tune(learner, prefix_score, seeds,
-                                lower_is_better=lower)
-    chosen = points.index(best)
-  else:
-    best, chosen = points[0], 0
-    tuning = prefix_score(None, None, None)
-  whole = _mean_metric(values[chosen])
-  rest = _mean_metric(values[chosen][..., tune:])
-  running = np.cumsum(values[chosen], axis=-1) / np.arange(1, n + 1)
+def _keys(seeds) -> jax.Array:
+  return jax.vmap(jax.random.key)(jnp.asarray(seeds))
+
+
+def _scores(values: np.ndarray, tune: int,
+            config: Config) -> dict[str, Any]:
+  """The whole-stream and rest-of-stream summaries and the running-metric
+  curve of per-example metrics ``values`` (seeds, n)."""
+  running = np.cumsum(values, axis=-1) / np.arange(1, values.shape[-1] + 1)
   steps, curve_values = curve(running.mean(axis=0), config.curve_points)
-  return {
-      'tuned': bool(learner.grid),
-      'hyperparameters': harness.jsonable(best) if learner.grid else None,
-      'at_grid_edge': harness.at_grid_edge(learner, best),
-      'grid': harness.jsonable(dict(learner.grid)),
-      'tuning_score_per_point': harness.jsonable(np.mean(tuning, axis=1)),
-      'seeds': list(seeds),
-      'diverged': bool(not np.all(np.isfinite(values[chosen]))),
-      'score': harness.summary(whole),
-      'score_rest': harness.summary(rest),
-      'tune_steps': tune,
-      'curve_steps': steps, 'curve': curve_values,
-  }
+  return {'score': harness.summary(_mean_metric(values)),
+          'score_rest': harness.summary(_mean_metric(values[..., tune:])),
+          'tune_steps': tune, 'curve_steps': steps, 'curve': curve_values}
+
+
+def prefix_protocol(stream: Stream, config: Config,
+                    ) -> tuple[harness.Score, harness.Evaluate]:
+  """Tune on the first part, score on the whole stream and on the rest.
+
+  Every grid point of a learner is run once over the whole stream (all
+  seeds; cached by learner id). ``score``: the metric of the first
+  ``tune_fraction`` of the stream, which ``harness.tune_and_evaluate``
+  tunes on; ``evaluate``: the chosen point's metric on the whole stream
+  and on the rest, and its running-metric curve.
+  """
+  tune = round(config.tune_fraction * len(stream.targets))
+  runs: dict[str, np.ndarray] = {}
+
+  def run(learner):
+    if learner.id not in runs:
+      runner = make_runner(learner, stream, config.hidden)
+      seeds = seeds_of(learner.id.split('/')[1], stream, config)
+      runs[learner.id] = np.asarray(jax.block_until_ready(
+          runner(learner.points(), _keys(seeds))))  # (points, seeds, n)
+    return runs[learner.id]
+
+  def score(learner, points, seeds):
+    del seeds
+    if points != learner.points():
+      raise ValueError('the prefix score runs the whole grid at once')
+    return _mean_metric(run(learner)[..., :tune])
+
+  def evaluate(learner, point, seeds):
+    values = run(learner)
+    tuning = score(learner, learner.points(), seeds)
+    return {'hyperparameters': harness.jsonable(point) if learner.grid
+                               else None,
+            'grid': harness.jsonable(dict(learner.grid)),
+            'tuning_score_per_point': harness.jsonable(
+                np.mean(tuning, axis=1)),
+            'seeds': list(seeds),
+            **_scores(values[learner.points().index(point)], tune, config)}
+  return score, evaluate
+
+
+def fit_protocol(stream: Stream, config: Config) -> harness.Evaluate:
+  """The row of a fit_prior learner: per seed, the default prior fitted by
+  ``mso.fit_prior`` on the tuning prefix (the profile likelihood for
+  regression, the online log-loss for classification), run from the start
+  and scored as the tuned learners are (whole stream and the rest)."""
+  classification = bool(stream.classes)
+  tune = round(config.tune_fraction * len(stream.targets))
+  targets = stream.targets
+  if not classification:
+    _, (mean, sd) = _tabular.target_scaling(stream.targets)
+    targets = (stream.targets - mean) / sd
+  batches = (jnp.asarray(stream.learn_inputs[:tune]),
+             jnp.asarray(targets[:tune]))
+
+  def evaluate(learner, point, seeds):
+    del point
+    model, rank = learner.id.split('/')[1], learner.meta['belief']['rank']
+    init_fn = _tabular.MODELS[model][0]
+    values, fits = [], []
+    for seed in seeds:
+      key = jax.random.key(seed)
+      params = init_fn(key, stream.predict_inputs.shape[1], config.hidden,
+                       len(stream.classes) if classification else 1)
+      fit = mso.fit_prior(
+          _tabular.batch_observer(model, classification), params, batches,
+          _tabular.default_prior(), 1.0, rank=rank,
+          scales=_tabular.FIT_SCALES,
+          score='log_loss' if classification else 'profile')
+      fits.append(fit)
+      fitted = dataclasses.replace(learner, build=_bayesian_build(
+          rank, classification, fit.prior, noise_variance=fit.noise_variance))
+      runner = make_runner(fitted, stream, config.hidden)
+      values.append(np.asarray(runner([{}], key[None]))[0, 0])
+    return {'hyperparameters': None, 'seeds': list(seeds),
+            **_scores(np.stack(values), tune, config),
+            'fitted_scale': [fit.process_scale for fit in fits],
+            'fitted_noise_scale': [fit.noise_scale for fit in fits],
+            'fit_at_grid_edge': [fit.at_grid_edge for fit in fits]}
+  return evaluate
 
 
 # ---------------------------------------------------------------------------
 # The benchmark.
 
 
-def dataset_rows(name: str, config: Config, log=print) -> list[dict]:
+def river_rows(name: str, config: Config, log=print,
+               limit: int | None = None) -> list[dict]:
+  """river's published linear and best model for dataset ``name``, and
+  river's linear and k-NN models run here (on the first ``limit``
+  examples)."""
   river_name, task = DATASETS[name]
-  metric = METRIC[task]
-  base = {'dataset': river_name, 'task': task, 'metric_name': metric,
+  base = {'dataset': river_name, 'task': task, 'metric_name': METRIC[task],
           'section': 'results'}
   rows = []
   for kind in ('linear', 'best'):
@@ -738,10 +689,9 @@ def dataset_rows(name: str, config: Config, log=print) -> list[dict]:
     else:
       row['score'] = harness.summary([value])
     rows.append(row)
-  stream = load_stream(name)
   for kind, build in river_models(task).items():
     tic = time.perf_counter()
-    running = river_run(name, build())
+    running = river_run(name, build(), limit)
     steps, values = curve(running, config.curve_points)
     rows.append({
         'id': f'{name}/river/{kind}', 'label': f'river {build()} (run here)',
@@ -751,38 +701,28 @@ def dataset_rows(name: str, config: Config, log=print) -> list[dict]:
         'seconds': round(time.perf_counter() - tic, 2)})
     log(f'  {rows[-1]["label"]}: {running[-1]:.4f} '
         f'({time.perf_counter() - tic:.1f} s)', flush=True)
-  for model in MODELS:
-    for learner in learners(task, config):
-      tic = time.perf_counter()
-      result = evaluate_learner(learner, model, stream, task, config)
-      rows.append({
-          'id': f'{name}/{model}/{learner.id}',
-          'label': f'{learner.label} ({model})', **base, 'model': model,
-          'learner': learner.label, 'published': False, 'note': learner.note,
-          **result, **harness.jsonable(dict(learner.meta)),
-          'seconds': round(time.perf_counter() - tic, 2)})
-      _log_row(log, model, learner.label, metric, result, tic)
-    for belief, rank in DEFAULT_RANKS.items():
-      tic = time.perf_counter()
-      result = evaluate_fit(rank, model, stream, task, config)
-      label = ('bayesian_multiscale, default prior from fit_prior ('
-               + belief + (f', rank {rank})' if rank else ')'))
-      rows.append({
-          'id': f'{name}/{model}/bayes_fit_{belief}',
-          'label': f'{label} ({model})', **base, 'model': model,
-          'learner': label, 'published': False,
-          'note': 'the default prior with its scale chosen by fit_prior on '
-                  'the tuning prefix, then run from the start',
-          'belief': {'rank': rank, 'fit_prior': True}, **result,
-          'seconds': round(time.perf_counter() - tic, 2)})
-      _log_row(log, model, label, metric, result, tic)
   return rows
 
 
-def _log_row(log, model, label, metric, result, tic) -> None:
-  log(f'  {model:6s} {label:45s} {metric} '
-      f'{result["score"]["mean"]:.4f} (rest {result["score_rest"]["mean"]:.4f}) '
-      f'{time.perf_counter() - tic:5.1f} s', flush=True)
+def dataset_rows(name: str, config: Config, log=print,
+                 limit: int | None = None) -> list[dict]:
+  """Every row of dataset ``name`` (its first ``limit`` examples): river's,
+  then per model the learners tuned on the first part and the fit_prior
+  rows."""
+  stream = load_stream(name, limit)
+  rows = river_rows(name, config, log, limit)
+  lower = DATASETS[name][1] == 'regression'
+  score, evaluate = prefix_protocol(stream, config)
+  for model in _tabular.MODELS:
+    seeds = seeds_of(model, stream, config)
+    for table, evaluate_row in (
+        (learners(name, model, config), evaluate),
+        (fit_learners(name, model), fit_protocol(stream, config))):
+      rows += harness.tune_and_evaluate(
+          table, score, tuning_seeds=seeds, test_seeds=seeds,
+          metric='score', lower_is_better=lower, evaluate=evaluate_row,
+          log=lambda line: log(line, flush=True))
+  return rows
 
 
 def goals(rows: list[dict]) -> list[dict]:
@@ -795,7 +735,7 @@ def goals(rows: list[dict]) -> list[dict]:
     better = (lambda a, b: a < b) if lower else (lambda a, b: a > b)
     bayes = {f'{model}/{belief}': by_id[f'{name}/{model}/bayes_{belief}']
              ['score']['mean']
-             for model in MODELS for belief in DEFAULT_RANKS}
+             for model in _tabular.MODELS for belief in DEFAULT_RANKS}
     pick = min if lower else max
     best_key = pick(bayes, key=bayes.get)
     linear_keys = [k for k in bayes if k.startswith('linear/')]
@@ -913,7 +853,43 @@ def plot(document: dict[str, Any], stem: str = STEM) -> None:
   harness.save_figure(fig, stem)
 
 
-def main(argv=None) -> int:
+
+
+def merge(stems: list[str], stem: str) -> dict[str, Any]:
+  """Runs of disjoint subsets of the datasets (e.g. in parallel processes),
+  merged into one file: rows concatenated in DATASETS order, the wall time
+  the longest part's, goal and run rows rebuilt."""
+  parts = [harness.load_results(part) for part in stems]
+  order = {name: i for i, name in enumerate(DATASETS)}
+  parts.sort(key=lambda d: order[d['config']['datasets'][0]])
+  rows = [row for part in parts for row in part['rows']
+          if row.get('section') == 'results']
+  config = {**parts[0]['config'], 'datasets': [
+      name for part in parts for name in part['config']['datasets']],
+            'merged_from': [harness.jsonable(p['command']) for p in parts]}
+  if sorted(config['datasets']) != sorted(DATASETS):
+    raise ValueError(f'merged datasets {config["datasets"]}')
+  document = harness.results_document(
+      STEM, config=config, rows=rows,
+      seconds=max(part['seconds'] for part in parts),
+      command=' && '.join([*config['merged_from'], harness.command_line()]))
+  document['rows'] += [*goals(rows), run_row(document)]
+  print(f'wrote {harness.write_results(stem, document)}')
+  plot(document, stem)
+  return document
+
+
+def regoal(stem: str) -> dict[str, Any]:
+  """The saved results with their goal and run rows recomputed."""
+  document = harness.load_results(stem)
+  rows = [row for row in document['rows']
+          if row.get('section') not in ('goals', 'run')]
+  document['rows'] = rows + goals(rows) + [run_row(document)]
+  print(f'wrote {harness.write_results(stem, document)}')
+  return document
+
+
+def parse(argv: list[str] | None) -> Any:
   parser = harness.parser(__doc__)
   parser.add_argument('--datasets', nargs='*', default=list(DATASETS),
                       choices=list(DATASETS))
@@ -921,62 +897,61 @@ def main(argv=None) -> int:
                       help='merge results of disjoint dataset subsets')
   parser.add_argument('--goals-only', action='store_true',
                       help='recompute the goal rows from the saved JSON')
-  args = parser.parse_args(argv)
+  parser.add_argument('--limit', type=int, default=None,
+                      help='the first LIMIT examples of each dataset only '
+                      '(a quick check; river runs its models on them too)')
+  parser.add_argument('--grid-points', type=int, default=None)
+  parser.add_argument('--mlp-seeds', type=int, default=None,
+                      help='MLP initialisations 0..N-1 (streams up to '
+                      'long_stream examples)')
+  return parser.parse_args(argv)
+
+
+def configure(args: Any) -> Config:
+  """The default configuration with the options' changes."""
+  changes = {'grid_points': args.grid_points,
+             'mlp_seeds': (tuple(range(args.mlp_seeds))
+                           if args.mlp_seeds is not None else None)}
+  return dataclasses.replace(DEFAULT, **{
+      name: value for name, value in changes.items() if value is not None})
+
+
+def main(argv=None) -> int:
+  args = parse(argv)
   stem = args.out or STEM
   if args.plot_only:
     plot(harness.load_results(stem), stem)
     return 0
   if args.merge:
-    # Runs of disjoint subsets of the datasets (e.g. in parallel processes),
-    # merged into one file: rows concatenated in DATASETS order, the wall
-    # time the longest part's, goal and run rows rebuilt.
-    parts = [harness.load_results(part) for part in args.merge]
-    order = {name: i for i, name in enumerate(DATASETS)}
-    parts.sort(key=lambda d: order[d['config']['datasets'][0]])
-    rows = [row for part in parts for row in part['rows']
-            if row.get('section') == 'results']
-    config = {**parts[0]['config'], 'datasets': [
-        name for part in parts for name in part['config']['datasets']],
-              'merged_from': [harness.jsonable(p['command']) for p in parts]}
-    if sorted(config['datasets']) != sorted(DATASETS):
-      raise ValueError(f'merged datasets {config["datasets"]}')
-    document = harness.results_document(
-        STEM, config=config, rows=rows,
-        seconds=max(part['seconds'] for part in parts),
-        command=' && '.join([*config['merged_from'], harness.command_line()]))
-    document['rows'] += [*goals(rows), run_row(document)]
-    print(f'wrote {harness.write_results(stem, document)}')
-    plot(document, stem)
+    merge(args.merge, stem)
     return 0
   if args.goals_only:
-    document = harness.load_results(stem)
-    rows = [row for row in document['rows']
-            if row.get('section') not in ('goals', 'run')]
-    document['rows'] = rows + goals(rows) + [run_row(document)]
-    print(f'wrote {harness.write_results(stem, document)}')
+    regoal(stem)
     return 0
-  config = DEFAULT
+  config = configure(args)
+  complete = set(args.datasets) == set(DATASETS) and args.limit is None
   started = time.perf_counter()
   rows: list[dict] = []
   with jax.enable_x64(True):
     for name in args.datasets:
       print(f'{name}:', flush=True)
-      rows.extend(dataset_rows(name, config))
-  if set(args.datasets) == set(DATASETS):
+      rows.extend(dataset_rows(name, config, limit=args.limit))
+  if complete:
     rows.extend(goals(rows))
   import river  # pylint: disable=import-outside-toplevel
   document = harness.results_document(
       STEM, config={**dataclasses.asdict(config), 'grids': GRIDS,
                     'river': river.__version__, 'datasets': args.datasets,
+                    **({'limit': args.limit} if args.limit else {}),
                     'protocol': 'progressive validation (predict, score, '
                                 'then learn), one pass, features scaled '
                                 "online by river's StandardScaler"},
       rows=rows, seconds=time.perf_counter() - started)
-  if set(args.datasets) == set(DATASETS):
+  if complete:
     document['rows'].append(run_row(document))
   path = harness.write_results(stem, document)
   print(f'wrote {path} ({document["seconds"]} s)')
-  if set(args.datasets) == set(DATASETS):
+  if complete:
     plot(document, stem)
   return 0
 

@@ -7,13 +7,15 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Any
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from benchmarks import _online_regression
+
+OnlineRun = _online_regression.OnlineRun
 
 
 def mlp_params(key: jax.Array, sizes=(3, 8, 2), dtype=jnp.float64) -> dict:
@@ -164,39 +166,20 @@ def run_on_eight_cpu_devices(script: str) -> str:
   return result.stdout
 
 
-class OnlineRun(NamedTuple):
-  """What :func:`online_regression` returns."""
-
-  predictions: jax.Array
-  params: jax.Array
-  state: Any
-  collected: Any
-
-
 def online_regression(opt, inputs, targets, noise_variance, params=None,
-                      collect=None) -> OnlineRun:
+                      collect=None, extra_args=('jacobian', 'residual'),
+                      ) -> OnlineRun:
   """A linear model predicts each target, then ``opt`` learns from it.
 
-  ``opt`` is a Bayesian learner: it gets the gradient of
-  ``(y - x.w)^2 / (2 r)`` and the extra arguments ``jacobian=x`` and
-  ``residual=y - x.w``. ``collect(state)`` is recorded after every step.
+  ``benchmarks/_online_regression.py``'s loop, jitted: ``opt`` (a Bayesian
+  learner) gets the gradient of ``(y - x.w)^2 / (2 r)`` and the extra
+  arguments ``jacobian=x`` and ``residual=y - x.w`` (those of
+  ``extra_args``). ``collect(state)`` is recorded after every step.
   """
   if params is None:
     params = jnp.zeros(inputs.shape[-1], inputs.dtype)
-
-  def step(carry, example):
-    params, state = carry
-    x, y = example
-    prediction = x @ params
-    error = y - prediction
-    updates, state = opt.update(
-        -x * error / noise_variance, state, params, jacobian=x,
-        residual=error)
-    recorded = None if collect is None else collect(state)
-    return (optax.apply_updates(params, updates), state), (
-        prediction, recorded)
-
-  (params, state), (predictions, collected) = jax.jit(
-      lambda carry, data: jax.lax.scan(step, carry, data))(
-          (params, opt.init(params)), (inputs, targets))
-  return OnlineRun(predictions, params, state, collected)
+  def run(inputs, targets, params):
+    return _online_regression.online_regression(
+        opt, inputs, targets, noise_variance, params=params, collect=collect,
+        extra_args=extra_args)
+  return jax.jit(run)(inputs, targets, params)

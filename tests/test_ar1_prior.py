@@ -1,5 +1,6 @@
 """Tests of AR1Prior: the checked AR(1) prior and its three consumers."""
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -125,15 +126,9 @@ def test_kalman_rates_from_a_traced_prior():
 
 
 def _run(opt, steps=5):
-  params = jnp.zeros(3)
-  state = opt.init(params)
-  inputs = jnp.asarray([[1.0, -0.5, 2.0], [0.3, 0.2, -1.0]] * 3)
-  for x in inputs[:steps]:
-    residual = 1.0 - x @ params
-    updates, state = opt.update(
-        -x * residual, state, params, jacobian=x, residual=residual)
-    params = optax.apply_updates(params, updates)
-  return params, state
+  inputs = jnp.asarray([[1.0, -0.5, 2.0], [0.3, 0.2, -1.0]] * 3)[:steps]
+  run = helpers.online_regression(opt, inputs, jnp.ones(steps), 1.0)
+  return run.params, run.state
 
 
 def test_bayesian_learner_is_identical_from_the_prior():

@@ -25,22 +25,10 @@ TIGHT = 1e-10
 def run_scalar(opt, inputs, targets, noise_variance, params=None,
                with_residual=False):
   """Online learning of y = x.w + v; returns predictions, params, state."""
-  params = jnp.zeros(inputs.shape[-1], inputs.dtype) if params is None else (
-      params)
-
-  def step(carry, observation):
-    params, state = carry
-    x, y = observation
-    prediction = x @ params
-    grads = -x * (y - prediction) / noise_variance
-    extra = {'residual': y - prediction} if with_residual else {}
-    updates, state = opt.update(grads, state, params, jacobian=x, **extra)
-    return (optax.apply_updates(params, updates), state), prediction
-
-  (params, state), predictions = jax.jit(
-      lambda carry, data: jax.lax.scan(step, carry, data))(
-          (params, opt.init(params)), (inputs, targets))
-  return predictions, params, state
+  run = helpers.online_regression(
+      opt, inputs, targets, noise_variance, params=params,
+      extra_args=('jacobian', 'residual') if with_residual else ('jacobian',))
+  return run.predictions, run.params, run.state
 
 
 def scalar_kalman(decay, process_variance, noise_variance, initial_variance,
@@ -406,20 +394,8 @@ def test_learning_the_prior_moves_the_scale_towards_the_truth():
 
 
 def run_scan(opt, inputs, targets):
-  params = jnp.zeros(inputs.shape[-1], inputs.dtype)
-
-  def step(carry, observation):
-    params, state = carry
-    x, y = observation
-    prediction = x @ params
-    updates, state = opt.update(
-        -x * (y - prediction), state, params, jacobian=x,
-        residual=y - prediction)
-    return (optax.apply_updates(params, updates), state), prediction
-
-  (params, state), predictions = jax.lax.scan(
-      step, (params, opt.init(params)), (inputs, targets))
-  return predictions, params, state
+  run = helpers.online_regression(opt, inputs, targets, 1.0)
+  return run.predictions, run.params, run.state
 
 
 def test_jit_inject_hyperparams_and_no_recompilation():

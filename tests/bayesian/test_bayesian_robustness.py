@@ -135,22 +135,9 @@ def _calibrated_stream(steps, seed=0):
 
 def _run(targets, inputs, **options):
   opt = mso.bayesian_multiscale([0.99], [0.0199], 1.0, **options)
-
-  def body(carry, observation):
-    params, state = carry
-    x, y = observation
-    prediction = x @ params
-    updates, state = opt.update(
-        -x * (y - prediction), state, params, jacobian=x,
-        residual=y - prediction)
-    return ((optax.apply_updates(params, updates), state),
-            (state.log_process_scale, (y - prediction) ** 2))
-
-  params = jnp.zeros(4)
-  _, (log_scales, losses) = jax.jit(
-      lambda c, d: jax.lax.scan(body, c, d))(
-          (params, opt.init(params)), (inputs, targets))
-  return np.asarray(log_scales), np.asarray(losses)
+  run = helpers.online_regression(
+      opt, inputs, targets, 1.0, collect=lambda state: state.log_process_scale)
+  return np.asarray(run.collected), np.asarray((targets - run.predictions) ** 2)
 
 
 _OUTLIER_AT = 300

@@ -10,13 +10,13 @@ import hypothesis
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from hypothesis import strategies as st
 
 from benchmarks import _digits
 from benchmarks import _digits_learners
 from benchmarks import _digits_runs
+from benchmarks import _tabular
 from benchmarks import trump_approval
 
 requires_river = pytest.mark.skipif(
@@ -147,15 +147,16 @@ def test_jax_harness_with_sgd_reproduces_river_linear_regression():
 
   stream = trump_approval.load_stream(limit=SLICE)
   expected = _river_pipeline_mae(linear_model.LinearRegression())
-  learner = trump_approval._optax_learner(
-      'sgd', optax.sgd, trump_approval.RIVER_LINEAR_REGRESSION_RATE, '')
+  (learner,) = [entry for entry in trump_approval.learners('linear', 3)
+                if entry.id == 'linear/sgd_river_linearregression_settings']
+  assert learner.points() == [
+      {'learning_rate': trump_approval.RIVER_LINEAR_REGRESSION_RATE}]
   with jax.enable_x64(True):
-    runner = trump_approval.make_runner(learner, 'linear', stream, hidden=4)
+    runner = trump_approval.make_runner(learner, stream, hidden=4)
     predictions, _ = runner(
-        jnp.asarray([trump_approval.RIVER_LINEAR_REGRESSION_RATE]),
-        jax.vmap(jax.random.key)(jnp.zeros(1, jnp.int32)))
+        learner.points(), jax.vmap(jax.random.key)(jnp.zeros(1, jnp.int32)))
     predictions = np.asarray(predictions)
-  mae = trump_approval._mae(predictions, stream.targets)[0, 0]
+  mae = trump_approval.mae(predictions, stream.targets)[0, 0]
   # river's SGD step on (y - p)^2 with rate 0.01 is optax.sgd(0.02) on
   # (y - p)^2 / 2: same arithmetic up to float64 rounding of a few
   # operations per step over 80 steps on values ~40 (relative 1e-12).
@@ -169,10 +170,15 @@ def test_fit_prior_rows_run_on_a_slice():
   stream = trump_approval.load_stream(limit=SLICE)
   config = trump_approval.Config(tune_steps=20, grid_points=3,
                                  mlp_seeds=(0,), hidden=4, warmup_steps=30)
+  fits, specs = trump_approval.fit_learners('linear', 3, 30)
+  (learner,) = [entry for entry in fits if entry.id == (
+      'linear/bayesian_multiscale_default_prior_fit_prior_scale_and_slope_'
+      'diagonal')]
+  prior, rank, _ = specs[learner.id]
+  evaluate = trump_approval.fit_protocol(
+      stream, config, {learner.id: (prior, rank, (-0.5, 0.5))})
   with jax.enable_x64(True):
-    row = trump_approval.evaluate_fit(
-        'test', trump_approval._default_ar1_prior(), 0, 'linear', stream,
-        config, slopes=(-0.5, 0.5))
+    row = evaluate(learner, {}, (0,))
   assert np.isfinite(row['mae']['mean'])
   assert np.isfinite(row['mae_fitted_whole']['mean'])
   assert row['fitted_slope'][0] in (-0.5, 0.5)
@@ -182,13 +188,13 @@ def test_mae_is_infinite_for_a_diverged_run():
   predictions = np.array([[1.0, np.nan], [1.0, 2.0]])
   targets = np.array([1.0, 1.0])
   np.testing.assert_array_equal(
-      trump_approval._mae(predictions, targets), [np.inf, 0.5])
+      trump_approval.mae(predictions, targets), [np.inf, 0.5])
 
 
 def test_target_scaling_is_the_running_mean_and_sd_of_past_targets():
   targets = np.random.default_rng(0).normal(40.0, 3.0, 50)
   targets[1] = targets[0]  # a zero variance after two examples: sd 1
-  (mean0, sd0), (mean1, sd1) = trump_approval.target_scaling(targets)
+  (mean0, sd0), (mean1, sd1) = _tabular.target_scaling(targets)
   for index in range(targets.size):
     seen = targets[:index + 1]
     expected_sd = np.std(seen) if np.std(seen) > 0 else 1.0
@@ -203,8 +209,10 @@ def test_target_scaling_is_the_running_mean_and_sd_of_past_targets():
 
 
 def test_default_prior_is_the_one_the_docstring_states():
-  decays, process, initial = trump_approval.default_prior()
-  timescales = np.asarray(trump_approval.DEFAULT_TIMESCALES)
+  prior = _tabular.default_prior()
+  decays, process, initial = (np.asarray(values) for values in (
+      prior.decays, prior.process_variances, prior.initial_variances))
+  timescales = np.asarray(_tabular.DEFAULT_TIMESCALES)
   np.testing.assert_allclose(timescales, 10.0 ** np.arange(0.0, 4.5, 0.5),
                              rtol=1e-12)
   assert decays[0] == 1.0

@@ -6,16 +6,21 @@ the figure included, into a temporary stem: the numbers must be finite and
 the JSON must have the harness's layout. Left out to keep it fast (each
 Bayesian learner compiles for a second or two): the full-rank rows and the
 two diagnostic rows (``bayes_per_weight_true_noise``,
-``bayes_group_scales``), which the committed run exercised.
+``bayes_group_scales``), which the committed run exercised. Also the one
+online-regression loop the benchmark and ``tests/helpers.py`` share.
 """
 
 from __future__ import annotations
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from benchmarks import _online_regression
 from benchmarks import harness
 from benchmarks import per_weight_drift
 
@@ -49,3 +54,23 @@ def test_tiny_run_writes_finite_results(tmp_path, tiny_grids):
       assert np.all(np.isfinite(row[key]['values'])), (row['id'], key)
     assert np.all(np.isfinite(row['curve'])), row['id']
   assert written['config']['goal']['met'] in (True, False)
+
+
+def test_online_regression_predicts_before_learning():
+  # The one online-regression loop (benchmarks/_online_regression.py), with
+  # LMS, against the loop written out in NumPy: the prediction of example t
+  # uses the weights learnt from examples before t only.
+  rng = np.random.default_rng(0)
+  inputs, targets = rng.normal(size=(30, 3)), rng.normal(size=30)
+  rate, noise = 0.05, 2.0
+  weights, expected = np.zeros(3), []
+  for x, y in zip(inputs, targets):
+    expected.append(x @ weights)
+    weights = weights + rate * x * (y - x @ weights) / noise
+  with jax.enable_x64(True):
+    run = _online_regression.online_regression(
+        optax.sgd(rate), jnp.asarray(inputs), jnp.asarray(targets), noise,
+        extra_args=())
+  assert expected[0] == 0.0
+  np.testing.assert_allclose(run.predictions, expected, rtol=1e-12)
+  np.testing.assert_allclose(run.params, weights, rtol=1e-12)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import _tabular
 from benchmarks import harness
 from benchmarks import river_datasets as rd
 
@@ -78,22 +79,22 @@ def test_time_features_use_only_the_past():
 
 def _memoriser():
   """A learner that sets its linear model to predict the last target."""
-  def build(point, apply_fn, classification):
-    del point, apply_fn, classification
+  def step(params, state, inputs, target):
+    del inputs
+    return {'w': jnp.zeros_like(params['w']),
+            'b': jnp.asarray(target, params['b'].dtype)}, state
 
-    def step(params, state, inputs, target):
-      del inputs
-      return {'w': jnp.zeros_like(params['w']),
-              'b': jnp.asarray(target, params['b'].dtype)}, state
-    return (lambda params: ()), step
-  return harness.Learner('memoriser', 'memoriser', build)
+  def build(point):
+    del point
+    return lambda apply_fn: ((lambda params: ()), step)
+  return harness.Learner('trumpapproval/linear/memoriser', 'memoriser', build)
 
 
 def test_progressive_validation_predicts_before_learning():
   stream = rd.load_stream('trumpapproval', limit=100)
   with jax.enable_x64(True):
-    runner = rd.make_runner(_memoriser(), 'linear', stream, 'regression', 4)
-    errors = np.asarray(runner(jnp.ones(1), jax.vmap(jax.random.key)(
+    runner = rd.make_runner(_memoriser(), stream, 4)
+    errors = np.asarray(runner([{}], jax.vmap(jax.random.key)(
         jnp.zeros(1, jnp.int32))))[0, 0]
   targets = stream.targets
   # Learning from an example never helps its own prediction: the error is
@@ -137,8 +138,8 @@ def test_river_linear_replay_matches_progressive_val_score(name):
 def test_default_prior_sums_to_one():
   # c is chosen so that the ten initial variances sum to 1 (the prior's
   # total variance in standardised units).
-  _, _, initial = rd.default_prior()
-  assert initial.sum() == pytest.approx(1.0)
+  initial = _tabular.default_prior().initial_variances
+  assert sum(initial) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize('name', ['trumpapproval', 'phishing'])
@@ -147,11 +148,12 @@ def test_fit_prior_rows_score_like_the_tuned_rows(name):
   # log-loss) runs from the start and is scored on the whole stream and the
   # rest, as the tuned learners are.
   stream = rd.load_stream(name, limit=120)
-  task = rd.DATASETS[name][1]
   config = dataclasses.replace(rd.DEFAULT, mlp_seeds=(0,))
+  (learner, _) = rd.fit_learners(name, 'linear')
+  assert learner.meta['belief']['rank'] == 0
   with jax.enable_x64(True):
-    result = rd.evaluate_fit(0, 'linear', stream, task, config)
+    result = rd.fit_protocol(stream, config)(learner, {}, (0,))
   assert result['tune_steps'] == 30
   assert np.isfinite(result['score']['mean'])
   assert np.isfinite(result['score_rest']['mean'])
-  assert result['fitted_scale'][0] in rd.trump_approval.FIT_SCALES
+  assert result['fitted_scale'][0] in _tabular.FIT_SCALES
