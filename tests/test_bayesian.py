@@ -679,7 +679,8 @@ _DECAY_SETS = {
     'k1': [0.9], 'k1_tau1': [_TAU_ONE], 'k1_zero': [0.0],
     'k1_negative': [-0.5], 'k4': [0.5 ** (1 / 4 ** i) for i in range(4)],
     'k4_tau1': [_TAU_ONE, 0.9, 0.99, 0.999],
-    'k4_zero': [0.0, 0.9, 0.99, 0.999], 'k2_negative': [-0.3, 0.99]}
+    'k4_zero': [0.0, 0.9, 0.99, 0.999], 'k2_zero': [0.0, 0.9],
+    'k2_negative': [-0.3, 0.99]}
 
 
 @pytest.mark.parametrize('storage', [None, jnp.bfloat16, jnp.float16])

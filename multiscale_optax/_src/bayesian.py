@@ -1002,12 +1002,14 @@ def _predict_and_store(
        for process_variance in hyper.process_variances])
   # Every variance and factor is written after the new means and
   # sensitivities, whose steps read the old variances (see _after_written),
-  # and with one subweight after the params' increments, which read the old
-  # variance itself where they read the new mean (with two or more they read
-  # the sum of the variances, which XLA writes out for the innovation).
+  # and, where the params' increments sum the steps of one subweight, after
+  # them: they read its old variance itself (with two or more they read the
+  # sum of the variances, which XLA writes out for the innovation).
   ordered = [leaves[position] for leaves in new_means + new_tangents
              for position in trainable]
-  if len(hyper.decays) == 1 and posterior is not None:
+  summed = _summed_subweights(_increment_forms(hyper.decays))
+  if posterior is not None and len(
+      hyper.decays if summed is None else summed) == 1:
     ordered += [increments[position] for position in trainable]
   anchor: float | jax.Array = 0.0
   if ordered:
