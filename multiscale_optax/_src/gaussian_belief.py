@@ -382,6 +382,12 @@ def _truncate(
       1.0, (1.0 - margin) / jnp.maximum(largest, jnp.finfo(dtype).tiny)))
   new_factors = [[factor * shrink for factor in factors]
                  for factors in new_factors]
+  # An exact 0 read from the coupling's reduction, which reads the old
+  # diagonals: a caller that overwrites them in place (a donated state)
+  # then does so after it, rather than copying them first.
+  after_coupling = (largest != largest).astype(dtype) * 0.0
+  new_diagonals = [[diagonal + after_coupling for diagonal in diagonals]
+                   for diagonals in new_diagonals]
   return new_diagonals, new_factors
 
 
