@@ -292,10 +292,12 @@ def _coupling(
 ) -> jax.Array:
   r""":math:`K = U^\top \mathrm{diag}(D)^{-1} U`, ``(L, L)``."""
   tiny = jnp.finfo(diagonals[0][0].dtype).tiny
-  return _sum([
-      _inner(factor / jnp.maximum(diagonal, tiny), factor)
-      for subweight_diagonals, subweight_factors in zip(diagonals, factors)
-      for diagonal, factor in zip(subweight_diagonals, subweight_factors)])
+  # W = D^{-1/2} U and K = W^T W: the product reads one array, not two.
+  scaled = [factor * jax.lax.rsqrt(jnp.maximum(diagonal, tiny))
+            for subweight_diagonals, subweight_factors in zip(
+                diagonals, factors)
+            for diagonal, factor in zip(subweight_diagonals, subweight_factors)]
+  return _sum([_inner(leaf, leaf) for leaf in scaled])
 
 
 def _deflate(
