@@ -546,13 +546,13 @@ def predict(
   Returns:
     The predicted :class:`Belief` (the same ``summed_first``).
   """
-  dtype = belief.diagonals[0][0].dtype
   diagonals = [
-      [diagonal - jnp.asarray(variance_leak, dtype) * diagonal + noise
-       for diagonal, noise in zip(leaves, noises)]
+      [diagonal - jnp.asarray(variance_leak, diagonal.dtype) * diagonal
+       + noise for diagonal, noise in zip(leaves, noises)]
       for leaves, variance_leak, noises in zip(
           belief.diagonals, variance_leaks, process_noise)]
-  factors = [[factor - jnp.asarray(leak, dtype) * factor for factor in leaves]
+  factors = [[factor - jnp.asarray(leak, factor.dtype) * factor
+              for factor in leaves]
              for leaves, leak in zip(belief.factors, leaks)]
   return belief._replace(diagonals=diagonals, factors=factors)
 
