@@ -117,6 +117,9 @@ def _optimizers() -> dict[str, tuple[optax.GradientTransformation, int]]:
     # Reads u, J, w and 2k state arrays, writes w and 2k state arrays, plus
     # one earlier pass over J and the k variances for the reduction S.
     optimizers[f'bayesian_k{num}'] = (_bayesian_with(num), 5 * num + 5)
+    # A timescale of 1 (decay e^-1 < 1/2) among the subweights.
+    optimizers[f'bayesian_k{num}_tau1'] = (
+        _bayesian_with(num, shortest=1.0), 5 * num + 5)
     for rank in BAYES_RANKS:
       optimizers[f'bayesian_k{num}_rank{rank}'] = (
           _bayesian_with(num, rank), num * (3 * rank + 5) + 5)
@@ -132,9 +135,9 @@ def _optimizers() -> dict[str, tuple[optax.GradientTransformation, int]]:
 
 
 def _bayesian_with(num: int, rank: int | None = None,
-                   learn_prior: bool | str = False,
+                   learn_prior: bool | str = False, shortest: float = 10.0,
                    ) -> optax.GradientTransformation:
-  timescales = mso.log_spaced_timescales(10.0, 1e4, num)
+  timescales = mso.log_spaced_timescales(shortest, 1e4, num)
   decays = mso.decays_from_timescales(timescales)
   return mso.bayesian_multiscale(
       decays.tolist(), (1e-6 * (1.0 - decays**2)).tolist(), 1.0, rank=rank,
@@ -167,18 +170,11 @@ def _axpy_seconds(size: int, rounds: int) -> float:
   return statistics.median(times)
 
 
-def measure(size: int, rounds: int, only: list[str] | None = None) -> dict:
-  """Round-robin medians for every optimizer (or those in ``only``, with
-  the momentum reference and Adam) at one parameter count."""
-  optimizers = _optimizers()
-  if only:
-    unknown = set(only) - set(optimizers)
-    if unknown:
-      raise ValueError(f'unknown optimizers {sorted(unknown)}')
-    keep = {'sgd_momentum_0.9', 'adam', *only}
-    optimizers = {name: value for name, value in optimizers.items()
-                  if name in keep}
-  grads = _pytree(size, 1e-3)
+def _compiled_runners(optimizers: dict, size: int, grads: dict,
+                      ) -> tuple[dict, dict, dict]:
+  """Per optimizer: [step, params, state] after one warm-up step, XLA's
+  bytes accessed by the compiled step, and the state's size in float32
+  arrays per parameter."""
   runners = {}
   xla_bytes = {}
   state_arrays = {}
@@ -196,13 +192,21 @@ def measure(size: int, rounds: int, only: list[str] | None = None) -> dict:
     params, state = step(params, state, grads)  # warm up
     jax.block_until_ready(params)
     runners[name] = [step, params, state]
-  times: dict[str, list[float]] = {name: [] for name in optimizers}
+  return runners, xla_bytes, state_arrays
+
+
+def _round_robin(runners: dict, grads: dict, size: int, rounds: int,
+                 ) -> tuple[dict[str, list[float]], list[float]]:
+  """Seconds per step of every runner and of the axpy reference, per round.
+
+  The rank rows' long, matrix-product-bound steps leave the next step
+  slower on a small machine (worker threads still spinning after the
+  products): each round runs them last, after the axpy reference, and the
+  next round starts after a pause and untimed copies. The other steps run
+  back to back, as in a training loop.
+  """
+  times: dict[str, list[float]] = {name: [] for name in runners}
   axpy_times = []
-  # The rank rows' long, matrix-product-bound steps leave the next step
-  # slower on a small machine (worker threads still spinning after the
-  # products): each round runs them last, after the axpy reference, and
-  # the next round starts after a pause and untimed copies. The other
-  # steps run back to back, as in a training loop.
   ranked = [name for name in runners if '_rank' in name]
   others = [name for name in runners if name not in ranked]
 
@@ -224,6 +228,24 @@ def measure(size: int, rounds: int, only: list[str] | None = None) -> dict:
     axpy_times.append(_axpy_seconds(size, 1))
     time_steps(ranked)
   print()
+  return times, axpy_times
+
+
+def measure(size: int, rounds: int, only: list[str] | None = None) -> dict:
+  """Round-robin medians for every optimizer (or those in ``only``, with
+  the momentum reference and Adam) at one parameter count."""
+  optimizers = _optimizers()
+  if only:
+    unknown = set(only) - set(optimizers)
+    if unknown:
+      raise ValueError(f'unknown optimizers {sorted(unknown)}')
+    keep = {'sgd_momentum_0.9', 'adam', *only}
+    optimizers = {name: value for name, value in optimizers.items()
+                  if name in keep}
+  grads = _pytree(size, 1e-3)
+  runners, xla_bytes, state_arrays = _compiled_runners(
+      optimizers, size, grads)
+  times, axpy_times = _round_robin(runners, grads, size, rounds)
   axpy_seconds = statistics.median(axpy_times)
   axpy_bandwidth = 3 * 4 * size / axpy_seconds / 1e9
   reference = statistics.median(times['sgd_momentum_0.9'])

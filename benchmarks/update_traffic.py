@@ -36,6 +36,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import multiscale_optax as mso
@@ -43,6 +44,8 @@ from benchmarks import harness
 
 # The params of every step: this many equal float32 leaves.
 NUM_LEAVES = 4
+# Ranks of the low-rank rows (k = 1 and 4 each).
+RANKS = (1, 5, 10)
 # The size at which the compiled step's traffic is counted (any size works:
 # the count is per parameter).
 COUNT_SIZE = 1 << 20
@@ -57,14 +60,28 @@ def learners() -> dict[str, tuple[str, Callable[[], Any], int]]:
     decays = [0.5 ** (1 / 4**i) for i in range(k)]
     return lambda: mso.bayesian_multiscale(
         decays, [1 - d * d for d in decays], 1.0, rank=rank)
+  def with_tau_one(k: int) -> Callable[[], Any]:
+    # Timescales 1, 10, 100, ...: the first decay is e^-1 < 1/2.
+    decays = [float(np.exp(-1.0 / 10.0**i)) for i in range(k)]
+    return lambda: mso.bayesian_multiscale(
+        decays, [1 - d * d for d in decays], 1.0)
   rows: dict[str, tuple[str, Callable[[], Any], int]] = {
       'adam': ('Adam', lambda: optax.adam(1e-3), 7)}
   for k in (1, 4, 8):
     rows[f'bayesian_k{k}'] = (f'Bayesian multiscale, k = {k}',
                               bayesian(k), 4 * k + 4)
+  for k in (1, 4):
+    rows[f'bayesian_k{k}_tau1'] = (
+        f'Bayesian multiscale, k = {k}, timescales from 1',
+        with_tau_one(k), 4 * k + 4)
   # Rank L adds kL factor entries per parameter, each read and written.
   rows['bayesian_k4_rank5'] = ('Bayesian multiscale, k = 4, rank 5',
                                bayesian(4, 5), 4 * 4 + 4 + 2 * 4 * 5)
+  for k in (1, 4):
+    for rank in RANKS:
+      rows.setdefault(f'bayesian_k{k}_rank{rank}', (
+          f'Bayesian multiscale, k = {k}, rank {rank}', bayesian(k, rank),
+          4 * k + 4 + 2 * k * rank))
   return rows
 
 
@@ -82,16 +99,19 @@ def _leaves(size: int, value: float) -> list[jax.Array]:
 
 
 def entry_traffic(hlo_text: str, leaf_size: int) -> dict[str, Any]:
-  """Reads and writes of arrays of ``leaf_size`` entries in ENTRY.
+  """Reads and writes of arrays of at least ``leaf_size`` entries in ENTRY.
 
   Each instruction of the entry computation that reads an operand of that
   size counts one read per distinct operand, and one write if it produces
-  one; bitcasts, tuples and parameters move nothing.
+  one; bitcasts, tuples and parameters move nothing. ``weighted_*`` count
+  each array as its size over ``leaf_size`` (a rank-L factor of one leaf is
+  L arrays), in entries, whatever the dtype.
   """
   entry = hlo_text[hlo_text.index('\nENTRY'):]
   entry = entry[:entry.index('\n}')]
   sizes: dict[str, int] = {}
   reads = writes = copies = 0
+  weighted_reads = weighted_writes = 0.0
   for line in entry.splitlines()[1:]:
     match = _INSTRUCTION.match(line)
     if not match:
@@ -106,12 +126,17 @@ def entry_traffic(hlo_text: str, leaf_size: int) -> dict[str, Any]:
       continue
     operands = dict.fromkeys(re.findall(r'%([\w.\-]+)', rest.split(
         '), ')[0]))
-    reads += sum(1 for operand in operands
-                 if sizes.get(operand, 0) >= leaf_size)
+    big = [sizes[operand] for operand in operands
+           if sizes.get(operand, 0) >= leaf_size]
+    reads += len(big)
+    weighted_reads += sum(big) / leaf_size
     writes += int(size >= leaf_size)
+    weighted_writes += size / leaf_size if size >= leaf_size else 0.0
     copies += int(opcode == 'copy' and size >= leaf_size)
   return {'reads': reads, 'writes': writes, 'total': reads + writes,
-          'state_copies': copies}
+          'state_copies': copies, 'weighted_reads': weighted_reads,
+          'weighted_writes': weighted_writes,
+          'weighted_total': weighted_reads + weighted_writes}
 
 
 def traffic(optimizer: Any, bayesian: bool) -> dict[str, Any]:
@@ -184,11 +209,14 @@ def main(argv: list[str] | None = None) -> int:
         'id': row_id, 'label': label, 'minimum_arrays': minimum,
         'arrays_read': counted['reads'], 'arrays_written': counted['writes'],
         'arrays_moved': counted['total'],
+        'weighted_arrays_moved': counted['weighted_total'],
+        'weighted_to_minimum': counted['weighted_total'] / minimum,
         'state_copies': counted['state_copies'],
         'median_ms': 1e3 * median, 'ratio_to_adam': median / adam,
         'times_ms': [1e3 * t for t in times[row_id]]})
-    print(f'{label:38s} arrays {counted["total"]:3d} (minimum {minimum:3d},'
-          f' copies {counted["state_copies"]})  {1e3 * median:8.2f} ms  '
+    print(f'{label:42s} arrays {counted["total"]:3d}, by size '
+          f'{counted["weighted_total"]:6.1f} (minimum {minimum:3d}, copies '
+          f'{counted["state_copies"]})  {1e3 * median:8.2f} ms  '
           f'{median / adam:5.2f}x Adam')
   document = harness.results_document(
       'update_traffic', config={'size': size, 'rounds': args.rounds,

@@ -508,11 +508,13 @@ def _observe(
       [jacobian_leaves[p] for p in trainable], residual,
       observation_covariance, jnp.asarray(hyper.noise_variance, dtype),
       dtype)
+  summed = _summed_subweights(_increment_forms(hyper.decays))
   belief = gaussian_belief.Belief(
       diagonals=[[leaves[p].astype(dtype) for p in trainable]
                  for leaves in variances],
       factors=[[leaves[p].astype(dtype) for p in trainable]
-               for leaves in factors])
+               for leaves in factors],
+      summed_first=summed)
   observation, innovation, rescale = _innovation(
       belief, observation_at, rows, dtype)
   valid = valid & jnp.all(jnp.isfinite(innovation.cholesky))
@@ -523,7 +525,7 @@ def _observe(
     valid = valid & jnp.all(jnp.isfinite(
         small_linalg.cholesky(observation.covariance)))
   posterior = gaussian_belief.condition(
-      belief, observation, innovation, hyper.variance_update)
+      belief, observation, innovation, hyper.variance_update, summed)
   return _Conditioned(belief, observation, innovation, posterior, valid,
                       rescale, rows)
 
@@ -823,24 +825,69 @@ def _score(conditioned: _Conditioned) -> _Score:
       outputs=jnp.where(valid, count, 0).astype(jnp.int32))
 
 
+# Below this magnitude a decay's increment is not read from its new mean: a
+# new mean of gamma (mu + dmu) near the smallest normal number would lose
+# digits that the division by gamma would then magnify.
+_SMALLEST_DECAY_READ_AFTER_UPDATE = 2.0 ** -20
+AFTER, ZERO, BEFORE = 'after', 'zero', 'before'
+
+
+def _increment_forms(decays: Sequence[Any]) -> tuple[str, ...]:
+  r"""Per subweight, where its share of the params' increment is read.
+
+  ``AFTER``: a concrete decay with :math:`|\gamma| \ge 2^{-20}` (of either
+  sign), from the new mean (:func:`_mean_step`). ``ZERO``: a concrete decay
+  of 0, whose mean is 0 after every update (init stores 0, and
+  :math:`0 \cdot (\mu + \Delta\mu) = 0`), so its share is 0 and its new
+  mean is written without reading the old one. ``BEFORE``: a traced (or
+  tiny) decay, from the old mean.
+  """
+  forms = []
+  for decay in decays:
+    if checks.is_traced(decay):
+      forms.append(BEFORE)
+    elif decay == 0.0:
+      forms.append(ZERO)
+    elif abs(decay) >= _SMALLEST_DECAY_READ_AFTER_UPDATE:
+      forms.append(AFTER)
+    else:
+      forms.append(BEFORE)
+  return tuple(forms)
+
+
+def _summed_subweights(forms: Sequence[str]) -> list[int] | None:
+  """The subweights whose mean steps the params' increment sums (``None``
+  for all): without the zero-decay ones where every other reads after."""
+  after = [index for index, form in enumerate(forms) if form == AFTER]
+  if len(after) == len(forms) or not after or BEFORE in forms:
+    return None
+  return after
+
+
 def _mean_step(
     stored: jax.Array, step: jax.Array, decay: jax.Array, leak: jax.Array,
     scale_step: scaled_storage.ScaleStep, dtype: Any,
-    read_after_update: bool,
+    form: str | None,
 ) -> tuple[jax.Array, jax.Array]:
   r"""One mean's :math:`\mu' = \gamma(\mu + \Delta\mu)`: stored, increment.
 
-  A mean narrower than the compute dtype is rounded on storage, and its
-  increment is the change of the value actually stored. Otherwise the
-  increment is written so that XLA can update the donated state in place
-  (on XLA:CPU, an output that reads another input which is overwritten in
-  place costs a copy of that input): with ``read_after_update`` (a concrete
-  decay :math:`|\gamma| \ge 1/2`) it is read from the new mean and the
-  step, :math:`\mu' - \mu = \Delta\mu - \frac{1 - \gamma}{\gamma}
-  \mu'`, of which only the second term is returned (the caller adds the
-  steps of all subweights at once); else it is
-  :math:`\gamma\Delta\mu - (1 - \gamma)\mu`.
+  ``form`` is ``None`` where the leaf's increment reads the old means, else
+  the subweight's :func:`_increment_forms` entry (every subweight of the
+  leaf then reads after its update). With ``None``, a mean narrower than
+  the compute dtype is rounded on storage and its increment is the change
+  of the value actually stored; otherwise the increment is
+  :math:`\gamma\Delta\mu - (1 - \gamma)\mu`. Reading the old mean there
+  costs a copy of it on XLA:CPU (an output that reads an input which is
+  overwritten in place). With ``AFTER`` the increment is read from the new
+  mean and the step, :math:`\mu' - \mu = \Delta\mu - \frac{1 -
+  \gamma}{\gamma} \mu'`, of which only the second term is returned (the
+  caller adds the steps of all subweights at once); with ``ZERO`` the new
+  mean is 0 and so is the share of the increment.
   """
+  if form == ZERO:
+    # 0 times the old mean, as the general form computes it (a broadcast 0
+    # would be written out and then copied into the donated buffer).
+    return stored * jnp.zeros((), stored.dtype), jnp.zeros(stored.shape, dtype)
   scaled = scaled_storage.is_scaled(stored.dtype)
   if stored.dtype != dtype:
     if scaled:
@@ -857,7 +904,7 @@ def _mean_step(
   else:
     new = stored - leak * stored + decay * step
     new_value, old_term = new, -leak * stored
-  if read_after_update:
+  if form == AFTER:
     # The step itself is added once per leaf, from summed_mean_steps.
     return new, -(leak / decay) * new_value
   return new, old_term + decay * step
@@ -904,11 +951,11 @@ def _predict_and_store(
   (the approximation :math:`\Sigma \propto c` of the learned prior, which
   keeps the belief the one a filter run at the new scale would hold).
 
-  The means and sensitivities are stored first; each variance's and
-  factor's update then depends on its new mean and sensitivity
-  (:func:`_after`), so that XLA orders every read of the old variances
-  before the loops that overwrite them and updates the donated state in
-  place.
+  The means and sensitivities are stored first, and every variance and
+  factor after them (:func:`_after_written`), so that XLA orders every read
+  of the old state before the loops that overwrite it and updates the
+  donated state in place. The covariance's prediction is
+  :func:`gaussian_belief.predict`.
   """
   posterior = None if conditioned is None else conditioned.posterior
   valid = jnp.asarray(False) if conditioned is None else conditioned.valid
@@ -917,68 +964,126 @@ def _predict_and_store(
       for scale, leak in zip(state.mean_scales, hyper.leaks)))
   increments, new_means = _store_means(
       hyper, grad_leaves, means, trainable, posterior, valid, scale_steps,
-      dtype)
-  new_variances = [list(leaves) for leaves in variances]
-  new_factors = [list(leaves) for leaves in factors]
+      state.count, dtype)
   new_tangents = [list(leaves) for leaves in tangents]
-  for index, ((leak, variance_leak), process_variance, decay) in enumerate(
-      zip(hyper.leaks, hyper.process_variances, hyper.decays)):
-    leak_c = jnp.asarray(leak, dtype)
-    variance_leak_c = jnp.asarray(variance_leak, dtype)
-    process_c = jnp.asarray(process_variance, dtype)
+  for index, leaves in enumerate(tangents):
     for flat, position in enumerate(trainable):
-      scale, change = scale_changes[flat]
-      if tangents:
-        # Stored before the variance: its step read the old variance.
-        old_tangent = tangents[index][position]
-        tangent = old_tangent.astype(dtype)
-        step = (0.0 if tangent_steps is None
-                else tangent_steps[index][flat])
-        new_tangents[index][position] = precision.round_to_storage(
-            tangent - leak_c * tangent + jnp.asarray(decay, dtype) * step,
-            old_tangent.dtype)
-      diagonal = variances[index][position].astype(dtype)
-      after_means: float | jax.Array = 0.0
-      if len(hyper.decays) > 1:
-        after_means = _after(new_means[index][position], dtype)
-        if tangents:
-          after_means = after_means + _after(
-              new_tangents[index][position], dtype)
-      if posterior is not None:
-        diagonal = jnp.where(valid, posterior.diagonals[index][flat],
-                             diagonal)
-      if tangents:
-        diagonal = change * diagonal
-      new_variances[index][position] = precision.round_to_storage(
-          diagonal - variance_leak_c * diagonal
-          + (scale * process_c + after_means),
-          variances[index][position].dtype)
-      if factors:
-        old_factor = factors[index][position]
-        factor = old_factor.astype(dtype)
-        if posterior is not None:
-          factor = jnp.where(valid, posterior.factors[index][flat], factor)
-        if tangents:
-          factor = jnp.sqrt(change) * factor
-        new_factors[index][position] = precision.round_to_storage(
-            factor - leak_c * factor + after_means, old_factor.dtype)
-  return _Stored(increments, new_means, new_variances, new_factors,
-                 new_tangents, tuple(scales))
+      # Stored before the variance: its step read the old variance.
+      tangent = leaves[position].astype(dtype)
+      step = 0.0 if tangent_steps is None else tangent_steps[index][flat]
+      new_tangents[index][position] = precision.round_to_storage(
+          tangent - jnp.asarray(hyper.leaks[index][0], dtype) * tangent
+          + jnp.asarray(hyper.decays[index], dtype) * step,
+          leaves[position].dtype)
+  belief = _carried_belief(
+      variances, factors, trainable, posterior, valid,
+      [change for _, change in scale_changes] if tangents else None, dtype)
+  predicted = gaussian_belief.predict(
+      belief, [leak for leak, _ in hyper.leaks],
+      [variance_leak for _, variance_leak in hyper.leaks],
+      [[scale * jnp.asarray(process_variance, dtype)
+        for scale, _ in scale_changes]
+       for process_variance in hyper.process_variances])
+  # Every variance and factor is written after the new means and
+  # sensitivities, whose steps read the old variances (see _after_written),
+  # and, where the params' increments sum the steps of one subweight, after
+  # them: they read its old variance itself (with two or more they read the
+  # sum of the variances, which XLA writes out for the innovation).
+  ordered = [leaves[position] for leaves in new_means + new_tangents
+             for position in trainable]
+  summed = _summed_subweights(_increment_forms(hyper.decays))
+  if posterior is not None and len(
+      hyper.decays if summed is None else summed) == 1:
+    ordered += [increments[position] for position in trainable]
+  anchor: float | jax.Array = 0.0
+  if ordered:
+    anchor = _after_written(ordered, state.count, dtype)
+  return _Stored(
+      increments, new_means,
+      _with_positions(variances, trainable, predicted.diagonals, anchor),
+      _with_positions(factors, trainable, predicted.factors, anchor),
+      new_tangents, tuple(scales))
 
 
-def _after(array: jax.Array, dtype: Any) -> jax.Array:
-  """An exact 0 that XLA can only compute after ``array``.
+def _carried_belief(
+    variances: list[list[jax.Array]],
+    factors: list[list[jax.Array]],
+    trainable: list[int],
+    posterior: gaussian_belief.Posterior | None,
+    valid: jax.Array,
+    changes: list[jax.Array] | None,
+    dtype: Any,
+) -> gaussian_belief.Belief:
+  r"""The belief to predict from: the posterior where the observation was
+  valid, else the prior; times the prior scale's change ``changes`` (per
+  trainable leaf, :math:`\kappa`: :math:`D \leftarrow \kappa D`,
+  :math:`U \leftarrow \sqrt\kappa U`) where it is learned."""
+  def carried(stored: list[list[jax.Array]],
+              new: list[list[jax.Array]] | None, power: float,
+              ) -> list[list[jax.Array]]:
+    result: list[list[jax.Array]] = []
+    for index, leaves in enumerate(stored):
+      result.append([])
+      for flat, position in enumerate(trainable):
+        value = leaves[position].astype(dtype)
+        if new is not None:
+          value = jnp.where(valid, new[index][flat], value)
+        if changes is not None:
+          change = changes[flat]
+          value = (change if power == 1.0 else jnp.sqrt(change)) * value
+        result[-1].append(value)
+    return result
+  return gaussian_belief.Belief(
+      diagonals=carried(
+          variances, None if posterior is None else posterior.diagonals, 1.0),
+      factors=carried(
+          factors, None if posterior is None else posterior.factors, 0.5))
 
-  Added to a variance's (or factor's) update, it makes the loop that
-  overwrites the donated variance depend on the loop that wrote the new
-  mean, which read the old variance: XLA then orders the two and updates
-  the variance in place instead of copying it first (XLA:CPU drops
-  ``lax.optimization_barrier`` before it places copies). It reads one
-  entry. With one subweight the params' increment reads the old variance
-  itself, so the copy stays and this is not used.
+
+def _with_positions(
+    stored: list[list[jax.Array]], trainable: list[int],
+    new: list[list[jax.Array]], anchor: float | jax.Array,
+) -> list[list[jax.Array]]:
+  """``stored`` with its trainable leaves replaced by ``new`` (plus the
+  exact 0 ``anchor``), rounded to the stored dtypes."""
+  result = [list(leaves) for leaves in stored]
+  for index, leaves in enumerate(result):
+    for flat, position in enumerate(trainable):
+      leaves[position] = precision.round_to_storage(
+          new[index][flat] + anchor, leaves[position].dtype)
+  return result
+
+
+def _after_written(
+    arrays: Sequence[jax.Array], count: jax.Array, dtype: Any) -> jax.Array:
+  """An exact 0 that XLA can only compute after writing out ``arrays``.
+
+  An exact 0 read from one entry of ``arrays`` (``0 * (x != x)``) does not
+  order anything where an array is not an output of the step: XLA
+  recomputes that entry inside the consumer, reading the old state there.
+  And XLA:CPU drops ``lax.optimization_barrier`` before it places copies.
+  An operand of a ``lax.cond`` is written out, and the cond's result is
+  read only after it (one cond per step, reading one entry of each array).
+  So an increment that reads the old means (narrow
+  storage, a traced decay) is written once (one write and one read of a
+  params-sized array, where copying the old means costs one of each per
+  subweight), and the loops that overwrite the means are ordered after it.
   """
-  anchor = jnp.ravel(array)[0]
+  # The operands keep their shapes (a reshaped one would be another array),
+  # and each branch reads every one (XLA drops an operand that none reads).
+  def entry(leaves: list[jax.Array], at: int) -> jax.Array:
+    return _sum_entries([leaf[(at,) * leaf.ndim].astype(dtype)
+                         for leaf in leaves])
+  # The step count is never negative, but XLA cannot know it (a predicate
+  # read from the arrays would read them before they are written).
+  anchor = jax.lax.cond(
+      count < 0, lambda leaves: entry(leaves, -1),
+      lambda leaves: entry(leaves, 0), list(arrays))
   return (anchor != anchor).astype(dtype) * 0.0
+
+
+def _sum_entries(values: list[jax.Array]) -> jax.Array:
+  return sum(values[1:], values[0])
 
 
 def _store_means(
@@ -989,43 +1094,55 @@ def _store_means(
     posterior: gaussian_belief.Posterior | None,
     valid: jax.Array,
     scale_steps: Sequence[scaled_storage.ScaleStep],
+    count: jax.Array,
     dtype: Any,
 ) -> tuple[list[jax.Array], list[list[jax.Array]]]:
-  r"""The new means and the params' increments.
+  r"""The params' increments and the new means.
 
   Where every subweight of a leaf reads its increment after its update
-  (:func:`_mean_step`), the leaf's increment is
-  :math:`\sum_i \Delta\mu_i - \sum_i \frac{1 - \gamma_i}{\gamma_i}
-  \mu_i'`, whose first sum the kernel reads from :math:`\sum_i D_i`
-  (``summed_mean_steps``): the loop that updates the params then reads no
-  subweight's old variance.
+  (:func:`_mean_step`, forms ``AFTER`` and ``ZERO``), the leaf's increment
+  is :math:`\sum_i \Delta\mu_i - \sum_i \frac{1 - \gamma_i}{\gamma_i}
+  \mu_i'` over the ``AFTER`` subweights, whose first sum the kernel reads
+  from their :math:`\sum_i D_i` (``summed_mean_steps``): the loop that
+  updates the params then reads no subweight's old mean or variance.
+  Elsewhere (a narrow storage dtype, a traced decay) the increment reads the
+  old means: it is written out first, and the new means after it
+  (:func:`_after_written`). ``count`` is the state's step count.
   """
+  forms = _increment_forms(hyper.decays)
   increments = [jnp.zeros_like(grad) for grad in grad_leaves]
   new_means = [list(leaves) for leaves in means]
+  slow = []
   for flat, position in enumerate(trainable):
     read_after_update = posterior is not None and all(
-        not checks.is_traced(decay) and abs(decay) >= 0.5
-        and means[index][position].dtype == dtype
-        for index, decay in enumerate(hyper.decays))
+        form == ZERO or (form == AFTER and leaves[position].dtype == dtype)
+        for form, leaves in zip(forms, means))
     shape = grad_leaves[position].shape
-    if read_after_update:
+    if read_after_update and AFTER in forms:
       assert posterior is not None
       increments[position] = jnp.where(
           valid, posterior.summed_mean_steps[flat], 0.0)
     for index, (decay, (leak, _)) in enumerate(
         zip(hyper.decays, hyper.leaks)):
-      decay_c = jnp.asarray(decay, dtype)
-      leak_c = jnp.asarray(leak, dtype)
       step = (jnp.zeros(shape, dtype) if posterior is None else
               jnp.where(valid, posterior.mean_steps[index][flat], 0.0))
       new_mean, term = _mean_step(
-          means[index][position], step, decay_c, leak_c, scale_steps[index],
-          dtype, read_after_update)
+          means[index][position], step, jnp.asarray(decay, dtype),
+          jnp.asarray(leak, dtype), scale_steps[index], dtype,
+          forms[index] if read_after_update else None)
       increments[position] = increments[position] + term
       new_means[index][position] = new_mean
+    if not read_after_update:
+      slow.append(position)
   increments = [
       increment.astype(grad.dtype)
       for increment, grad in zip(increments, grad_leaves)]
+  if slow:
+    anchor = _after_written([increments[p] for p in slow], count, dtype)
+    for position in slow:
+      for leaves in new_means:
+        leaves[position] = leaves[position] + anchor.astype(
+            leaves[position].dtype)
   return increments, new_means
 
 

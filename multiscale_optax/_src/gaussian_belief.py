@@ -33,10 +33,12 @@ keep their shapes (no flattening), so each keeps its param's sharding:
   the :math:`L + N` columns back to :math:`L` by an eigendecomposition of
   their Gram matrix (:func:`_truncate`); a diagonal belief keeps a diagonal
   by one of the rules of :data:`VARIANCE_UPDATES`.
-* the prediction (:math:`\mu \leftarrow \gamma\mu`,
-  :math:`D \leftarrow \gamma^2 D + c q`, :math:`U \leftarrow \gamma U`) is
-  exact for this form and is applied by the transformation where it stores
-  the state.
+* :func:`predict`: the prior's prediction (:math:`\mu \leftarrow
+  \gamma\mu`, :math:`D \leftarrow \gamma^2 D + c q`,
+  :math:`U \leftarrow \gamma U`), exact for this form. The means are
+  stored scaled (:mod:`multiscale_optax._src.scaled_storage`), so the
+  transformation applies their decay where it stores them; this gives the
+  covariance.
 * :func:`tangent_projection` and :func:`weight_statistics`: what the
   learned prior scale reads from an observation
   (:mod:`multiscale_optax._src.prior_learning`).
@@ -99,10 +101,14 @@ class Belief(NamedTuple):
     diagonals: :math:`D`, per subweight, per leaf, shape ``(n,)``.
     factors: :math:`U`, per subweight, per leaf, shape ``(L, n)``; an empty
       list for a diagonal belief.
+    summed_first: subweights whose sum is formed first in every sum over
+      all subweights (``None``: in order), so that their partial sum, which
+      :func:`condition`'s ``summed_over`` reads, is the same array.
   """
 
   diagonals: list[list[jax.Array]]
   factors: list[list[jax.Array]]
+  summed_first: Sequence[int] | None = None
 
 
 class Innovation(NamedTuple):
@@ -128,7 +134,8 @@ class Posterior(NamedTuple):
   Attributes:
     mean_steps: :math:`\\Sigma H^\\top S^{-1} e`, per subweight, per leaf.
     summed_mean_steps: per leaf, the sum of ``mean_steps`` over subweights
-      (the step of the weight), read from :math:`\\sum_i D_i` and
+      (the step of the weight; over those of ``summed_over`` in
+      :func:`condition`), read from :math:`\\sum_i D_i` and
       :math:`\\sum_i U_i` rather than from every subweight's :math:`D_i`.
     diagonals: the new :math:`D`.
     factors: the new :math:`U` (empty for a diagonal belief).
@@ -164,15 +171,34 @@ def _combine(matrix: jax.Array, leaves: jax.Array) -> jax.Array:
   return jnp.tensordot(matrix, leaves, axes=1)
 
 
-def _summed_diagonals(belief: Belief) -> list[jax.Array]:
-  """Per leaf, :math:`s = \\sum_i D_i`: each weight's own prior variance."""
-  return [_sum([diagonals[leaf] for diagonals in belief.diagonals])
+def _order(belief: Belief, count: int,
+           subweights: Sequence[int] | None) -> list[int]:
+  """The subweights of a sum, in the order they are added."""
+  if subweights is not None:
+    return list(subweights)
+  first = list(belief.summed_first or ())
+  return first + [index for index in range(count) if index not in first]
+
+
+def _summed_diagonals(
+    belief: Belief, subweights: Sequence[int] | None = None,
+) -> list[jax.Array]:
+  """Per leaf, :math:`s = \\sum_i D_i`: each weight's own prior variance
+  (the sum over ``subweights``, all by default)."""
+  chosen = [belief.diagonals[i] for i in _order(
+      belief, len(belief.diagonals), subweights)]
+  return [_sum([diagonals[leaf] for diagonals in chosen])
           for leaf in range(len(belief.diagonals[0]))]
 
 
-def _summed_factors(belief: Belief) -> list[jax.Array]:
-  """Per leaf, :math:`\\sum_i U_i`: the factor's rows seen through H."""
-  return [_sum([factors[leaf] for factors in belief.factors])
+def _summed_factors(
+    belief: Belief, subweights: Sequence[int] | None = None,
+) -> list[jax.Array]:
+  """Per leaf, :math:`\\sum_i U_i`: the factor's rows seen through H (the
+  sum over ``subweights``, all by default)."""
+  chosen = [belief.factors[i] for i in _order(
+      belief, len(belief.factors), subweights)]
+  return [_sum([factors[leaf] for factors in chosen])
           for leaf in range(len(belief.factors[0]))]
 
 
@@ -266,10 +292,12 @@ def _coupling(
 ) -> jax.Array:
   r""":math:`K = U^\top \mathrm{diag}(D)^{-1} U`, ``(L, L)``."""
   tiny = jnp.finfo(diagonals[0][0].dtype).tiny
-  return _sum([
-      _inner(factor / jnp.maximum(diagonal, tiny), factor)
-      for subweight_diagonals, subweight_factors in zip(diagonals, factors)
-      for diagonal, factor in zip(subweight_diagonals, subweight_factors)])
+  # W = D^{-1/2} U and K = W^T W: the product reads one array, not two.
+  scaled = [factor * jax.lax.rsqrt(jnp.maximum(diagonal, tiny))
+            for subweight_diagonals, subweight_factors in zip(
+                diagonals, factors)
+            for diagonal, factor in zip(subweight_diagonals, subweight_factors)]
+  return _sum([_inner(leaf, leaf) for leaf in scaled])
 
 
 def _deflate(
@@ -356,6 +384,12 @@ def _truncate(
       1.0, (1.0 - margin) / jnp.maximum(largest, jnp.finfo(dtype).tiny)))
   new_factors = [[factor * shrink for factor in factors]
                  for factors in new_factors]
+  # An exact 0 read from the coupling's reduction, which reads the old
+  # diagonals: a caller that overwrites them in place (a donated state)
+  # then does so after it, rather than copying them first.
+  after_coupling = (largest != largest).astype(dtype) * 0.0
+  new_diagonals = [[diagonal + after_coupling for diagonal in diagonals]
+                   for diagonals in new_diagonals]
   return new_diagonals, new_factors
 
 
@@ -364,6 +398,7 @@ def covariance_times(
     observation: Observation,
     innovation_: Innovation,
     solved: jax.Array,
+    summed_over: Sequence[int] | None = None,
 ) -> tuple[list[list[jax.Array]], list[jax.Array]]:
   r""":math:`\Sigma H^\top w` for an :math:`N`-vector :math:`w`.
 
@@ -376,25 +411,29 @@ def covariance_times(
     observation: the observation (its Jacobian rows).
     innovation_: :func:`innovation` of both.
     solved: :math:`w`, shape ``(N,)``.
+    summed_over: the subweights whose results are summed (all if
+      ``None``; not empty).
 
   Returns:
     Per subweight and leaf, :math:`(\Sigma H^\top w)_i`; and per leaf
-    their sum over subweights, read from :math:`\sum_i D_i` and
-    :math:`\sum_i U_i`.
+    their sum over ``summed_over``, read from :math:`\sum_i D_i` and
+    :math:`\sum_i U_i` over those subweights.
   """
   gains = [_combine(solved, row) for row in observation.rows]
-  return _covariance_times_gains(belief, innovation_, gains, solved)
+  return _covariance_times_gains(
+      belief, innovation_, gains, solved, summed_over)
 
 
 def _covariance_times_gains(
     belief: Belief, innovation_: Innovation, gains: list[jax.Array],
     solved: jax.Array | None,
+    summed_over: Sequence[int] | None = None,
 ) -> tuple[list[list[jax.Array]], list[jax.Array]]:
   """:func:`covariance_times` from the per-leaf gains :math:`J^\top w`."""
   steps = [[variance * gain for variance, gain in zip(diagonals, gains)]
            for diagonals in belief.diagonals]
   summed_steps = [total * gain for total, gain in zip(
-      _summed_diagonals(belief), gains)]
+      _summed_diagonals(belief, summed_over), gains)]
   if not belief.factors:
     return steps, summed_steps
   assert innovation_.projection is not None
@@ -407,7 +446,7 @@ def _covariance_times_gains(
             for step, factor in zip(subweight_steps, factors)]
            for subweight_steps, factors in zip(steps, belief.factors)]
   summed_steps = [step - _combine(coupling, factor) for step, factor in zip(
-      summed_steps, _summed_factors(belief))]
+      summed_steps, _summed_factors(belief, summed_over))]
   return steps, summed_steps
 
 
@@ -416,6 +455,7 @@ def condition(
     observation: Observation,
     innovation_: Innovation,
     variance_update: str,
+    summed_over: Sequence[int] | None = None,
 ) -> Posterior:
   r"""The Kalman update of a belief on one observation.
 
@@ -433,6 +473,8 @@ def condition(
     observation: the observation.
     innovation_: :func:`innovation` of both.
     variance_update: one of :data:`VARIANCE_UPDATES` (diagonal belief).
+    summed_over: the subweights whose mean steps are summed in
+      ``summed_mean_steps`` (all if ``None``; not empty).
 
   Returns:
     The :class:`Posterior`.
@@ -441,12 +483,14 @@ def condition(
   if observation.residual is not None:
     mean_steps, summed_steps = covariance_times(
         belief, observation, innovation_,
-        small_linalg.cho_solve(innovation_.cholesky, observation.residual))
+        small_linalg.cho_solve(innovation_.cholesky, observation.residual),
+        summed_over)
   else:
     mean_steps, summed_steps = _covariance_times_gains(
         belief, innovation_,
         [product / innovation_.covariance[0, 0]
-         for product in observation.residual_products or ()], None)
+         for product in observation.residual_products or ()], None,
+        summed_over)
   if not belief.factors:
     return Posterior(
         mean_steps=mean_steps, summed_mean_steps=summed_steps,
@@ -466,6 +510,51 @@ def condition(
   diagonals, factors = _truncate(belief.diagonals, stacked, rank)
   return Posterior(mean_steps=mean_steps, summed_mean_steps=summed_steps,
                    diagonals=diagonals, factors=factors)
+
+
+def predict(
+    belief: Belief,
+    leaks: Sequence[Any],
+    variance_leaks: Sequence[Any],
+    process_noise: Sequence[Sequence[Any]],
+) -> Belief:
+  r"""The covariance after the prior's prediction step.
+
+  Every subweight follows its AR(1) prior, :math:`s_i \leftarrow \gamma_i
+  s_i + \epsilon_i` with :math:`\epsilon_i \sim \mathcal N(0,
+  \mathrm{diag}(q_i))`, independently of the others. For
+  :math:`\Sigma = \mathrm{diag}(D) - UU^\top` that is exact in the same
+  form:
+
+  .. math::
+
+    D_i \leftarrow D_i - (1 - \gamma_i^2) D_i + q_i, \qquad
+    U_i \leftarrow U_i - (1 - \gamma_i) U_i,
+
+  (and :math:`\mu_i \leftarrow \gamma_i\mu_i`, which the caller applies
+  where it stores the means), each written with :math:`1 - \gamma` and
+  :math:`1 - \gamma^2` (taken in float64 where the decay is concrete) so
+  that a decay close to 1 keeps its precision.
+
+  Args:
+    belief: the belief (usually a posterior).
+    leaks: :math:`1 - \gamma_i` per subweight (scalars).
+    variance_leaks: :math:`1 - \gamma_i^2` per subweight (scalars).
+    process_noise: :math:`q_i` per subweight, per leaf (a scalar or an
+      array of the leaf's shape).
+
+  Returns:
+    The predicted :class:`Belief` (the same ``summed_first``).
+  """
+  diagonals = [
+      [diagonal - jnp.asarray(variance_leak, diagonal.dtype) * diagonal
+       + noise for diagonal, noise in zip(leaves, noises)]
+      for leaves, variance_leak, noises in zip(
+          belief.diagonals, variance_leaks, process_noise)]
+  factors = [[factor - jnp.asarray(leak, factor.dtype) * factor
+              for factor in leaves]
+             for leaves, leak in zip(belief.factors, leaks)]
+  return belief._replace(diagonals=diagonals, factors=factors)
 
 
 def _shrink_factor(

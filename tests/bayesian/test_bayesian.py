@@ -624,21 +624,15 @@ def test_state_is_sharded_like_the_params():
   helpers.run_on_eight_cpu_devices(_SHARDING_SCRIPT)
 
 
-@pytest.mark.parametrize('learn_prior', [False, True])
-@pytest.mark.parametrize('num', [1, 2, 4])
-def test_donated_means_are_updated_in_place(num, learn_prior):
-  # The params' increment is read from the new means (not the old ones),
-  # so XLA need not copy the donated means before overwriting them; on
-  # XLA:CPU a copy is an extra read and write of every mean per step. With
-  # two or more subweights the same holds for the variances: the params'
-  # increment reads their sum, and each variance's loop reads its new mean
-  # (and, with a learned prior scale, its new sensitivity, whose step read
-  # the old variance), so every read of the old variances comes before it.
-  decays = [0.5 ** (1 / 4 ** i) for i in range(num)]
-  opt = mso.bayesian_multiscale(decays, [1 - d * d for d in decays], 1.0,
-                                learn_prior=learn_prior)
-  params = jnp.zeros(4096)
+def _state_copies(opt, params):
+  """The copies of params-sized state arrays in the compiled donated step.
+
+  On XLA:CPU a copy is an extra read and write of the array per step: the
+  step reads an old state array after the loop that overwrites it in place
+  could have run, so XLA copies it first.
+  """
   state = opt.init(params)
+  jacobian = jax.tree.map(jnp.ones_like, params)
 
   def step(params, state, jacobian, grads):
     updates, state = opt.update(grads, state, params, jacobian=jacobian,
@@ -646,10 +640,105 @@ def test_donated_means_are_updated_in_place(num, learn_prior):
     return optax.apply_updates(params, updates), state
 
   text = jax.jit(step, donate_argnums=(0, 1)).lower(
+      params, state, jacobian, params).compile().as_text()
+  entry = text[text.index('\nENTRY'):]
+  # The shape is the first word after ' = ' (f32[] for a scalar).
+  return [line.strip() for line in entry.splitlines()
+          if ' copy(%state_' in line
+          and not line.split(' = ')[1].split(' ')[0].endswith('[]')]
+
+
+_TAU_ONE = float(np.exp(-1.0))
+_DECAY_SETS = {
+    'k1': [0.9], 'k1_tau1': [_TAU_ONE], 'k1_zero': [0.0],
+    'k1_negative': [-0.5], 'k4': [0.5 ** (1 / 4 ** i) for i in range(4)],
+    'k4_tau1': [_TAU_ONE, 0.9, 0.99, 0.999],
+    'k4_zero': [0.0, 0.9, 0.99, 0.999], 'k2_zero': [0.0, 0.9],
+    'k2_negative': [-0.3, 0.99]}
+
+
+@pytest.mark.parametrize('storage', [None, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize('name', sorted(_DECAY_SETS))
+def test_donated_state_is_updated_in_place(name, storage):
+  # Every decay (below 1/2, 0, negative), leaves of different shapes and
+  # narrow storage: no state array is copied before it is overwritten.
+  decays = _DECAY_SETS[name]
+  opt = mso.bayesian_multiscale(
+      decays, [max(1 - d * d, 1e-3) for d in decays], 1.0,
+      state_dtype=storage)
+  params = {'kernel': jnp.zeros((8, 16)), 'bias': jnp.zeros(16),
+            'scale': jnp.zeros(())}
+  assert not _state_copies(opt, params)
+
+
+@pytest.mark.parametrize('learn_prior', [False, True])
+@pytest.mark.parametrize('num', [1, 2, 4])
+def test_donated_means_are_updated_in_place(num, learn_prior):
+  # The params' increment is read from the new means (not the old ones);
+  # every variance's loop is ordered after the loops that read the old
+  # variances (the new means, sensitivities and, with one subweight, the
+  # params' increment), so nothing is copied.
+  decays = [0.5 ** (1 / 4 ** i) for i in range(num)]
+  opt = mso.bayesian_multiscale(decays, [1 - d * d for d in decays], 1.0,
+                                learn_prior=learn_prior)
+  assert not _state_copies(opt, jnp.zeros(4096))
+
+
+def test_state_copies_finds_a_copied_state():
+  # The check above can fail: a traced decay reads the old means, and the
+  # increment that does so is written out before the means are overwritten;
+  # this test's own step reads an old mean after its update instead.
+  opt = mso.bayesian_multiscale([0.9, 0.99], [0.19, 0.02], 1.0)
+  params = jnp.zeros(64)
+  state = opt.init(params)
+
+  def step(params, state, jacobian, grads):
+    updates, new_state = opt.update(grads, state, params, jacobian=jacobian,
+                                    residual=jnp.ones(()))
+    return optax.apply_updates(params, updates) + state.means[0], new_state
+
+  text = jax.jit(step, donate_argnums=(0, 1)).lower(
       params, state, params, params).compile().as_text()
-  state_arrays = ['state_means', 'state_prior_tangents']
-  if num > 1:
-    state_arrays.append('state_variances')
-  copied = [line for line in text.splitlines() if ' copy(' in line
-            and any(name in line for name in state_arrays)]
-  assert not copied, copied
+  assert ' copy(%state_means_0' in text
+
+
+@pytest.mark.parametrize('storage', [None, jnp.float32])
+def test_every_decay_matches_traced_decays_in_float64(storage):
+  # Concrete decays take the in-place forms (the increment read from the new
+  # mean; 0 for a zero decay); traced ones (inject_hyperparams) read the old
+  # means. Both are the same filter.
+  with jax.enable_x64(True):
+    decays = [0.0, _TAU_ONE, -0.4, 0.99]
+    variances = [0.5, 0.3, 0.2, 0.02]
+    plain = mso.bayesian_multiscale(decays, variances, 0.7,
+                                    state_dtype=storage)
+    injected = optax.inject_hyperparams(
+        mso.bayesian_multiscale, static_args=('state_dtype',))(
+            decays=jnp.asarray(decays),
+            process_variances=jnp.asarray(variances), noise_variance=0.7,
+            state_dtype=storage)
+    keys = jax.random.split(jax.random.key(3), 3)
+    params = {'kernel': jax.random.normal(keys[0], (3, 2), jnp.float64),
+              'bias': jnp.zeros(2, jnp.float64)}
+    inputs = jax.random.normal(keys[1], (12, 3), jnp.float64)
+    targets = jax.random.normal(keys[2], (12, 2), jnp.float64)
+    results = []
+    for opt in (plain, injected):
+      current, state = params, opt.init(params)
+      for x, y in zip(inputs, targets):
+        # One output: y[0] of the linear model.
+        residual = y[0] - (x @ current['kernel'] + current['bias'])[0]
+        jacobian = {'kernel': jnp.zeros((3, 2)).at[:, 0].set(x),
+                    'bias': jnp.asarray([1.0, 0.0])}
+        grads = jax.tree.map(
+            lambda j, r=residual: -j * r / 0.7, jacobian)
+        updates, state = jax.jit(opt.update)(grads, state, current,
+                                             jacobian=jacobian)
+        current = optax.apply_updates(current, updates)
+      inner = getattr(state, 'inner_state', state)
+      results.append((current, inner.means, inner.variances))
+    for first, second in zip(*(jax.tree.leaves(r) for r in results)):
+      np.testing.assert_allclose(first, second, rtol=TIGHT, atol=TIGHT)
+    # The zero-decay subweight holds nothing between steps.
+    assert all(np.all(leaf == 0) for leaf in jax.tree.leaves(
+        results[0][1][0]))

@@ -272,3 +272,37 @@ def test_low_rank_state_memory_and_shapes():
                for leaf in jax.tree.leaves(tree))
   # k (L + 2) P with k = 2, L = 4, P = 18.
   assert stored == 2 * (4 + 2) * 18
+
+
+def test_predict_propagates_the_covariance_through_the_ar1_prior():
+  # Sigma' = G Sigma G + diag(q) with G = diag(gamma_i) for
+  # Sigma = diag(D) - U U^T, written out densely.
+  with jax.enable_x64(True):
+    from multiscale_optax._src import gaussian_belief
+    rng = np.random.default_rng(0)
+    decays, process = [0.9, -0.4, 0.0], [0.1, 0.2, 0.3]
+    shapes = [(2, 3), (4,)]
+    diagonals = [[jnp.asarray(rng.uniform(1.0, 2.0, shape)) for shape in shapes]
+                 for _ in decays]
+    factors = [[jnp.asarray(0.3 * rng.normal(size=(2, *shape)))
+                for shape in shapes] for _ in decays]
+    belief = gaussian_belief.Belief(diagonals, factors)
+    predicted = gaussian_belief.predict(
+        belief, [1 - d for d in decays], [1 - d * d for d in decays],
+        [[q] * len(shapes) for q in process])
+
+    def dense(diagonals, factors):
+      d = np.concatenate([np.ravel(leaf) for leaves in diagonals
+                          for leaf in leaves])
+      u = np.concatenate([np.asarray(leaf).reshape(2, -1)
+                          for leaves in factors for leaf in leaves], axis=1)
+      return np.diag(d) - u.T @ u
+
+    size = sum(int(np.prod(shape)) for shape in shapes)
+    gain = np.diag(np.repeat(decays, size))
+    expected = gain @ dense(diagonals, factors) @ gain + np.diag(
+        np.repeat(process, size))
+    np.testing.assert_allclose(
+        dense(predicted.diagonals, predicted.factors), expected,
+        rtol=1e-12, atol=1e-12)
+    assert predicted.summed_first == belief.summed_first

@@ -1,5 +1,6 @@
 """Tests of the traffic count of ``benchmarks/update_traffic.py``."""
 
+import numpy as np
 import optax
 import pytest
 
@@ -16,8 +17,8 @@ def test_adam_moves_its_seven_arrays_and_three_more():
   assert counted['total'] >= 7
 
 
-@pytest.mark.parametrize('num', [2, 4])
-def test_bayesian_update_copies_no_state_with_two_or_more_subweights(num):
+@pytest.mark.parametrize('num', [1, 2, 4])
+def test_bayesian_update_copies_no_state(num):
   decays = [0.5 ** (1 / 4**i) for i in range(num)]
   optimizer = mso.bayesian_multiscale(decays, [1 - d * d for d in decays],
                                       1.0)
@@ -42,7 +43,32 @@ ENTRY %main (p: f32[8], s: f32[8]) -> (f32[8], f32[8]) {
 '''
   counted = update_traffic.entry_traffic(hlo, 8)
   # copy: 1 read, 1 write; add_fusion: 2 reads, 1 write; small: 1 read.
-  assert counted == {'reads': 4, 'writes': 2, 'total': 6, 'state_copies': 1}
+  assert counted == {'reads': 4, 'writes': 2, 'total': 6, 'state_copies': 1,
+                     'weighted_reads': 4.0, 'weighted_writes': 2.0,
+                     'weighted_total': 6.0}
+
+
+def test_entry_traffic_weighs_arrays_by_their_size():
+  hlo = '''
+ENTRY %main (u: f32[3,8], s: f32[8]) -> f32[3,8] {
+  %u = f32[3,8]{1,0} parameter(0)
+  %s = f32[8]{0} parameter(1)
+  ROOT %scaled = f32[3,8]{1,0} fusion(%u, %s), kind=kLoop, calls=%f
+}
+'''
+  counted = update_traffic.entry_traffic(hlo, 8)
+  # A rank-3 factor is read and written as one array each, three by size.
+  assert (counted['reads'], counted['writes']) == (2, 1)
+  assert (counted['weighted_reads'], counted['weighted_writes']) == (4.0, 3.0)
+
+
+@pytest.mark.parametrize('decays', [[float(np.exp(-1.0))], [0.0, 0.9],
+                                    [-0.5, 0.99]])
+def test_every_decay_copies_no_state(decays):
+  optimizer = mso.bayesian_multiscale(decays, [1 - d * d for d in decays],
+                                      1.0)
+  assert update_traffic.traffic(optimizer, bayesian=True)[
+      'state_copies'] == 0
 
 
 def test_only_keeps_adam_and_refuses_unknown_rows(capsys):
