@@ -88,8 +88,7 @@ _USER_SCRIPT = textwrap.dedent('''
     gradient: jax.Array = grads['w']
     bayes_state = bayes.init(weights)
     _, bayes_state = bayes.update(grads, bayes_state, weights, **extra)
-    belief = mso.get_bayesian_subweights(
-        weights, bayes_state, np.array([0.9, 0.99]))
+    belief = mso.get_bayesian_subweights(weights, bayes_state)
 ''')
 
 # Each line marked `# expect: CODE` must be reported with that error code,

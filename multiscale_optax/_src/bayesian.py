@@ -140,6 +140,10 @@ class BayesianMultiscaleState(NamedTuple):
       unless the prior is learned).
     prior_learning: the window statistics and step moments of the learned
       scales (a :class:`PriorLearningState`).
+    decays: :math:`\gamma_i`, one scalar per subweight: the decays of the
+      last update (or of the learner at init), so that
+      :func:`get_bayesian_subweights` reads everything from the state
+      (under ``optax.inject_hyperparams`` the decays may change).
   """
 
   # The field shadows tuple.count, as in optax's own states (its name is
@@ -155,6 +159,7 @@ class BayesianMultiscaleState(NamedTuple):
   skipped_observations: jax.Array
   prior_tangents: tuple[optax.Params, ...]
   prior_learning: prior_learning.PriorLearningState
+  decays: tuple[jax.Array, ...]
 
 
 class BayesianSubweights(NamedTuple):
@@ -162,15 +167,13 @@ class BayesianSubweights(NamedTuple):
   :func:`get_bayesian_subweights`.
 
   Attributes:
-    decays: :math:`\gamma_i`, one array per subweight (``None`` if not
-      given).
+    decays: :math:`\gamma_i`, one scalar per subweight.
     prior_mean: :math:`w_0`, the params minus :math:`\sum_i \mu_i`.
     means: :math:`\mu_i`, one params-shaped pytree per subweight.
     variances: the marginal variances of the subweights,
       :math:`\rho(D_i - \sum_l U_{i,l}^2)`, one params-shaped pytree per
       subweight (:math:`\rho` the noise scale, 1 unless learned).
-    learning_rates: ``None`` unless ``decays`` was given; else
-      :math:`\gamma_i v_i / S` with :math:`v_i` the marginal variances and
+    learning_rates: :math:`\gamma_i v_i / S` with :math:`v_i` the marginal variances and
       :math:`S` the last step's innovation variance, one params-shaped
       pytree per subweight: the gain of each subweight on the residual
       :math:`J e` at the next step if its innovation variance equals the
@@ -183,11 +186,11 @@ class BayesianSubweights(NamedTuple):
       variance; the model's process variances are :math:`\rho c q_i`.
   """
 
-  decays: tuple[jax.Array, ...] | None
+  decays: tuple[jax.Array, ...]
   prior_mean: optax.Params
   means: tuple[optax.Params, ...]
   variances: tuple[optax.Params, ...]
-  learning_rates: tuple[optax.Params, ...] | None
+  learning_rates: tuple[optax.Params, ...]
   process_scale: jax.Array
   noise_scale: jax.Array
 
@@ -237,9 +240,7 @@ def _check_decay_dtype(decays: Any) -> None:
           "static_args=('decays',).")
 
 
-def _validate(prior: ar1_prior.AR1Prior, noise_variance: Any) -> None:
-  """Checks what the learner adds to an :class:`AR1Prior`'s own checks."""
-  _check_decay_dtype(prior.decays)
+def _check_noise_variance(noise_variance: Any) -> None:
   checks.check_scalar(
       noise_variance, 'noise_variance', low=0.0, high=np.inf,
       low_inclusive=False, high_inclusive=False)
@@ -798,6 +799,9 @@ def _update(
       + skipped.astype(jnp.int32),
       prior_tangents=subweight_state.trees_of(treedef, stored.tangents),
       prior_learning=learning,
+      decays=tuple(jnp.asarray(decay, old.dtype)
+                   for decay, old in zip(hyper.decays, state.decays,
+                                         strict=True)),
   )
   return treedef.unflatten(stored.increments), new_state, score
 
@@ -1193,9 +1197,11 @@ def _check_variance_update(variance_update: Any, rank: int) -> str:
 
 
 def _init_state(
-    params: optax.Params, num: int, rank: int, initial_entries: Sequence[Any],
+    params: optax.Params, prior: ar1_prior.AR1Prior, rank: int,
     learn_prior: str | None, state_dtype: DTypeLike | None,
 ) -> BayesianMultiscaleState:
+  num = prior.num_components
+  initial_entries = prior.initial_variances or ()
   leaves = jax.tree.leaves(params)
   for leaf in leaves:
     if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
@@ -1247,6 +1253,7 @@ def _init_state(
       prior_learning=prior_learning.initial_state(
           lambda: jax.tree.map(zeros, params) if per_weight else jnp.zeros(
               [], scalar_dtype), scalar_dtype),
+      decays=tuple(jnp.asarray(decay, scalar_dtype) for decay in prior.decays),
   )
 
 
@@ -1473,6 +1480,7 @@ def bayesian_multiscale(
   # optax.inject_hyperparams turns a NumPy `initial_variances` into a JAX
   # array and would let a user change it after init, where it has no effect.
   initial_is_array = isinstance(initial_variances, jax.Array)
+  _check_decay_dtype(decays if prior is None else prior.decays)
   ar1, noise_variance = ar1_prior.arguments(
       prior, decays, process_variances, noise_variance,
       initial_variances=initial_variances)
@@ -1513,7 +1521,7 @@ def _scored_learner(
   its ``init`` and an ``update`` that also returns the observation's
   :class:`_Score`. ``warn_initial_variances``: warn on every update that
   the initial variances (given as a JAX array) are read only by init."""
-  _validate(ar1, noise_variance)
+  _check_noise_variance(noise_variance)
   rank = _check_rank(rank)
   variance_update = _check_variance_update(variance_update, rank)
   learn_mode = _check_learn_prior(learn_prior)
@@ -1542,9 +1550,7 @@ def _scored_learner(
       outlier_threshold=outlier_threshold)
 
   def init_fn(params: optax.Params) -> BayesianMultiscaleState:
-    return _init_state(
-        params, ar1.num_components, rank, ar1.initial_variances or (),
-        learn_mode, state_dtype)
+    return _init_state(params, ar1, rank, learn_mode, state_dtype)
 
   def scored_update(
       updates: optax.Updates,
@@ -1574,24 +1580,23 @@ def _scored_learner(
 def get_bayesian_subweights(
     params: optax.Params,
     opt_state: optax.OptState,
-    decays: Sequence[float] | ArrayLike | None = None,
 ) -> BayesianSubweights:
   r"""The belief of a running Bayesian multiscale learner, for plotting.
 
   Reads :math:`\mu_i` and the marginal variances
   :math:`v_i = D_i - \sum_l U_{i,l}^2` from the state, the prior mean
   :math:`w_0 = w - \sum_i \mu_i` from the params, and forms the learning
-  rates :math:`\gamma_i v_i / S` with the last innovation variance
-  :math:`S`. Under ``optax.masked``, masked leaves are
-  ``optax.MaskedNode`` in every returned tree.
+  rates :math:`\gamma_i v_i / S` with the decays and the last innovation
+  variance :math:`S` the state keeps. It takes what
+  :func:`multiscale_optax.get_subweights` takes: the params and the state.
+  Under ``optax.masked``, masked leaves are ``optax.MaskedNode`` in every
+  returned tree.
 
   Args:
     params: the current params.
     opt_state: the state of :func:`bayesian_multiscale`, or of an optax
       chain (or ``inject_hyperparams`` or ``masked`` wrapper) holding
       exactly one :class:`BayesianMultiscaleState`.
-    decays: the decays the learner was built with (the state does not keep
-      hyperparameters); needed only for ``learning_rates``.
 
   Returns:
     A :class:`BayesianSubweights`.
@@ -1602,7 +1607,7 @@ def get_bayesian_subweights(
     >>> opt = mso.bayesian_multiscale([0.5, 0.9], [0.75, 0.19], 1.0)
     >>> params = jnp.zeros(2)
     >>> state = opt.init(params)
-    >>> belief = mso.get_bayesian_subweights(params, state, [0.5, 0.9])
+    >>> belief = mso.get_bayesian_subweights(params, state)
     >>> print(belief.variances[0], belief.variances[1])
     [1. 1.] [1. 1.]
 
@@ -1611,14 +1616,6 @@ def get_bayesian_subweights(
     structured environments", ICLR 2023.
   """
   state = subweight_state.find_state(opt_state, BayesianMultiscaleState)
-  if decays is None:
-    decay_entries = None
-  else:
-    decay_entries = checks.vector_entries(decays, 'decays')
-  if decay_entries is not None and len(decay_entries) != len(state.means):
-    raise ValueError(
-        f'`decays` has {len(decay_entries)} entries but the state holds '
-        f'{len(state.means)} subweights.')
 
   def over_state(function: Callable[..., Any], *trees: Any) -> Any:
     """Maps over the state's leaves; masked leaves stay MaskedNode."""
@@ -1652,15 +1649,14 @@ def get_bayesian_subweights(
             diagonal.dtype), tree)
         for tree in state.variances)
   innovation = state.innovation_variance
-  rates = None if decay_entries is None else tuple(
+  rates = tuple(
       over_state(
           lambda v, decay=decay: (
               decay * v.astype(innovation.dtype) / innovation).astype(
                   v.dtype), tree)
-      for decay, tree in zip(decay_entries, variances))
+      for decay, tree in zip(state.decays, variances))
   return BayesianSubweights(
-      decays=None if decay_entries is None else tuple(
-          jnp.asarray(decay) for decay in decay_entries),
+      decays=state.decays,
       prior_mean=prior_mean,
       means=means,
       variances=variances,

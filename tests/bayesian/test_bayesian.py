@@ -469,7 +469,8 @@ def test_get_bayesian_subweights():
   x = jnp.asarray([1.0, 0.0])
   updates, state = opt.update(-x, state, params, jacobian=x)
   params = optax.apply_updates(params, updates)
-  belief = mso.get_bayesian_subweights(params, state, [0.5, 0.9])
+  belief = mso.get_bayesian_subweights(params, state)
+  np.testing.assert_allclose(belief.decays, [0.5, 0.9], rtol=1e-7)
   np.testing.assert_allclose(belief.prior_mean, [1.0, 2.0], rtol=1e-6)
   # S = 2 + 1 * (1 + 1) = 4; Je = -r grads = 2.
   np.testing.assert_allclose(belief.means[0], [0.5 * 2 / 4, 0.0], rtol=1e-6)
@@ -477,7 +478,28 @@ def test_get_bayesian_subweights():
   np.testing.assert_allclose(
       belief.learning_rates[1], 0.9 * np.asarray(belief.variances[1]) / 4.0,
       rtol=1e-6)
-  assert mso.get_bayesian_subweights(params, state).learning_rates is None
+
+
+
+def test_the_state_keeps_the_decays_of_the_last_update():
+  # get_bayesian_subweights(params, state) reads the rates' decays from the
+  # state; under inject_hyperparams they follow the hyperparameters.
+  opt = optax.inject_hyperparams(mso.bayesian_multiscale)(
+      decays=jnp.asarray([0.5, 0.9]), process_variances=[0.75, 0.19],
+      noise_variance=1.0)
+  params = jnp.zeros(2)
+  state = opt.init(params)
+  belief = mso.get_bayesian_subweights(params, state)
+  np.testing.assert_allclose(belief.decays, [0.5, 0.9], rtol=1e-7)
+  state.hyperparams['decays'] = jnp.asarray([0.25, 0.8])
+  x = jnp.asarray([1.0, 0.0])
+  _, state = opt.update(-x, state, params, jacobian=x)
+  belief = mso.get_bayesian_subweights(params, state)
+  np.testing.assert_allclose(belief.decays, [0.25, 0.8], rtol=1e-7)
+  np.testing.assert_allclose(
+      belief.learning_rates[0],
+      0.25 * np.asarray(belief.variances[0]) / state.inner_state
+      .innovation_variance, rtol=1e-6)
 
 
 @pytest.mark.parametrize('kwargs, error, match', [

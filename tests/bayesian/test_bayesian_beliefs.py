@@ -197,7 +197,7 @@ def test_get_bayesian_subweights_reports_marginal_variances():
     opt = mso.bayesian_multiscale([0.9, 0.5], [0.19, 0.75], 0.5, rank=2)
     _, params, state = run_linear(
         opt, jnp.asarray(jacobians), jnp.asarray(targets), 0.5)
-    belief = mso.get_bayesian_subweights(params, state, [0.9, 0.5])
+    belief = mso.get_bayesian_subweights(params, state)
     covariance = _covariance(state, 2, 3)
     np.testing.assert_allclose(
         np.stack(belief.variances), np.diag(covariance).reshape(2, 3),

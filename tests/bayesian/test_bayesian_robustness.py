@@ -478,7 +478,7 @@ def test_masked_with_and_without_masked_extra_args(compatible):
   # S = 1 + 3 v: the masked weights take no part.
   np.testing.assert_allclose(updates['w'], 0.5 * 1.0 / 4.0)
   np.testing.assert_array_equal(updates['frozen'], grads['frozen'])
-  belief = mso.get_bayesian_subweights(params, state, [0.5])
+  belief = mso.get_bayesian_subweights(params, state)
   assert isinstance(belief.means[0]['frozen'], optax.MaskedNode)
   np.testing.assert_allclose(belief.variances[0]['w'], 0.25 * 0.75 + 0.75)
 

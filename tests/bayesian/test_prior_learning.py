@@ -276,7 +276,7 @@ def test_learned_noise_scale_is_the_window_mean_and_the_readers_use_it():
         rho, learning.squared_residuals / learning.window, rtol=1e-12)
     # The noise variance in use is 4 rho; the true one is 1.
     assert 0.5 < 4.0 * rho < 2.0
-    belief = mso.get_bayesian_subweights(params, state, TRUTH.decays)
+    belief = mso.get_bayesian_subweights(params, state)
     np.testing.assert_allclose(
         belief.variances[0], rho * state.variances[0], rtol=1e-12)
 
