@@ -27,13 +27,16 @@ Learners:
   among the exponents 0, 1/4, 0.35 and 1/2 (1/4 and 0.35 level and best,
   0 and 1/2 behind, at d = 1 and at d = 10; that comparison's ratios are not
   kept in a results file);
-* ``Bayesian multiscale``: ``bayesian_multiscale(decays,
-  process_variances, r)`` on the environment's own timescales, no tuning,
-  with the true prior, and with process variances 10x too large or too small
-  whose global scale is learned online (``learn_prior=True``; also with
-  the noise variance's scale, ``learn_noise_variance=True``); and, as an
-  ablation, the same equations with the innovation variance S computed per
-  weight instead of once for the whole model;
+* ``Bayesian multiscale``: ``bayesian_multiscale(prior=..., noise_variance=r,
+  variance_update='moment_matching')`` on the environment's own prior
+  (``environment.prior``), no tuning, with the true prior, and with process
+  variances 10x too large or too small whose global scale is learned online
+  (``learn_prior=True``; also with the noise variance's scale,
+  ``learn_noise_variance=True``); their labels say "moment matching", the
+  rule they were first measured with (the library's default is now
+  ``others_as_noise``, which has a row of its own); and, as an ablation, the
+  same equations with the innovation variance S computed per weight instead
+  of once for the whole model;
 * the Bayesian multiscale learner with the true prior and each belief of
   ``bayesian_multiscale``: a diagonal covariance with each
   ``variance_update`` (``moment_matching``, ``mean_field``,
@@ -47,6 +50,12 @@ Learners:
   tuned;
 * ``RLS (forgetting)``: recursive least squares with forgetting factor
   :math:`\lambda` tuned.
+
+Every learner is a ``harness.Learner`` (registries :func:`kalman_rate_learners`,
+:func:`bayesian_learners`, :func:`tuned_learners`), run by
+``harness.tune_and_evaluate`` per setting; the untuned ones have no grid. A
+learner that diverges on a seed is reported as diverged (``diverged``, and
+``diverged_seeds``). Runs in float64 (``main`` enters ``jax.enable_x64``).
 
 Usage::
 
