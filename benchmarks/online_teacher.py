@@ -167,8 +167,8 @@ class _Registry:
     self.example = jax.eval_shape(
         lambda: teacher.init_params(config, jax.random.key(0)))
 
-  def optax(self, label, optimizer, kind, *, jacobian=False, keep=None,
-            belief=None, noise=None, **fields):
+  def learner(self, label, optimizer, kind, *, jacobian=False, keep=None,
+              belief=None, noise=None, **fields):
     """A learner running ``optimizer(hyper)`` (its state size in ``meta``);
     with ``jacobian``, on the EKF contract with noise variance ``noise``
     (default the teacher's)."""
@@ -177,9 +177,10 @@ class _Registry:
     meta = {'kind': kind, 'belief': belief,
             'state_arrays_per_param': regression.state_arrays_per_param(
                 optimizer(first), self.example)}
+    if noise is None:
+      noise = self.noise
     predict = regression.optax_predict(
-        optimizer, noise_variance=(self.noise if noise is None else noise)
-        if jacobian else 1.0,
+        optimizer, noise_variance=noise if jacobian else 1.0,
         jacobian=jacobian, keep=keep)
     return regression.learner(label, regression.Model(predict), meta=meta,
                               **fields)
@@ -199,9 +200,9 @@ class _Registry:
           prior=scaled_prior(self.config, factor), noise_variance=noise,
           **options)
 
-    return self.optax(label, optimizer, 'Bayesian', jacobian=True,
-                      keep=keep, belief=belief, noise=noise,
-                      **(fields or {}))
+    return self.learner(label, optimizer, 'Bayesian', jacobian=True,
+                        keep=keep, belief=belief, noise=noise,
+                        **(fields or {}))
 
 
 def _default_belief(config):
@@ -223,20 +224,20 @@ def baselines(registry):
                           config.decays)
 
   return [
-      registry.optax('SGD', lambda h: optax.sgd(h['learning_rate']),
+      registry.learner('SGD', lambda h: optax.sgd(h['learning_rate']),
                      'tuned baseline', refine_key='learning_rate',
                      grid={'learning_rate': harness.log_grid(1e-4, 1.0, 17)}),
-      registry.optax(
+      registry.learner(
           'Adam', lambda h: optax.adam(h['learning_rate'], b1=h['b1']),
           'tuned baseline', refine_key='learning_rate',
           grid={'learning_rate': harness.log_grid(1e-5, 0.1, 17),
                 'b1': [0.0, 0.9]}),
-      registry.optax(
+      registry.learner(
           'multiscale (fixed rates)', multiscale, 'tuned baseline',
           refine_key='scale',
           grid={'scale': harness.log_grid(1e-3, 3.0, 15),
                 'power': [-1.0, -0.5, -0.25, 0.0, 0.25, 0.5]}),
-      registry.optax(
+      registry.learner(
           'VD-EKF (1 timescale, moment matching)', lambda h: (
               mso.bayesian_multiscale(
                   prior=mso.AR1Prior([1.0], [h['process_variance']],
@@ -247,7 +248,7 @@ def baselines(registry):
           grid=process, refine_key='process_variance', belief={
               'timescales': 1, 'rank': 0, 'variance_update': MOMENT_MATCHING,
               'decay': 1.0}),
-      registry.optax(
+      registry.learner(
           f'LoFi (1 timescale, rank {LOFI_RANK})', lambda h: _lofi.lofi(
               LOFI_RANK, h['initial_variance'], registry.noise,
               process_variance=h['process_variance']),
