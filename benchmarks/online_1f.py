@@ -598,9 +598,12 @@ def format_table(rows):
   lines = [f"{rows[0]['setting']}:", f"{'learner':<58s} ratio to Kalman"]
   for row in rows:
     ratio = row['ratio']
+    # A finite mean can have a non-finite sd (stored as null): losses so
+    # large that their spread overflows.
     lines.append(f"{row['label']:<58s} " + (
         f"diverged ({row['diverged_seeds']} seeds)" if row['diverged']
-        else f"{ratio['mean']:.3f} ± {ratio['sd']:.3f}"))
+        else ' ± '.join('non-finite' if value is None else f'{value:.3f}'
+                        for value in (ratio['mean'], ratio['sd']))))
   return '\n'.join(lines)
 
 
@@ -667,6 +670,7 @@ def plot(rows, stem):
       if name not in by_name:
         continue
       mean, sd = by_name[name]['ratio']['mean'], by_name[name]['ratio']['sd']
+      sd = 0.0 if sd is None else sd  # a spread that overflowed: none drawn
       if mean is None:
         axis.text(right * 1.05, position, 'diverged', va='center',
                   ha='right', fontsize=8, color='0.35')
