@@ -14,9 +14,10 @@ import multiscale_optax as mso
 VARIANCE_UPDATES = ('moment_matching', 'mean_field', 'others_as_noise',
                     'weight_marginal')
 
-# The diagonal rule the committed results of the rows that do not name one
-# were measured with (the library's default then; the default is now
-# 'others_as_noise', which has rows of its own), so that they reproduce.
+# The diagonal rule of the Bayesian rows whose ids name no rule
+# (``bayesian_multiscale_true_prior`` and the like): the library's default
+# when they were first measured (now 'others_as_noise', which has rows of its
+# own), kept so that they reproduce; their labels say "moment matching".
 MEASURED_DIAGONAL_RULE = 'moment_matching'
 
 

@@ -65,12 +65,19 @@ class TeacherConfig:
   noise_variance: float = 0.1
 
   @property
+  def prior(self) -> mso.AR1Prior:
+    """The drift's AR(1) prior per weight: these timescales, each with
+    stationary variance :math:`v`, started stationary."""
+    return mso.AR1Prior.from_timescales(self.timescales,
+                                        self.component_variance)
+
+  @property
   def decays(self) -> np.ndarray:
-    return np.exp(-1.0 / np.asarray(self.timescales, np.float64))
+    return np.asarray(self.prior.decays)
 
   @property
   def process_variances(self) -> np.ndarray:
-    return self.component_variance * (1.0 - self.decays**2)
+    return np.asarray(self.prior.process_variances)
 
   @property
   def stationary_variances(self) -> np.ndarray:
@@ -421,8 +428,8 @@ def fit_and_run(prior: mso.AR1Prior, noise_variance: float, rank: int,
   def run(stream, process, initial, noise):
     # Each stream's fitted prior, traced: one compilation for all.
     optimizer = mso.bayesian_multiscale(
-        prior.decays, tuple(process), noise,
-        initial_variances=tuple(initial), rank=rank)
+        prior=mso.AR1Prior(prior.decays, tuple(process), tuple(initial)),
+        noise_variance=noise, rank=rank)
     return run_online(mlp_apply, stream.initial_params, optimizer,
                       stream.inputs, stream.targets, noise_variance=noise,
                       pass_jacobian=True)[0]

@@ -27,13 +27,16 @@ Learners:
   among the exponents 0, 1/4, 0.35 and 1/2 (1/4 and 0.35 level and best,
   0 and 1/2 behind, at d = 1 and at d = 10; that comparison's ratios are not
   kept in a results file);
-* ``Bayesian multiscale``: ``bayesian_multiscale(decays,
-  process_variances, r)`` on the environment's own timescales, no tuning,
-  with the true prior, and with process variances 10x too large or too small
-  whose global scale is learned online (``learn_prior=True``; also with
-  the noise variance's scale, ``learn_noise_variance=True``); and, as an
-  ablation, the same equations with the innovation variance S computed per
-  weight instead of once for the whole model;
+* ``Bayesian multiscale``: ``bayesian_multiscale(prior=..., noise_variance=r,
+  variance_update='moment_matching')`` on the environment's own prior
+  (``environment.prior``), no tuning, with the true prior, and with process
+  variances 10x too large or too small whose global scale is learned online
+  (``learn_prior=True``; also with the noise variance's scale,
+  ``learn_noise_variance=True``); their labels say "moment matching", the
+  rule they were first measured with (the library's default is now
+  ``others_as_noise``, which has a row of its own); and, as an ablation, the
+  same equations with the innovation variance S computed per weight instead
+  of once for the whole model;
 * the Bayesian multiscale learner with the true prior and each belief of
   ``bayesian_multiscale``: a diagonal covariance with each
   ``variance_update`` (``moment_matching``, ``mean_field``,
@@ -47,6 +50,12 @@ Learners:
   tuned;
 * ``RLS (forgetting)``: recursive least squares with forgetting factor
   :math:`\lambda` tuned.
+
+Every learner is a ``harness.Learner`` (registries :func:`kalman_rate_learners`,
+:func:`bayesian_learners`, :func:`tuned_learners`), run by
+``harness.tune_and_evaluate`` per setting; the untuned ones have no grid. A
+learner that diverges on a seed is reported as diverged (``diverged``, and
+``diverged_seeds``). Runs in float64 (``main`` enters ``jax.enable_x64``).
 
 Usage::
 
@@ -69,19 +78,21 @@ References:
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
+from collections.abc import Mapping
+from typing import Any
+from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-jax.config.update('jax_enable_x64', True)
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-
-import multiscale_optax as mso  # noqa: E402
-from benchmarks import _beliefs  # noqa: E402
-from benchmarks import harness  # noqa: E402
+import multiscale_optax as mso
+from benchmarks import _beliefs
+from benchmarks import harness
 
 GENERIC_TIMESCALES = mso.log_spaced_timescales(1.0, 1e4, 9)
 GENERIC_POWER = 1.0 / 3.0
@@ -94,6 +105,10 @@ BAYES_PRIOR_LEARNING_RATE = 0.03
 # The beliefs of the Bayesian learner with the true prior reported besides
 # the default: each diagonal ``variance_update``, and one low rank.
 BAYES_RANK = 10
+# The diagonal rule of the Bayesian rows that name none (the rule they were
+# first measured with; their labels say it).
+MOMENT_MATCHING = _beliefs.MEASURED_DIAGONAL_RULE
+KALMAN_NAME = 'Kalman filter (Bayes-optimal)'
 
 
 
@@ -126,7 +141,8 @@ def run_optax(optimizer, inputs, targets):
 def run_bayesian(optimizer, inputs, targets):
   """Online learning with :func:`mso.bayesian_multiscale`, from w = 0.
 
-  Returns the predictions and the final learned process scale.
+  Returns the predictions and the final learned scales of the process and
+  noise variances (``process_scale``, ``noise_scale``).
   """
   weights = jnp.zeros(inputs.shape[-1], inputs.dtype)
 
@@ -144,18 +160,21 @@ def run_bayesian(optimizer, inputs, targets):
 
   (_, state), predictions = jax.lax.scan(
       step, (weights, optimizer.init(weights)), (inputs, targets))
-  return (predictions, jnp.exp(state.log_process_scale),
-          jnp.exp(state.log_noise_scale))
+  return predictions, {'process_scale': jnp.exp(state.log_process_scale),
+                       'noise_scale': jnp.exp(state.log_noise_scale)}
 
 
-def predict_bayesian_per_weight(decays, process, inputs, targets, noise):
+def predict_bayesian_per_weight(prior, inputs, targets, noise):
   """The Bayesian multiscale equations with S = r + J^2 sum_i v_i per
-  weight instead of one sum over all weights (the ablation)."""
-  decays = jnp.asarray(decays)[:, None]
-  process = jnp.asarray(process)[:, None]
+  weight instead of one sum over all weights (the ablation), from the
+  stationary variances of ``prior``."""
+  decays = jnp.asarray(prior.decays)[:, None]
+  process = jnp.asarray(prior.process_variances)[:, None]
   dim = inputs.shape[-1]
   means = jnp.zeros((decays.shape[0], dim), inputs.dtype)
-  variances = jnp.broadcast_to(process / (1.0 - decays**2), means.shape)
+  variances = jnp.broadcast_to(
+      jnp.asarray(prior.initial_variances, inputs.dtype)[:, None],
+      means.shape)
 
   def step(carry, observation):
     means, variances = carry
@@ -265,32 +284,273 @@ def grid_losses(predict, grid, samples, burn_in, grid_batch=None):
   return np.asarray(losses(grid, samples))
 
 
-def evaluate(predict, hyper, samples, burn_in):
-  predictions = jax.jit(jax.vmap(lambda x, y: predict(hyper, x, y)))(
-      samples.inputs, samples.targets)
-  return np.asarray(excess_losses(predictions, samples, burn_in))
-
-
 def make_score(samples, burn_in):
   """The harness's score: ``samples`` maps a tuple of seeds to their data.
 
-  A learner's ``build(point)`` is its ``(predict(hyper, x, y), dtypes,
-  grid_batch)``; several points are scored vmapped over the grid, one point
-  as the test evaluation.
+  A learner's ``build(point)`` is its :class:`Model`; several points are
+  scored vmapped over the grid, one point alone.
   """
 
-  def score(learner, points, seeds):
-    predict, dtypes, grid_batch = learner.build(points[0])
+  def score(learner_, points, seeds):
+    model = learner_.build(points[0])
     data = samples[tuple(seeds)]
     if len(points) == 1:
-      hyper = {name: jnp.asarray(value, dtypes.get(name))
-               for name, value in points[0].items()}
-      return evaluate(predict, hyper, data, burn_in)[None]
+      output = predictions(model, points[0], data)
+      values = output[0] if isinstance(output, tuple) else output
+      return np.asarray(excess_losses(values, data, burn_in))[None]
     grid = {name: jnp.asarray([point[name] for point in points],
-                              dtypes.get(name)) for name in points[0]}
-    return grid_losses(predict, grid, data, burn_in, grid_batch)
+                              (model.dtypes or {}).get(name))
+            for name in points[0]}
+    return grid_losses(model.predict, grid, data, burn_in, model.grid_batch)
 
   return score
+
+
+# --------------------------------------------------------------------------
+# The registry: every learner is a harness.Learner whose ``build`` returns a
+# Model; untuned ones have no grid.
+
+
+class Model(NamedTuple):
+  """What a learner's ``build`` returns.
+
+  Attributes:
+    predict: ``predict(hyper, x, y)`` -> the online predictions of one
+      stream, or ``(predictions, learned)`` with a dict of learned values;
+      vmapped over seeds and (for a grid) over the hyperparameters.
+    dtypes: hyperparameter name -> its dtype (default float).
+    grid_batch: grid points run at a time (all at once if ``None``).
+    report: ``learned`` stacked over seeds -> the row's fields.
+  """
+
+  predict: Callable[..., Any]
+  dtypes: Mapping[str, Any] | None = None
+  grid_batch: int | None = None
+  report: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+
+def learner(setting, name, predict, *, grid=None, refine=None, meta=None,
+            row_id=None, **model):
+  """A ``harness.Learner`` with id ``<setting>/<row_id or slug(name)>``;
+  ``model``: the other fields of :class:`Model`."""
+  built = Model(predict, **model)
+  return harness.Learner(
+      id=f'{setting}/{row_id or harness.slug(name)}', label=name,
+      build=lambda point: built, grid=grid or {}, refine=refine or {},
+      meta=meta or {})
+
+
+def predictions(model, point, samples):
+  """``model``'s predictions at one point on every seed (jitted, vmapped)."""
+  hyper = {name: jnp.asarray(value, (model.dtypes or {}).get(name))
+           for name, value in point.items()}
+  return jax.jit(jax.vmap(lambda x, y: model.predict(hyper, x, y)))(
+      samples.inputs, samples.targets)
+
+
+def kalman_rate_learners(setting, environment, normalize):
+  """The exact Kalman filter (the reference) and the multiscale learner
+  with the library's Kalman rates (and, for d > 1, the rates of plain LMS
+  and of d = 1, uncorrected)."""
+  dim, prior = environment.input_dim, environment.prior
+  noise = environment.noise_variance
+  rates = {'multiscale (Kalman rates)': (mso.kalman_learning_rates(
+      prior=prior, noise_variance=noise, input_dim=dim,
+      input_normalization=normalize), normalize)}
+  if dim > 1:
+    rates['multiscale (Kalman rates, plain LMS)'] = (
+        mso.kalman_learning_rates(prior=prior, noise_variance=noise,
+                                  input_dim=dim), False)
+    rates['multiscale (scalar d=1 rates, no corr.)'] = (
+        mso.kalman_learning_rates(prior=prior, noise_variance=noise), False)
+  learners = [learner(setting, KALMAN_NAME, lambda hyper, x, y: (
+      mso.kalman_filter_predictions(environment, x, y).predictions))]
+  for name, (values, normalized) in rates.items():
+    meta = {'learning_rates': np.asarray(values).tolist()}
+    if name == 'multiscale (Kalman rates)':
+      meta['input_normalization'] = normalized
+    learners.append(learner(
+        setting, name, lambda hyper, x, y, values=values,
+        normalized=normalized: run_optax(with_normalization(
+            mso.multiscale(values, prior.decays), normalized), x, y),
+        meta=meta))
+  return learners
+
+
+def kalman_checks(environment, samples, label):
+  """For d = 1, the multiscale learner with Kalman rates against the
+  steady-state and the exact Kalman filter: the largest difference of their
+  predictions (all steps, and the second half)."""
+  prior, noise = environment.prior, environment.noise_variance
+  steady = mso.steady_state_kalman(prior=prior, noise_variance=noise)
+  rates = mso.kalman_learning_rates(prior=prior, noise_variance=noise)
+  # Three runs, each jitted on its own (as first measured).
+  exact = jax.jit(jax.vmap(lambda x, y: mso.kalman_filter_predictions(
+      environment, x, y).predictions))(samples.inputs, samples.targets)
+  steady_filter = jax.jit(jax.vmap(lambda x, y: mso.kalman_filter_predictions(
+      environment, x, y, initial_covariance=steady.prior_covariance
+  ).predictions))(samples.inputs, samples.targets)
+  multiscale = jax.jit(jax.vmap(lambda x, y: run_optax(with_normalization(
+      mso.multiscale(rates, prior.decays), False), x, y)))(
+          samples.inputs, samples.targets)
+  half = samples.inputs.shape[1] // 2
+  checks = {
+      'max_abs_diff_vs_steady_state_kalman': float(jnp.max(jnp.abs(
+          multiscale - steady_filter))),
+      'max_abs_diff_vs_exact_kalman_second_half': float(jnp.max(
+          jnp.abs(multiscale - exact)[:, half:]))}
+  log(f'[{label}]   identity: max |yhat_multiscale - yhat_steady_KF| = '
+      f'{checks["max_abs_diff_vs_steady_state_kalman"]:.2e}; vs exact KF '
+      f'(t >= {half}): '
+      f'{checks["max_abs_diff_vs_exact_kalman_second_half"]:.2e}')
+  return checks
+
+
+# The Bayesian learner's rows: label, row id, the factor on the true process
+# variances, learn_prior, learn_noise_variance, belief options. The rows
+# that name no rule run MOMENT_MATCHING (their labels say so; their ids
+# predate that).
+BAYES_ROWS = (
+    ('Bayesian multiscale (true prior, moment matching)',
+     'bayesian_multiscale_true_prior', 1.0, False, False, {}),
+    *((_beliefs.bayes_name(update), None, 1.0, False, False,
+       {'variance_update': update}) for update in _beliefs.VARIANCE_UPDATES),
+    (_beliefs.bayes_name(rank=BAYES_RANK), None, 1.0, False, False,
+     {'rank': BAYES_RANK}),
+    *((f'Bayesian multiscale ({what}, start q x{factor:g}, moment '
+       'matching)', harness.slug(f'Bayesian multiscale ({what}, start q '
+                                 f'x{factor:g})'), factor, True, noise, {})
+      for noise, what in ((False, 'prior learned'),
+                          (True, 'prior + noise learned'))
+      for factor in (10.0, 0.1)),
+)
+
+
+def bayesian_learners(setting, environment):
+  """``mso.bayesian_multiscale`` on the environment's prior (its process
+  variances times a factor, learned online or not): :data:`BAYES_ROWS`,
+  then the per-weight-S ablation."""
+  prior, noise = environment.prior, environment.noise_variance
+  learners = []
+  for name, row_id, factor, learn, learn_noise, belief in BAYES_ROWS:
+    if not belief.get('rank'):
+      belief = {'variance_update': MOMENT_MATCHING, **belief}
+    optimizer = mso.bayesian_multiscale(
+        prior=mso.AR1Prior(prior.decays, tuple(
+            factor * q for q in prior.process_variances)),
+        noise_variance=noise, learn_prior=learn,
+        learn_noise_variance=learn_noise,
+        prior_learning_rate=BAYES_PRIOR_LEARNING_RATE, **belief)
+    described = {'process_variances': f'true x {factor:g}',
+                 'rank': belief.get('rank', 0), **belief}
+    if belief.get('rank'):
+      # rank >= k d keeps the full covariance: the exact Kalman filter.
+      described['full_rank'] = (belief['rank']
+                                >= len(prior.decays) * environment.input_dim)
+    if learn:
+      described['prior_learning_rate'] = BAYES_PRIOR_LEARNING_RATE
+    learners.append(learner(
+        setting, name, lambda hyper, x, y, optimizer=optimizer: run_bayesian(
+            optimizer, x, y), row_id=row_id, meta={'belief': described},
+        report=functools.partial(learned_scales, factor=factor, learn=learn,
+                                 learn_noise=learn_noise)))
+  learners.append(learner(
+      setting, 'Bayesian multiscale (per-weight S, ablation)',
+      lambda hyper, x, y: predict_bayesian_per_weight(prior, x, y, noise),
+      meta={'belief': {'process_variances': 'true x 1'}}))
+  return learners
+
+
+def learned_scales(learned, *, factor, learn, learn_noise):
+  """The learned scales relative to the truth, mean over seeds: the
+  model's process variances are rho c (factor q), its noise rho r (rho = 1
+  unless the noise is learned)."""
+  fields = {}
+  if learn:
+    fields['learned_q_over_true_q'] = float(np.mean(
+        np.asarray(learned['process_scale'])
+        * np.asarray(learned['noise_scale'])) * factor)
+  if learn_noise:
+    fields['learned_r_over_true_r'] = float(np.mean(np.asarray(
+        learned['noise_scale'])))
+  return fields
+
+
+def tuned_learners(setting, dim, normalize):
+  """The baselines whose hyperparameters are tuned."""
+  generic_decays = mso.decays_from_timescales(GENERIC_TIMESCALES)
+  generic_shape = GENERIC_TIMESCALES ** (-GENERIC_POWER)
+  generic_shape = generic_shape / generic_shape.sum()
+
+  def optax_learner(name, optimizer, grid, refine=None, normalized=None):
+    # normalized: None runs optimizer(h) as it is, a bool chains it
+    # (after scale_by_input_norm if True).
+    def predict(h, x, y):
+      transformation = optimizer(h)
+      if normalized is not None:
+        transformation = with_normalization(transformation, normalized)
+      return run_optax(transformation, x, y)
+
+    return learner(setting, name, predict, grid=grid,
+                   refine=refine or {'learning_rate': {'scale': 'log'}})
+
+  rates = {'learning_rate': harness.log_grid(1e-6, 1.0, 55)}
+  return [
+      optax_learner('multiscale (generic, 1 scale tuned)', lambda h: (
+          mso.multiscale(generic_shape, generic_decays,
+                         learning_rate=h['learning_rate'])),
+                    {'learning_rate': harness.log_grid(1e-5, 4.0, 50)},
+                    normalized=normalize),
+      optax_learner('SGD', lambda h: optax.sgd(h['learning_rate']), rates),
+      *([optax_learner('SGD (normalised, NLMS)', lambda h: optax.sgd(
+          h['learning_rate']), rates, normalized=True)] if normalize
+        else []),
+      optax_learner(
+          'SGD + momentum', lambda h: optax.sgd(h['learning_rate'],
+                                                momentum=h['momentum']),
+          {'learning_rate': harness.log_grid(1e-6, 1.0, 37),
+           'momentum': [0.0, 0.3, 0.6, 0.9]},
+          {'learning_rate': {'scale': 'log', 'stride': 2},
+           'momentum': {'scale': 'linear', 'num': 7, 'bounds': (0.0, 0.99)}}),
+      optax_learner('Adam', lambda h: optax.adam(h['learning_rate']), rates),
+      learner(setting, 'sliding window LS',
+              lambda h, x, y: predict_sliding_window(h['window'], x, y),
+              grid={'window': np.unique(np.round(np.geomspace(
+                  1 if dim == 1 else dim + 1, 10_000, 36))).astype(
+                      np.int32).tolist()},
+              refine={'window': {'scale': 'int'}},
+              dtypes={'window': jnp.int32}, grid_batch=2),
+      learner(setting, 'RLS (forgetting)',
+              lambda h, x, y: predict_rls(h['forgetting'], x, y),
+              grid={'forgetting': (1.0 - np.geomspace(1e-6, 0.9, 50)).tolist()},
+              refine={'forgetting': {'scale': 'log1m'}}),
+  ]
+
+
+def make_evaluate(samples, burn_in, label):
+  """The row fields of a chosen point on the test seeds: the excess loss,
+  its ratio to the Kalman filter's (the first learner evaluated), the
+  diverged seeds and the learned values; logs one line."""
+  losses = {}
+
+  def evaluate(learner_, point, seeds):
+    del seeds  # the test samples are drawn once, for these seeds
+    model = learner_.build(point)
+    output = predictions(model, point, samples)
+    values, learned = output if isinstance(output, tuple) else (output, None)
+    loss = np.asarray(excess_losses(values, samples, burn_in))
+    losses[learner_.id] = loss
+    ratio = harness.summary(loss / losses[next(iter(losses))])
+    diverged = int(np.sum(~np.isfinite(loss)))
+    log(f'[{label}]   {learner_.label:<40s} ' + (
+        f'diverged on {diverged} of {loss.size} seeds' if diverged
+        else f'excess {loss.mean():.4f}'))
+    return {'excess_loss': harness.summary(loss),
+            'ratio': {'mean': ratio['mean'], 'sd': ratio['sd']},
+            'diverged_seeds': diverged,
+            **(model.report(learned) if model.report else {})}
+
+  return evaluate
 
 
 def setting_id(label, dim, noise_variance, timescales):
@@ -299,13 +559,10 @@ def setting_id(label, dim, noise_variance, timescales):
 
 
 def run_setting(dim, timescales, noise_variance, args, label):
-  """All learners on one environment; returns a dict of results."""
+  """All learners on one environment; returns its rows."""
   environment = mso.OneOverFEnvironment.from_timescales(
       timescales, noise_variance=noise_variance, input_dim=dim)
-  decays = np.asarray(environment.decays)
-  process = np.asarray(environment.process_variances)
   normalize = dim >= 3
-  burn_in = args.burn_in
   tuning_seeds = list(range(1000, 1000 + args.tuning_seeds))
   test_seeds = list(range(args.test_seeds))
   started = time.perf_counter()
@@ -314,222 +571,24 @@ def run_setting(dim, timescales, noise_variance, args, label):
   log(f'[{label}] d={dim} m={len(timescales)} r={noise_variance}: sampled '
       f'{len(tuning_seeds)} tuning + {len(test_seeds)} test seeds x '
       f'{args.steps} steps')
-
-  losses = {}
-  hyperparameters = {}
-  edges = {}
-  notes = {}
-
-  def report(name, values, hyper=None, seconds=None):
-    losses[name] = values
-    if hyper is not None:
-      hyperparameters[name] = hyper
-    log(f'[{label}]   {name:<40s} excess {values.mean():.4f}'
-        + (f'  ({seconds:.1f} s)' if seconds is not None else ''))
-
-  tic = time.perf_counter()
-  kalman = jax.jit(jax.vmap(
-      lambda x, y: mso.kalman_filter_predictions(environment, x, y)))(
-          test.inputs, test.targets)
-  report('Kalman filter (Bayes-optimal)',
-         np.asarray(excess_losses(kalman.predictions, test, burn_in)),
-         seconds=time.perf_counter() - tic)
-
-  # Library rates, no search.
-  tic = time.perf_counter()
-  rates = mso.kalman_learning_rates(
-      decays, process, noise_variance, input_dim=dim,
-      input_normalization=normalize)
-
-  def predict_kalman_rates(hyper, x, y, rates=rates, normalize=normalize):
-    del hyper
-    return run_optax(
-        with_normalization(mso.multiscale(rates, decays), normalize), x, y)
-
-  values = evaluate(predict_kalman_rates, 0.0, test, burn_in)
-  report('multiscale (Kalman rates)', values,
-         {'learning_rates': np.asarray(rates).tolist(),
-          'input_normalization': normalize},
-         seconds=time.perf_counter() - tic)
-  if dim == 1:
-    steady = mso.steady_state_kalman(decays, process, noise_variance)
-    steady_filter = jax.jit(jax.vmap(
-        lambda x, y: mso.kalman_filter_predictions(
-            environment, x, y,
-            initial_covariance=steady.prior_covariance)))(
-                test.inputs, test.targets)
-    multiscale_predictions = jax.jit(jax.vmap(
-        lambda x, y: predict_kalman_rates(0.0, x, y)))(
-            test.inputs, test.targets)
-    notes['max_abs_diff_vs_steady_state_kalman'] = float(jnp.max(jnp.abs(
-        multiscale_predictions - steady_filter.predictions)))
-    half = args.steps // 2
-    notes['max_abs_diff_vs_exact_kalman_second_half'] = float(jnp.max(
-        jnp.abs(multiscale_predictions - kalman.predictions)[:, half:]))
-    log(f'[{label}]   identity: max |yhat_multiscale - yhat_steady_KF| = '
-        f'{notes["max_abs_diff_vs_steady_state_kalman"]:.2e}; vs exact KF '
-        f'(t >= {half}): {notes["max_abs_diff_vs_exact_kalman_second_half"]:.2e}'
-        )
-  else:
-    uncorrected = {
-        'multiscale (Kalman rates, plain LMS)': mso.kalman_learning_rates(
-            decays, process, noise_variance, input_dim=dim),
-        'multiscale (scalar d=1 rates, no corr.)': mso.kalman_learning_rates(
-            decays, process, noise_variance),
-    }
-    for name, rates in uncorrected.items():
-      tic = time.perf_counter()
-      values = evaluate(
-          lambda hyper, x, y, rates=rates: run_optax(
-              optax.chain(mso.multiscale(rates, decays)), x, y),
-          0.0, test, burn_in)
-      report(name, values, {'learning_rates': np.asarray(rates).tolist()},
-             seconds=time.perf_counter() - tic)
-
-  # The Bayesian multiscale learner: no tuning, the environment's prior (or
-  # a prior whose process variances are off by 10x, with their scale learned
-  # online), on the same m log-spaced timescales.
-  bayesian = {
-      'Bayesian multiscale (true prior)': (1.0, False, False, {}),
-      **{_beliefs.bayes_name(update): (1.0, False, False,
-                              {'variance_update': update})
-         for update in _beliefs.VARIANCE_UPDATES},
-      _beliefs.bayes_name(rank=BAYES_RANK): (1.0, False, False,
-                                    {'rank': BAYES_RANK}),
-      'Bayesian multiscale (prior learned, start q x10)': (
-          10.0, True, False, {}),
-      'Bayesian multiscale (prior learned, start q x0.1)': (
-          0.1, True, False, {}),
-      'Bayesian multiscale (prior + noise learned, start q x10)': (
-          10.0, True, True, {}),
-      'Bayesian multiscale (prior + noise learned, start q x0.1)': (
-          0.1, True, True, {}),
-  }
-  for name, (factor, learn, learn_noise, belief) in bayesian.items():
-    tic = time.perf_counter()
-    if not belief.get('rank'):
-      belief = {'variance_update': _beliefs.MEASURED_DIAGONAL_RULE, **belief}
-    optimizer = mso.bayesian_multiscale(
-        decays, factor * process, noise_variance, learn_prior=learn,
-        learn_noise_variance=learn_noise,
-        prior_learning_rate=BAYES_PRIOR_LEARNING_RATE, **belief)
-    predictions, scales, noise_scales = jax.jit(jax.vmap(
-        lambda x, y, optimizer=optimizer: run_bayesian(optimizer, x, y)))(
-            test.inputs, test.targets)
-    hyper = {'tuned': 'none', 'process_variances': f'true x {factor:g}',
-             'rank': belief.get('rank', 0),
-             'variance_update': belief.get('variance_update')}
-    if belief.get('rank'):
-      del hyper['variance_update']
-      # rank >= k d keeps the full covariance: the exact Kalman filter.
-      hyper['full_rank'] = belief['rank'] >= len(decays) * dim
-    if learn:
-      # The model's process variances are rho c (factor q), its noise
-      # rho r (rho = 1 unless the noise is learned).
-      hyper['prior_learning_rate'] = BAYES_PRIOR_LEARNING_RATE
-      hyper['learned_q_over_true_q'] = float(
-          np.mean(np.asarray(scales) * np.asarray(noise_scales)) * factor)
-    if learn_noise:
-      hyper['learned_r_over_true_r'] = float(np.mean(np.asarray(
-          noise_scales)))
-    report(name, np.asarray(excess_losses(predictions, test, burn_in)),
-           hyper, seconds=time.perf_counter() - tic)
-  # Ablation: S per weight (each weight updated as if it were alone).
-  tic = time.perf_counter()
-  predictions = jax.jit(jax.vmap(
-      lambda x, y: predict_bayesian_per_weight(decays, process, x, y,
-                                               noise_variance)))(
-          test.inputs, test.targets)
-  report('Bayesian multiscale (per-weight S, ablation)',
-         np.asarray(excess_losses(predictions, test, burn_in)),
-         {'tuned': 'none', 'process_variances': 'true x 1'},
-         seconds=time.perf_counter() - tic)
-
-  generic_decays = mso.decays_from_timescales(GENERIC_TIMESCALES)
-  generic_shape = GENERIC_TIMESCALES ** (-GENERIC_POWER)
-  generic_shape = generic_shape / generic_shape.sum()
-
-  def predict_generic(scale, x, y):
-    return run_optax(with_normalization(
-        mso.multiscale(generic_shape, generic_decays,
-                       learning_rate=scale), normalize), x, y)
-
-  def learner(name, predict, grid, refine, dtypes=None, grid_batch=None):
-    return harness.Learner(
-        id=harness.slug(name), label=name, grid=grid, refine=refine,
-        build=lambda point: (predict, dtypes or {}, grid_batch))
-
-  rates = harness.log_grid(1e-6, 1.0, 55)
-  log_refine = {'learning_rate': {'scale': 'log'}}
-  learners = [
-      learner('multiscale (generic, 1 scale tuned)',
-              lambda h, x, y: predict_generic(h['learning_rate'], x, y),
-              {'learning_rate': harness.log_grid(1e-5, 4.0, 50)}, log_refine),
-      learner('SGD', lambda h, x, y: run_optax(
-          optax.sgd(h['learning_rate']), x, y),
-              {'learning_rate': rates}, log_refine),
-      *([learner('SGD (normalised, NLMS)', lambda h, x, y: run_optax(
-          with_normalization(optax.sgd(h['learning_rate']), True), x, y),
-                 {'learning_rate': rates}, log_refine)]
-        if normalize else []),
-      learner('SGD + momentum', lambda h, x, y: run_optax(
-          optax.sgd(h['learning_rate'], momentum=h['momentum']), x, y),
-              {'learning_rate': harness.log_grid(1e-6, 1.0, 37),
-               'momentum': [0.0, 0.3, 0.6, 0.9]},
-              {'learning_rate': {'scale': 'log', 'stride': 2},
-               'momentum': {'scale': 'linear', 'num': 7,
-                            'bounds': (0.0, 0.99)}}),
-      learner('Adam', lambda h, x, y: run_optax(
-          optax.adam(h['learning_rate']), x, y),
-              {'learning_rate': rates}, log_refine),
-      learner('sliding window LS',
-              lambda h, x, y: predict_sliding_window(h['window'], x, y),
-              {'window': np.unique(np.round(np.geomspace(
-                  1 if dim == 1 else dim + 1, 10_000, 36))).astype(
-                      np.int32).tolist()},
-              {'window': {'scale': 'int'}}, {'window': jnp.int32}, 2),
-      learner('RLS (forgetting)',
-              lambda h, x, y: predict_rls(h['forgetting'], x, y),
-              {'forgetting': (1.0 - np.geomspace(1e-6, 0.9, 50)).tolist()},
-              {'forgetting': {'scale': 'log1m'}}),
-  ]
-  tuned_rows = harness.tune_and_evaluate(
-      learners, make_score({tuple(tuning_seeds): tuning,
-                            tuple(test_seeds): test}, burn_in),
-      tuning_seeds=tuning_seeds, test_seeds=test_seeds, metric='excess_loss',
-      log=lambda message: log(f'[{label}] {message}'))
-  for row in tuned_rows:
-    losses[row['label']] = np.asarray(
-        [np.inf if v is None else v for v in row['excess_loss']['values']])
-    hyperparameters[row['label']] = row['hyperparameters']
-    edges[row['label']] = row['at_grid_edge']
-
-  kalman_losses = losses['Kalman filter (Bayes-optimal)']
   setting = setting_id(label, dim, noise_variance, timescales)
-  rows = []
-  for name, values in losses.items():
-    ratios = values / kalman_losses
-    diverged = not bool(np.all(np.isfinite(values)))
-    row = {
-        'id': f'{setting}/{harness.slug(name)}', 'label': name,
-        'setting': setting, 'setting_label': label,
-        'learner': harness.slug(name), 'input_dim': dim,
-        'noise_variance': noise_variance,
-        'timescales': [float(t) for t in timescales],
-        'num_timescales': len(timescales),
-        'excess_loss': {
-            'mean': None if diverged else float(values.mean()),
-            'sd': None if diverged else float(values.std(ddof=1))},
-        'ratio': {
-            'mean': None if diverged else float(ratios.mean()),
-            'sd': None if diverged else float(ratios.std(ddof=1))},
-        'diverged_seeds': int(np.sum(~np.isfinite(values))),
-        'hyperparameters': hyperparameters.get(name),
-        'at_grid_edge': edges.get(name, []),
-    }
-    if name == 'Kalman filter (Bayes-optimal)':
-      row['kalman_checks'] = notes
-    rows.append(row)
+  learners = [*kalman_rate_learners(setting, environment, normalize),
+              *bayesian_learners(setting, environment),
+              *tuned_learners(setting, dim, normalize)]
+  rows = harness.tune_and_evaluate(
+      learners, make_score({tuple(tuning_seeds): tuning,
+                            tuple(test_seeds): test}, args.burn_in),
+      tuning_seeds=tuning_seeds, test_seeds=test_seeds, metric='excess_loss',
+      evaluate=make_evaluate(test, args.burn_in, label),
+      log=lambda message: None)
+  for row in rows:
+    row.update(setting=setting, setting_label=label,
+               learner=row['id'].split('/', 1)[1], input_dim=dim,
+               noise_variance=noise_variance,
+               timescales=[float(t) for t in timescales],
+               num_timescales=len(timescales))
+  if dim == 1:
+    rows[0]['kalman_checks'] = kalman_checks(environment, test, label)
   log(f'[{label}] done in {time.perf_counter() - started:.1f} s')
   return rows
 
@@ -539,9 +598,12 @@ def format_table(rows):
   lines = [f"{rows[0]['setting']}:", f"{'learner':<58s} ratio to Kalman"]
   for row in rows:
     ratio = row['ratio']
+    # A finite mean can have a non-finite sd (stored as null): losses so
+    # large that their spread overflows.
     lines.append(f"{row['label']:<58s} " + (
-        'diverged' if ratio['mean'] is None
-        else f"{ratio['mean']:.3f} ± {ratio['sd']:.3f}"))
+        f"diverged ({row['diverged_seeds']} seeds)" if row['diverged']
+        else ' ± '.join('non-finite' if value is None else f'{value:.3f}'
+                        for value in (ratio['mean'], ratio['sd']))))
   return '\n'.join(lines)
 
 
@@ -550,14 +612,15 @@ PLOT_NAMES = {
     'multiscale (Kalman rates)': 'multiscale, Kalman rates',
     'multiscale (Kalman rates, plain LMS)': 'multiscale, Kalman rates, plain LMS',
     'multiscale (generic, 1 scale tuned)': 'multiscale, generic, 1 scale tuned',
-    'Bayesian multiscale (true prior)': 'Bayesian multiscale, true prior',
-    'Bayesian multiscale (prior learned, start q x10)':
+    'Bayesian multiscale (true prior, moment matching)':
+        'Bayesian multiscale, true prior, moment matching',
+    'Bayesian multiscale (prior learned, start q x10, moment matching)':
         'Bayesian, prior learned from 10× q',
-    'Bayesian multiscale (prior learned, start q x0.1)':
+    'Bayesian multiscale (prior learned, start q x0.1, moment matching)':
         'Bayesian, prior learned from 0.1× q',
-    'Bayesian multiscale (prior + noise learned, start q x10)':
+    'Bayesian multiscale (prior + noise learned, start q x10, moment matching)':
         'Bayesian, prior + noise learned from 10× q',
-    'Bayesian multiscale (prior + noise learned, start q x0.1)':
+    'Bayesian multiscale (prior + noise learned, start q x0.1, moment matching)':
         'Bayesian, prior + noise learned from 0.1× q',
     'Bayesian multiscale (per-weight S, ablation)':
         'Bayesian, per-weight S (ablation)',
@@ -607,6 +670,7 @@ def plot(rows, stem):
       if name not in by_name:
         continue
       mean, sd = by_name[name]['ratio']['mean'], by_name[name]['ratio']['sd']
+      sd = 0.0 if sd is None else sd  # a spread that overflowed: none drawn
       if mean is None:
         axis.text(right * 1.05, position, 'diverged', va='center',
                   ha='right', fontsize=8, color='0.35')
@@ -671,11 +735,12 @@ def main(argv=None):
       f'{jax.devices()[0].platform}')
   started = time.perf_counter()
   rows = []
-  for index, (label, dim, timescales, noise) in enumerate(settings):
-    log(f'--- setting {index + 1}/{len(settings)}')
-    setting_rows = run_setting(dim, timescales, noise, args, label)
-    log(format_table(setting_rows))
-    rows.extend(setting_rows)
+  with jax.enable_x64(True):
+    for index, (label, dim, timescales, noise) in enumerate(settings):
+      log(f'--- setting {index + 1}/{len(settings)}')
+      setting_rows = run_setting(dim, timescales, noise, args, label)
+      log(format_table(setting_rows))
+      rows.extend(setting_rows)
   config = {
       'steps': args.steps, 'burn_in': args.burn_in,
       'tuning_seeds': args.tuning_seeds, 'test_seeds': args.test_seeds,

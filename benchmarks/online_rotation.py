@@ -29,15 +29,16 @@ both started from the stationary distribution and clipped to
 Online protocol (progressive validation): predict :math:`\hat y_t`, score
 :math:`(\hat y_t - y_t)^2`, then learn from :math:`(x_t, y_t)`; one example
 per step, the whole stream in one ``jax.lax.scan``
-(``_drifting_teacher.run_online``), float64. Reported: the RMSE in degrees,
+(``_drifting_teacher.run_online``), float64 (``main`` enters
+``jax.enable_x64``). Reported: the RMSE in degrees,
 :math:`45^\circ \sqrt{\overline{(\hat y_t - y_t)^2}}`, over the last 20% of
 the stream (``final``) and over all of it (``all``), mean ± sd over test
 seeds, and its windowed curve over time (mean squared error over test seeds
 and ``--window`` steps). Context rows, no learning: predicting 0° (the
 angle's mean) and predicting the previous step's angle.
 
-Learners (registry :func:`learners`: name -> :class:`Learner`; a new row is
-one line there):
+Learners (registry :func:`learners`, ``harness.Learner`` entries run by
+``harness.tune_and_evaluate`` on each stream; a new row is one line there):
 
 * ``SGD``, ``Adam``: learning rate (and Adam's :math:`\beta_1 \in \{0,
   0.9\}`) tuned;
@@ -83,7 +84,7 @@ one line there):
 All EKF-type learners use the same :math:`r` and :math:`V`. Tuning: grid
 search on separate tuning seeds by the mean squared error over the whole
 stream, then a finer grid between the best point's neighbours
-(``online_teacher.tune``); a value at the edge of its grid is flagged.
+(``harness.search``); a value at the edge of its grid is flagged.
 Streams and initial params are paired across learners (same seeds).
 
 Usage::
@@ -111,25 +112,21 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
 from typing import Any
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from sklearn.datasets import load_digits
 
-jax.config.update('jax_enable_x64', True)
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-
-import multiscale_optax as mso  # noqa: E402
-from benchmarks import _digits  # noqa: E402
-from benchmarks import _drifting_teacher as teacher  # noqa: E402
-from benchmarks import _lofi  # noqa: E402
-from benchmarks import harness  # noqa: E402
-from benchmarks import online_teacher  # noqa: E402
+import multiscale_optax as mso
+from benchmarks import _digits
+from benchmarks import _drifting_teacher as teacher
+from benchmarks import _lofi
+from benchmarks import _network_regression as regression
+from benchmarks import harness
 
 # New streams go at the end: a stream's random draws are seeded by its index.
 STREAMS = ('ou', 'one_over_f')
@@ -162,7 +159,6 @@ FIT_RANKS = (0, 10)
 LEARNED_ONLINE = ('Bayesian multiscale (generic prior, learned online)',
                   'Bayesian multiscale (generic prior, learned online, '
                   'rank 10)')
-
 
 def log(message: str) -> None:
   print(message, flush=True)
@@ -225,67 +221,56 @@ def make_streams(kind: str, seeds: list[int], steps: int,
 # ---------------------------------------------------------------------------
 # Learners.
 
-
-@dataclasses.dataclass(frozen=True)
-class Learner:
-  """A registry entry.
-
-  Attributes:
-    build: tuned hyperparameters (a dict of scalars, traced) -> optimizer.
-    grid: hyperparameter name -> grid values, or ``None`` (not tuned).
-    refine_key: the hyperparameter refined after the coarse grid.
-    jacobian: the EKF contract (``jacobian``, ``residual`` and the
-      negative log-likelihood gradient with :math:`r`), else plain
-      gradients of :math:`(y - \\hat y)^2/2`.
-    reuse: take the tuned hyperparameters of this learner instead of tuning
-      (``grid`` then ignored).
-    note: how it is configured, for the JSON.
-  """
-
-  build: Callable[[dict[str, jax.Array]], optax.GradientTransformation]
-  grid: dict[str, np.ndarray] | None = None
-  refine_key: str | None = None
-  jacobian: bool = False
-  reuse: str | None = None
-  note: str = ''
+# ---------------------------------------------------------------------------
+# Learners.
 
 
-def prior(shape: str = 'timescale') -> dict[str, np.ndarray]:
-  """The generic prior's decays, process and stationary variances:
+def prior(shape: str = 'timescale') -> mso.AR1Prior:
+  """The generic prior (``PRIOR_TIMESCALES``, started stationary): its
   stationary variances proportional to the timescale (``'timescale'``, the
   prior fixed before the first run) or equal (``'equal'``, process
   variances :math:`\\propto 1/\\tau`), summing to ``PRIOR_TOTAL_VARIANCE``."""
   timescales = np.asarray(PRIOR_TIMESCALES)
-  decays = np.exp(-1.0 / timescales)
   weights = {'timescale': timescales,
              'equal': np.ones_like(timescales)}[shape]
-  stationary = PRIOR_TOTAL_VARIANCE * weights / weights.sum()
-  return {'timescales': timescales, 'decays': decays,
-          'process_variances': stationary * (1.0 - decays**2),
-          'stationary_variances': stationary}
+  return mso.AR1Prior.from_timescales(
+      timescales, PRIOR_TOTAL_VARIANCE * weights / weights.sum())
 
 
-def bayesian(tuned: bool = False, shape: str = 'timescale',
-             **options: Any) -> Learner:
+def _ekf_learner(label: str, optimizer: Any, keep: Any = None,
+                 **fields: Any) -> harness.Learner:
+  """A learner on the EKF contract (Jacobian, residual, noise variance
+  ``PRIOR_NOISE_VARIANCE``) running ``optimizer(hyper)``."""
+  return regression.learner(label, regression.Model(regression.optax_predict(
+      optimizer, noise_variance=PRIOR_NOISE_VARIANCE, jacobian=True,
+      keep=keep)), meta={'kind': 'learner'}, **fields)
+
+
+def bayesian(label: str, tuned: bool = False, shape: str = 'timescale',
+             **options: Any) -> harness.Learner:
   """``mso.bayesian_multiscale`` with the generic prior; ``options`` go to
   it unchanged (e.g. ``rank=``, ``variance_update=`` where supported). With
   ``tuned``, all its variances (process and initial) are multiplied by a
   factor ``prior_scale`` tuned on the grid ``PRIOR_SCALES``; the shape of
-  the prior and :math:`r` stay fixed. ``shape``: as :func:`prior`."""
+  the prior and :math:`r` stay fixed. ``shape``: as :func:`prior`. A prior
+  learned online reports its learned scale (``learned_scale``)."""
   values = prior(shape)
 
   def build(hyper):
     scale = hyper['prior_scale'] if tuned else 1.0
     return mso.bayesian_multiscale(
-        values['decays'], scale * jnp.asarray(values['process_variances']),
-        PRIOR_NOISE_VARIANCE,
-        initial_variances=scale * jnp.asarray(
-            values['stationary_variances']), **options)
+        prior=mso.AR1Prior(
+            values.decays, tuple(scale * q for q in values.process_variances),
+            tuple(scale * s for s in values.initial_variances)),
+        noise_variance=PRIOR_NOISE_VARIANCE, **options)
 
+  keep = None if not options.get('learn_prior') else lambda state: {
+      'learned_scale': jnp.exp(state.log_process_scale)}
   described = ', '.join(f'{key}={value!r}' for key, value in options.items())
-  return Learner(
-      build, {'prior_scale': _log_grid(PRIOR_SCALES)} if tuned else None,
-      'prior_scale' if tuned else None, jacobian=True, note=(
+  return _ekf_learner(
+      label, build, keep,
+      grid={'prior_scale': _log_grid(PRIOR_SCALES)} if tuned else None,
+      refine_key='prior_scale' if tuned else None, note=(
           f'generic prior, timescales {PRIOR_TIMESCALES}, '
           + ('s_i = V tau_i / sum tau' if shape == 'timescale'
              else 's_i = V / k') + f', V = {PRIOR_TOTAL_VARIANCE:g}, r = '
@@ -296,122 +281,106 @@ def bayesian(tuned: bool = False, shape: str = 'timescale',
 
 def _log_grid(endpoints):
   low, high, count = endpoints
-  return np.geomspace(low, high, count)
+  return np.geomspace(low, high, count).tolist()
 
 
-def learners(full: bool) -> dict[str, Learner]:
-  """``name -> Learner``, in table order."""
+def baselines(full: bool) -> list[harness.Learner]:
+  """SGD, Adam, the 1-timescale diagonal EKF, LoFi and the full EKF."""
   size = teacher.TeacherConfig(layer_sizes=LAYER_SIZES).num_params
   process = {'process_variance': _log_grid(PROCESS_VARIANCES)}
 
   def lofi(rank):
-    return Learner(
-        lambda hyper: _lofi.lofi(
+    return _ekf_learner(
+        f'LoFi (rank {rank})', lambda hyper: _lofi.lofi(
             rank, PRIOR_TOTAL_VARIANCE, PRIOR_NOISE_VARIANCE,
             process_variance=hyper['process_variance']),
-        process, 'process_variance', jacobian=True,
+        grid=process, refine_key='process_variance',
         note=f'rank {rank}, gamma = 1, sigma0^2 = V, r as the prior, q tuned')
 
-  table = {
-      'SGD': Learner(
-          lambda hyper: optax.sgd(hyper['learning_rate']),
-          {'learning_rate': _log_grid(SGD_RATES)}, 'learning_rate'),
-      'Adam': Learner(
-          lambda hyper: optax.adam(hyper['learning_rate'], b1=hyper['b1']),
-          {'learning_rate': _log_grid(ADAM_RATES), 'b1': [0.0, 0.9]},
-          'learning_rate'),
-      'Bayesian multiscale (generic prior)': bayesian(),
-      'Bayesian multiscale (generic prior, moment matching)': bayesian(
-          variance_update='moment_matching'),
-      'Bayesian multiscale (generic prior, mean field)': bayesian(
-          variance_update='mean_field'),
-      'Bayesian multiscale (generic prior, rank 10)': bayesian(rank=10),
-      'Bayesian multiscale (prior scale tuned)': bayesian(tuned=True),
-      'Bayesian multiscale (prior scale tuned, rank 10)': bayesian(
-          tuned=True, rank=10),
-      'Bayesian multiscale (equal variances)': bayesian(shape='equal'),
-      LEARNED_ONLINE[0]: bayesian(learn_prior=True,
-                                  learn_noise_variance=True),
-      LEARNED_ONLINE[1]: bayesian(rank=10, learn_prior=True,
-                                  learn_noise_variance=True),
-      'diagonal EKF (1 timescale)': Learner(
-          lambda hyper: mso.bayesian_multiscale(
-              [1.0], [hyper['process_variance']], PRIOR_NOISE_VARIANCE,
-              initial_variances=[PRIOR_TOTAL_VARIANCE]),
-          process, 'process_variance', jacobian=True,
+  def plain(label, optimizer, grid):
+    return regression.learner(
+        label, regression.Model(regression.optax_predict(optimizer)),
+        grid=grid, refine_key='learning_rate', meta={'kind': 'learner'})
+
+  return [
+      plain('SGD', lambda hyper: optax.sgd(hyper['learning_rate']),
+            {'learning_rate': _log_grid(SGD_RATES)}),
+      plain('Adam', lambda hyper: optax.adam(hyper['learning_rate'],
+                                             b1=hyper['b1']),
+            {'learning_rate': _log_grid(ADAM_RATES), 'b1': [0.0, 0.9]}),
+      _ekf_learner(
+          'diagonal EKF (1 timescale)', lambda hyper: mso.bayesian_multiscale(
+              prior=mso.AR1Prior([1.0], [hyper['process_variance']],
+                                 [PRIOR_TOTAL_VARIANCE]),
+              noise_variance=PRIOR_NOISE_VARIANCE),
+          grid=process, refine_key='process_variance',
           note='bayesian_multiscale with k = 1, a random walk from '
                'variance V, r as the prior, q tuned'),
-  }
-  for rank in (1, 5, 10, 20) if full else (10,):
-    table[f'LoFi (rank {rank})'] = lofi(rank)
-  table[FULL_EKF_NAME] = Learner(
-      lambda hyper: _lofi.full_ekf(
-          PRIOR_TOTAL_VARIANCE, PRIOR_NOISE_VARIANCE,
-          process_variance=hyper['process_variance']),
-      process, 'process_variance', jacobian=True,
-      reuse=None if full else 'LoFi (rank 10)',
-      note=f'full {size} x {size} covariance, gamma = 1, sigma0^2 = V'
-           + (', q tuned' if full else ', q of LoFi (rank 10)'))
-  return table
+      *[lofi(rank) for rank in ((1, 5, 10, 20) if full else (10,))],
+      _ekf_learner(
+          FULL_EKF_NAME, lambda hyper: _lofi.full_ekf(
+              PRIOR_TOTAL_VARIANCE, PRIOR_NOISE_VARIANCE,
+              process_variance=hyper['process_variance']),
+          grid=process, refine_key='process_variance',
+          reuse=None if full else harness.slug('LoFi (rank 10)'),
+          note=f'full {size} x {size} covariance, gamma = 1, sigma0^2 = V'
+          + (', q tuned' if full else ', q of LoFi (rank 10)')),
+  ]
 
 
-def make_predict(learner: Learner):
-  """``predict(hyper, stream)``: the online predictions of one stream."""
-
-  def predict(hyper, stream):
-    predictions, _ = teacher.run_online(
-        teacher.mlp_apply, stream.initial_params, learner.build(hyper),
-        stream.inputs, stream.targets,
-        noise_variance=PRIOR_NOISE_VARIANCE if learner.jacobian else 1.0,
-        pass_jacobian=learner.jacobian)
-    return predictions
-  return predict
-
-
-def predictions_and_learned_scales(
-    learner: Learner, streams) -> tuple[np.ndarray, np.ndarray]:
-  """The online predictions of a learner whose prior scale is learned, and
-  the learned scale :math:`c` at the end of each stream."""
-
-  def run(stream):
-    predictions, scales = teacher.run_online(
-        teacher.mlp_apply, stream.initial_params, learner.build({}),
-        stream.inputs, stream.targets, noise_variance=PRIOR_NOISE_VARIANCE,
-        pass_jacobian=True,
-        keep_state=lambda params, state: state.log_process_scale)
-    return predictions, scales[-1]
-
-  predictions, scales = jax.jit(jax.vmap(run))(streams)
-  return np.asarray(predictions), np.exp(np.asarray(scales))
+def learners(full: bool) -> list[harness.Learner]:
+  """The registry, in table order (the streams' context rows and the
+  fit_prior rows, :func:`context_learners` and :func:`fit_learners`, are
+  added around it)."""
+  sgd, adam, diagonal, *ekfs = baselines(full)
+  return [
+      sgd, adam,
+      bayesian('Bayesian multiscale (generic prior)'),
+      bayesian('Bayesian multiscale (generic prior, moment matching)',
+               variance_update='moment_matching'),
+      bayesian('Bayesian multiscale (generic prior, mean field)',
+               variance_update='mean_field'),
+      bayesian('Bayesian multiscale (generic prior, rank 10)', rank=10),
+      bayesian('Bayesian multiscale (prior scale tuned)', tuned=True),
+      bayesian('Bayesian multiscale (prior scale tuned, rank 10)',
+               tuned=True, rank=10),
+      bayesian('Bayesian multiscale (equal variances)', shape='equal'),
+      bayesian(LEARNED_ONLINE[0], learn_prior=True,
+               learn_noise_variance=True),
+      bayesian(LEARNED_ONLINE[1], rank=10, learn_prior=True,
+               learn_noise_variance=True),
+      diagonal, *ekfs,
+  ]
 
 
-def fit_rows(test, targets, window) -> dict[str, dict[str, Any]]:
+def context_learners() -> list[harness.Learner]:
+  """No learning: predicting 0 degrees, and the previous step's angle."""
+
+  def previous(streams):
+    targets = np.asarray(streams.targets)
+    return np.concatenate([np.zeros_like(targets[:, :1]), targets[:, :-1]],
+                          axis=1), {}
+
+  return [regression.learner(label, regression.Model(run=run),
+                             meta={'kind': 'context'})
+          for label, run in (
+              ('predict 0 deg (no learning)',
+               lambda streams: (np.zeros_like(streams.targets), {})),
+              ('predict the previous angle (no learning)', previous))]
+
+
+def fit_learners() -> list[harness.Learner]:
   """The generic prior from fit_prior, diagonal and rank 10."""
-  rows = {}
-  for rank in FIT_RANKS:
-    tic = time.perf_counter()
-    values = prior()
-    predictions, fits = teacher.fit_and_run(
-        mso.AR1Prior(values['decays'], values['process_variances'],
-                     values['stationary_variances']),
-        PRIOR_NOISE_VARIANCE, rank, test, FIT_WARMUP, FIT_SCALES)
-    name = ('Bayesian multiscale (generic prior, fit_prior'
-            + (f', rank {rank})' if rank else ')'))
-    rows[name] = summarise(squared_errors_degrees(predictions, targets),
-                           window)
-    rows[name].update(
-        kind='learner', hyperparameters=None, at_grid_edge=[],
-        seconds=time.perf_counter() - tic,
-        fitted_scale=[fit.process_scale for fit in fits],
-        fitted_noise_scale=[fit.noise_scale for fit in fits],
-        fit_at_grid_edge=[fit.at_grid_edge for fit in fits],
-        note=f'generic prior scaled by fit_prior on the first {FIT_WARMUP} '
-             f'steps of each test stream ({len(FIT_SCALES)} scales '
-             f'{FIT_SCALES[0]:g}..{FIT_SCALES[-1]:g}), then run from the '
-             'start')
-    log(f'  {name:<52s} final RMSE {_format(rows[name], "final")} deg  '
-        f"({rows[name]['seconds']:.1f} s)")
-  return rows
+  return [regression.learner(
+      'Bayesian multiscale (generic prior, fit_prior'
+      + (f', rank {rank})' if rank else ')'),
+      regression.fit_prior_model(prior(), PRIOR_NOISE_VARIANCE, rank,
+                                 FIT_WARMUP, FIT_SCALES),
+      meta={'kind': 'learner'},
+      note=f'generic prior scaled by fit_prior on the first {FIT_WARMUP} '
+           f'steps of each test stream ({len(FIT_SCALES)} scales '
+           f'{FIT_SCALES[0]:g}..{FIT_SCALES[-1]:g}), then run from the '
+           'start') for rank in FIT_RANKS]
 
 
 # ---------------------------------------------------------------------------
@@ -449,67 +418,37 @@ def summarise(errors, window):
       'curve_rmse_deg': curve.tolist() if finite else None,
   }
 
-
 def run_stream(kind, args, images, table):
+  """The rows of one stream: the context rows, ``table`` (tuned on this
+  stream's tuning seeds; a learner's ``reuse`` refers to this stream) and
+  the fit_prior rows. Row ids are ``<stream>/<learner id>``."""
   tuning_seeds = list(range(1000, 1000 + args.tuning_seeds))
   test_seeds = list(range(args.test_seeds))
   tuning = make_streams(kind, tuning_seeds, args.steps, images,
                         args.ou_timescale)
   test = make_streams(kind, test_seeds, args.steps, images,
                       args.ou_timescale)
-  rows, tuned, edges = {}, {}, {}
-  score = online_teacher.make_score({tuple(tuning_seeds): tuning})
   targets = np.asarray(test.targets)
-  context = {
-      'predict 0 deg (no learning)': np.zeros_like(targets),
-      'predict the previous angle (no learning)': np.concatenate(
-          [np.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1),
-  }
-  for name, predictions in context.items():
-    rows[name] = summarise(squared_errors_degrees(predictions, targets),
-                           args.window)
-    rows[name].update(kind='context', hyperparameters=None, seconds=0.0,
-                      at_grid_edge=[])
-  for name, learner in table.items():
-    tic = time.perf_counter()
-    predict = make_predict(learner)
-    hyper = None
-    chosen = None
-    if learner.reuse is not None:
-      hyper = dict(tuned[learner.reuse], reused_from=learner.reuse)
-      chosen = {key: jnp.asarray(value)
-                for key, value in tuned[learner.reuse].items()}
-    elif learner.grid is not None:
-      best, edges[name] = harness.search(harness.Learner(
-          id=harness.slug(name), label=name,
-          build=lambda point, predict=predict: predict,
-          grid={key: np.asarray(value).tolist()
-                for key, value in learner.grid.items()},
-          refine={learner.refine_key: {'scale': 'log', 'num': 9}}),
-                                         score, tuning_seeds)
-      tuned[name] = dict(best)
-      hyper = dict(best)
-      chosen = jax.tree.map(jnp.asarray, best)
-    scales = None
-    if name in LEARNED_ONLINE:
-      predictions, scales = predictions_and_learned_scales(learner, test)
-    else:
-      predictions = np.asarray(jax.jit(
-          lambda streams, chosen=chosen, predict=predict:
-          online_teacher.predict_all(predict, chosen, streams))(test))
-    rows[name] = summarise(squared_errors_degrees(predictions, targets),
-                           args.window)
-    rows[name].update(kind='learner', hyperparameters=hyper,
-                      seconds=time.perf_counter() - tic, note=learner.note,
-                      at_grid_edge=edges.get(name, []))
-    if scales is not None:
-      rows[name]['learned_scale'] = scales.tolist()
-    log(f'  {kind:<10s} {name:<42s} final RMSE '
-        f"{_format(rows[name], 'final')} deg  "
-        f"({rows[name]['seconds']:.1f} s)")
-  if not args.skip_fit:
-    rows.update(fit_rows(test, targets, args.window))
-  return rows
+
+  def evaluate(learner, point, seeds):
+    del seeds  # the test streams are made once, for these seeds
+    predictions, learned = regression.predictions(learner, point, test)
+    return {**summarise(squared_errors_degrees(predictions, targets),
+                        args.window), **learned}
+
+  registry = [*context_learners(), *table,
+              *([] if args.skip_fit else fit_learners())]
+  rows = harness.tune_and_evaluate(
+      [dataclasses.replace(learner, id=f'{kind}/{learner.id}',
+                           reuse=learner.reuse and f'{kind}/{learner.reuse}')
+       for learner in registry],
+      regression.make_score({tuple(tuning_seeds): tuning}),
+      tuning_seeds=tuning_seeds, test_seeds=test_seeds,
+      metric='rmse_final_deg', evaluate=evaluate,
+      log=lambda message: log(f'  {kind:<10s}{message}'))
+  for row in rows:
+    row.update(stream=kind, learner=row['id'].split('/', 1)[1])
+  return {row['label']: row for row in rows}
 
 
 def _format(row, which):
@@ -579,8 +518,8 @@ def plot(results, window, stem, title):
   fig.suptitle(title)
   return harness.save_figure(fig, stem)
 
-
-def main(argv=None):
+def parse_args(argv=None):
+  """The command line (module docstring), with the run's defaults filled."""
   parser = harness.parser(
       __doc__, full_help='longer streams, more seeds, more LoFi ranks, the '
       'full EKF tuned')
@@ -600,6 +539,39 @@ def main(argv=None):
   teacher.fill_run_defaults(args, default=(3000, 2, 3), full=(10_000, 3, 8))
   if args.window is None:
     args.window = max(args.steps // 30, 1)
+  return args
+
+
+def results_config(args, kinds):
+  """The ``config`` block of the results file."""
+  values = prior()
+  return {
+      'steps': args.steps, 'tuning_seeds': args.tuning_seeds,
+      'test_seeds': args.test_seeds, 'window': args.window,
+      'streams': kinds, 'layer_sizes': list(LAYER_SIZES),
+      'num_params': teacher.TeacherConfig(
+          layer_sizes=LAYER_SIZES).num_params,
+      'angle_unit_degrees': ANGLE_UNIT_DEGREES,
+      'angle_sd_degrees': ANGLE_SD_DEGREES,
+      'angle_clip_degrees': ANGLE_CLIP_DEGREES,
+      'ou_timescale': args.ou_timescale,
+      'one_over_f_timescales': list(ONE_OVER_F_TIMESCALES),
+      'final_fraction': FINAL_FRACTION,
+      'prior': {'timescales': list(PRIOR_TIMESCALES),
+                'decays': list(values.decays),
+                'process_variances': list(values.process_variances),
+                'stationary_variances': list(values.initial_variances),
+                'total_variance': PRIOR_TOTAL_VARIANCE,
+                'noise_variance': PRIOR_NOISE_VARIANCE},
+      'dtype': 'float64',
+      'metric': 'RMSE in degrees of the online predictions (predicted '
+                'before learning from the example); final: last '
+                f'{FINAL_FRACTION:.0%} of the stream',
+  }
+
+
+def main(argv=None):
+  args = parse_args(argv)
   variant = ('' if args.ou_timescale == OU_TIMESCALE
              else f'_ou{args.ou_timescale:g}')
   stem = args.out or ('online_rotation_full' if args.full
@@ -614,49 +586,30 @@ def main(argv=None):
     log(f"wrote {plot(results, document['config']['window'], stem, title)}")
     return document
   skip = {name for name in args.skip.split(',') if name}
-  table = {name: learner for name, learner in learners(args.full).items()
-           if name not in skip}
-  for name, learner in table.items():
-    if learner.reuse is not None and learner.reuse not in table:
-      raise ValueError(f'{name!r} reuses {learner.reuse!r}, which is skipped')
+  table = [learner for learner in learners(args.full)
+           if learner.label not in skip]
+  ids = {learner.id for learner in table}
+  for learner in table:
+    if learner.reuse is not None and learner.reuse not in ids:
+      raise ValueError(f'{learner.label!r} reuses {learner.reuse!r}, which '
+                       'is skipped')
   kinds = args.streams.split(',')
   log(f'online rotation benchmark, jax {jax.__version__} on '
       f'{jax.devices()[0].platform}: {args.tuning_seeds} tuning + '
       f'{args.test_seeds} test seeds x {args.steps} steps, streams {kinds}')
   started = time.perf_counter()
   images = load_images()
-  results = {kind: run_stream(kind, args, images, table) for kind in kinds}
+  with jax.enable_x64(True):
+    results = {kind: run_stream(kind, args, images, table) for kind in kinds}
   seconds = time.perf_counter() - started
   log('')
   log(format_table(results))
   log(f'\ntotal time {seconds:.1f} s')
-  values = prior()
-  rows = [{'id': f'{kind}/{harness.slug(name)}', 'label': name,
-           'stream': kind, 'learner': harness.slug(name), **row}
-          for kind, stream_rows in results.items()
-          for name, row in stream_rows.items()]
+  rows = [row for stream_rows in results.values()
+          for row in stream_rows.values()]
   document = harness.results_document(
-      'online_rotation', seconds=seconds, rows=rows, config={
-          'steps': args.steps, 'tuning_seeds': args.tuning_seeds,
-          'test_seeds': args.test_seeds, 'window': args.window,
-          'streams': kinds, 'layer_sizes': list(LAYER_SIZES),
-          'num_params': teacher.TeacherConfig(
-              layer_sizes=LAYER_SIZES).num_params,
-          'angle_unit_degrees': ANGLE_UNIT_DEGREES,
-          'angle_sd_degrees': ANGLE_SD_DEGREES,
-          'angle_clip_degrees': ANGLE_CLIP_DEGREES,
-          'ou_timescale': args.ou_timescale,
-          'one_over_f_timescales': list(ONE_OVER_F_TIMESCALES),
-          'final_fraction': FINAL_FRACTION,
-          'prior': {key: np.asarray(value).tolist()
-                    for key, value in values.items()}
-          | {'total_variance': PRIOR_TOTAL_VARIANCE,
-             'noise_variance': PRIOR_NOISE_VARIANCE},
-          'dtype': 'float64',
-          'metric': 'RMSE in degrees of the online predictions (predicted '
-                    'before learning from the example); final: last '
-                    f'{FINAL_FRACTION:.0%} of the stream',
-      })
+      'online_rotation', seconds=seconds, rows=rows,
+      config=results_config(args, kinds))
   path = harness.write_results(stem, document)
   log(f'wrote {path} and {plot(results, args.window, stem, title)}')
   return document

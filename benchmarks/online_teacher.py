@@ -37,9 +37,12 @@ Learners:
   a diagonal-plus-rank-10 precision, its process variance :math:`q` and
   initial variance tuned (equal rank to the rank-10 Bayesian row; its state,
   11 arrays per weight, is about that of the diagonal Bayesian learner);
-* ``Bayesian multiscale (true prior)``: ``mso.bayesian_multiscale`` with the
-  teacher's decays, process variances and noise variance, the library's
-  default belief; no tuning;
+* ``Bayesian multiscale (true prior, moment matching)``:
+  ``mso.bayesian_multiscale`` with the teacher's prior (``mso.AR1Prior``)
+  and noise variance, diagonal, ``variance_update='moment_matching'`` (the
+  rule these rows were first measured with; the library's default is now
+  ``'others_as_noise'``, which has its row below); no tuning. The other
+  rows labelled "moment matching" use the same rule;
 * ``Bayesian multiscale (true prior, diagonal, ...)``: the same with each
   diagonal ``variance_update`` (moment matching, mean field, others as
   noise, weight marginal) named explicitly;
@@ -59,8 +62,10 @@ Learners:
   separates what the diagonal learner loses by ignoring correlations
   between the subweights of one weight from what it loses between weights.
 
-Tuning: grid search on separate tuning seeds, then a finer grid between the
-best point's neighbours; a tuned value at the edge of its grid is flagged.
+Every learner is a ``harness.Learner`` (registry :func:`learners`), run by
+``harness.tune_and_evaluate``: grid search on separate tuning seeds, then a
+finer grid between the best point's neighbours; a tuned value at the edge of
+its grid is flagged. Runs in float64 (``main`` enters ``jax.enable_x64``).
 
 Each row of the JSON also gives the learner's ``kind`` (reference, tuned
 baseline, Bayesian), its ``belief`` (timescales, rank, ``variance_update``)
@@ -87,88 +92,28 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-jax.config.update('jax_enable_x64', True)
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-
-import multiscale_optax as mso  # noqa: E402
-from benchmarks import _beliefs  # noqa: E402
-from benchmarks import _drifting_teacher as teacher  # noqa: E402
-from benchmarks import _lofi  # noqa: E402
-from benchmarks import harness  # noqa: E402
+import multiscale_optax as mso
+from benchmarks import _beliefs
+from benchmarks import _drifting_teacher as teacher
+from benchmarks import _lofi
+from benchmarks import _network_regression as regression
+from benchmarks import harness
 
 EKF_NAME = 'full EKF (reference)'
-BAYES_NAME = 'Bayesian multiscale (true prior)'
+EKF_ID = harness.slug(EKF_NAME)
+# The row every other is compared with, paired by seed (its id predates the
+# label, which names the diagonal rule it runs with).
+BAYES_ID = 'bayesian_multiscale_true_prior'
+BAYES_NAME = 'Bayesian multiscale (true prior, moment matching)'
 BLOCK_NAME = 'block-diagonal EKF (k x k per weight, true prior)'
-
-
-def log(message: str) -> None:
-  print(message, flush=True)
-
-
-def sample_batch(config, seeds, num_steps):
-  keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
-  return jax.vmap(
-      lambda key: teacher.sample_stream(config, key, num_steps))(keys)
-
-
-def excess_errors(predictions, streams):
-  """Per seed (and grid point): mean of (yhat - f(x; w_t))^2."""
-  return jnp.mean(jnp.square(predictions - streams.outputs), axis=-1)
-
-
-def second_half_excess_errors(predictions, streams):
-  """Per seed: the excess error over the second half of the stream."""
-  half = predictions.shape[-1] // 2
-  return jnp.mean(jnp.square(
-      predictions[..., half:] - streams.outputs[..., half:]), axis=-1)
-
-
-def target_errors(predictions, streams):
-  return jnp.mean(jnp.square(predictions - streams.targets), axis=-1)
-
-
-def run_optimizer(optimizer, stream, noise_variance=1.0, jacobian=False):
-  predictions, _ = teacher.run_online(
-      teacher.mlp_apply, stream.initial_params, optimizer, stream.inputs,
-      stream.targets, noise_variance=noise_variance, pass_jacobian=jacobian)
-  return predictions
-
-
-def predict_all(predict, hyper, streams):
-  """Predictions of ``predict(hyper, stream)`` for every seed (vmapped)."""
-  return jax.vmap(lambda stream: predict(hyper, stream))(streams)
-
-
-def make_score(streams):
-  """The harness's score over a grid: ``streams`` maps seeds to their data.
-
-  A learner's ``build(point)`` is its ``predict(hyper, stream)``; the grid
-  points run vmapped, one excess error per point and seed.
-  """
-
-  @functools.partial(jax.jit, static_argnums=0)
-  def errors(predict, grid, streams):
-    def loss(hyper):
-      return excess_errors(predict_all(predict, hyper, streams), streams)
-
-    return jax.lax.map(loss, grid, batch_size=len(jax.tree.leaves(grid)[0]))
-
-  def score(learner, points, seeds):
-    grid = {name: jnp.asarray([point[name] for point in points])
-            for name in points[0]}
-    return np.asarray(errors(learner.build(points[0]), grid,
-                             streams[tuple(seeds)]))
-
-  return score
-
+MOMENT_MATCHING = _beliefs.MEASURED_DIAGONAL_RULE
 
 BAYES_RANKS = (1, 5, 10, 20)
 LOFI_RANK = 10
@@ -182,211 +127,305 @@ FIT_SCALES = tuple(float(c) for c in np.logspace(-1.0, 5.0, 13))
 MISSCALED_RANKS = (0, 10)
 
 
+def log(message: str) -> None:
+  print(message, flush=True)
 
-def state_arrays_per_param(optimizer, params):
-  """Floats of ``optimizer``'s state per param (counts and scalars too)."""
-  shapes = jax.eval_shape(optimizer.init, params)
-  size = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes))
-  return size / sum(leaf.size for leaf in jax.tree.leaves(params))
+
+def sample_batch(config, seeds, num_steps):
+  keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
+  return jax.vmap(
+      lambda key: teacher.sample_stream(config, key, num_steps))(keys)
+
+
+def second_half_excess_errors(predictions, streams):
+  """Per seed: the excess error over the second half of the stream."""
+  half = predictions.shape[-1] // 2
+  return jnp.mean(jnp.square(
+      predictions[..., half:] - streams.outputs[..., half:]), axis=-1)
+
+
+def target_errors(predictions, streams):
+  return jnp.mean(jnp.square(predictions - streams.targets), axis=-1)
+
+
+def scaled_prior(config, scale):
+  """The teacher's prior with process and initial variances times
+  ``scale`` (a float, or traced while it is tuned)."""
+  prior = config.prior
+  return mso.AR1Prior(
+      prior.decays, tuple(scale * q for q in prior.process_variances),
+      tuple(scale * s for s in prior.initial_variances))
+
+
+class _Registry:
+  """Builds the learners of one teacher; ``example`` are abstract params
+  (for the size of an optimizer's state)."""
+
+  def __init__(self, config):
+    self.config = config
+    self.noise = config.noise_variance
+    self.example = jax.eval_shape(
+        lambda: teacher.init_params(config, jax.random.key(0)))
+
+  def learner(self, label, optimizer, kind, *, jacobian=False, keep=None,
+              belief=None, noise=None, **fields):
+    """A learner running ``optimizer(hyper)`` (its state size in ``meta``);
+    with ``jacobian``, on the EKF contract with noise variance ``noise``
+    (default the teacher's)."""
+    grid = fields.get('grid') or {}
+    first = {name: values[0] for name, values in grid.items()}
+    meta = {'kind': kind, 'belief': belief,
+            'state_arrays_per_param': regression.state_arrays_per_param(
+                optimizer(first), self.example)}
+    if noise is None:
+      noise = self.noise
+    predict = regression.optax_predict(
+        optimizer, noise_variance=noise if jacobian else 1.0,
+        jacobian=jacobian, keep=keep)
+    return regression.learner(label, regression.Model(predict), meta=meta,
+                              **fields)
+
+  def bayes(self, label, scale=1.0, *, belief, keep=None, fields=None,
+            **options):
+    """``mso.bayesian_multiscale`` on the teacher's prior times ``scale``
+    (a float, or the name of the tuned hyperparameter); ``options`` go to
+    it, ``fields`` to the Learner."""
+    if not options.get('rank'):
+      options = {'variance_update': MOMENT_MATCHING, **options}
+    noise = options.pop('noise_variance', self.noise)
+
+    def optimizer(hyper):
+      factor = hyper[scale] if isinstance(scale, str) else scale
+      return mso.bayesian_multiscale(
+          prior=scaled_prior(self.config, factor), noise_variance=noise,
+          **options)
+
+    return self.learner(label, optimizer, 'Bayesian', jacobian=True,
+                        keep=keep, belief=belief, noise=noise,
+                        **(fields or {}))
+
+
+def _default_belief(config):
+  return {'timescales': len(config.timescales), 'rank': 0,
+          'variance_update': MOMENT_MATCHING}
+
+
+def baselines(registry):
+  """SGD, Adam, fixed multiscale rates, the 1-timescale diagonal EKF and
+  LoFi, each tuned."""
+  config = registry.config
+  shape = jnp.asarray(config.timescales)
+  total = float(np.sum(config.stationary_variances))
+  process = {'process_variance': harness.log_grid(1e-9, 1e-1, 11)}
+
+  def multiscale(hyper):
+    powers = shape ** hyper['power']
+    return mso.multiscale(hyper['scale'] * powers / jnp.sum(powers),
+                          config.decays)
+
+  return [
+      registry.learner('SGD', lambda h: optax.sgd(h['learning_rate']),
+                     'tuned baseline', refine_key='learning_rate',
+                     grid={'learning_rate': harness.log_grid(1e-4, 1.0, 17)}),
+      registry.learner(
+          'Adam', lambda h: optax.adam(h['learning_rate'], b1=h['b1']),
+          'tuned baseline', refine_key='learning_rate',
+          grid={'learning_rate': harness.log_grid(1e-5, 0.1, 17),
+                'b1': [0.0, 0.9]}),
+      registry.learner(
+          'multiscale (fixed rates)', multiscale, 'tuned baseline',
+          refine_key='scale',
+          grid={'scale': harness.log_grid(1e-3, 3.0, 15),
+                'power': [-1.0, -0.5, -0.25, 0.0, 0.25, 0.5]}),
+      registry.learner(
+          'VD-EKF (1 timescale, moment matching)', lambda h: (
+              mso.bayesian_multiscale(
+                  prior=mso.AR1Prior([1.0], [h['process_variance']],
+                                     [total]),
+                  noise_variance=registry.noise,
+                  variance_update=MOMENT_MATCHING)),
+          'tuned baseline', jacobian=True, id='vd_ekf_1_timescale',
+          grid=process, refine_key='process_variance', belief={
+              'timescales': 1, 'rank': 0, 'variance_update': MOMENT_MATCHING,
+              'decay': 1.0}),
+      registry.learner(
+          f'LoFi (1 timescale, rank {LOFI_RANK})', lambda h: _lofi.lofi(
+              LOFI_RANK, h['initial_variance'], registry.noise,
+              process_variance=h['process_variance']),
+          'tuned baseline', jacobian=True, refine_key='process_variance',
+          grid={**process, 'initial_variance': (total * np.geomspace(
+              1e-3, 3.0, 8)).tolist()},
+          belief={'timescales': 1, 'rank': LOFI_RANK,
+                  'covariance': 'precision diag + low rank', 'decay': 1.0}),
+  ]
+
+
+def true_prior_learners(registry):
+  """The Bayesian learner with the true prior: each diagonal rule, each
+  rank, and its prior's scale tuned or learned online."""
+  num = len(registry.config.timescales)
+  default = _default_belief(registry.config)
+  rows = [registry.bayes(BAYES_NAME, belief=default,
+                         fields={'id': BAYES_ID})]
+  for update in _beliefs.VARIANCE_UPDATES:
+    rows.append(registry.bayes(
+        _beliefs.bayes_name(update), variance_update=update,
+        belief={'timescales': num, 'rank': 0, 'variance_update': update}))
+  for rank in BAYES_RANKS:
+    rows.append(registry.bayes(
+        _beliefs.bayes_name(rank=rank), rank=rank, belief={
+            'timescales': num, 'rank': rank,
+            'covariance': 'diag - low rank'}))
+  rows.append(registry.bayes(
+      'Bayesian multiscale (prior scale tuned, moment matching)',
+      'prior_scale', belief=default, fields={
+          'id': 'bayesian_multiscale_prior_scale_tuned',
+          'grid': {'prior_scale': harness.log_grid(0.03, 3.0, 9)},
+          'refine_key': 'prior_scale'}))
+  for factor in (10.0, 0.1):
+    # The process variances in use are factor * c * q: report factor * c,
+    # the learned scale relative to the truth (1 is the true prior).
+    rows.append(registry.bayes(
+        f'Bayesian multiscale (learned prior, x{factor:g} start, moment '
+        'matching)', factor, belief=default, learn_prior=True,
+        keep=lambda state, factor=factor: {
+            'final_prior_scale': factor * jnp.exp(state.log_process_scale)},
+        fields={'id': harness.slug(
+            f'Bayesian multiscale (learned prior, x{factor:g} start)')}))
+  return rows
+
+
+def _misscaled_scales(state):
+  # The model's process variances are rho c (0.01 q) and its noise rho
+  # (10 r): relative to the truth, c / 1000 and 10 rho (recorded also where
+  # they stay fixed).
+  return {'final_prior_scale': MISSCALED_PRIOR / MISSCALED_NOISE
+          * jnp.exp(state.log_process_scale),
+          'final_noise_scale': MISSCALED_NOISE * jnp.exp(
+              state.log_noise_scale)}
+
+
+def misscaled_learners(registry):
+  """The prior 100 times too tight and the noise 10 times too large, left
+  fixed or learned online."""
+  config, rows = registry.config, []
+  default = _default_belief(config)
+  for rank in MISSCALED_RANKS:
+    belief = {**default, 'rank': rank} if rank else default
+    options = {'rank': rank} if rank else {}
+    for learn, what in ((False, 'fixed'), (True, 'learned online')):
+      name = (f'Bayesian multiscale (prior x{MISSCALED_PRIOR:g}, noise '
+              f'x{MISSCALED_NOISE:g}, {what}')
+      rows.append(registry.bayes(
+          name + (f', rank {rank})' if rank else ', moment matching)'),
+          MISSCALED_PRIOR, belief=belief, keep=_misscaled_scales,
+          noise_variance=MISSCALED_NOISE * config.noise_variance,
+          learn_prior=learn, learn_noise_variance=learn, **options,
+          fields={'id': harness.slug(name + (f', rank {rank})' if rank
+                                             else ')'))}))
+  return rows
+
+
+def fit_prior_learners(config):
+  """The mis-scaled prior fitted by fit_prior on the first ``FIT_WARMUP``
+  steps of each test stream (the library's default diagonal rule)."""
+  rows = []
+  for rank in MISSCALED_RANKS:
+    rows.append(regression.learner(
+        f'Bayesian multiscale (prior x{MISSCALED_PRIOR:g}, noise '
+        f'x{MISSCALED_NOISE:g}, fit_prior' + (f', rank {rank})' if rank
+                                               else ')'),
+        regression.fit_prior_model(
+            scaled_prior(config, MISSCALED_PRIOR),
+            MISSCALED_NOISE * config.noise_variance, rank, FIT_WARMUP,
+            FIT_SCALES),
+        meta={'kind': 'Bayesian', 'belief': {
+            'timescales': len(config.timescales), 'rank': rank,
+            'fit_prior': True}}))
+  return rows
+
+
+def references(config):
+  """The full EKF on the joint subweight state (the reference every ratio
+  is to) and the block-diagonal EKF, both with the true prior."""
+  num, size = len(config.timescales), config.num_params * len(
+      config.timescales)
+  prior = config.prior
+
+  def ekf(filter_):
+    return regression.Model(lambda hyper, stream: filter_(
+        teacher.mlp_apply, stream.initial_params, prior.decays,
+        prior.process_variances, prior.initial_variances,
+        config.noise_variance, stream.inputs, stream.targets).predictions)
+
+  return (regression.learner(
+      EKF_NAME, ekf(teacher.joint_ekf_predictions), meta={
+          'kind': 'reference', 'belief': {
+              'timescales': num, 'covariance': 'full'},
+          'state_arrays_per_param': (size * size + size) / config.num_params}),
+          regression.learner(
+              BLOCK_NAME, ekf(teacher.blockwise_ekf_predictions), meta={
+                  'kind': 'reference', 'belief': {
+                      'timescales': num,
+                      'covariance': 'k x k block per weight'},
+                  'state_arrays_per_param': num * num + num}))
 
 
 def learners(config):
-  """``name -> (predict(hyper, stream), grid or None, refine_key, meta)``.
+  """The registry, in table order: the full EKF first (the reference),
+  then the baselines, the Bayesian learner and the block-diagonal EKF."""
+  registry = _Registry(config)
+  ekf, block = references(config)
+  return [ekf, *baselines(registry), *true_prior_learners(registry),
+          *misscaled_learners(registry), block, *fit_prior_learners(config)]
 
-  ``meta`` describes the learner for the results table: its ``kind``, its
-  ``belief`` (for Bayesian learners and references) and ``optimizer(hyper)``,
-  which builds the optax transformation (for the state's size).
-  """
-  decays = config.decays
-  process = config.process_variances
-  noise = config.noise_variance
-  timescales = np.asarray(config.timescales)
-  total_variance = float(np.sum(config.stationary_variances))
 
-  def multiscale_optimizer(hyper):
-    shape = jnp.asarray(timescales) ** hyper['power']
-    rates = hyper['scale'] * shape / jnp.sum(shape)
-    return mso.multiscale(rates, decays)
+def make_evaluate(test):
+  """The row fields of a chosen point on the test streams: excess, target
+  and second-half errors, their ratios to the full EKF's (the first learner
+  evaluated), and the learned values. ``evaluate.excess`` keeps every
+  learner's per-seed excess errors for :func:`add_paired_differences`."""
+  excess, late = {}, {}
 
-  def multiscale(hyper, stream):
-    return run_optimizer(multiscale_optimizer(hyper), stream)
+  def evaluate(learner, point, seeds):
+    del seeds  # the test streams are sampled once, for these seeds
+    values, learned = regression.predictions(learner, point, test)
+    excess[learner.id] = np.asarray(regression.excess_errors(values, test))
+    late[learner.id] = np.asarray(second_half_excess_errors(values, test))
+    error = excess[learner.id]
 
-  def vd_ekf_optimizer(hyper):
-    return mso.bayesian_multiscale(
-        [1.0], [hyper['process_variance']], noise,
-        initial_variances=[total_variance],
-        variance_update=_beliefs.MEASURED_DIAGONAL_RULE)
+    def mean_sd(array):
+      summary = harness.summary(array)
+      return {'mean': summary['mean'], 'sd': summary['sd']}
 
-  def vd_ekf(hyper, stream):
-    return run_optimizer(vd_ekf_optimizer(hyper), stream, noise,
-                         jacobian=True)
+    return {'excess_error': harness.summary(error),
+            'target_error': {'mean': harness.summary(np.asarray(
+                target_errors(values, test)))['mean']},
+            'ratio_to_ekf': mean_sd(error / excess[EKF_ID]),
+            'second_half_ratio_to_ekf': mean_sd(late[learner.id]
+                                                / late[EKF_ID]),
+            'diverged_seeds': int(np.sum(~np.isfinite(error))),
+            **learned}
 
-  def lofi_optimizer(hyper):
-    return _lofi.lofi(LOFI_RANK, hyper['initial_variance'], noise,
-                      process_variance=hyper['process_variance'])
+  evaluate.excess = excess
+  return evaluate
 
-  def lofi(hyper, stream):
-    return run_optimizer(lofi_optimizer(hyper), stream, noise,
-                         jacobian=True)
 
-  def bayes_optimizer(scale, **options):
-    # The stationary initial variances, passed explicitly: the library
-    # computes its default only for concrete process variances, and
-    # ``scale`` is traced while tuning.
-    if not options.get('rank'):
-      options = {'variance_update': _beliefs.MEASURED_DIAGONAL_RULE, **options}
-    return lambda hyper: mso.bayesian_multiscale(
-        decays, scale * process, noise, initial_variances=tuple(
-            scale * value for value in config.stationary_variances),
-        **options)
-
-  def bayes(scale, **options):
-    def predict(hyper, stream):
-      del hyper
-      return run_optimizer(bayes_optimizer(scale, **options)(None), stream,
-                           noise, jacobian=True)
-    return predict
-
-  def bayes_tuned(hyper, stream):
-    return bayes(hyper['prior_scale'])(None, stream)
-
-  def bayes_learned_optimizer(factor):
-    return lambda hyper: mso.bayesian_multiscale(
-        decays, factor * process, noise,
-        initial_variances=factor * config.stationary_variances,
-        learn_prior=True, variance_update=_beliefs.MEASURED_DIAGONAL_RULE)
-
-  def bayes_learned(factor):
-    def predict(hyper, stream):
-      del hyper
-      predictions, scales = teacher.run_online(
-          teacher.mlp_apply, stream.initial_params,
-          bayes_learned_optimizer(factor)(None), stream.inputs,
-          stream.targets, noise_variance=noise, pass_jacobian=True,
-          keep_state=lambda params, state: jnp.exp(state.log_process_scale))
-      # The process variances in use are factor * c * q: report factor * c,
-      # the learned scale relative to the truth (1 is the true prior).
-      return predictions, {'final_prior_scale': factor * scales[-1]}
-    return predict
-
-  def misscaled_optimizer(rank, learn):
-    options = {'rank': rank} if rank else {
-        'variance_update': _beliefs.MEASURED_DIAGONAL_RULE}
-    return lambda hyper: mso.bayesian_multiscale(
-        decays, MISSCALED_PRIOR * process, MISSCALED_NOISE * noise,
-        initial_variances=MISSCALED_PRIOR * config.stationary_variances,
-        learn_prior=learn, learn_noise_variance=learn, **options)
-
-  def misscaled(rank, learn):
-    def predict(hyper, stream):
-      del hyper
-      predictions, scales = teacher.run_online(
-          teacher.mlp_apply, stream.initial_params,
-          misscaled_optimizer(rank, learn)(None), stream.inputs,
-          stream.targets, noise_variance=MISSCALED_NOISE * noise,
-          pass_jacobian=True,
-          keep_state=lambda params, state: (
-              state.log_process_scale, state.log_noise_scale))
-      # The model's process variances are rho c (0.01 q) and its noise
-      # rho (10 r): relative to the truth, c / 1000 and 10 rho.
-      return predictions, {
-          'final_prior_scale': MISSCALED_PRIOR / MISSCALED_NOISE
-          * jnp.exp(scales[0][-1]),
-          'final_noise_scale': MISSCALED_NOISE * jnp.exp(scales[1][-1])}
-    return predict
-
-  def blockwise(hyper, stream):
-    del hyper
-    return teacher.blockwise_ekf_predictions(
-        teacher.mlp_apply, stream.initial_params, decays, process,
-        config.stationary_variances, noise, stream.inputs,
-        stream.targets).predictions
-
-  def meta(kind, optimizer=None, **belief):
-    return {'kind': kind, 'optimizer': optimizer, 'belief': belief or None}
-
-  num = len(timescales)
-  default = {'timescales': num, 'rank': 0,
-             'variance_update': _beliefs.MEASURED_DIAGONAL_RULE}
-  # Grids: hyperparameter -> values, searched as their product (the first
-  # name outermost), then a finer grid in the refined one (harness.search).
-  table = {
-      'SGD': (lambda hyper, stream: run_optimizer(
-          optax.sgd(hyper['learning_rate']), stream),
-              {'learning_rate': harness.log_grid(1e-4, 1.0, 17)},
-              'learning_rate',
-              meta('tuned baseline',
-                   lambda hyper: optax.sgd(hyper['learning_rate']))),
-      'Adam': (lambda hyper, stream: run_optimizer(
-          optax.adam(hyper['learning_rate'], b1=hyper['b1']), stream),
-               {'learning_rate': harness.log_grid(1e-5, 0.1, 17),
-                'b1': [0.0, 0.9]}, 'learning_rate',
-               meta('tuned baseline', lambda hyper: optax.adam(
-                   hyper['learning_rate'], b1=hyper['b1']))),
-      'multiscale (fixed rates)': (
-          multiscale, {'scale': harness.log_grid(1e-3, 3.0, 15),
-                       'power': [-1.0, -0.5, -0.25, 0.0, 0.25, 0.5]},
-          'scale',
-          meta('tuned baseline', multiscale_optimizer)),
-      'VD-EKF (1 timescale)': (
-          vd_ekf, {'process_variance': harness.log_grid(1e-9, 1e-1, 11)},
-          'process_variance',
-          meta('tuned baseline', vd_ekf_optimizer, timescales=1, rank=0,
-               variance_update=_beliefs.MEASURED_DIAGONAL_RULE, decay=1.0)),
-      f'LoFi (1 timescale, rank {LOFI_RANK})': (
-          lofi, {'process_variance': harness.log_grid(1e-9, 1e-1, 11),
-                 'initial_variance': (total_variance * np.geomspace(
-                     1e-3, 3.0, 8)).tolist()},
-          'process_variance',
-          meta('tuned baseline', lofi_optimizer, timescales=1,
-               rank=LOFI_RANK, covariance='precision diag + low rank',
-               decay=1.0)),
-      BAYES_NAME: (bayes(1.0), None, None,
-                   meta('Bayesian', bayes_optimizer(1.0), **default)),
-  }
-  for update in _beliefs.VARIANCE_UPDATES:
-    table[_beliefs.bayes_name(update)] = (
-        bayes(1.0, variance_update=update), None, None,
-        meta('Bayesian', bayes_optimizer(1.0, variance_update=update),
-             timescales=num, rank=0, variance_update=update))
-  for rank in BAYES_RANKS:
-    table[_beliefs.bayes_name(rank=rank)] = (
-        bayes(1.0, rank=rank), None, None,
-        meta('Bayesian', bayes_optimizer(1.0, rank=rank), timescales=num,
-             rank=rank, covariance='diag - low rank'))
-  table['Bayesian multiscale (prior scale tuned)'] = (
-      bayes_tuned, {'prior_scale': harness.log_grid(0.03, 3.0, 9)},
-      'prior_scale',
-      meta('Bayesian', lambda hyper: bayes_optimizer(
-          hyper['prior_scale'])(None), **default))
-  for factor in (10.0, 0.1):
-    table[f'Bayesian multiscale (learned prior, x{factor:g} start)'] = (
-        bayes_learned(factor), None, None,
-        meta('Bayesian', bayes_learned_optimizer(factor), **default))
-  for rank in MISSCALED_RANKS:
-    belief = {**default, 'rank': rank} if rank else default
-    suffix = f', rank {rank})' if rank else ')'
-    for learn, what in ((False, 'fixed'), (True, 'learned online')):
-      table[f'Bayesian multiscale (prior x{MISSCALED_PRIOR:g}, noise '
-            f'x{MISSCALED_NOISE:g}, {what}{suffix}'] = (
-                misscaled(rank, learn), None, None,
-                meta('Bayesian', misscaled_optimizer(rank, learn),
-                     **belief))
-  size = config.num_params * num
-  table[BLOCK_NAME] = (
-      blockwise, None, None,
-      meta('reference', timescales=num,
-           covariance='k x k block per weight',
-           state_arrays_per_param=num * num + num))
-  table[EKF_NAME] = (
-      None, None, None,
-      meta('reference', timescales=num, covariance='full',
-           state_arrays_per_param=(size * size + size)
-           / config.num_params))
-  return table
+def add_paired_differences(rows, excess):
+  """Each row's per-seed difference from the Bayesian learner with the
+  true prior (``minus_bayes``) and on how many seeds it is worse."""
+  for row in rows:
+    difference = excess[row['id']] - excess[BAYES_ID]
+    summary = harness.summary(difference)
+    finite = bool(np.all(np.isfinite(excess[row['id']])))
+    row['minus_bayes'] = {'mean': summary['mean'] if finite else None,
+                          'sd': summary['sd'] if finite else None}
+    row['seeds_worse_than_bayes'] = int(np.sum(difference > 0))
+  return rows
 
 
 def run(config, args):
+  """Every learner on the teacher ``config``: rows and the wall time."""
   tuning_seeds = list(range(1000, 1000 + args.tuning_seeds))
   test_seeds = list(range(args.test_seeds))
   started = time.perf_counter()
@@ -396,113 +435,13 @@ def run(config, args):
       f'k={len(config.timescales)}, v={config.component_variance}, '
       f'r={config.noise_variance}: {len(tuning_seeds)} tuning + '
       f'{len(test_seeds)} test seeds x {args.steps} steps')
-
-  excess, target, hyperparameters, seconds = {}, {}, {}, {}
-  second_half, edges = {}, {}
-  score = make_score({tuple(tuning_seeds): tuning})
-
-  def report(name, predictions, hyper=None, tic=None):
-    excess[name] = np.asarray(excess_errors(predictions, test))
-    second_half[name] = np.asarray(
-        second_half_excess_errors(predictions, test))
-    target[name] = np.asarray(target_errors(predictions, test))
-    hyperparameters[name] = hyper
-    seconds[name] = time.perf_counter() - tic
-    log(f'  {name:<52s} excess {excess[name].mean():.4f}  '
-        f'({seconds[name]:.1f} s)')
-
-  tic = time.perf_counter()
-  ekf = jax.jit(jax.vmap(lambda stream: teacher.joint_ekf_predictions(
-      teacher.mlp_apply, stream.initial_params, config.decays,
-      config.process_variances, config.stationary_variances,
-      config.noise_variance, stream.inputs, stream.targets).predictions))(
-          test)
-  report(EKF_NAME, ekf, tic=tic)
-
-  table = learners(config)
-  params = test.initial_params
-  example = jax.tree.map(lambda leaf: leaf[0], params)
-  described = {}
-  for name, (predict, grid, refine_key, meta) in table.items():
-    described[name] = {'kind': meta['kind'], 'belief': meta['belief']}
-    if predict is None:
-      continue
-    tic = time.perf_counter()
-    hyper = None
-    if grid is not None:
-      best, edges[name] = harness.search(harness.Learner(
-          id=harness.slug(name), label=name,
-          build=lambda point, predict=predict: predict, grid=grid,
-          refine={refine_key: {'scale': 'log', 'num': 9}}), score,
-                                         tuning_seeds)
-      hyper = dict(best)
-      chosen = jax.tree.map(jnp.asarray, best)
-    else:
-      chosen = None
-    predictions = jax.jit(lambda streams, chosen=chosen, predict=predict:
-                          predict_all(predict, chosen, streams))(test)
-    if isinstance(predictions, tuple):
-      predictions, extra = predictions
-      hyper = {key: np.asarray(value).tolist()
-               for key, value in extra.items()}
-    report(name, predictions, hyper, tic)
-    if meta['optimizer'] is not None:
-      described[name]['state_arrays_per_param'] = state_arrays_per_param(
-          meta['optimizer'](best if grid is not None else None), example)
-  for name, (_, _, _, meta) in table.items():
-    if meta['optimizer'] is None and meta['belief'] is not None:
-      described[name]['state_arrays_per_param'] = meta['belief'].pop(
-          'state_arrays_per_param')
-  for rank in MISSCALED_RANKS:
-    tic = time.perf_counter()
-    name = (f'Bayesian multiscale (prior x{MISSCALED_PRIOR:g}, noise '
-            f'x{MISSCALED_NOISE:g}, fit_prior'
-            + (f', rank {rank})' if rank else ')'))
-    predictions, fits = teacher.fit_and_run(
-        mso.AR1Prior(config.decays, MISSCALED_PRIOR * config.process_variances,
-                     MISSCALED_PRIOR * config.stationary_variances),
-        MISSCALED_NOISE * config.noise_variance, rank, test, FIT_WARMUP,
-        FIT_SCALES)
-    described[name] = {'kind': 'Bayesian',
-                       'belief': {'timescales': len(config.timescales),
-                                  'rank': rank, 'fit_prior': True}}
-    report(name, jnp.asarray(predictions), {
-        'fitted_scale': [fit.process_scale for fit in fits],
-        'fitted_noise_scale': [fit.noise_scale for fit in fits],
-        'fit_at_grid_edge': [fit.at_grid_edge for fit in fits]}, tic)
-
-  reference = excess[EKF_NAME]
-  bayes = excess[BAYES_NAME]
-  rows = []
-  for name, values in excess.items():
-    finite = bool(np.all(np.isfinite(values)))
-    ratios = values / reference
-    late_ratios = second_half[name] / second_half[EKF_NAME]
-    difference = values - bayes
-    summary = lambda value, finite=finite: value if finite else None  # noqa: E731
-    rows.append({
-        'id': harness.slug(name), 'label': name,
-        **described[name],
-        'excess_error': {
-            'mean': summary(float(values.mean())),
-            'sd': summary(float(values.std(ddof=1))),
-            'values': values.tolist()},
-        'target_error': {'mean': summary(float(target[name].mean()))},
-        'ratio_to_ekf': {'mean': summary(float(ratios.mean())),
-                         'sd': summary(float(ratios.std(ddof=1)))},
-        'second_half_ratio_to_ekf': {
-            'mean': summary(float(late_ratios.mean())),
-            'sd': summary(float(late_ratios.std(ddof=1)))},
-        'minus_bayes': {'mean': summary(float(difference.mean())),
-                        'sd': summary(float(difference.std(ddof=1)))},
-        'seeds_worse_than_bayes': int(np.sum(difference > 0)),
-        'diverged_seeds': int(np.sum(~np.isfinite(values))),
-        'hyperparameters': hyperparameters[name],
-        'at_grid_edge': edges.get(name, []),
-        'seconds': seconds[name],
-    })
-  total = time.perf_counter() - started
-  return rows, total
+  evaluate = make_evaluate(test)
+  rows = harness.tune_and_evaluate(
+      learners(config), regression.make_score({tuple(tuning_seeds): tuning}),
+      tuning_seeds=tuning_seeds, test_seeds=test_seeds,
+      metric='excess_error', evaluate=evaluate, log=log)
+  return (add_paired_differences(rows, evaluate.excess),
+          time.perf_counter() - started)
 
 
 def format_table(rows, num_seeds):
@@ -591,7 +530,8 @@ def main(argv=None):
     return
   log(f'online teacher benchmark, jax {jax.__version__} on '
       f'{jax.devices()[0].platform}')
-  rows, total = run(config, args)
+  with jax.enable_x64(True):
+    rows, total = run(config, args)
   log('')
   log(format_table(rows, args.test_seeds))
   log(f'\ntotal time {total:.1f} s')

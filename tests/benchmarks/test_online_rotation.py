@@ -14,14 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-# The benchmark (and online_teacher, which it imports) switches float64 on
-# globally, as a script should; the test session keeps its own setting and
-# each test here runs the benchmark inside ``jax.enable_x64(True)``.
-_X64 = jax.config.jax_enable_x64
-from benchmarks import harness  # noqa: E402
-from benchmarks import online_rotation  # noqa: E402
-
-jax.config.update('jax_enable_x64', _X64)
+from benchmarks import harness
+from benchmarks import online_rotation
 
 
 @pytest.fixture
@@ -48,7 +42,8 @@ def test_tiny_run_writes_finite_results(tmp_path, tiny_grids):
   assert written['config']['num_params'] == 64 * 32 + 32 + 32 + 1
   assert {row['stream'] for row in written['rows']} == {'one_over_f'}
   rows = {row['label']: row for row in written['rows']}
-  assert set(online_rotation.learners(full=False)) <= set(rows)
+  assert {learner.label for learner in online_rotation.learners(
+      full=False)} <= set(rows)
   for name, row in rows.items():
     for key in ('rmse_final_deg', 'rmse_all_deg'):
       for field in ('mean', 'sd'):
@@ -58,8 +53,11 @@ def test_tiny_run_writes_finite_results(tmp_path, tiny_grids):
     assert len(row['curve_rmse_deg']) == 4
     assert np.all(np.isfinite(row['curve_rmse_deg']))
     assert row['diverged_seeds'] == 0
-  assert rows[online_rotation.FULL_EKF_NAME]['hyperparameters'][
-      'reused_from'] == 'LoFi (rank 10)'
+  ekf, lofi = rows[online_rotation.FULL_EKF_NAME], rows['LoFi (rank 10)']
+  assert ekf['reused_from'] == 'one_over_f/lofi_rank_10'
+  assert ekf['hyperparameters'] == lofi['hyperparameters']
+  assert not ekf['tuned'] and lofi['tuned']
+  assert not any(row['diverged'] for row in rows.values())
   for name in online_rotation.LEARNED_ONLINE:
     assert len(rows[name]['learned_scale']) == 2
   fitted = rows['Bayesian multiscale (generic prior, fit_prior)']
@@ -94,8 +92,19 @@ def test_streams_are_rotated_digits_with_the_angle_as_target():
 
 def test_the_generic_prior_has_variances_proportional_to_timescale():
   prior = online_rotation.prior()
-  ratio = prior['stationary_variances'] / prior['timescales']
+  ratio = np.asarray(prior.stationary_variances) / np.asarray(
+      online_rotation.PRIOR_TIMESCALES)
   np.testing.assert_allclose(ratio, ratio[0], rtol=1e-12)
-  np.testing.assert_allclose(prior['stationary_variances'].sum(),
+  np.testing.assert_allclose(np.sum(prior.stationary_variances),
                              online_rotation.PRIOR_TOTAL_VARIANCE,
                              rtol=1e-12)
+
+
+def test_importing_the_benchmarks_leaves_float64_off():
+  # The scripts enter float64 inside main(); importing them must not switch
+  # it on for the importer (this test session runs in float32).
+  from benchmarks import online_1f  # pylint: disable=import-outside-toplevel
+  from benchmarks import online_teacher  # pylint: disable=import-outside-toplevel
+  del online_1f, online_teacher
+  assert not jax.config.jax_enable_x64
+  assert online_rotation.prior().decays[0] < 1.0

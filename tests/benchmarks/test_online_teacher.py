@@ -18,6 +18,9 @@ from jax.flatten_util import ravel_pytree
 
 import multiscale_optax as mso
 from benchmarks import _drifting_teacher as teacher
+from benchmarks import _network_regression as regression
+from benchmarks import harness
+from benchmarks import online_teacher
 
 # Float64 agreement of two algebraically identical filters: each step's
 # rounding is O(n * eps) relative (a length-n dot product), and the filter is
@@ -209,3 +212,60 @@ def test_bayesian_multiscale_at_full_rank_is_the_joint_ekf_on_an_mlp():
         pass_jacobian=True)
     np.testing.assert_allclose(predictions, ekf.predictions, rtol=0,
                                atol=FLOAT64_TOLERANCE)
+
+
+def test_the_registry_is_harness_learners_with_the_committed_row_ids():
+  with jax.enable_x64(True):
+    registry = online_teacher.learners(teacher.TeacherConfig())
+  assert all(isinstance(learner, harness.Learner) for learner in registry)
+  ids = [learner.id for learner in registry]
+  committed = [row['id'] for row in harness.load_results(
+      'online_teacher')['rows']]
+  assert ids == committed
+  assert ids[0] == online_teacher.EKF_ID
+  by_id = {learner.id: learner for learner in registry}
+  assert by_id[online_teacher.BAYES_ID].label == online_teacher.BAYES_NAME
+  for learner in registry:
+    belief = learner.meta.get('belief') or {}
+    if 'moment matching' in learner.label:
+      assert belief.get('variance_update') == 'moment_matching', learner.id
+
+
+def test_the_true_prior_row_runs_moment_matching_on_the_teachers_prior():
+  # The row its label calls "moment matching" predicts as the library's
+  # learner given that rule explicitly, and differs from the default rule.
+  config = teacher.TeacherConfig(layer_sizes=(3, 4, 1),
+                                 timescales=(1.0, 16.0))
+  with jax.enable_x64(True):
+    streams = online_teacher.sample_batch(config, [0], 60)
+    stream = jax.tree.map(lambda leaf: leaf[0], streams)
+    by_id = {learner.id: learner
+             for learner in online_teacher.learners(config)}
+    row, _ = regression.predictions(by_id[online_teacher.BAYES_ID], {},
+                                    streams)
+
+    def direct(rule):
+      return teacher.run_online(
+          teacher.mlp_apply, stream.initial_params, mso.bayesian_multiscale(
+              prior=config.prior, noise_variance=config.noise_variance,
+              variance_update=rule), stream.inputs, stream.targets,
+          noise_variance=config.noise_variance, pass_jacobian=True)[0]
+
+    np.testing.assert_allclose(row[0], direct('moment_matching'), rtol=0,
+                               atol=FLOAT64_TOLERANCE)
+    assert np.max(np.abs(row[0] - direct('others_as_noise'))) > 1e-6
+
+
+def test_the_score_runs_a_grid_vmapped_one_value_per_point_and_seed():
+  config = teacher.TeacherConfig(layer_sizes=(3, 4, 1),
+                                 timescales=(1.0, 16.0))
+  with jax.enable_x64(True):
+    streams = online_teacher.sample_batch(config, [0, 1], 40)
+    sgd = next(learner for learner in online_teacher.learners(config)
+               if learner.id == 'sgd')
+    points = [{'learning_rate': 1e-3}, {'learning_rate': 1e-1}]
+    scores = regression.make_score({(0, 1): streams})(sgd, points, [0, 1])
+    alone = [regression.excess_errors(regression.predictions(
+        sgd, point, streams)[0], streams) for point in points]
+  assert scores.shape == (2, 2)
+  np.testing.assert_allclose(scores, np.asarray(alone), rtol=1e-12)
