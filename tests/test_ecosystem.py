@@ -283,13 +283,17 @@ def test_orbax_checkpoint_resumes_bit_exactly_in_fresh_process(tmp_path):
 
   # The fresh process runs on this process's backend (bit-exact resumption
   # is a claim about one backend). It must not preallocate GPU memory: this
-  # process already holds most of it.
+  # process already holds most of it. It imports `helpers`, which imports
+  # the benchmarks' library from the repository root, as pytest does.
   backend = jax.default_backend()
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   subprocess.run(
       [sys.executable, __file__, str(checkpoint_dir), str(out_dir)],
       check=True, timeout=300,
       env={**os.environ, 'JAX_PLATFORMS': backend,
-           'XLA_PYTHON_CLIENT_PREALLOCATE': 'false'})
+           'XLA_PYTHON_CLIENT_PREALLOCATE': 'false',
+           'PYTHONPATH': os.pathsep.join(
+               filter(None, [root, os.environ.get('PYTHONPATH')]))})
 
   for name, (saved, continuation) in expected.items():
     with open(out_dir / f'{name}.json') as file:

@@ -1480,10 +1480,11 @@ def bayesian_multiscale(
   # optax.inject_hyperparams turns a NumPy `initial_variances` into a JAX
   # array and would let a user change it after init, where it has no effect.
   initial_is_array = isinstance(initial_variances, jax.Array)
-  _check_decay_dtype(decays if prior is None else prior.decays)
+  _check_decay_dtype(decays)
   ar1, noise_variance = ar1_prior.arguments(
       prior, decays, process_variances, noise_variance,
       initial_variances=initial_variances)
+  _check_decay_dtype(ar1.decays)
   init_fn, scored_update = _scored_learner(
       ar1, noise_variance, warn_initial_variances=initial_is_array,
       rank=rank, variance_update=variance_update, learn_prior=learn_prior,
