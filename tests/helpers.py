@@ -183,3 +183,26 @@ def online_regression(opt, inputs, targets, noise_variance, params=None,
         opt, inputs, targets, noise_variance, params=params, collect=collect,
         extra_args=extra_args)
   return jax.jit(run)(inputs, targets, params)
+
+
+def ar1_regression_stream(seed: int, steps: int, prior, dim: int = 4,
+                          noise: float = 1.0) -> tuple[jax.Array, jax.Array]:
+  """A linear-regression stream whose weights drift by ``prior``.
+
+  Each of ``dim`` weights is a sum of AR(1) parts with the prior's decays,
+  process and initial variances (NumPy draws from ``seed``); inputs are
+  standard normal and targets ``x . w + N(0, noise)``. Returns ``(inputs,
+  targets)`` of shapes ``(steps, dim)`` and ``(steps,)``.
+  """
+  rng = np.random.default_rng(seed)
+  decays = np.asarray(prior.decays)
+  process = np.asarray(prior.process_variances)
+  parts = rng.normal(size=(len(decays), dim)) * np.sqrt(
+      np.asarray(prior.initial_variances))[:, None]
+  inputs = rng.normal(size=(steps, dim))
+  targets = np.empty(steps)
+  for t in range(steps):
+    targets[t] = inputs[t] @ parts.sum(0) + rng.normal() * np.sqrt(noise)
+    parts = decays[:, None] * parts + rng.normal(
+        size=parts.shape) * np.sqrt(process)[:, None]
+  return jnp.asarray(inputs), jnp.asarray(targets)

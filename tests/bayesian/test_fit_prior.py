@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,19 +15,8 @@ import multiscale_optax as mso
 TRUTH = mso.AR1Prior.from_timescales((3.0, 30.0, 300.0), 1.0 / 3.0)
 
 
-def _stream(seed, steps, dim=4, noise=1.0, prior=TRUTH):
-  rng = np.random.default_rng(seed)
-  decays = np.asarray(prior.decays)
-  process = np.asarray(prior.process_variances)
-  parts = rng.normal(size=(len(decays), dim)) * np.sqrt(
-      np.asarray(prior.initial_variances))[:, None]
-  inputs = rng.normal(size=(steps, dim))
-  targets = np.empty(steps)
-  for t in range(steps):
-    targets[t] = inputs[t] @ parts.sum(0) + rng.normal() * np.sqrt(noise)
-    parts = decays[:, None] * parts + rng.normal(
-        size=parts.shape) * np.sqrt(process)[:, None]
-  return jnp.asarray(inputs), jnp.asarray(targets)
+def _stream(seed, steps, dim=4):
+  return helpers.ar1_regression_stream(seed, steps, TRUTH, dim=dim)
 
 
 def _linear_observe(params, batch):
