@@ -112,7 +112,7 @@ class BayesianMultiscaleState(NamedTuple):
       diagonal part of the predictive covariance (the predictive variances
       themselves for a diagonal belief), in at least float32.
     factors: :math:`U_i`, one pytree per subweight whose leaves have shape
-      ``(rank, *param.shape)``: the low-rank part of the covariance
+      ``(*param.shape, rank)``: the low-rank part of the covariance
       :math:`\mathrm{diag}(D) - UU^\top`; empty for ``rank=0``.
     mean_scales: per subweight, its scale :math:`s_i` as a float32 pair
       ``(high, low)`` (the docs page *Numerics*).
@@ -284,7 +284,7 @@ def _check_state_leaves(
         f'The state holds {len(state.means)} subweights, but this '
         f'transformation has {num}: initialise the state with this '
         'transformation.')
-  state_rank = (jax.tree.leaves(state.factors[0])[0].shape[0]
+  state_rank = (jax.tree.leaves(state.factors[0])[0].shape[-1]
                 if state.factors and jax.tree.leaves(state.factors[0])
                 else None)
   if bool(state.factors) != bool(rank) or (
@@ -325,7 +325,7 @@ def _check_state_leaves(
     for index in range(num):
       for name, leaves, expected in (
           ('means', means, shape), ('variances', variances, shape),
-          ('factors', factors, (rank, *shape)),
+          ('factors', factors, (*shape, rank)),
           ('prior_tangents', tangents, shape)):
         if leaves and tuple(leaves[index][position].shape) != expected:
           raise ValueError(
@@ -1034,7 +1034,8 @@ def _carried_belief(
           value = jnp.where(valid, new[index][flat], value)
         if changes is not None:
           change = changes[flat]
-          value = (change if power == 1.0 else jnp.sqrt(change)) * value
+          value = (change if power == 1.0
+                   else jnp.sqrt(change)[..., None]) * value
         result[-1].append(value)
     return result
   return gaussian_belief.Belief(
@@ -1227,7 +1228,7 @@ def _init_state(
     return jnp.zeros_like(param, dtype=dtype)
 
   def factor(param: Any) -> jax.Array:
-    return zeros(param)[None].repeat(rank, axis=0)
+    return zeros(param)[..., None].repeat(rank, axis=-1)
 
   per_weight = learn_prior == prior_learning.PER_WEIGHT
   log_scale = (jax.tree.map(zeros, params) if per_weight
@@ -1641,7 +1642,7 @@ def get_bayesian_subweights(
     variances = tuple(
         over_state(
             lambda diagonal, factor: (noise_scale * (diagonal - jnp.sum(
-                jnp.square(factor), axis=0))).astype(diagonal.dtype),
+                jnp.square(factor), axis=-1))).astype(diagonal.dtype),
             diagonal_tree, factor_tree)
         for diagonal_tree, factor_tree in zip(state.variances, state.factors))
   else:

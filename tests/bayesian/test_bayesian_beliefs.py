@@ -88,8 +88,8 @@ def _covariance(state, k, size):
   if not state.factors:
     return np.diag(diagonal)
   factor = np.concatenate(
-      [np.asarray(f, np.float64) for f in state.factors], axis=1)
-  return np.diag(diagonal) - factor.T @ factor
+      [np.asarray(f, np.float64) for f in state.factors], axis=0)
+  return np.diag(diagonal) - factor @ factor.T
 
 
 @pytest.mark.parametrize('outputs, residual', [(1, False), (1, True),
@@ -165,10 +165,11 @@ def test_low_rank_stays_positive_definite_with_a_random_walk(rank, dtype):
     assert np.linalg.eigvalsh(covariance)[0] > 0.0
     # By construction: the largest eigenvalue of U^T D^-1 U is below 1.
     factor = np.concatenate(
-        [np.asarray(f, np.float64) for f in state.factors], axis=1)
+        [np.asarray(f, np.float64) for f in state.factors], axis=0)
     diagonal = np.concatenate([np.asarray(v, np.float64)
                                for v in state.variances])
-    assert np.linalg.eigvalsh((factor / diagonal) @ factor.T)[-1] < 1.0
+    assert np.linalg.eigvalsh(factor.T @ (factor / diagonal[:, None]))[
+        -1] < 1.0
 
 
 def test_low_rank_with_learned_prior_and_n_outputs_matches_full_rank():
@@ -266,7 +267,7 @@ def test_low_rank_state_memory_and_shapes():
   params = {'w': jnp.zeros((5, 3)), 'b': jnp.zeros(3)}
   opt = mso.bayesian_multiscale([0.9, 0.5], [0.19, 0.75], 1.0, rank=4)
   state = opt.init(params)
-  assert state.factors[1]['w'].shape == (4, 5, 3)
+  assert state.factors[1]['w'].shape == (5, 3, 4)
   stored = sum(leaf.size for tree in (*state.means, *state.variances,
                                       *state.factors)
                for leaf in jax.tree.leaves(tree))
@@ -284,7 +285,7 @@ def test_predict_propagates_the_covariance_through_the_ar1_prior():
     shapes = [(2, 3), (4,)]
     diagonals = [[jnp.asarray(rng.uniform(1.0, 2.0, shape)) for shape in shapes]
                  for _ in decays]
-    factors = [[jnp.asarray(0.3 * rng.normal(size=(2, *shape)))
+    factors = [[jnp.asarray(0.3 * rng.normal(size=(*shape, 2)))
                 for shape in shapes] for _ in decays]
     belief = gaussian_belief.Belief(diagonals, factors)
     predicted = gaussian_belief.predict(
@@ -294,9 +295,9 @@ def test_predict_propagates_the_covariance_through_the_ar1_prior():
     def dense(diagonals, factors):
       d = np.concatenate([np.ravel(leaf) for leaves in diagonals
                           for leaf in leaves])
-      u = np.concatenate([np.asarray(leaf).reshape(2, -1)
-                          for leaves in factors for leaf in leaves], axis=1)
-      return np.diag(d) - u.T @ u
+      u = np.concatenate([np.asarray(leaf).reshape(-1, 2)
+                          for leaves in factors for leaf in leaves], axis=0)
+      return np.diag(d) - u @ u.T
 
     size = sum(int(np.prod(shape)) for shape in shapes)
     gain = np.diag(np.repeat(decays, size))

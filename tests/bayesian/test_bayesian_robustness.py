@@ -403,7 +403,7 @@ def test_a_state_leaf_of_a_broadcastable_wrong_shape_is_refused(field):
   params = jnp.zeros(2)
   state = opt.init(params)
   wrong = {'means': jnp.zeros(1), 'variances': jnp.ones(1),
-           'factors': jnp.zeros((2, 1))}[field]
+           'factors': jnp.zeros((1, 2))}[field]
   state = state._replace(**{field: (wrong,)})
   with pytest.raises(ValueError, match=f'state.{field}'):
     opt.update(jnp.zeros(2), state, params, jacobian=jnp.zeros(2))
