@@ -12,7 +12,8 @@ reads, and does not re-measure:
   SGD; Adam's ratio gives the ratio to Adam);
 * ``step_speed_fisher.json`` (``python -m benchmarks.step_speed
   --end-to-end``): a whole training step (forward, backward passes and
-  update) of a digits classifier on one example.
+  update) of a digits classifier on a batch of examples (the rows below
+  at batch 1).
 
 Usage::
 
@@ -49,11 +50,13 @@ UPDATE_ROWS = {
 }
 # The end-to-end rows: id in step_speed_fisher.json -> label.
 END_TO_END_ROWS = {
-    'mlp/bayesian_k4_exact': "`bayesian_multiscale`, k = 4, `fisher='exact'`",
-    'mlp/bayesian_k4_sampled':
+    'mlp/b1/bayesian_k4_exact':
+        "`bayesian_multiscale`, k = 4, `fisher='exact'`",
+    'mlp/b1/bayesian_k4_sampled':
         "`bayesian_multiscale`, k = 4, `fisher='sampled'`",
-    'cnn/bayesian_k4_exact': "`bayesian_multiscale`, k = 4, `fisher='exact'`",
-    'cnn/bayesian_k4_sampled':
+    'cnn/b1/bayesian_k4_exact':
+        "`bayesian_multiscale`, k = 4, `fisher='exact'`",
+    'cnn/b1/bayesian_k4_sampled':
         "`bayesian_multiscale`, k = 4, `fisher='sampled'`",
 }
 
@@ -116,14 +119,17 @@ def gpu_rows(document: dict[str, Any]) -> list[dict]:
 
 
 def end_to_end_rows(document: dict[str, Any]) -> list[dict]:
-  """The batch-1 training-step rows."""
-  models = document['config']['models']
-  return [{
-      'id': f'end_to_end/{row_id}', 'label': label,
-      'setting': f'training step, batch 1, {models[row_id.split("/")[0]]}',
-      'kind': 'end_to_end',
-      'ratio_to_adam': harness.row(document, row_id)['ratio_to_adam'],
-      **_provenance(document)} for row_id, label in END_TO_END_ROWS.items()]
+  """The training-step rows."""
+  rows = []
+  for row_id, label in END_TO_END_ROWS.items():
+    row = harness.row(document, row_id)
+    rows.append({
+        'id': f'end_to_end/{row_id}', 'label': label,
+        'setting': f'training step, batch {row["batch"]}, '
+                   f'{row["model_description"]}',
+        'kind': 'end_to_end', 'ratio_to_adam': row['ratio_to_adam'],
+        **_provenance(document)})
+  return rows
 
 
 def main(argv: list[str] | None = None) -> int:
