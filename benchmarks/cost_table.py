@@ -12,8 +12,14 @@ reads, and does not re-measure:
   SGD; Adam's ratio gives the ratio to Adam);
 * ``step_speed_fisher.json`` (``python -m benchmarks.step_speed
   --end-to-end``): a whole training step (forward, backward passes and
-  update) of a digits classifier on a batch of examples (the rows below
-  at batch 1).
+  update) of a digits classifier, and of an MLP of about 10^6 params, on
+  a batch of 1, 16 or 64 examples;
+* ``update_traffic.json`` (``python -m benchmarks.update_traffic``): the
+  Bayesian update alone (diagonal and low rank), with the arrays it moves
+  per parameter against the minimum;
+* ``compile_time.json`` (``python -m benchmarks.compile_time``): seconds to
+  compile the Bayesian step against the number of params leaves, as a
+  ratio to Adam's compile time (not a step time).
 
 Usage::
 
@@ -58,6 +64,22 @@ END_TO_END_ROWS = {
         "`bayesian_multiscale`, k = 4, `fisher='exact'`",
     'cnn/b1/bayesian_k4_sampled':
         "`bayesian_multiscale`, k = 4, `fisher='sampled'`",
+}
+# The batched end-to-end rows: learner -> label, at every batch of these
+# models.
+BATCHED_ROWS = {
+    'bayesian_k1_sampled': "`bayesian_multiscale`, k = 1, `fisher='sampled'`",
+    'bayesian_k1_exact': "`bayesian_multiscale`, k = 1, `fisher='exact'`",
+}
+BATCHED_MODELS = ('mlp', 'wide')
+# The update_traffic rows: id -> label.
+TRAFFIC_ROWS = {
+    'bayesian_k1_tau1': '`bayesian_multiscale`, k = 1, timescales from 1',
+    'bayesian_k4_tau1': '`bayesian_multiscale`, k = 4, timescales from 1',
+    'bayesian_k1_rank1': '`bayesian_multiscale`, k = 1, rank 1',
+    'bayesian_k1_rank10': '`bayesian_multiscale`, k = 1, rank 10',
+    'bayesian_k4_rank1': '`bayesian_multiscale`, k = 4, rank 1',
+    'bayesian_k4_rank10': '`bayesian_multiscale`, k = 4, rank 10',
 }
 
 
@@ -119,15 +141,65 @@ def gpu_rows(document: dict[str, Any]) -> list[dict]:
 
 
 def end_to_end_rows(document: dict[str, Any]) -> list[dict]:
-  """The training-step rows."""
+  """The training-step rows: :data:`END_TO_END_ROWS`, then
+  :data:`BATCHED_ROWS` at every batch of :data:`BATCHED_MODELS`."""
+  labels = dict(END_TO_END_ROWS)
+  for row in document['rows']:
+    if (row.get('model') in BATCHED_MODELS
+        and row.get('learner') in BATCHED_ROWS):
+      labels.setdefault(row['id'], BATCHED_ROWS[row['learner']])
   rows = []
-  for row_id, label in END_TO_END_ROWS.items():
+  for row_id, label in labels.items():
     row = harness.row(document, row_id)
     rows.append({
         'id': f'end_to_end/{row_id}', 'label': label,
         'setting': f'training step, batch {row["batch"]}, '
                    f'{row["model_description"]}',
         'kind': 'end_to_end', 'ratio_to_adam': row['ratio_to_adam'],
+        **_provenance(document)})
+  return rows
+
+
+def traffic_rows(document: dict[str, Any]) -> list[dict]:
+  """The Bayesian update-only rows of ``update_traffic.json``."""
+  config = document['config']
+  rows = []
+  for row_id, label in TRAFFIC_ROWS.items():
+    if not any(row['id'] == row_id for row in document['rows']):
+      continue
+    row = harness.row(document, row_id)
+    rows.append({
+        'id': f'cpu_traffic/{row_id}', 'label': label,
+        'setting': (
+            f'update only, {config["size"]:,} params in {config["leaves"]} '
+            f'leaves; moves {row["weighted_arrays_moved"]:.0f} arrays per '
+            f'param, minimum {row["minimum_arrays"]}'),
+        'kind': 'cpu_traffic', 'ratio_to_adam': row['ratio_to_adam'],
+        'median_ms': row['median_ms'],
+        'weighted_to_minimum': row['weighted_to_minimum'],
+        **_provenance(document)})
+  return rows
+
+
+def compile_rows(document: dict[str, Any]) -> list[dict]:
+  """Compile time of the Bayesian step over Adam's, per leaf count."""
+  config = document['config']
+  rows = []
+  for row in document['rows']:
+    if row['learner'] == 'adam':
+      continue
+    adam = harness.row(document, f'leaves{row["leaves"]}/adam')
+    rank = row['learner'].rsplit('rank', 1)[1]
+    rows.append({
+        'id': f'compile/{row["id"]}',
+        'label': f'`bayesian_multiscale`, k = 4, rank {rank}',
+        'setting': (f'compile time (not a step), {row["leaves"]} leaves of '
+                    f'{config["leaf_size"]} params: '
+                    f'{row["compile_seconds"]:.1f} s, '
+                    f'{row["ratio_to_rank0"]:.2f}x rank 0'),
+        'kind': 'compile', 'compile_seconds': row['compile_seconds'],
+        'ratio_to_rank0': row['ratio_to_rank0'],
+        'ratio_to_adam': row['compile_seconds'] / adam['compile_seconds'],
         **_provenance(document)})
   return rows
 
@@ -142,11 +214,14 @@ def main(argv: list[str] | None = None) -> int:
   cpu = harness.load_results('step_speed')
   rows = [*update_rows(cpu, args.size),
           *gpu_rows(harness.load_results('step_speed_h200')),
-          *end_to_end_rows(harness.load_results('step_speed_fisher'))]
+          *end_to_end_rows(harness.load_results('step_speed_fisher')),
+          *traffic_rows(harness.load_results('update_traffic')),
+          *compile_rows(harness.load_results('compile_time'))]
   document = harness.results_document(
       STEM, config={'size': args.size,
                     'sources': ['step_speed', 'step_speed_h200',
-                                'step_speed_fisher']},
+                                'step_speed_fisher', 'update_traffic',
+                                'compile_time']},
       rows=rows, seconds=0.0)
   print(f'wrote {harness.write_results(args.out or STEM, document)}')
   return 0

@@ -284,25 +284,76 @@ def _check_labels(labels: jax.Array, classes: int) -> None:
         + (' among others.' if bad.size > 5 else '.'))
 
 
-def _per_example_rows(
-    pullback: Callable[[jax.Array], tuple[ParamsT]],
+def _example_inputs(inputs: Any, batch_shape: tuple[int, ...]) -> Any:
+  """``inputs`` with its examples on one leading axis, or ``None`` where a
+  leaf does not lead with the batch shape (or there is no batch)."""
+  leaves = jax.tree.leaves(inputs)
+  count = len(batch_shape)
+  if not count or not leaves or any(
+      tuple(np.shape(leaf))[:count] != batch_shape for leaf in leaves):
+    return None
+  examples = int(np.prod(batch_shape))
+  return jax.tree.map(
+      lambda leaf: jnp.reshape(leaf, (examples, *np.shape(leaf)[count:])),
+      inputs)
+
+
+def _rows_by_example(
+    logits_pullback: Callable[[jax.Array], tuple[ParamsT]],
+    per_example_pullback: Callable[..., Any] | None,
     cotangents: jax.Array,
     batch_shape: tuple[int, ...],
     dtype: Any,
 ) -> ParamsT:
-  """One backward pass per example: row n pulls back example n's cotangent.
+  r"""Row :math:`(n, j)` pulls back example :math:`n`'s cotangent
+  :math:`j` through that example alone.
 
-  ``cotangents`` has the logits' shape ``(*batch_shape, C)``; the pullback
-  is vmapped over the examples, never over the classes.
+  ``cotangents`` has shape ``(B, K, C)`` (:math:`B` examples, :math:`K`
+  rows each, :math:`C` classes); the rows, ``(B K, *param.shape)``, in
+  that order. With ``per_example_pullback`` (the model's pullback at one
+  example, vmapped over the examples) a row costs a backward pass of one
+  example, so :math:`BK` rows cost about :math:`K` backward passes of the
+  batch; without it, every row is a backward pass of the whole batch
+  with the other examples' cotangents zero (:math:`B` times the work).
   """
-  examples = int(np.prod(batch_shape))
-  selectors = _unit_rows(examples, batch_shape, cotangents.dtype)[..., None]
-  (rows,) = jax.vmap(pullback)((selectors * cotangents[None]).astype(dtype))
-  return rows
+  examples, count, classes = cotangents.shape
+  cotangents = cotangents.astype(dtype)
+  if per_example_pullback is not None:
+    rows = per_example_pullback(cotangents)
+  else:
+    selectors = _unit_rows(examples, batch_shape, dtype)[:, None, ..., None]
+    spread = selectors * cotangents.reshape(
+        examples, count, *(1,) * len(batch_shape), classes)
+    (rows,) = jax.vmap(jax.vmap(logits_pullback))(spread)
+  return jax.tree.map(
+      lambda leaf: leaf.reshape((examples * count, *leaf.shape[2:])), rows)
+
+
+def _per_example_pullback(
+    apply_fn: Callable[..., jax.Array], params: ParamsT, inputs: Any,
+    batch_shape: tuple[int, ...],
+) -> Callable[[jax.Array], ParamsT] | None:
+  """``(B, K, C)`` cotangents to the ``(B, K, *param.shape)`` rows of
+  each example alone, or ``None`` where the inputs have no batch axes to
+  split (see :func:`_example_inputs`)."""
+  examples = _example_inputs(inputs, batch_shape)
+  if examples is None:
+    return None
+  ones = (1,) * len(batch_shape)
+
+  def one(example: Any, cotangents: jax.Array) -> ParamsT:
+    single = jax.tree.map(lambda leaf: jnp.reshape(
+        leaf, (*ones, *jnp.shape(leaf))), example)
+    _, pullback = jax.vjp(lambda p: apply_fn(p, single), params)
+    return jax.vmap(lambda cotangent: pullback(cotangent.reshape(
+        (*ones, -1)))[0])(cotangents)
+
+  return lambda cotangents: jax.vmap(one)(examples, cotangents)
 
 
 def _exact_extra(
-    logits_pullback: Callable[..., Any], logits: jax.Array,
+    logits_pullback: Callable[..., Any],
+    per_example_pullback: Callable[..., Any] | None, logits: jax.Array,
     probabilities: jax.Array, onehot: jax.Array, valid: jax.Array,
     epsilon: Any, dtype: Any,
 ) -> dict[str, Any]:
@@ -310,17 +361,15 @@ def _exact_extra(
   :func:`categorical_observation`)."""
   classes = logits.shape[-1]
   examples = valid.size
-  count = probabilities.size
-  basis = _unit_rows(count, logits.shape, dtype)
-  # Row n of H pulls back (diag(p) - p p^T) e_n through the logits.
-  cotangents = basis * probabilities - probabilities * jnp.sum(
-      basis * probabilities, axis=-1, keepdims=True)
-  (rows,) = jax.vmap(logits_pullback)(cotangents.astype(logits.dtype))
+  flat = probabilities.reshape(-1, classes)
+  # Row (n, c) of H pulls back (diag(p_n) - p_n p_n^T) e_c through example
+  # n's logits.
+  blocks = jax.vmap(jnp.diag)(flat) - flat[:, :, None] * flat[:, None, :]
+  rows = _rows_by_example(logits_pullback, per_example_pullback, blocks,
+                          valid.shape, logits.dtype)
   residual = jnp.where(
       valid[..., None], onehot - probabilities, jnp.nan).reshape(-1)
-  flat = probabilities.reshape(-1, classes)
-  blocks = (jax.vmap(jnp.diag)(flat) - flat[:, :, None] * flat[:, None, :]
-            + epsilon * jnp.eye(classes, dtype=flat.dtype))
+  blocks = blocks + epsilon * jnp.eye(classes, dtype=flat.dtype)
   covariance = jnp.einsum(
       'bij,bd->bidj', blocks, jnp.eye(examples, dtype=flat.dtype)).reshape(
           examples * classes, examples * classes)
@@ -330,7 +379,8 @@ def _exact_extra(
 
 
 def _sampled_extra(
-    logits_pullback: Callable[..., Any], logits: jax.Array,
+    logits_pullback: Callable[..., Any],
+    per_example_pullback: Callable[..., Any] | None, logits: jax.Array,
     wide_logits: jax.Array, probabilities: jax.Array, grads: Any,
     valid: jax.Array, key: jax.Array, samples: int, empirical_weight: Any,
     dtype: Any,
@@ -347,16 +397,15 @@ def _sampled_extra(
   scores = jax.nn.one_hot(drawn, classes, dtype=dtype) - probabilities
   scores = jnp.where(valid[..., None], scores, 0.0)
   # One backward pass per drawn label: row (n, m) is g_{n m}.
-  sampled_rows = jax.vmap(
-      lambda cotangents: _per_example_rows(
-          logits_pullback, cotangents, labels_shape, logits.dtype))(scores)
+  sampled_rows = _rows_by_example(
+      logits_pullback, per_example_pullback,
+      jnp.moveaxis(scores.reshape(samples, examples, classes), 0, 1),
+      labels_shape, logits.dtype)
   weight = jnp.asarray(empirical_weight, dtype)
   sampled_scale = jnp.sqrt((1.0 - weight) / samples)
   observed_scale = jnp.sqrt(weight)
 
   def stack(gradient: jax.Array, rows: jax.Array) -> jax.Array:
-    rows = jnp.swapaxes(rows, 0, 1).reshape(
-        (examples * samples, *gradient.shape))
     # Row 0 is sqrt(delta) grad log p(y) = -sqrt(delta) grads.
     return jnp.concatenate([
         (-observed_scale * gradient.astype(dtype))[None],
@@ -394,9 +443,18 @@ def categorical_observation(
   :math:`J = \partial f/\partial w`. ``grads`` is the gradient of the
   cross-entropy :math:`-\sum \log p_y` in every mode.
 
+  Every row of the observation belongs to one example. Where every leaf of
+  ``inputs`` leads with ``labels.shape`` (a batch of examples), a row is
+  pulled back through its example alone (``apply_fn`` on a batch of one,
+  vmapped over the examples), so :math:`K` rows per example cost about
+  :math:`K` backward passes of the batch; otherwise each row is a
+  backward pass of the whole batch with the other examples' cotangents
+  zero, :math:`B` times the work. The two agree wherever the examples do
+  not interact in ``apply_fn`` (no batch statistics).
+
   ``fisher='exact'`` (default): the EKF's generalised Gauss–Newton form
   (module docstring), over the :math:`N = BC` outputs (:math:`R`
-  block-diagonal over the examples; :math:`B\,C` backward passes):
+  block-diagonal over the examples; :math:`C` rows per example):
 
   .. math::
 
@@ -411,8 +469,8 @@ def categorical_observation(
   example with ``key``, let :math:`g_{nm} = \nabla_w \log p_n(\hat y_{nm})
   = J_n^\top(e_{\hat y_{nm}} - p_n)` and :math:`g = \sum_n \nabla_w \log
   p_n(y_n) = -` ``grads``, and let :math:`\delta` be ``empirical_weight``.
-  The pseudo-observation has :math:`N = 1 + BM` rows (:math:`BM` backward
-  passes besides the one of ``grads``, an :math:`N \times N` solve):
+  The pseudo-observation has :math:`N = 1 + BM` rows (:math:`M` rows per
+  example besides the one of ``grads``, an :math:`N \times N` solve):
 
   .. math::
 
@@ -443,7 +501,7 @@ def categorical_observation(
 
   ``fisher='empirical'``: :math:`H_n = \nabla_w \log p_n(y_n)^\top`, the
   observed label's gradient, :math:`e_n = 1`, :math:`R = I_B`
-  (:math:`B` backward passes): :math:`H^\top R^{-1} e` is exactly the
+  (one row per example): :math:`H^\top R^{-1} e` is exactly the
   log-likelihood gradient, but :math:`H^\top R^{-1} H` is the empirical
   Fisher, which is not the Fisher: it vanishes on examples the model
   already fits and is large where it errs, so it can distort the step
@@ -573,17 +631,21 @@ def categorical_observation(
   info = ObservationInfo(loss=loss, predictions=probabilities)
   examples = labels.size
 
+  per_example_pullback = _per_example_pullback(
+      apply_fn, params, inputs, labels.shape)
   if fisher == 'exact':
     return info, grads, _exact_extra(
-        logits_pullback, logits, probabilities, onehot, valid, epsilon,
+        logits_pullback, per_example_pullback, logits, probabilities, onehot, valid, epsilon,
         dtype)
   if fisher == 'sampled':
     assert key is not None  # _check_key
     return info, grads, _sampled_extra(
-        logits_pullback, logits, wide_logits, probabilities, grads, valid,
+        logits_pullback, per_example_pullback, logits, wide_logits, probabilities, grads, valid,
         key, samples, empirical_weight, dtype)
-  rows = _per_example_rows(
-      logits_pullback, observed_scores, labels.shape, logits.dtype)
+  rows = _rows_by_example(
+      logits_pullback, per_example_pullback,
+      observed_scores.reshape(examples, 1, classes), labels.shape,
+      logits.dtype)
   residual = jnp.where(valid, 1.0, jnp.nan).reshape(examples)
   return info, grads, {
       'jacobian': rows, 'residual': residual.astype(dtype),

@@ -171,6 +171,10 @@ def _combine(matrix: jax.Array, leaves: jax.Array) -> jax.Array:
   return jnp.tensordot(matrix, leaves, axes=1)
 
 
+# Up to this many columns, :func:`_times` is written as a sum of columns.
+_UNROLLED_COLUMNS = 8
+
+
 def _gram(first: jax.Array, second: jax.Array) -> jax.Array:
   """``(*shape, X)`` and ``(*shape, Y)`` to the ``(X, Y)`` inner products
   of their columns.
@@ -180,6 +184,10 @@ def _gram(first: jax.Array, second: jax.Array) -> jax.Array:
   contraction over the minor dimension, several times slower.
   """
   axes = tuple(range(first.ndim - 1))
+  if second.shape[-1] == 1:
+    # A matrix-vector product, with the vector first (XLA:CPU's faster
+    # form).
+    return jnp.tensordot(second[..., 0], first, axes=(axes, axes))[:, None]
   return jnp.tensordot(first, second, axes=(axes, axes))
 
 
@@ -190,11 +198,6 @@ def _columns(rows: jax.Array) -> jax.Array:
 
 def _project(factor: jax.Array, rows: jax.Array) -> jax.Array:
   """``(*shape, L)`` and ``(N, *shape)`` to the ``(L, N)`` products."""
-  if rows.shape[0] == 1:
-    # A matrix-vector product (rows of N = 1 are a vector already laid out
-    # as the factor's columns).
-    axes = tuple(range(factor.ndim - 1))
-    return jnp.tensordot(rows[0], factor, axes=(axes, axes))[:, None]
   return _gram(factor, _columns(rows))
 
 
@@ -364,53 +367,130 @@ def _deflate(
            for leaves in factors])
 
 
+def _times(columns: jax.Array, matrix: jax.Array) -> jax.Array:
+  """``(*shape, N)`` times ``(N, X)``: ``(*shape, X)``.
+
+  For a few columns, a sum of column times row: an elementwise loop that
+  XLA fuses with its consumer (a dot with so small an inner dimension runs
+  several times slower on XLA:CPU, and is written out).
+  """
+  if columns.shape[-1] > _UNROLLED_COLUMNS:
+    return columns @ matrix
+  return _sum([columns[..., j, None] * matrix[j]
+               for j in range(columns.shape[-1])])
+
+
+def _polar_rotation(block: jax.Array) -> jax.Array:
+  r"""An orthogonal :math:`R` with :math:`B R` symmetric positive
+  semi-definite (the polar decomposition of the square ``block``
+  :math:`B`)."""
+  if block.shape[0] == 1:
+    return jnp.where(block >= 0.0, 1.0, -1.0).astype(block.dtype)
+  left, _, right = jnp.linalg.svd(block)
+  return right.T @ left.T
+
+
 def _truncate(
     diagonals: list[list[jax.Array]],
-    stacked: list[list[jax.Array]],
-    rank: int,
+    factors: list[list[jax.Array]],
+    columns: list[list[jax.Array]],
 ) -> tuple[list[list[jax.Array]], list[list[jax.Array]]]:
-  r"""Cuts :math:`\mathrm{diag}(D) - U_+U_+^\top` back to rank ``rank``.
+  r"""Cuts :math:`\mathrm{diag}(D) - U_+U_+^\top` back to the rank of
+  :math:`U`, for :math:`U_+ = [U, C]` (``columns`` :math:`C`, :math:`N` of
+  them).
 
-  :math:`U_+` has :math:`L + N` columns; the eigendecomposition of its Gram
-  matrix :math:`U_+^\top U_+ = V \Lambda V^\top` gives the best rank-
-  :math:`L` part :math:`U = U_+ V_L` (the :math:`L` largest eigenvalues).
-  The dropped columns :math:`U_+ V_\perp` are subtracted from :math:`D` on
-  the diagonal, so the marginal variances stay exact; dropping them adds
-  :math:`u u^\top - \mathrm{diag}(u^2)`, which can be indefinite. The belief
-  stays positive definite by construction: :math:`\mathrm{diag}(D) - UU^\top
-  \succ 0` exactly when the largest eigenvalue :math:`\lambda` of
-  :math:`K = U^\top \mathrm{diag}(D)^{-1} U` is below 1, so where
-  :math:`\lambda > 1 - \delta` the factor is shrunk by
-  :math:`\sqrt{(1 - \delta)/\lambda}` (which only adds variance), with
-  :math:`\delta` a few hundred units of the dtype's epsilon: no direction's
-  variance falls below :math:`\delta` times its diagonal.
+  The eigendecomposition of the Gram matrix :math:`U_+^\top U_+` (formed
+  blockwise from :math:`U^\top U`, :math:`U^\top C` and :math:`C^\top
+  C`, so :math:`U_+` is never written out) gives the best rank-:math:`L`
+  part: :math:`U_+` less its :math:`N` least directions :math:`V_d =
+  [A; S]` (orthonormal, rotated so that :math:`S` is symmetric positive
+  semi-definite). The kept part is :math:`U_+ M` for any orthonormal basis
+  :math:`M` of the complement of :math:`V_d`, and
+
+  .. math::
+
+    M = \begin{bmatrix} I - A (I + S)^{-1} A^\top \\ -A^\top
+    \end{bmatrix}
+
+  is one (:math:`M^\top V_d = 0` and :math:`M^\top M = I` follow from
+  :math:`A^\top A + S^2 = I`), so the new factor is a rank-:math:`N`
+  update of the old one,
+
+  .. math::
+
+    U' = U - G A^\top, \qquad G = U A (I + S)^{-1} + C,
+
+  written in place, with no :math:`(L + N) \times L` product over the
+  factor. The dropped columns :math:`U_+ V_d = UA + CS` are subtracted
+  from :math:`D` on the diagonal, so the marginal variances stay exact;
+  dropping them adds :math:`u u^\top - \mathrm{diag}(u^2)`, which can be
+  indefinite. The belief stays positive definite by construction:
+  :math:`\mathrm{diag}(D) - UU^\top \succ 0` exactly when the largest
+  eigenvalue :math:`\lambda` of :math:`K = W^\top W`, :math:`W =
+  D^{-1/2} U`, is below 1, so where :math:`\lambda > 1 - \delta` the
+  factor is shrunk by :math:`\sqrt{(1 - \delta)/\lambda}` (which only
+  adds variance), with :math:`\delta` a few hundred units of the dtype's
+  epsilon: no direction's variance falls below :math:`\delta` times its
+  diagonal.
   """
   dtype = diagonals[0][0].dtype
-  gram = _sum([_gram(leaf, leaf) for leaves in stacked for leaf in leaves])
+  tiny = jnp.finfo(dtype).tiny
+  rank = factors[0][0].shape[-1]
+  pairs = [(factor, column) for subweight_factors, subweight_columns in zip(
+      factors, columns) for factor, column in zip(
+          subweight_factors, subweight_columns)]
+  cross = _sum([_gram(factor, column) for factor, column in pairs])
+  gram = jnp.block([
+      [_sum([_gram(factor, factor) for factor, _ in pairs]), cross],
+      [cross.T, _sum([_gram(column, column) for _, column in pairs])]])
   _, vectors = jnp.linalg.eigh(gram)  # ascending eigenvalues
-  dropped_count = gram.shape[0] - rank
-  kept_vectors = vectors[:, dropped_count:]
-  dropped_vectors = vectors[:, :dropped_count]
+  dropped = vectors[:, :gram.shape[0] - rank]
+  dropped = dropped @ _polar_rotation(dropped[rank:])
+  reach, own = dropped[:rank], dropped[rank:]
+  mixing = jnp.linalg.inv(jnp.eye(own.shape[0], dtype=dtype) + own)
   new_diagonals: list[list[jax.Array]] = []
-  new_factors: list[list[jax.Array]] = []
-  for subweight_diagonals, subweight_stacked in zip(diagonals, stacked):
+  gains: list[list[jax.Array]] = []
+  for subweight_diagonals, subweight_factors, subweight_columns in zip(
+      diagonals, factors, columns):
     new_diagonals.append([])
-    new_factors.append([])
-    for diagonal, leaf in zip(subweight_diagonals, subweight_stacked):
-      dropped = leaf @ dropped_vectors
+    gains.append([])
+    for diagonal, factor, column in zip(
+        subweight_diagonals, subweight_factors, subweight_columns):
+      along = factor @ reach
       # D' >= the exact marginal variance > 0; the floor removes rounding.
       new_diagonals[-1].append(jnp.maximum(
-          diagonal - jnp.sum(jnp.square(dropped), axis=-1),
+          diagonal - jnp.sum(jnp.square(along + _times(column, own)),
+                             axis=-1),
           jnp.finfo(dtype).eps * diagonal))
-      new_factors[-1].append(leaf @ kept_vectors)
+      gains[-1].append(_times(along, mixing) + column)
+
+  def kept(factor: jax.Array, gain: jax.Array) -> jax.Array:
+    return factor - _times(gain, reach.T)
+
+  new_factors = [[kept(factor, gain) for factor, gain in zip(*leaves)]
+                 for leaves in zip(factors, gains)]
   margin = 256 * jnp.finfo(dtype).eps
   if rank >= sum(leaf.size for leaves in new_diagonals for leaf in leaves):
     new_diagonals, new_factors = _deflate(new_diagonals, new_factors, margin)
-  largest = jnp.linalg.eigvalsh(_coupling(new_diagonals, new_factors))[-1]
+  if rank == 1 or rank >= sum(
+      leaf.size for leaves in new_diagonals for leaf in leaves):
+    coupling = _coupling(new_diagonals, new_factors)
+  else:
+    # W = D'^{-1/2} U' from U and G (written differently from U', so that
+    # U' is formed where it is stored, and not written out before; with
+    # one column, XLA:CPU is faster writing U' out).
+    scales = [[jax.lax.rsqrt(jnp.maximum(diagonal, tiny))[..., None]
+               for diagonal in leaves] for leaves in new_diagonals]
+    coupling = _sum([
+        _gram(scaled, scaled) for scaled in (
+            factor * scale - _times(gain * scale, reach.T)
+            for subweight in zip(factors, gains, scales)
+            for factor, gain, scale in zip(*subweight))])
+  largest = jnp.linalg.eigvalsh(coupling)[-1]
   shrink = jnp.sqrt(jnp.minimum(
-      1.0, (1.0 - margin) / jnp.maximum(largest, jnp.finfo(dtype).tiny)))
-  new_factors = [[factor * shrink for factor in factors]
-                 for factors in new_factors]
+      1.0, (1.0 - margin) / jnp.maximum(largest, tiny)))
+  new_factors = [[factor * shrink for factor in leaves]
+                 for leaves in new_factors]
   # An exact 0 read from the coupling's reduction, which reads the old
   # diagonals: a caller that overwrites them in place (a donated state)
   # then does so after it, rather than copying them first.
@@ -529,12 +609,10 @@ def condition(
   whitened = [_combine(inverse, row) for row in rows]
   # U^T H^T L_S^{-T}: how each new column reads the old factor.
   projected = innovation_.projection @ inverse.T
-  stacked = [[jnp.concatenate(
-      [factor, _columns(diagonal[None] * white) - factor @ projected], axis=-1)
+  columns = [[_columns(diagonal[None] * white) - factor @ projected
               for diagonal, factor, white in zip(diagonals, factors, whitened)]
              for diagonals, factors in zip(belief.diagonals, belief.factors)]
-  rank = belief.factors[0][0].shape[-1]
-  diagonals, factors = _truncate(belief.diagonals, stacked, rank)
+  diagonals, factors = _truncate(belief.diagonals, belief.factors, columns)
   return Posterior(mean_steps=mean_steps, summed_mean_steps=summed_steps,
                    diagonals=diagonals, factors=factors)
 

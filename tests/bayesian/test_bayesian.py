@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import helpers
@@ -646,12 +647,14 @@ def test_state_is_sharded_like_the_params():
   helpers.run_on_eight_cpu_devices(_SHARDING_SCRIPT)
 
 
-def _state_copies(opt, params):
-  """The copies of params-sized state arrays in the compiled donated step.
+def _state_copies(opt, params, sizes=()):
+  """The copies of params-sized state arrays in the compiled donated step
+  (and, with ``sizes``, every copy of an array of one of those sizes).
 
   On XLA:CPU a copy is an extra read and write of the array per step: the
   step reads an old state array after the loop that overwrites it in place
-  could have run, so XLA copies it first.
+  could have run, so XLA copies it first (or writes a new value to a
+  temporary and copies that into the state).
   """
   state = opt.init(params)
   jacobian = jax.tree.map(jnp.ones_like, params)
@@ -665,9 +668,14 @@ def _state_copies(opt, params):
       params, state, jacobian, params).compile().as_text()
   entry = text[text.index('\nENTRY'):]
   # The shape is the first word after ' = ' (f32[] for a scalar).
+  def size(line):
+    shape = line.split(' = ')[1].split(' ')[0]
+    return int(np.prod([int(d) for d in re.findall(r'\d+', shape.split(
+        '[', 1)[1].split(']')[0])]))
   return [line.strip() for line in entry.splitlines()
-          if ' copy(%state_' in line
-          and not line.split(' = ')[1].split(' ')[0].endswith('[]')]
+          if (' copy(%state_' in line
+              and not line.split(' = ')[1].split(' ')[0].endswith('[]'))
+          or (' copy(' in line and size(line) in sizes)]
 
 
 _TAU_ONE = float(np.exp(-1.0))
@@ -691,6 +699,18 @@ def test_donated_state_is_updated_in_place(name, storage):
   params = {'kernel': jnp.zeros((8, 16)), 'bias': jnp.zeros(16),
             'scale': jnp.zeros(())}
   assert not _state_copies(opt, params)
+
+
+@pytest.mark.parametrize('rank', [1, 3])
+@pytest.mark.parametrize('name', ['k1', 'k4_tau1', 'k2_negative'])
+def test_donated_low_rank_state_is_updated_in_place(name, rank):
+  # The truncation writes the new factor as a rank-N update of the old one,
+  # in place: no state array (factor included) is copied first.
+  decays = _DECAY_SETS[name]
+  opt = mso.bayesian_multiscale(
+      decays, [max(1 - d * d, 1e-3) for d in decays], 1.0, rank=rank)
+  params = {'kernel': jnp.zeros((8, 16)), 'bias': jnp.zeros(16)}
+  assert not _state_copies(opt, params, sizes=(8 * 16 * rank, 16 * rank))
 
 
 @pytest.mark.parametrize('learn_prior', [False, True])

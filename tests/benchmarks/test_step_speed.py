@@ -86,3 +86,51 @@ def test_cost_table_reads_the_batch_1_rows_by_their_new_ids():
       f'end_to_end/{row_id}' for row_id in cost_table.END_TO_END_ROWS]
   assert table[0]['setting'] == 'training step, batch 1, mlp model'
   assert all(row['ratio_to_adam'] == 2.5 for row in table)
+
+
+def test_cost_table_adds_every_batch_of_the_batched_models():
+  rows = [{'id': f'{model}/b{batch}/{learner}', 'label': learner,
+           'model': model,
+           'learner': learner, 'batch': batch,
+           'model_description': f'{model} model', 'ratio_to_adam': 3.0}
+          for model in ('mlp', 'cnn', 'wide') for batch in (1, 16)
+          for learner in ('adam', 'bayesian_k1_sampled', 'bayesian_k4_exact',
+                          'bayesian_k4_sampled')]
+  document = harness.results_document(
+      'step_speed', config={}, rows=rows, seconds=0.0,
+      command='python -m benchmarks.step_speed --end-to-end')
+  ids = [row['id'] for row in cost_table.end_to_end_rows(document)]
+  assert ids[:len(cost_table.END_TO_END_ROWS)] == [
+      f'end_to_end/{row_id}' for row_id in cost_table.END_TO_END_ROWS]
+  assert ids[len(cost_table.END_TO_END_ROWS):] == [
+      f'end_to_end/{model}/b{batch}/bayesian_k1_sampled'
+      for model in ('mlp', 'wide') for batch in (1, 16)]
+
+
+def test_cost_table_traffic_and_compile_rows():
+  traffic = harness.results_document(
+      'update_traffic', config={'size': 10_000_000, 'leaves': 4},
+      rows=[{'id': 'bayesian_k1_rank10', 'label': 'rank 10',
+             'weighted_arrays_moved': 199.0,
+             'minimum_arrays': 28, 'weighted_to_minimum': 199 / 28,
+             'ratio_to_adam': 40.0, 'median_ms': 650.0}],
+      seconds=0.0, command='python -m benchmarks.update_traffic')
+  (row,) = cost_table.traffic_rows(traffic)
+  assert row['id'] == 'cpu_traffic/bayesian_k1_rank10'
+  assert row['ratio_to_adam'] == 40.0
+  assert 'moves 199 arrays per param, minimum 28' in row['setting']
+  compiled = harness.results_document(
+      'compile_time', config={'leaf_size': 256},
+      rows=[{'id': f'leaves10/{learner}', 'label': learner, 'leaves': 10,
+             'learner': learner,
+             'compile_seconds': seconds, 'ratio_to_rank0': seconds / 2.0}
+            for learner, seconds in (('adam', 0.5),
+                                     ('bayesian_k4_rank0', 2.0),
+                                     ('bayesian_k4_rank10', 5.0))],
+      seconds=0.0, command='python -m benchmarks.compile_time')
+  rows = cost_table.compile_rows(compiled)
+  assert [row['id'] for row in rows] == [
+      'compile/leaves10/bayesian_k4_rank0',
+      'compile/leaves10/bayesian_k4_rank10']
+  assert rows[1]['ratio_to_adam'] == 10.0
+  assert rows[1]['ratio_to_rank0'] == 2.5
