@@ -286,10 +286,12 @@ def _check_labels(labels: jax.Array, classes: int) -> None:
 
 def _example_inputs(inputs: Any, batch_shape: tuple[int, ...]) -> Any:
   """``inputs`` with its examples on one leading axis, or ``None`` where a
-  leaf does not lead with the batch shape (or there is no batch)."""
+  leaf does not lead with the batch shape (or there is one example: then
+  the batch's own pullback is the example's, with no second forward
+  pass)."""
   leaves = jax.tree.leaves(inputs)
   count = len(batch_shape)
-  if not count or not leaves or any(
+  if int(np.prod(batch_shape)) <= 1 or not leaves or any(
       tuple(np.shape(leaf))[:count] != batch_shape for leaf in leaves):
     return None
   examples = int(np.prod(batch_shape))
