@@ -291,71 +291,60 @@ def _example_inputs(inputs: Any, batch_shape: tuple[int, ...]) -> Any:
   pass)."""
   leaves = jax.tree.leaves(inputs)
   count = len(batch_shape)
-  if int(np.prod(batch_shape)) <= 1 or not leaves or any(
+  examples = int(np.prod(batch_shape))
+  if examples <= 1 or not leaves or any(
       tuple(np.shape(leaf))[:count] != batch_shape for leaf in leaves):
     return None
-  examples = int(np.prod(batch_shape))
   return jax.tree.map(
       lambda leaf: jnp.reshape(leaf, (examples, *np.shape(leaf)[count:])),
       inputs)
 
 
-def _rows_by_example(
-    logits_pullback: Callable[[jax.Array], tuple[ParamsT]],
-    per_example_pullback: Callable[..., Any] | None,
-    cotangents: jax.Array,
-    batch_shape: tuple[int, ...],
-    dtype: Any,
-) -> ParamsT:
-  r"""Row :math:`(n, j)` pulls back example :math:`n`'s cotangent
-  :math:`j` through that example alone.
-
-  ``cotangents`` has shape ``(B, K, C)`` (:math:`B` examples, :math:`K`
-  rows each, :math:`C` classes); the rows, ``(B K, *param.shape)``, in
-  that order. With ``per_example_pullback`` (the model's pullback at one
-  example, vmapped over the examples) a row costs a backward pass of one
-  example, so :math:`BK` rows cost about :math:`K` backward passes of the
-  batch; without it, every row is a backward pass of the whole batch
-  with the other examples' cotangents zero (:math:`B` times the work).
-  """
-  examples, count, classes = cotangents.shape
-  cotangents = cotangents.astype(dtype)
-  if per_example_pullback is not None:
-    rows = per_example_pullback(cotangents)
-  else:
-    selectors = _unit_rows(examples, batch_shape, dtype)[:, None, ..., None]
-    spread = selectors * cotangents.reshape(
-        examples, count, *(1,) * len(batch_shape), classes)
-    (rows,) = jax.vmap(jax.vmap(logits_pullback))(spread)
-  return jax.tree.map(
-      lambda leaf: leaf.reshape((examples * count, *leaf.shape[2:])), rows)
-
-
-def _per_example_pullback(
+def _row_puller(
     apply_fn: Callable[..., jax.Array], params: ParamsT, inputs: Any,
-    batch_shape: tuple[int, ...],
-) -> Callable[[jax.Array], ParamsT] | None:
-  """``(B, K, C)`` cotangents to the ``(B, K, *param.shape)`` rows of
-  each example alone, or ``None`` where the inputs have no batch axes to
-  split (see :func:`_example_inputs`)."""
+    logits_pullback: Callable[[jax.Array], tuple[ParamsT]],
+    batch_shape: tuple[int, ...], dtype: Any,
+) -> Callable[[jax.Array], ParamsT]:
+  r"""The rows of an observation: ``(B, K, C)`` cotangents (:math:`B`
+  examples, :math:`K` rows each, :math:`C` classes) to the rows
+  ``(B K, *param.shape)``, in that order; row :math:`(n, j)` pulls back
+  example :math:`n`'s cotangent :math:`j` through that example alone.
+
+  Where the inputs split into examples (:func:`_example_inputs`), the
+  model's pullback at one example is vmapped over the examples: a row
+  costs a backward pass of one example, so :math:`BK` rows cost about
+  :math:`K` backward passes of the batch. Otherwise every row is a
+  backward pass of the whole batch (``logits_pullback``) with the other
+  examples' cotangents zero (:math:`B` times the work).
+  """
   examples = _example_inputs(inputs, batch_shape)
-  if examples is None:
-    return None
   ones = (1,) * len(batch_shape)
 
-  def one(example: Any, cotangents: jax.Array) -> ParamsT:
+  def through_one(example: Any, cotangents: jax.Array) -> ParamsT:
     single = jax.tree.map(lambda leaf: jnp.reshape(
         leaf, (*ones, *jnp.shape(leaf))), example)
     _, pullback = jax.vjp(lambda p: apply_fn(p, single), params)
     return jax.vmap(lambda cotangent: pullback(cotangent.reshape(
         (*ones, -1)))[0])(cotangents)
 
-  return lambda cotangents: jax.vmap(one)(examples, cotangents)
+  def rows_of(cotangents: jax.Array) -> ParamsT:
+    count, per_example, classes = cotangents.shape
+    cotangents = cotangents.astype(dtype)
+    if examples is not None:
+      rows = jax.vmap(through_one)(examples, cotangents)
+    else:
+      selectors = _unit_rows(count, batch_shape, dtype)[:, None, ..., None]
+      spread = selectors * cotangents.reshape(
+          count, per_example, *ones, classes)
+      (rows,) = jax.vmap(jax.vmap(logits_pullback))(spread)
+    return jax.tree.map(lambda leaf: leaf.reshape(
+        (count * per_example, *leaf.shape[2:])), rows)
+
+  return rows_of
 
 
 def _exact_extra(
-    logits_pullback: Callable[..., Any],
-    per_example_pullback: Callable[..., Any] | None, logits: jax.Array,
+    rows_of: Callable[[jax.Array], Any], logits: jax.Array,
     probabilities: jax.Array, onehot: jax.Array, valid: jax.Array,
     epsilon: Any, dtype: Any,
 ) -> dict[str, Any]:
@@ -367,8 +356,7 @@ def _exact_extra(
   # Row (n, c) of H pulls back (diag(p_n) - p_n p_n^T) e_c through example
   # n's logits.
   blocks = jax.vmap(jnp.diag)(flat) - flat[:, :, None] * flat[:, None, :]
-  rows = _rows_by_example(logits_pullback, per_example_pullback, blocks,
-                          valid.shape, logits.dtype)
+  rows = rows_of(blocks)
   residual = jnp.where(
       valid[..., None], onehot - probabilities, jnp.nan).reshape(-1)
   blocks = blocks + epsilon * jnp.eye(classes, dtype=flat.dtype)
@@ -381,8 +369,7 @@ def _exact_extra(
 
 
 def _sampled_extra(
-    logits_pullback: Callable[..., Any],
-    per_example_pullback: Callable[..., Any] | None, logits: jax.Array,
+    rows_of: Callable[[jax.Array], Any], logits: jax.Array,
     wide_logits: jax.Array, probabilities: jax.Array, grads: Any,
     valid: jax.Array, key: jax.Array, samples: int, empirical_weight: Any,
     dtype: Any,
@@ -399,10 +386,8 @@ def _sampled_extra(
   scores = jax.nn.one_hot(drawn, classes, dtype=dtype) - probabilities
   scores = jnp.where(valid[..., None], scores, 0.0)
   # One backward pass per drawn label: row (n, m) is g_{n m}.
-  sampled_rows = _rows_by_example(
-      logits_pullback, per_example_pullback,
-      jnp.moveaxis(scores.reshape(samples, examples, classes), 0, 1),
-      labels_shape, logits.dtype)
+  sampled_rows = rows_of(
+      jnp.moveaxis(scores.reshape(samples, examples, classes), 0, 1))
   weight = jnp.asarray(empirical_weight, dtype)
   sampled_scale = jnp.sqrt((1.0 - weight) / samples)
   observed_scale = jnp.sqrt(weight)
@@ -633,21 +618,17 @@ def categorical_observation(
   info = ObservationInfo(loss=loss, predictions=probabilities)
   examples = labels.size
 
-  per_example_pullback = _per_example_pullback(
-      apply_fn, params, inputs, labels.shape)
+  rows_of = _row_puller(apply_fn, params, inputs, logits_pullback,
+                        labels.shape, logits.dtype)
   if fisher == 'exact':
     return info, grads, _exact_extra(
-        logits_pullback, per_example_pullback, logits, probabilities, onehot, valid, epsilon,
-        dtype)
+        rows_of, logits, probabilities, onehot, valid, epsilon, dtype)
   if fisher == 'sampled':
     assert key is not None  # _check_key
     return info, grads, _sampled_extra(
-        logits_pullback, per_example_pullback, logits, wide_logits, probabilities, grads, valid,
-        key, samples, empirical_weight, dtype)
-  rows = _rows_by_example(
-      logits_pullback, per_example_pullback,
-      observed_scores.reshape(examples, 1, classes), labels.shape,
-      logits.dtype)
+        rows_of, logits, wide_logits, probabilities, grads, valid, key,
+        samples, empirical_weight, dtype)
+  rows = rows_of(observed_scores.reshape(examples, 1, classes))
   residual = jnp.where(valid, 1.0, jnp.nan).reshape(examples)
   return info, grads, {
       'jacobian': rows, 'residual': residual.astype(dtype),

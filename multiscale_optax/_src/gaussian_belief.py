@@ -20,8 +20,9 @@ branches on it.
 
 The functions here are the filter's steps, each on lists of leaves (one
 list per subweight, one array per params leaf, of the param's shape; factors
-``(*shape, L)``, columns last; Jacobian rows ``(N, *shape)``), in the compute dtype. Leaves
-keep their shapes (no flattening), so each keeps its param's sharding:
+``(*shape, L)``, columns last; Jacobian rows ``(N, *shape)``), in the
+compute dtype. Leaves keep their shapes (no flattening), so each keeps its
+param's sharding:
 
 * :func:`innovation`: :math:`S = R + H \Sigma H^\top` and its Cholesky
   factor, one reduction over the whole network (every weight's step depends
@@ -98,9 +99,9 @@ class Belief(NamedTuple):
   """The Gaussian belief :math:`(\\mu, \\mathrm{diag}(D) - UU^\\top)`.
 
   Attributes:
-    diagonals: :math:`D`, per subweight, per leaf, shape ``(n,)``.
-    factors: :math:`U`, per subweight, per leaf, shape ``(*shape, L)``; an empty
-      list for a diagonal belief.
+    diagonals: :math:`D`, per subweight, per leaf, of the param's shape.
+    factors: :math:`U`, per subweight, per leaf, shape ``(*shape, L)``; an
+      empty list for a diagonal belief.
     summed_first: subweights whose sum is formed first in every sum over
       all subweights (``None``: in order), so that their partial sum, which
       :func:`condition`'s ``summed_over`` reads, is the same array.
@@ -470,10 +471,10 @@ def _truncate(
   new_factors = [[kept(factor, gain) for factor, gain in zip(*leaves)]
                  for leaves in zip(factors, gains)]
   margin = 256 * jnp.finfo(dtype).eps
-  if rank >= sum(leaf.size for leaves in new_diagonals for leaf in leaves):
+  full_rank = rank >= sum(leaf.size for leaves in diagonals for leaf in leaves)
+  if full_rank:
     new_diagonals, new_factors = _deflate(new_diagonals, new_factors, margin)
-  if rank == 1 or rank >= sum(
-      leaf.size for leaves in new_diagonals for leaf in leaves):
+  if rank == 1 or full_rank:
     coupling = _coupling(new_diagonals, new_factors)
   else:
     # W = D'^{-1/2} U' from U and G (written differently from U', so that
