@@ -23,6 +23,14 @@ import multiscale_optax as mso
 TIGHT = 1e-10
 
 
+def normal_stream(seed, steps, dim):
+  """Float64 standard-normal inputs ``(steps, dim)`` and targets
+  ``(steps,)`` from ``jax.random.key(seed)``."""
+  key_x, key_y = jax.random.split(jax.random.key(seed))
+  return (jax.random.normal(key_x, (steps, dim), jnp.float64),
+          jax.random.normal(key_y, (steps,), jnp.float64))
+
+
 def run_scalar(opt, inputs, targets, noise_variance, params=None,
                with_residual=False):
   """Online learning of y = x.w + v; returns predictions, params, state."""
@@ -96,9 +104,8 @@ def diagonal_reference(decays, process, noise, initial, jacobians, targets,
 
 def test_one_weight_one_timescale_is_the_scalar_kalman_filter():
   with jax.enable_x64(True):
-    key_x, key_y = jax.random.split(jax.random.key(0))
-    inputs = jax.random.normal(key_x, (60, 1), jnp.float64)
-    targets = jax.random.normal(key_y, (60,), jnp.float64) * 2.0
+    inputs, targets = normal_stream(0, 60, 1)
+    targets = targets * 2.0
     opt = mso.bayesian_multiscale([0.9], [0.19], 0.5)
     predictions, _, _ = run_scalar(opt, inputs, targets, 0.5)
     expected = scalar_kalman(0.9, 0.19, 0.5, 1.0, inputs, targets)
@@ -124,9 +131,7 @@ def traced_scalar_run(decays, process, noise, initial, inputs, targets):
 )
 def test_scalar_kalman_property(decay, process, noise, initial, seed):
   with jax.enable_x64(True):
-    key_x, key_y = jax.random.split(jax.random.key(seed))
-    inputs = jax.random.normal(key_x, (30, 1), jnp.float64)
-    targets = jax.random.normal(key_y, (30,), jnp.float64)
+    inputs, targets = normal_stream(seed, 30, 1)
     predictions = traced_scalar_run(
         jnp.asarray([decay]), jnp.asarray([process]), jnp.asarray(noise),
         jnp.asarray([initial]), inputs, targets)
@@ -146,9 +151,7 @@ def test_k_timescales_match_literal_reference(with_residual, rule):
     decays = [0.3, 0.9, 0.99, 1.0]
     process = [0.5, 0.1, 0.02, 0.001]
     initial = [0.7, 0.5, 0.3, 0.2]
-    key_x, key_y = jax.random.split(jax.random.key(1))
-    inputs = jax.random.normal(key_x, (50, 1), jnp.float64)
-    targets = jax.random.normal(key_y, (50,), jnp.float64)
+    inputs, targets = normal_stream(1, 50, 1)
     opt = mso.bayesian_multiscale(
         decays, process, 0.8, initial_variances=initial,
         variance_update=rule)
@@ -250,9 +253,7 @@ def test_linear_model_recovers_static_weights():
 
 def test_multi_output_with_one_row_equals_scalar_path():
   with jax.enable_x64(True):
-    key_x, key_y = jax.random.split(jax.random.key(4))
-    inputs = jax.random.normal(key_x, (20, 3), jnp.float64)
-    targets = jax.random.normal(key_y, (20,), jnp.float64)
+    inputs, targets = normal_stream(4, 20, 3)
     opt = mso.bayesian_multiscale([0.5, 0.95], [0.3, 0.05], 0.7)
     scalar, _, _ = run_scalar(opt, inputs, targets, 0.7)
 
@@ -401,9 +402,7 @@ def run_scan(opt, inputs, targets):
 
 def test_jit_inject_hyperparams_and_no_recompilation():
   with jax.enable_x64(True):
-    key_x, key_y = jax.random.split(jax.random.key(13))
-    inputs = jax.random.normal(key_x, (10, 2), jnp.float64)
-    targets = jax.random.normal(key_y, (10,), jnp.float64)
+    inputs, targets = normal_stream(13, 10, 2)
     plain = mso.bayesian_multiscale([0.5, 0.9], [0.3, 0.05], 0.7)
     injected = optax.inject_hyperparams(mso.bayesian_multiscale)(
         decays=jnp.asarray([0.5, 0.9]),

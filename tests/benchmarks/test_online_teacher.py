@@ -34,6 +34,19 @@ def _linear(params, x):
   return x @ params
 
 
+def _bayesian_on_linear(environment, sample, dim, **options):
+  """The predictions of ``bayesian_multiscale`` under ``environment``'s
+  prior on ``sample`` through the online loop (Jacobian passed)."""
+  optimizer = mso.bayesian_multiscale(
+      environment.decays, environment.process_variances,
+      environment.noise_variance, **options)
+  predictions, _ = teacher.run_online(
+      _linear, jnp.zeros(dim, jnp.float64), optimizer, sample.inputs,
+      sample.targets, noise_variance=environment.noise_variance,
+      pass_jacobian=True)
+  return predictions
+
+
 @pytest.mark.parametrize('dim', [1, 3])
 def test_joint_ekf_is_the_exact_kalman_filter_on_a_linear_model(dim):
   with jax.enable_x64(True):
@@ -136,13 +149,7 @@ def test_bayesian_multiscale_on_one_weight_is_the_joint_ekf(learn_prior):
         environment.noise_variance, sample.inputs, sample.targets)
     options = {'learn_prior': True, 'prior_learning_rate': 0.0} if (
         learn_prior) else {}
-    optimizer = mso.bayesian_multiscale(
-        environment.decays, environment.process_variances,
-        environment.noise_variance, **options)
-    predictions, _ = teacher.run_online(
-        _linear, jnp.zeros(1, jnp.float64), optimizer, sample.inputs,
-        sample.targets, noise_variance=environment.noise_variance,
-        pass_jacobian=True)
+    predictions = _bayesian_on_linear(environment, sample, 1, **options)
     np.testing.assert_allclose(predictions, ekf.predictions, rtol=0,
                                atol=FLOAT64_TOLERANCE)
 
@@ -179,13 +186,7 @@ def test_blockwise_ekf_with_one_timescale_is_bayesian_multiscale():
         _linear, jnp.zeros(4, jnp.float64), environment.decays,
         environment.process_variances, environment.initial_variances,
         environment.noise_variance, sample.inputs, sample.targets)
-    optimizer = mso.bayesian_multiscale(
-        environment.decays, environment.process_variances,
-        environment.noise_variance)
-    predictions, _ = teacher.run_online(
-        _linear, jnp.zeros(4, jnp.float64), optimizer, sample.inputs,
-        sample.targets, noise_variance=environment.noise_variance,
-        pass_jacobian=True)
+    predictions = _bayesian_on_linear(environment, sample, 4)
     np.testing.assert_allclose(predictions, blockwise.predictions, rtol=0,
                                atol=FLOAT64_TOLERANCE)
 
