@@ -117,6 +117,18 @@ Evaluate = Callable[[Learner, dict[str, Any], Sequence[int]],
                     Mapping[str, Any]]
 
 
+# Tuning seeds start here, so they never meet the test seeds 0, 1, ...
+TUNING_SEED_START = 1000
+
+
+def seed_lists(args: Any) -> tuple[list[int], list[int]]:
+  """``(tuning seeds, test seeds)`` for ``args.tuning_seeds`` and
+  ``args.test_seeds`` counts: ``1000, 1001, ...`` and ``0, 1, ...``."""
+  return (list(range(TUNING_SEED_START,
+                     TUNING_SEED_START + args.tuning_seeds)),
+          list(range(args.test_seeds)))
+
+
 def slug(text: str) -> str:
   """A row id from a name: lower case, runs of other characters -> ``_``."""
   return re.sub(r'[^a-z0-9]+', '_', str(text).lower()).strip('_')

@@ -563,8 +563,7 @@ def run_setting(dim, timescales, noise_variance, args, label):
   environment = mso.OneOverFEnvironment.from_timescales(
       timescales, noise_variance=noise_variance, input_dim=dim)
   normalize = dim >= 3
-  tuning_seeds = list(range(1000, 1000 + args.tuning_seeds))
-  test_seeds = list(range(args.test_seeds))
+  tuning_seeds, test_seeds = harness.seed_lists(args)
   started = time.perf_counter()
   tuning = sample_batch(environment, tuning_seeds, args.steps)
   test = sample_batch(environment, test_seeds, args.steps)

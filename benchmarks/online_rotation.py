@@ -422,8 +422,7 @@ def run_stream(kind, args, images, table):
   """The rows of one stream: the context rows, ``table`` (tuned on this
   stream's tuning seeds; a learner's ``reuse`` refers to this stream) and
   the fit_prior rows. Row ids are ``<stream>/<learner id>``."""
-  tuning_seeds = list(range(1000, 1000 + args.tuning_seeds))
-  test_seeds = list(range(args.test_seeds))
+  tuning_seeds, test_seeds = harness.seed_lists(args)
   tuning = make_streams(kind, tuning_seeds, args.steps, images,
                         args.ou_timescale)
   test = make_streams(kind, test_seeds, args.steps, images,

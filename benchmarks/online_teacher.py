@@ -426,8 +426,7 @@ def add_paired_differences(rows, excess):
 
 def run(config, args):
   """Every learner on the teacher ``config``: rows and the wall time."""
-  tuning_seeds = list(range(1000, 1000 + args.tuning_seeds))
-  test_seeds = list(range(args.test_seeds))
+  tuning_seeds, test_seeds = harness.seed_lists(args)
   started = time.perf_counter()
   tuning = sample_batch(config, tuning_seeds, args.steps)
   test = sample_batch(config, test_seeds, args.steps)

@@ -760,8 +760,7 @@ def plot(rows: list[dict], config: dict, stem: str) -> Any:
 
 def run_stream(kind: str, args: Any) -> list[dict]:
   steps = args.drift_steps if kind == 'five_of_twenty' else args.idbd_steps
-  tuning = tuple(range(1000, 1000 + args.tuning_seeds))
-  test = tuple(range(args.test_seeds))
+  tuning, test = map(tuple, harness.seed_lists(args))
   log(f'\n{kind}: {steps} steps, {len(tuning)} tuning + {len(test)} test '
       'seeds')
   outputs: dict[str, dict] = {}

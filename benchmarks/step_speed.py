@@ -54,8 +54,9 @@ MLP 64-48-10, the CNN of ``online_digits.py`` and ``wide``, an MLP
 ``SCAN_STEP_DIVISORS[model]``, 1 for the small models and 50 for ``wide``):
 few steps where one step is long, the same count for every learner of a
 (model, B); each timing starts after a 0.2 s pause. On the project's
-2-core CPU a step of ``'exact'`` at B = 64 on ``wide`` took about a
-minute and the process peaked near 15 GB resident (one step, one round).
+2-core CPU ``'exact'`` at B = 64 on ``wide`` is the slowest row (tens of
+seconds a step; ``results/step_speed_fisher.json``) and the process
+peaked near 15 GB resident.
 Written to ``results/step_speed_fisher.json``.
 
 Shares: each Adam and Bayesian step is also timed without its update, in
